@@ -1,0 +1,43 @@
+"""A supervised actor runtime for LLM agents, on trio structured concurrency."""
+
+from . import errors as errors
+from ._actor import Actor as Actor
+from ._actor import ActorContext as ActorContext
+from ._actor import ActorRef as ActorRef
+from ._actor import ActorStatistics as ActorStatistics
+from ._actor import handler as handler
+from ._specs import BackoffSpec as BackoffSpec
+from ._specs import BreakerSpec as BreakerSpec
+from ._specs import ChildSpec as ChildSpec
+from ._specs import MailboxSpec as MailboxSpec
+from ._specs import MetricsSpec as MetricsSpec
+from ._specs import SupervisorSpec as SupervisorSpec
+from ._specs import Topology as Topology
+from ._system import ActorSystem as ActorSystem
+from ._system import DeadLetter as DeadLetter
+from ._system import TreeNode as TreeNode
+from ._system import open_system as open_system
+from ._topology import load_topology as load_topology
+from ._topology import parse_topology as parse_topology
+
+__all__ = [
+    "Actor",
+    "ActorContext",
+    "ActorRef",
+    "ActorStatistics",
+    "ActorSystem",
+    "BackoffSpec",
+    "BreakerSpec",
+    "ChildSpec",
+    "DeadLetter",
+    "MailboxSpec",
+    "MetricsSpec",
+    "SupervisorSpec",
+    "Topology",
+    "TreeNode",
+    "errors",
+    "handler",
+    "load_topology",
+    "open_system",
+    "parse_topology",
+]

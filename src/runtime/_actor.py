@@ -1,0 +1,672 @@
+"""Actors: the base class, ``@handler`` dispatch, and the message loop.
+
+An actor's identity is its cell (``ActorCell``): the path, mailbox, counters
+and breaker state that outlive incarnations. Each incarnation is one trio task
+in the supervisor's nursery that builds a fresh ``Actor`` instance, runs
+``on_start``, then handles messages until it is asked to stop or a handler
+raises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Awaitable, Callable
+from types import UnionType
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union
+
+import attrs
+import structlog
+import trio
+
+from ._mailbox import Ask, Mailbox
+from ._specs import ChildSpec
+from .errors import (
+    ActorFailed,
+    ActorStopped,
+    AskTimeout,
+    CircuitOpen,
+    MailboxFull,
+    UnknownMessage,
+)
+
+if TYPE_CHECKING:
+    from ._system import ActorSystem
+
+__all__ = ["Actor", "ActorCell", "ActorContext", "ActorRef", "ActorStatistics", "handler"]
+
+S = TypeVar("S")
+R = TypeVar("R")
+M = TypeVar("M")
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+logger = structlog.get_logger("runtime")
+
+# Handlers yield to the scheduler at least once per this many messages, so an
+# actor whose handlers never await cannot starve the others.
+_YIELD_EVERY = 64
+
+
+def handler(fn: Callable[[Any, M], Awaitable[R]]) -> Callable[[Any, M], Awaitable[R]]:
+    """Mark ``async def h(self, msg: M) -> R`` as the handler of messages of type ``M``.
+
+    The type comes from the annotation of the message parameter; a union
+    (``A | B``) registers the handler for each member.
+    """
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@runtime.handler needs an async def, got {fn!r}")
+    fn.__runtime_handler__ = True  # type: ignore[attr-defined]
+    return fn
+
+
+def _message_types(cls: type, fn: Handler) -> tuple[type, ...]:
+    params = list(inspect.signature(fn).parameters.values())
+    if len(params) != 2:
+        raise TypeError(
+            f"handler {cls.__qualname__}.{fn.__name__} must take (self, msg); "
+            f"it takes {len(params)} parameters"
+        )
+    hints = typing.get_type_hints(fn)
+    annotation = hints.get(params[1].name)
+    if annotation is None:
+        raise TypeError(
+            f"handler {cls.__qualname__}.{fn.__name__}: annotate the message parameter "
+            "with its type, e.g. `msg: Add`"
+        )
+    members = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (Union, UnionType)
+        else (annotation,)
+    )
+    for member in members:
+        if not isinstance(member, type):
+            raise TypeError(
+                f"handler {cls.__qualname__}.{fn.__name__}: {member!r} is not a class"
+            )
+    return members
+
+
+class Actor(Generic[S]):
+    """Base class of actors. ``S`` is the state class (an attrs class).
+
+    The runtime builds each incarnation: it sets ``self.ctx`` and
+    ``self.state`` (``S()``) first, then calls ``__init__`` with the child
+    spec's ``args`` as keyword arguments. Handlers run one message at a time
+    unless the child spec sets ``concurrency > 1``.
+    """
+
+    state: S
+    ctx: ActorContext
+    _dispatch: ClassVar[dict[type, Handler]]
+    _own: ClassVar[dict[type, Handler]]
+
+    def __init__(self) -> None:
+        pass
+
+    async def on_start(self) -> None:
+        """Called when an incarnation starts, before its first message."""
+
+    async def on_stop(self) -> None:
+        """Called on a graceful stop, after the last message; not after a crash."""
+
+    @classmethod
+    def _handler_table(cls) -> dict[type, Handler]:
+        """Handlers by exact message type; a subclass's handler overrides its base's."""
+        if "_own" not in cls.__dict__:
+            table: dict[type, Handler] = {}
+            for klass in reversed(cls.__mro__):
+                for fn in vars(klass).values():
+                    if getattr(fn, "__runtime_handler__", False):
+                        for message_type in _message_types(klass, fn):
+                            table[message_type] = fn
+            cls._own = table
+            cls._dispatch = dict(table)
+        return cls._own
+
+    @classmethod
+    def _resolve(cls, message_type: type) -> Handler | None:
+        """The handler for ``message_type``: the exact type first, then its MRO."""
+        table = cls._handler_table()
+        for klass in message_type.__mro__:
+            fn = table.get(klass)
+            if fn is not None:
+                cls._dispatch[message_type] = fn
+                return fn
+        return None
+
+    @classmethod
+    def _state_type(cls) -> type | None:
+        for klass in cls.__mro__:
+            for base in getattr(klass, "__orig_bases__", ()):
+                if typing.get_origin(base) is Actor:
+                    (arg,) = typing.get_args(base)
+                    return arg if isinstance(arg, type) else None
+        return None
+
+
+@attrs.frozen
+class ActorStatistics:
+    """A snapshot of one node of the tree (an actor or a supervisor).
+
+    Attributes:
+        path: the node's path.
+        status: ``starting``, ``running``, ``restarting``, ``stopped`` or
+            ``circuit_open``.
+        incarnation: 1 at the first start, +1 per restart.
+        restarts: how many times it was restarted.
+        mailbox_depth: messages queued (0 for supervisors).
+        mailbox_capacity: the mailbox's capacity (0 for supervisors).
+        breaker: ``closed``, ``open`` or ``half_open``; None without a breaker.
+        pending_asks: askers waiting for a reply.
+    """
+
+    path: str
+    status: str
+    incarnation: int
+    restarts: int
+    mailbox_depth: int
+    mailbox_capacity: int
+    breaker: str | None
+    pending_asks: int
+
+
+_TRIAL = object()  # refusal marker: half-open, the trial message not yet taken
+
+
+class ActorCell:
+    """Everything about one actor that outlives its incarnations."""
+
+    kind = "actor"
+
+    def __init__(self, spec: ChildSpec, path: str, system: ActorSystem) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.restart = spec.restart
+        self.shutdown_timeout = spec.shutdown_timeout
+        self.path = path
+        self.system = system
+        self.actor_cls: type[Actor[Any]] = spec.actor
+        self.actor_cls._handler_table()
+        self.table = self.actor_cls._dispatch
+        self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self._evicted)
+        self.ref = ActorRef(self)
+        self.log = logger.bind(path=path)
+        self.status = "starting"
+        self.incarnation = 0
+        self.restarts = 0
+        self.pending_asks = 0
+        self.handled = 0
+        # None while messages are accepted; else the exception type to raise,
+        # or _TRIAL while a half-open circuit waits for its one trial message.
+        self.refusal: Any = None
+        self.breaker: str | None = "closed" if spec.circuit_breaker else None
+        self.consecutive_crashes = 0
+        self.stop_requested = False
+        self.waiting = False
+        self.one_shot_timers = 0
+        self.scope: trio.CancelScope | None = None
+        self.done = trio.Event()
+        self.done.set()
+
+    # -- sending ----------------------------------------------------------
+
+    def check(self, msg: object) -> None:
+        """Refuse ``msg`` now if it has no handler or the actor does not accept messages.
+
+        Raises:
+            UnknownMessage, ActorStopped, CircuitOpen.
+        """
+        if type(msg) not in self.table and self.actor_cls._resolve(type(msg)) is None:
+            raise UnknownMessage(
+                f"{self.path} ({self.actor_cls.__qualname__}) has no handler for "
+                f"{type(msg).__qualname__}"
+            )
+        refusal = self.refusal
+        if refusal is not None:
+            if refusal is _TRIAL:
+                self.refusal = CircuitOpen
+                return
+            if refusal is CircuitOpen:
+                raise CircuitOpen(f"{self.path}: circuit breaker is {self.breaker}")
+            raise refusal(f"{self.path} has stopped")
+
+    async def put(self, item: object, priority: str) -> None:
+        """Queue ``item``, waiting while the mailbox is full under ``block``.
+
+        Cancellation while waiting leaves nothing queued. The actor may stop
+        while a sender waits; the sender then gets its refusal.
+        """
+        mailbox = self.mailbox
+        while not mailbox.put_nowait(item, priority):
+            await mailbox.wait_not_full()
+            refusal = self.refusal
+            if refusal is not None and refusal is not _TRIAL:
+                self.check(item.msg if type(item) is Ask else item)
+
+    def _evicted(self, item: object) -> None:
+        if type(item) is Ask:
+            item.fail(MailboxFull(f"{self.path}: message dropped by a full mailbox"))
+            item = item.msg
+        self.system._dead_letter(self.path, item, "mailbox_full")
+
+    def flush(self, reason: str, error: type[Exception]) -> None:
+        """Turn every queued message into a dead letter; askers get ``error``."""
+        for item in self.mailbox.drain():
+            if type(item) is Ask:
+                item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
+                item = item.msg
+            self.system._dead_letter(self.path, item, reason)
+
+    # -- one incarnation ----------------------------------------------------
+
+    async def run_incarnation(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> BaseException | None:
+        """Run one incarnation until it stops (returns None) or crashes (returns the error).
+
+        ``task_status.started()`` is called once ``on_start`` has returned, or
+        when the start fails. Only cancellation from outside propagates.
+        """
+        self.incarnation += 1
+        self.status = "starting"
+        self.stop_requested = False
+        if self.refusal is not _TRIAL:
+            self.refusal = None
+        self.done = trio.Event()
+        started = False
+        try:
+            with trio.CancelScope() as self.scope:
+                async with trio.open_nursery() as nursery:
+                    actor = self._build(nursery)
+                    await actor.on_start()
+                    self.status = "running"
+                    self.log.info("actor_started", incarnation=self.incarnation)
+                    started = True
+                    task_status.started()
+                    if self.spec.concurrency == 1:
+                        await self._serve(actor)
+                    else:
+                        await self._serve_concurrently(actor, self.spec.concurrency)
+                    await actor.on_stop()
+                    nursery.cancel_scope.cancel()
+            error: BaseException | None = None
+            if self.scope.cancelled_caught:
+                self.log.warning("actor_killed", incarnation=self.incarnation)
+        except Exception as exc:
+            error = _unwrap(exc)
+            self.log.error(
+                "actor_crashed",
+                incarnation=self.incarnation,
+                during="handler" if started else "start",
+                exc_info=error,
+            )
+        finally:
+            self.waiting = False
+            self.scope = None
+            self.done.set()
+        if not started:
+            task_status.started()
+        return error
+
+    def _build(self, nursery: trio.Nursery) -> Actor[Any]:
+        cls = self.actor_cls
+        actor = cls.__new__(cls)
+        actor.ctx = ActorContext(self, nursery)
+        state_type = cls._state_type()
+        actor.state = state_type() if state_type is not None else None
+        actor.__init__(**self.spec.args)  # type: ignore[misc]
+        return actor
+
+    def request_stop(self) -> None:
+        """Ask the incarnation to stop after the message it is handling."""
+        self.stop_requested = True
+        self.mailbox.wake()
+
+    async def _serve(self, actor: Actor[Any]) -> None:
+        mailbox = self.mailbox
+        get = mailbox.get_nowait
+        handle = self._handle
+        budget = _YIELD_EVERY
+        while not self.stop_requested:
+            item = get()
+            if item is None:
+                self.waiting = True
+                await mailbox.wait_nonempty()
+                self.waiting = False
+                budget = _YIELD_EVERY
+                continue
+            await handle(actor, item)
+            budget -= 1
+            if not budget:
+                budget = _YIELD_EVERY
+                await trio.lowlevel.checkpoint()
+
+    async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
+        slots = trio.Semaphore(limit)
+        mailbox = self.mailbox
+
+        async def handle_one(item: object) -> None:
+            try:
+                await self._handle(actor, item)
+            finally:
+                slots.release()
+
+        async with trio.open_nursery() as running:
+            while True:
+                await slots.acquire()
+                item = None
+                while not self.stop_requested:
+                    item = mailbox.get_nowait()
+                    if item is not None:
+                        break
+                    self.waiting = slots.value == limit - 1
+                    await mailbox.wait_nonempty()
+                    self.waiting = False
+                if item is None:
+                    slots.release()
+                    return
+                running.start_soon(handle_one, item)
+
+    async def _handle(self, actor: Actor[Any], item: object) -> None:
+        if type(item) is Ask:
+            msg = item.msg
+            try:
+                result = await self.table[type(msg)](actor, msg)
+            except BaseException as exc:
+                if item.waiter is not None:
+                    item.fail(self._failure(msg, exc))
+                raise
+            item.reply(result)
+        else:
+            await self.table[type(item)](actor, item)
+        self.handled += 1
+        if self.consecutive_crashes:
+            self._recovered()
+
+    def _failure(self, msg: object, exc: BaseException) -> Exception:
+        if isinstance(exc, Exception):
+            error: Exception = ActorFailed(
+                f"{self.path} failed handling {type(msg).__qualname__}: {exc!r}"
+            )
+            error.__cause__ = exc
+            return error
+        return ActorStopped(f"{self.path} stopped before replying")
+
+    def _recovered(self) -> None:
+        self.consecutive_crashes = 0
+        if self.breaker == "half_open":
+            self.breaker = "closed"
+            self.refusal = None
+            self.log.info("breaker_closed")
+
+    def statistics(self) -> ActorStatistics:
+        """The actor's status, counters and mailbox, now."""
+        return ActorStatistics(
+            path=self.path,
+            status=self.status,
+            incarnation=self.incarnation,
+            restarts=self.restarts,
+            mailbox_depth=self.mailbox.size,
+            mailbox_capacity=self.mailbox.capacity,
+            breaker=self.breaker,
+            pending_asks=self.pending_asks,
+        )
+
+    def is_idle(self) -> bool:
+        """No message queued or being handled, and nothing scheduled to arrive."""
+        if self.status in ("stopped", "circuit_open"):
+            return True
+        return (
+            self.status == "running"
+            and self.waiting
+            and not self.mailbox.size
+            and not self.one_shot_timers
+        )
+
+
+def _unwrap(exc: Exception) -> Exception:
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+_PRIORITY_ERROR = "priority must be 'high', 'normal' or 'low'"
+
+
+class ActorRef(Generic[M]):
+    """A handle to an actor, valid across its restarts.
+
+    ``tell`` and ``ask`` are checkpoints (they may be cancelled before the
+    message is queued; once queued, the message stays queued).
+    """
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def path(self) -> str:
+        """The actor's path, ``root/.../name``."""
+        return self._cell.path
+
+    def __repr__(self) -> str:
+        return f"<ActorRef {self._cell.path}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return hash(self._cell)
+
+    async def tell(self, msg: object, *, priority: str = "normal") -> None:
+        """Queue ``msg``; under ``block`` wait while the mailbox is full.
+
+        Raises:
+            UnknownMessage: no handler for the message's type.
+            MailboxFull: full under ``reject``.
+            ActorStopped, CircuitOpen: the actor does not accept messages.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.check(msg)
+        try:
+            queued = cell.mailbox.put_nowait(msg, priority)
+        except KeyError:
+            raise ValueError(_PRIORITY_ERROR) from None
+        if queued:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        else:
+            await cell.put(msg, priority)
+
+    def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
+        """Queue ``msg`` without waiting.
+
+        Raises:
+            MailboxFull: the mailbox is full under ``block`` or ``reject``.
+            UnknownMessage, ActorStopped, CircuitOpen: as ``tell``.
+        """
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.check(msg)
+        try:
+            queued = cell.mailbox.put_nowait(msg, priority)
+        except KeyError:
+            raise ValueError(_PRIORITY_ERROR) from None
+        if not queued:
+            raise MailboxFull(f"{cell.path}: mailbox full ({cell.mailbox.capacity} messages)")
+
+    async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
+        """Send ``msg`` and wait for the handler's return value.
+
+        The timeout covers waiting for mailbox space too: ``ask`` never waits
+        longer than ``timeout``. On timeout or cancellation the asker leaves
+        no waiter behind; the message, if queued, is still handled and its
+        reply discarded.
+
+        Raises:
+            AskTimeout: no reply within ``timeout`` seconds.
+            ActorFailed: the handler raised (the original is ``__cause__``).
+            ActorStopped: the actor stopped for good before replying.
+            MailboxFull, CircuitOpen, UnknownMessage: refused.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.check(msg)
+        if priority not in ("high", "normal", "low"):
+            raise ValueError(_PRIORITY_ERROR)
+        request = Ask(msg, trio.lowlevel.current_task())
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            request.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        cell.pending_asks += 1
+        try:
+            with trio.move_on_after(timeout):
+                if not cell.mailbox.put_nowait(request, priority):
+                    await cell.put(request, priority)
+                # Nothing may yield between queueing and parking: the reply
+                # reschedules this task and must find it parked here.
+                return await trio.lowlevel.wait_task_rescheduled(abort)
+            raise AskTimeout(
+                f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+            )
+        finally:
+            request.waiter = None
+            cell.pending_asks -= 1
+
+    def statistics(self) -> ActorStatistics:
+        """The actor's status, counters and mailbox, now."""
+        return self._cell.statistics()
+
+
+class ActorContext:
+    """``self.ctx``: the running incarnation's view of the system.
+
+    ``nursery`` lives exactly as long as this incarnation: tasks started in it
+    are cancelled when the actor stops or crashes, and a task that raises
+    crashes the actor.
+    """
+
+    def __init__(self, cell: ActorCell, nursery: trio.Nursery) -> None:
+        self._cell = cell
+        self.nursery = nursery
+
+    @property
+    def path(self) -> str:
+        """This actor's path."""
+        return self._cell.path
+
+    @property
+    def system(self) -> ActorSystem:
+        """The system this actor runs in."""
+        return self._cell.system
+
+    @property
+    def self_ref(self) -> ActorRef[Any]:
+        """A ref to this actor (valid across its restarts)."""
+        return self._cell.ref
+
+    def ref(self, path: str) -> ActorRef[Any]:
+        """The ref of the actor at ``path``.
+
+        Raises:
+            ActorNotFound: nothing at that path.
+        """
+        return self._cell.system.ref(path)
+
+    def stop(self) -> None:
+        """End this actor normally once the current message is handled.
+
+        A ``transient`` or ``temporary`` child is then not restarted; a
+        ``permanent`` one is.
+        """
+        self._cell.stop_requested = True
+
+    def schedule(self, delay: float, msg: object) -> trio.CancelScope:
+        """Send ``msg`` to this actor after ``delay`` seconds.
+
+        Returns a cancel scope: ``.cancel()`` it to drop the timer. The timer
+        dies with this incarnation.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``msg``.
+        """
+        cell = self._cell
+        cell.check(msg)
+        scope = trio.CancelScope()
+
+        async def fire() -> None:
+            cell.one_shot_timers += 1
+            try:
+                with scope:
+                    await trio.sleep(delay)
+                    await cell.ref.tell(msg)
+            finally:
+                cell.one_shot_timers -= 1
+
+        self.nursery.start_soon(fire)
+        return scope
+
+    def schedule_every(self, period: float, msg: object) -> trio.CancelScope:
+        """Send ``msg`` to this actor every ``period`` seconds, the first after one period.
+
+        Ticks keep a fixed rate; a tick that would fall behind because the
+        mailbox was full is skipped. Returns a cancel scope to stop it.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``msg``.
+            ValueError: ``period`` is not positive.
+        """
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period!r}")
+        cell = self._cell
+        cell.check(msg)
+        scope = trio.CancelScope()
+
+        async def tick() -> None:
+            with scope:
+                deadline = trio.current_time() + period
+                while True:
+                    await trio.sleep_until(deadline)
+                    await cell.ref.tell(msg)
+                    deadline += period
+                    now = trio.current_time()
+                    if deadline <= now:
+                        deadline += period * ((now - deadline) // period + 1)
+
+        self.nursery.start_soon(tick)
+        return scope
+
+    def subscribe(self, topic: str, message_type: type) -> None:
+        """Receive every event published on ``topic`` that is a ``message_type``.
+
+        Events arrive through this actor's mailbox, so its capacity and
+        overflow policy apply to them. The subscription survives restarts
+        and ends when the actor stops for good.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``message_type``.
+        """
+        cell = self._cell
+        if cell.actor_cls._resolve(message_type) is None:
+            raise UnknownMessage(
+                f"{cell.path} cannot subscribe to {message_type.__qualname__}: no handler"
+            )
+        cell.system._subscribe(topic, cell, message_type)
+
+    def unsubscribe(self, topic: str, message_type: type | None = None) -> None:
+        """Stop receiving ``topic`` (only ``message_type`` events, if given)."""
+        self._cell.system._unsubscribe(topic, self._cell, message_type)
+
+    async def publish(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to every subscriber of ``topic`` whose type it matches.
+
+        Waits while a subscriber's ``block`` mailbox is full (backpressure).
+        A subscriber that refuses the event turns it into a dead letter; the
+        publisher is never failed by a subscriber.
+        """
+        await self._cell.system._publish(topic, event)

@@ -1,0 +1,187 @@
+"""The bounded, three-priority mailbox every actor owns.
+
+A mailbox outlives the incarnations of its actor: messages queued when an
+actor crashes are handled by the next incarnation, in order. Items are the
+message itself for ``tell`` (no envelope is allocated) or an ``Ask`` for
+``ask``; the consumer tells them apart by type.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+import outcome
+import trio
+
+from .errors import MailboxFull
+
+__all__ = ["PRIORITIES", "Ask", "Mailbox", "MailboxStatistics"]
+
+PRIORITIES: Final = ("high", "normal", "low")
+_INDEX: Final = {"high": 0, "normal": 1, "low": 2}
+
+
+class Ask:
+    """A message that wants a reply, and the task waiting for it.
+
+    ``waiter`` is the asking task while it waits, None once it has been
+    answered or has left (timed out or cancelled): the actor answers at most
+    once, and never a task that is no longer waiting.
+    """
+
+    __slots__ = ("msg", "waiter")
+
+    def __init__(self, msg: object, waiter: Any) -> None:
+        self.msg = msg
+        self.waiter = waiter
+
+    def reply(self, value: object) -> None:
+        """Wake the asker with ``value``, if it is still waiting."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(waiter, outcome.Value(value))
+
+    def fail(self, error: BaseException) -> None:
+        """Wake the asker with ``error`` raised, if it is still waiting."""
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+
+@attrs.frozen
+class MailboxStatistics:
+    """A snapshot of a mailbox."""
+
+    depth: int
+    capacity: int
+    overflow: str
+    by_priority: dict[str, int]
+    blocked_senders: int
+
+
+class Mailbox:
+    """A bounded queue with three strict priorities, FIFO within each.
+
+    Nothing here takes a lock: trio runs one task at a time and no method
+    awaits between reading and changing the queues, so each ``put_nowait`` /
+    ``get_nowait`` is atomic. Only ``wait_put`` and ``wait_nonempty`` wait.
+
+    Args:
+        capacity: the most messages it holds, over all priorities.
+        overflow: ``block``, ``reject``, ``drop_oldest`` or ``drop_newest``.
+        on_evict: called with each item evicted by a drop policy.
+    """
+
+    __slots__ = (
+        "_evict",
+        "_queues",
+        "_receiver",
+        "_senders",
+        "capacity",
+        "overflow",
+        "size",
+    )
+
+    def __init__(
+        self, capacity: int, overflow: str, on_evict: Callable[[object], None]
+    ) -> None:
+        self.capacity = capacity
+        self.overflow = overflow
+        self.size = 0
+        self._queues: tuple[deque[object], deque[object], deque[object]] = (
+            deque(),
+            deque(),
+            deque(),
+        )
+        self._evict = on_evict
+        self._receiver = trio.lowlevel.ParkingLot()
+        self._senders = trio.lowlevel.ParkingLot()
+
+    def put_nowait(self, item: object, priority: str) -> bool:
+        """Queue ``item`` at ``priority`` without waiting.
+
+        Returns False when the mailbox is full under ``block`` (the caller
+        decides whether to wait). Under ``drop_oldest`` / ``drop_newest`` a
+        full mailbox evicts one item through ``on_evict``.
+
+        Raises:
+            MailboxFull: full under ``reject``.
+            KeyError: ``priority`` is not high, normal or low.
+        """
+        queue = self._queues[_INDEX[priority]]
+        if self.size >= self.capacity:
+            overflow = self.overflow
+            if overflow == "block":
+                return False
+            if overflow == "reject":
+                raise MailboxFull(f"mailbox full ({self.capacity} messages)")
+            if overflow == "drop_newest":
+                self._evict(item)
+                return True
+            victim = self._oldest_at_or_below(_INDEX[priority])
+            if victim is None:
+                # Everything queued outranks the new message: it is the oldest
+                # to lose, since it would be handled last.
+                self._evict(item)
+                return True
+            self._evict(victim.popleft())
+            self.size -= 1
+        queue.append(item)
+        self.size += 1
+        if self._receiver:
+            self._receiver.unpark()
+        return True
+
+    def _oldest_at_or_below(self, index: int) -> deque[object] | None:
+        for queue in reversed(self._queues[index:]):
+            if queue:
+                return queue
+        return None
+
+    async def wait_not_full(self) -> None:
+        """Wait until an item is taken (or the mailbox drained); the caller retries."""
+        await self._senders.park()
+
+    def get_nowait(self) -> object | None:
+        """Take the next item (highest priority first), or None when empty."""
+        if not self.size:
+            return None
+        high, normal, low = self._queues
+        item = high.popleft() if high else normal.popleft() if normal else low.popleft()
+        self.size -= 1
+        if self._senders:
+            self._senders.unpark()
+        return item
+
+    async def wait_nonempty(self) -> None:
+        """Wait until an item is queued or ``wake()`` is called."""
+        await self._receiver.park()
+
+    def wake(self) -> None:
+        """Wake the consumer waiting in ``wait_nonempty`` (for example to stop)."""
+        self._receiver.unpark_all()
+
+    def drain(self) -> list[object]:
+        """Remove and return every queued item, in the order they would be handled."""
+        items: list[object] = []
+        for queue in self._queues:
+            items.extend(queue)
+            queue.clear()
+        self.size = 0
+        self._senders.unpark_all()
+        return items
+
+    def statistics(self) -> MailboxStatistics:
+        """Depth, capacity and waiting senders, now."""
+        return MailboxStatistics(
+            depth=self.size,
+            capacity=self.capacity,
+            overflow=self.overflow,
+            by_priority={p: len(q) for p, q in zip(PRIORITIES, self._queues, strict=True)},
+            blocked_senders=len(self._senders),
+        )

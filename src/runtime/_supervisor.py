@@ -1,0 +1,377 @@
+"""Supervisors: OTP restart strategies, intensity, backoff and circuit breakers.
+
+A supervisor incarnation is one trio task that owns a nursery. Each child
+incarnation (an actor, or a nested supervisor) is a task in that nursery
+inside its own cancel scope; its end (normal or a crash) is reported to the
+supervisor's control loop as an event, never by an exception escaping the
+nursery. The control loop applies the strategy. Structural changes (restarts,
+spawn, stop) hold the supervisor's lock, so they never interleave.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from typing import TYPE_CHECKING, Any, Union
+
+import structlog
+import trio
+
+from ._actor import ActorCell, ActorStatistics
+from ._specs import ChildSpec, SupervisorSpec
+from .errors import ActorNotFound, ActorStopped, SupervisorGaveUp
+
+if TYPE_CHECKING:
+    from ._system import ActorSystem
+
+__all__ = ["Supervisor"]
+
+logger = structlog.get_logger("runtime")
+
+Child = Union[ActorCell, "Supervisor"]  # noqa: UP007
+
+
+def _restart_wanted(restart: str, crashed: bool) -> bool:
+    return restart == "permanent" or (restart == "transient" and crashed)
+
+
+class Supervisor:
+    """One supervisor of the tree, and the state that outlives its incarnations."""
+
+    kind = "supervisor"
+    restart = "permanent"
+    shutdown_timeout = math.inf
+    breaker = None
+    consecutive_crashes = 0
+
+    def __init__(self, spec: SupervisorSpec, path: str, system: ActorSystem) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.path = path
+        self.system = system
+        self.log = logger.bind(path=path)
+        self.children: list[Child] = [system._build(child, f"{path}/") for child in spec.children]
+        self.status = "starting"
+        self.incarnation = 0
+        self.restarts = 0
+        self.stopping = False
+        self.scope: trio.CancelScope | None = None
+        self.done = trio.Event()
+        self.done.set()
+        self._restart_times: deque[float] = deque()
+        self._lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+        self._events_in: trio.MemorySendChannel[tuple[Any, ...]] | None = None
+        self._random = random.Random()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def run_incarnation(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> BaseException | None:
+        """Start the children in order, supervise them until stopped or giving up.
+
+        Returns None after a requested stop, or the ``SupervisorGaveUp`` error.
+        ``task_status.started()`` is called once every child has started.
+        """
+        self.incarnation += 1
+        self.status = "starting"
+        self.stopping = False
+        self._restart_times.clear()
+        self.done = trio.Event()
+        started = False
+        send, receive = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        self._events_in = send
+        error: BaseException | None = None
+        try:
+            with trio.CancelScope() as self.scope:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    try:
+                        async with self._lock:
+                            for child in self.children:
+                                await self._start_child(child)
+                        self.status = "running"
+                        self.log.info("supervisor_started", incarnation=self.incarnation)
+                        started = True
+                        task_status.started()
+                        await self._control_loop(receive)
+                    except SupervisorGaveUp as exc:
+                        error = exc
+                    finally:
+                        self.stopping = True
+                        with trio.CancelScope(shield=True):
+                            await self._stop_children()
+                        nursery.cancel_scope.cancel()
+        finally:
+            # The parent sets the status it wants ("stopped", "restarting").
+            self.scope = None
+            self._nursery = None
+            self.done.set()
+        if not started:
+            task_status.started()
+        return error
+
+    def request_stop(self) -> None:
+        """Ask this supervisor to stop its children in reverse order and end."""
+        self.stopping = True
+        if self._events_in is not None:
+            self._events_in.send_nowait(("stop",))
+
+    async def _control_loop(self, events: trio.MemoryReceiveChannel[tuple[Any, ...]]) -> None:
+        async for event in events:
+            kind = event[0]
+            if kind == "stop":
+                return
+            async with self._lock:
+                if self.stopping:
+                    return
+                if kind == "exit":
+                    await self._on_exit(event[1], event[2], event[3])
+                elif kind == "restart":
+                    await self._restart_group(event[1], event[2])
+                elif kind == "half_open":
+                    await self._half_open(event[1])
+
+    async def _stop_children(self) -> None:
+        """Stop every running child in reverse start order; retire them all."""
+        async with self._lock:
+            for child in reversed(self.children):
+                await self._stop_child(child, "stopped")
+            for child in self.children:
+                self._retire(child, "stopped")
+
+    # -- starting and stopping one child -------------------------------------
+
+    async def _start_child(self, child: Child) -> None:
+        assert self._nursery is not None
+        await self._nursery.start(self._run_child, child)
+
+    async def _run_child(
+        self, child: Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        incarnation = child.incarnation + 1
+        error = await child.run_incarnation(task_status)
+        if self._events_in is not None:
+            self._events_in.send_nowait(("exit", child, incarnation, error))
+
+    async def _stop_child(self, child: Child, status: str) -> None:
+        """Stop ``child`` gracefully; cancel it once its ``shutdown_timeout`` has passed.
+
+        ``status`` (``stopped`` or ``restarting``) is set first, so the exit
+        this causes is not taken for a crash or a normal exit.
+        """
+        if child.status != "circuit_open":
+            child.status = status
+        if child.done.is_set():
+            return
+        child.request_stop()
+        with trio.move_on_after(child.shutdown_timeout):
+            await child.done.wait()
+        if not child.done.is_set():
+            if child.scope is not None:
+                child.scope.cancel()
+            await child.done.wait()
+        self.log.info("child_stopped", child=child.path, incarnation=child.incarnation)
+
+    def _retire(self, child: Child, reason: str) -> None:
+        """Mark ``child`` stopped for good: queued messages become dead letters."""
+        if isinstance(child, ActorCell):
+            child.status = "stopped"
+            child.refusal = ActorStopped
+            child.flush(reason, ActorStopped)
+            self.system._unsubscribe_all(child)
+        else:
+            child.status = "stopped"
+            for grandchild in child.children:
+                child._retire(grandchild, reason)
+
+    # -- reacting to a child's end -------------------------------------------
+
+    async def _on_exit(self, child: Child, incarnation: int, error: BaseException | None) -> None:
+        if child.incarnation != incarnation or child not in self.children:
+            return
+        if child.status not in ("starting", "running"):
+            return  # an exit the supervisor caused itself
+        crashed = error is not None
+        if not _restart_wanted(child.restart, crashed):
+            self.log.info("child_exited", child=child.path, crashed=crashed, restart=child.restart)
+            self._retire(child, "stopped")
+            if child.restart == "temporary":
+                self._remove(child)
+            return
+        if crashed:
+            child.consecutive_crashes += 1
+            breaker = getattr(child.spec, "circuit_breaker", None)
+            if breaker is not None and child.consecutive_crashes >= breaker.failures:
+                self._open_circuit(child, breaker.reset_timeout)
+                return
+        self._count_restart(child, error)
+        group = self._restart_group_of(child)
+        child.status = "restarting"
+        for sibling in reversed(group):
+            if sibling is not child:
+                await self._stop_child(sibling, "restarting")
+        for sibling in group:
+            if sibling is not child and sibling.restart == "temporary":
+                self._retire(sibling, "stopped")
+                self._remove(sibling)
+        group = [c for c in group if c in self.children]
+        delay = self._backoff(child)
+        self.log.info(
+            "child_restarting",
+            child=child.path,
+            reason="crash" if crashed else "normal_exit",
+            strategy=self.spec.strategy,
+            group=[c.name for c in group],
+            delay=delay,
+        )
+        if delay > 0:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._restart_later, delay, group, self.incarnation)
+        else:
+            await self._restart_group(group, self.incarnation)
+
+    def _count_restart(self, child: Child, error: BaseException | None) -> None:
+        """Record one restart; more than ``max_restarts`` within ``within`` gives up."""
+        now = trio.current_time()
+        times = self._restart_times
+        times.append(now)
+        while times and times[0] <= now - self.spec.within:
+            times.popleft()
+        if len(times) > self.spec.max_restarts:
+            message = (
+                f"supervisor {self.path} gave up: more than {self.spec.max_restarts} "
+                f"restart(s) within {self.spec.within:g}s; last: {child.path} "
+                + (f"crashed with {error!r}" if error is not None else "exited")
+            )
+            self.log.error("supervisor_gave_up", child=child.path, max_restarts=self.spec.max_restarts)
+            gave_up = SupervisorGaveUp(message)
+            gave_up.__cause__ = error
+            raise gave_up
+
+    def _restart_group_of(self, child: Child) -> list[Child]:
+        strategy = self.spec.strategy
+        if strategy == "one_for_one":
+            return [child]
+        start = 0 if strategy == "one_for_all" else self.children.index(child)
+        return [
+            c
+            for c in self.children[start:]
+            if c is child or c.status in ("starting", "running")
+        ]
+
+    def _backoff(self, child: Child) -> float:
+        backoff = self.spec.backoff
+        if backoff is None:
+            return 0.0
+        attempt = max(child.consecutive_crashes, 1)
+        return backoff.delay(attempt, self._random.random())
+
+    async def _restart_later(self, delay: float, group: list[Child], incarnation: int) -> None:
+        await trio.sleep(delay)
+        if self._events_in is not None:
+            self._events_in.send_nowait(("restart", group, incarnation))
+
+    async def _restart_group(self, group: list[Child], incarnation: int) -> None:
+        if incarnation != self.incarnation:
+            return
+        for child in group:
+            if child in self.children and child.status == "restarting":
+                child.restarts += 1
+                await self._start_child(child)
+
+    # -- circuit breaker ------------------------------------------------------
+
+    def _open_circuit(self, child: Child, reset_timeout: float) -> None:
+        assert isinstance(child, ActorCell) and self._nursery is not None
+        from .errors import CircuitOpen
+
+        child.status = "circuit_open"
+        child.breaker = "open"
+        child.refusal = CircuitOpen
+        child.flush("circuit_open", CircuitOpen)
+        self.log.warning(
+            "breaker_opened",
+            child=child.path,
+            failures=child.consecutive_crashes,
+            reset_timeout=reset_timeout,
+        )
+        self._nursery.start_soon(self._half_open_later, reset_timeout, child, self.incarnation)
+
+    async def _half_open_later(self, delay: float, child: Child, incarnation: int) -> None:
+        await trio.sleep(delay)
+        if self._events_in is not None and incarnation == self.incarnation:
+            self._events_in.send_nowait(("half_open", child))
+
+    async def _half_open(self, child: Child) -> None:
+        from ._actor import _TRIAL
+
+        if not isinstance(child, ActorCell) or child.status != "circuit_open":
+            return
+        if child not in self.children:
+            return
+        child.breaker = "half_open"
+        child.refusal = _TRIAL
+        child.restarts += 1
+        self.log.info("breaker_half_open", child=child.path)
+        await self._start_child(child)
+
+    # -- dynamic children -----------------------------------------------------
+
+    async def add_child(self, spec: ChildSpec | SupervisorSpec) -> Child:
+        """Add and start a child after the existing ones (``system.spawn``).
+
+        Raises:
+            ValueError: a running child has that name already.
+            ActorStopped: this supervisor is not running.
+        """
+        async with self._lock:
+            if self._nursery is None or self.stopping:
+                raise ActorStopped(f"supervisor {self.path} is not running")
+            for existing in self.children:
+                if existing.name == spec.name:
+                    if existing.status != "stopped":
+                        raise ValueError(f"{self.path} already has a child named {spec.name!r}")
+                    self._remove(existing)
+            child = self.system._build(spec, f"{self.path}/")
+            self.children.append(child)
+            await self._start_child(child)
+            return child
+
+    async def terminate_child(self, name: str) -> None:
+        """Stop the child ``name`` for good and forget it (OTP ``terminate_child``).
+
+        Raises:
+            ActorNotFound: no such child.
+        """
+        async with self._lock:
+            child = next((c for c in self.children if c.name == name), None)
+            if child is None:
+                raise ActorNotFound(f"{self.path} has no child named {name!r}")
+            await self._stop_child(child, "stopped")
+            self._retire(child, "stopped")
+            self._remove(child)
+
+    def _remove(self, child: Child) -> None:
+        if child in self.children:
+            self.children.remove(child)
+        self.system._forget(child)
+
+    def statistics(self) -> ActorStatistics:
+        """The supervisor's status and restart count, now."""
+        return ActorStatistics(
+            path=self.path,
+            status=self.status,
+            incarnation=self.incarnation,
+            restarts=self.restarts,
+            mailbox_depth=0,
+            mailbox_capacity=0,
+            breaker=None,
+            pending_asks=0,
+        )
+
+    def is_idle(self) -> bool:
+        """True when no restart is pending below this supervisor."""
+        return self.status in ("running", "stopped") and all(c.is_idle() for c in self.children)

@@ -1,0 +1,287 @@
+"""The actor system: the root supervisor, the path registry, dead letters and topics."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
+from ._specs import ChildSpec, SupervisorSpec, Topology
+from ._supervisor import Child, Supervisor
+from ._topology import load_topology
+from .errors import ActorNotFound, ActorSystemError, TopologyError
+
+__all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
+
+logger = structlog.get_logger("runtime")
+
+DEAD_LETTERS_KEPT = 1000
+_IDLE_POLL = 0.05
+
+
+@attrs.frozen
+class DeadLetter:
+    """A message that was accepted but will never be handled.
+
+    Attributes:
+        path: the actor it was sent to.
+        message: the message itself.
+        reason: ``mailbox_full`` (evicted by ``drop_oldest``/``drop_newest``),
+            ``stopped`` (the actor stopped for good with it queued) or
+            ``circuit_open`` (queued when the actor's circuit opened).
+    """
+
+    path: str
+    message: object
+    reason: str
+
+
+@attrs.frozen
+class TreeNode:
+    """One node of ``ActorSystem.tree()``."""
+
+    path: str
+    kind: str
+    stats: ActorStatistics
+    children: tuple[TreeNode, ...] = ()
+
+
+class ActorSystem:
+    """A running supervision tree. Get one from ``open_system``."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.name = topology.system
+        self._cells: dict[str, ActorCell] = {}
+        self._supervisors: dict[str, Supervisor] = {}
+        self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
+        self.dead_letter_count = 0
+        self._topics: dict[str, dict[ActorCell, set[type]]] = {}
+        self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
+        self._supervisors[self.root.path] = self.root
+        self.failure: BaseException | None = None
+
+    # -- the tree -------------------------------------------------------------
+
+    def _build(self, spec: ChildSpec | SupervisorSpec, prefix: str) -> Child:
+        path = f"{prefix}{spec.name}"
+        if isinstance(spec, SupervisorSpec):
+            supervisor = Supervisor(spec, path, self)
+            self._supervisors[path] = supervisor
+            return supervisor
+        cell = ActorCell(spec, path, self)
+        self._cells[path] = cell
+        return cell
+
+    def _forget(self, child: Child) -> None:
+        if isinstance(child, Supervisor):
+            self._supervisors.pop(child.path, None)
+            for grandchild in child.children:
+                self._forget(grandchild)
+        elif self._cells.get(child.path) is child:
+            del self._cells[child.path]
+
+    def ref(self, path: str) -> ActorRef[Any]:
+        """The ref of the actor at ``path`` (``root/workers/reviewer``).
+
+        Raises:
+            ActorNotFound: no actor at that path (a supervisor is not an actor).
+        """
+        cell = self._cells.get(path)
+        if cell is None:
+            what = "a supervisor, not an actor" if path in self._supervisors else "not found"
+            raise ActorNotFound(f"{path!r}: {what}")
+        return cell.ref
+
+    async def spawn(self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any) -> ActorRef[Any]:
+        """Start a new actor as the last child of the root supervisor.
+
+        ``fields`` are the other ``ChildSpec`` fields (``restart``,
+        ``mailbox``, ``args``, ...). Returns once its ``on_start`` has run.
+
+        Raises:
+            ValueError: invalid spec, or a running child has that name.
+        """
+        spec = ChildSpec(name=name, actor=actor_cls, **fields)
+        child = await self.root.add_child(spec)
+        assert isinstance(child, ActorCell)
+        return child.ref
+
+    async def stop(self, path: str) -> None:
+        """Stop the child at ``path`` for good, as OTP's ``terminate_child``.
+
+        It gets its ``shutdown_timeout`` to finish its current message and run
+        ``on_stop``; its queued messages become dead letters. A supervisor
+        path stops that whole subtree.
+
+        Raises:
+            ActorNotFound: nothing at that path.
+        """
+        parent_path, _, name = path.rpartition("/")
+        parent = self._supervisors.get(parent_path)
+        if parent is None:
+            raise ActorNotFound(f"{path!r}: not found")
+        await parent.terminate_child(name)
+
+    @property
+    def dead_letters(self) -> Sequence[DeadLetter]:
+        """The most recent dead letters (up to 1,000), oldest first."""
+        return self._dead_letters
+
+    def tree(self) -> TreeNode:
+        """A snapshot of the supervision tree with each node's statistics."""
+        return self._node(self.root)
+
+    def _node(self, node: Child) -> TreeNode:
+        if isinstance(node, Supervisor):
+            children = tuple(self._node(child) for child in node.children)
+            return TreeNode(node.path, "supervisor", node.statistics(), children)
+        return TreeNode(node.path, "actor", node.statistics())
+
+    def _dead_letter(self, path: str, message: object, reason: str) -> None:
+        self._dead_letters.append(DeadLetter(path, message, reason))
+        self.dead_letter_count += 1
+        logger.warning(
+            "dead_letter", path=path, message_type=type(message).__qualname__, reason=reason
+        )
+
+    # -- topics ------------------------------------------------------------------
+
+    def _subscribe(self, topic: str, cell: ActorCell, message_type: type) -> None:
+        self._topics.setdefault(topic, {}).setdefault(cell, set()).add(message_type)
+
+    def _unsubscribe(self, topic: str, cell: ActorCell, message_type: type | None) -> None:
+        subscribers = self._topics.get(topic, {})
+        types = subscribers.get(cell)
+        if types is None:
+            return
+        if message_type is None:
+            types.clear()
+        else:
+            types.discard(message_type)
+        if not types:
+            del subscribers[cell]
+
+    def _unsubscribe_all(self, cell: ActorCell) -> None:
+        for subscribers in self._topics.values():
+            subscribers.pop(cell, None)
+
+    async def _publish(self, topic: str, event: object) -> None:
+        for cell, types in list(self._topics.get(topic, {}).items()):
+            if not isinstance(event, tuple(types)):
+                continue
+            try:
+                await cell.ref.tell(event)
+            except ActorSystemError as exc:
+                self._dead_letter(cell.path, event, type(exc).__name__)
+
+    # -- lifetime -----------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        """Every mailbox empty, no handler running, no restart or one-shot timer pending."""
+        return self.root.is_idle()
+
+    async def wait_until_idle(self, poll: float = _IDLE_POLL) -> None:
+        """Return once the system has been idle at two polls in a row, or the root stopped."""
+        streak = 0
+        while streak < 2:
+            await trio.sleep(poll)
+            if self.root.done.is_set():
+                return
+            streak = streak + 1 if self.is_idle() else 0
+
+
+def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology:
+    if topology is None:
+        return Topology()
+    if isinstance(topology, Topology):
+        return topology
+    return load_topology(topology)
+
+
+def _check_supported(topology: Topology) -> None:
+    problems: list[str] = []
+    if topology.resources:
+        problems.append("resources: resource actors are not supported by this version")
+    if topology.metrics.listen is not None:
+        problems.append("metrics.listen: the metrics endpoint is not supported by this version")
+    problems.extend(
+        f"{path}: checkpoint: {spec.checkpoint!r} needs checkpointing, which this version "
+        "does not support; use off"
+        for path, spec in _walk(topology.supervisor)
+        if spec.checkpoint != "off"
+    )
+    if problems:
+        raise TopologyError(problems)
+
+
+def _walk(spec: SupervisorSpec, prefix: str = "") -> list[tuple[str, ChildSpec]]:
+    from ._topology import iter_children
+
+    return list(iter_children(spec, prefix))
+
+
+@asynccontextmanager
+async def open_system(
+    topology: Topology | str | os.PathLike[str] | None = None,
+    *,
+    store: object = None,
+    registry: object = None,
+) -> AsyncIterator[ActorSystem]:
+    """Start a supervision tree; leaving the block stops it gracefully.
+
+    Children start in order before the block is entered and stop in reverse
+    order when it is left (each within its ``shutdown_timeout``). If the root
+    supervisor gives up, the block is cancelled and ``SupervisorGaveUp`` is
+    raised out of it.
+
+    Args:
+        topology: a ``Topology``, a path to a YAML file, or None for an empty
+            ``one_for_one`` root named ``root``.
+        store: reserved for the checkpoint store (a URL or store object).
+        registry: reserved for a prometheus ``CollectorRegistry``.
+
+    Raises:
+        TopologyError: the topology is invalid; nothing was started.
+        SupervisorGaveUp: the root supervisor exceeded its restart intensity.
+    """
+    spec = _topology_of(topology)
+    _check_supported(spec)
+    system = ActorSystem(spec)
+    system.store = store
+    system.registry = registry
+    root = system.root
+
+    async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        error = await root.run_incarnation(task_status)
+        root.status = "stopped"
+        if error is not None:
+            system.failure = error
+            outer.cancel()
+
+    body_error: Exception | None = None
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_root)
+            if system.failure is None:
+                logger.info("system_started", system=system.name)
+                try:
+                    yield system
+                except Exception as exc:
+                    # Re-raised below as itself, not wrapped in the nursery's group.
+                    body_error = exc
+                finally:
+                    logger.info("system_stopping", system=system.name)
+                    root.request_stop()
+    if system.failure is not None:
+        raise system.failure
+    logger.info("system_stopped", system=system.name, dead_letters=system.dead_letter_count)
+    if body_error is not None:
+        raise body_error

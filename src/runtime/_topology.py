@@ -1,0 +1,212 @@
+"""Loading ``topology.yaml`` into specs, with errors that name file, line and field.
+
+The YAML is read with ``yaml.safe_load`` only, ``${VAR}`` and
+``${VAR:-default}`` are replaced in string values, and the result is
+structured with cattrs into the frozen attrs specs of ``_specs``. Every
+problem found is reported, each as ``file:line: field.path: message``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+import cattrs
+import yaml
+from cattrs.errors import ForbiddenExtraKeysError
+
+from ._specs import (
+    ActorClass,
+    CheckpointPolicy,
+    ChildSpec,
+    FieldError,
+    Seconds,
+    SupervisorSpec,
+    Topology,
+    import_actor,
+    to_checkpoint_policy,
+    to_seconds,
+)
+from .errors import TopologyError
+
+__all__ = ["iter_children", "load_topology", "parse_topology"]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
+
+
+def _structure_entry(value: Any, _type: object) -> ChildSpec | SupervisorSpec:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping with name and actor (or children); got {value!r}")
+    if "children" in value:
+        if "actor" in value:
+            raise ValueError("an entry has either actor: (an actor) or children: (a supervisor)")
+        return _converter.structure(value, SupervisorSpec)
+    if "actor" not in value:
+        raise ValueError("an entry needs actor: (an actor) or children: (a supervisor)")
+    return _converter.structure(value, ChildSpec)
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(Seconds, lambda v, _t: to_seconds(v))
+    converter.register_structure_hook(ActorClass, lambda v, _t: import_actor(v))
+    converter.register_structure_hook(CheckpointPolicy, lambda v, _t: to_checkpoint_policy(v))
+    converter.register_structure_hook(_ENTRY, _structure_entry)
+    return converter
+
+
+_converter = _make_converter()
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Map each field path (``$.supervisor.children[0].name``) to its 1-based line."""
+    lines: dict[str, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: str) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = f"{path}.{key.value}"
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, f"{path}[{index}]")
+
+    if root is not None:
+        walk(root, "$")
+    return lines
+
+
+def _interpolate(value: Any, path: str, missing: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{path}.{k}", missing) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        missing.append(f"{path}\0environment variable {name} is not set and has no default")
+        return match[0]
+
+    return _ENV.sub(replace, value)
+
+
+def _format_leaf(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ForbiddenExtraKeysError):
+        known = ", ".join(a.name for a in attrs.fields(exc.cl))
+        keys = ", ".join(sorted(exc.extra_fields))
+        return f"unknown key(s) {keys}; expected some of {known}"
+    if isinstance(exc, KeyError):
+        return "required field is missing"
+    if typing.get_origin(type_) is typing.Literal:
+        return f"expected one of {', '.join(typing.get_args(type_))}"
+    if isinstance(exc, (ValueError, TypeError)) and type_ in (int, float, str, bool):
+        return f"expected {type_.__name__}; {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _leaves(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
+    """Yield ``(field path, message)`` for every leaf error of a cattrs failure."""
+    if isinstance(exc, FieldError):
+        yield f"{path}.{exc.field}", str(exc)
+        return
+    if not isinstance(exc, BaseExceptionGroup):
+        yield path, _format_leaf(exc, None)
+        return
+    for sub in exc.exceptions:
+        notes = getattr(sub, "__notes__", [])
+        note = next((n for n in notes if hasattr(n, "name") or hasattr(n, "index")), None)
+        if note is not None and hasattr(note, "name"):
+            sub_path, type_ = f"{path}.{note.name}", note.type
+        elif note is not None:
+            sub_path, type_ = f"{path}[{note.index}]", note.type
+        else:
+            sub_path, type_ = path, None
+        if isinstance(sub, (BaseExceptionGroup, FieldError)):
+            yield from _leaves(sub, sub_path)
+        elif isinstance(sub, KeyError) and note is not None and hasattr(note, "name"):
+            yield sub_path, "required field is missing"
+        else:
+            yield sub_path, _format_leaf(sub, type_)
+
+
+def _report(source: str, lines: dict[str, int], path: str, message: str) -> str:
+    probe = path
+    while probe not in lines and probe != "$":
+        probe = probe.rsplit("[", 1)[0] if probe.endswith("]") else probe.rsplit(".", 1)[0]
+    line = lines.get(probe, 1)
+    field = path[2:] if path.startswith("$.") else "(top level)"
+    return f"{source}:{line}: {field}: {message}"
+
+
+def parse_topology(text: str, source: str = "<topology>") -> Topology:
+    """Parse and validate topology YAML text.
+
+    Raises:
+        TopologyError: every problem found, each naming ``source``, the line
+            and the field path.
+    """
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TopologyError([f"{source}:{line}: (yaml): {problem}"]) from None
+    lines = _line_map(text)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise TopologyError([f"{source}:1: (top level): expected a mapping of topology fields"])
+    missing: list[str] = []
+    data = _interpolate(data, "$", missing)
+    if missing:
+        raise TopologyError(
+            [_report(source, lines, *entry.split("\0", 1)) for entry in missing]
+        )
+    try:
+        return _converter.structure(data, Topology)
+    except Exception as exc:  # cattrs reports every failure as one group
+        errors = [_report(source, lines, path, msg) for path, msg in _leaves(exc, "$")]
+        raise TopologyError(errors) from None
+
+
+def load_topology(path: str | os.PathLike[str]) -> Topology:
+    """Read and validate a topology file.
+
+    Raises:
+        TopologyError: the file cannot be read, or is invalid.
+    """
+    source = os.fspath(path)
+    try:
+        text = Path(source).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TopologyError([f"{source}:0: (file): cannot read: {exc.strerror}"]) from None
+    return parse_topology(text, source)
+
+
+def iter_children(spec: SupervisorSpec, prefix: str = "") -> Iterator[tuple[str, ChildSpec]]:
+    """Yield ``(path, spec)`` for every actor below ``spec``, depth first, in start order."""
+    base = f"{prefix}{spec.name}"
+    for child in spec.children:
+        if isinstance(child, SupervisorSpec):
+            yield from iter_children(child, f"{base}/")
+        else:
+            yield f"{base}/{child.name}", child

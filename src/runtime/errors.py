@@ -1,0 +1,96 @@
+"""Public exceptions.
+
+Every exception the runtime raises on purpose descends from one base, and each
+class is one way a caller reacts. Where a builtin already means the same thing
+the class also subclasses it, so generic handlers keep working::
+
+    ActorSystemError
+    ├── MailboxFull             the target's mailbox refused the message
+    ├── AskTimeout              (also TimeoutError) no reply within the timeout
+    ├── ActorFailed             the handler raised; the original is __cause__
+    │   └── SupervisorGaveUp    restart intensity exceeded; the last crash is __cause__
+    ├── ActorStopped            the target stopped for good before replying
+    ├── ActorNotFound           (also LookupError) no actor at that path
+    ├── UnknownMessage          (also TypeError) the target has no handler for the type
+    ├── CircuitOpen             the target's circuit breaker is open
+    ├── TopologyError           (also ValueError) an invalid topology: file, line, field
+    └── CheckpointConflict      a checkpoint write lost against a newer version
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "ActorFailed",
+    "ActorNotFound",
+    "ActorStopped",
+    "ActorSystemError",
+    "AskTimeout",
+    "CheckpointConflict",
+    "CircuitOpen",
+    "MailboxFull",
+    "SupervisorGaveUp",
+    "TopologyError",
+    "UnknownMessage",
+]
+
+
+class ActorSystemError(Exception):
+    """Base class of every error raised by the runtime."""
+
+
+class MailboxFull(ActorSystemError):
+    """The mailbox is full and its overflow policy refused the message.
+
+    Raised by ``tell_nowait`` under ``block``, by ``tell``/``ask`` under
+    ``reject``, and to an asker whose message was evicted by ``drop_oldest``
+    or ``drop_newest``.
+    """
+
+
+class AskTimeout(ActorSystemError, TimeoutError):
+    """``ask`` got no reply within its timeout."""
+
+
+class ActorFailed(ActorSystemError):
+    """The handler raised while handling the message; ``__cause__`` is the original."""
+
+
+class SupervisorGaveUp(ActorFailed):
+    """A supervisor exceeded its restart intensity and stopped all its children.
+
+    Raised out of ``open_system`` when the root supervisor gives up; the crash
+    that exhausted the intensity is ``__cause__``.
+    """
+
+
+class ActorStopped(ActorSystemError):
+    """The actor has stopped for good (or stopped before handling the message)."""
+
+
+class ActorNotFound(ActorSystemError, LookupError):
+    """No actor lives at that path."""
+
+
+class UnknownMessage(ActorSystemError, TypeError):
+    """The target actor has no handler for the message's type."""
+
+
+class CircuitOpen(ActorSystemError):
+    """The target's circuit breaker is open (or half-open with its trial taken)."""
+
+
+class CheckpointConflict(ActorSystemError):
+    """A checkpoint write was made against a version older than the stored one."""
+
+
+class TopologyError(ActorSystemError, ValueError):
+    """The topology is invalid. ``errors`` holds one line per problem.
+
+    Each line reads ``file:line: field.path: what is wrong``.
+    """
+
+    def __init__(self, errors: Sequence[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
