@@ -203,6 +203,7 @@ class ActorCell:
         self.consecutive_crashes = 0
         self.stop_requested = False
         self.waiting = False
+        self.in_flight = 0  # handlers running under concurrency > 1
         self.one_shot_timers = 0
         self.scope: trio.CancelScope | None = None
         self.done = trio.Event()
@@ -346,9 +347,11 @@ class ActorCell:
         mailbox = self.mailbox
 
         async def handle_one(item: object) -> None:
+            self.in_flight += 1
             try:
                 await self._handle(actor, item)
             finally:
+                self.in_flight -= 1
                 slots.release()
 
         async with trio.open_nursery() as running:
@@ -359,7 +362,7 @@ class ActorCell:
                     item = mailbox.get_nowait()
                     if item is not None:
                         break
-                    self.waiting = slots.value == limit - 1
+                    self.waiting = True
                     await mailbox.wait_nonempty()
                     self.waiting = False
                 if item is None:
@@ -419,6 +422,7 @@ class ActorCell:
         return (
             self.status == "running"
             and self.waiting
+            and not self.in_flight
             and not self.mailbox.size
             and not self.one_shot_timers
         )

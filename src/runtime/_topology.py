@@ -8,6 +8,7 @@ problem found is reported, each as ``file:line: field.path: message``.
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import typing
@@ -182,10 +183,38 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
             [_report(source, lines, *entry.split("\0", 1)) for entry in missing]
         )
     try:
-        return _converter.structure(data, Topology)
+        topology = _converter.structure(data, Topology)
     except Exception as exc:  # cattrs reports every failure as one group
         errors = [_report(source, lines, path, msg) for path, msg in _leaves(exc, "$")]
         raise TopologyError(errors) from None
+    problems = list(_check_actors(topology.supervisor, "$.supervisor"))
+    if problems:
+        raise TopologyError([_report(source, lines, path, msg) for path, msg in problems])
+    return topology
+
+
+def _check_actors(spec: SupervisorSpec, path: str) -> Iterator[tuple[str, str]]:
+    """Check what cattrs cannot: handlers are well-formed and ``args`` fit ``__init__``."""
+    for index, child in enumerate(spec.children):
+        child_path = f"{path}.children[{index}]"
+        if isinstance(child, SupervisorSpec):
+            yield from _check_actors(child, child_path)
+            continue
+        yield from (
+            (f"{child_path}.{field}", message) for field, message in check_child(child)
+        )
+
+
+def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
+    """Yield ``(field, problem)`` for an actor class that cannot run with this spec."""
+    try:
+        spec.actor._handler_table()
+    except TypeError as exc:
+        yield "actor", str(exc)
+    try:
+        inspect.signature(spec.actor.__init__).bind(None, **spec.args)
+    except TypeError as exc:
+        yield "args", f"do not fit {spec.actor.__qualname__}.__init__: {exc}"
 
 
 def load_topology(path: str | os.PathLike[str]) -> Topology:

@@ -1,0 +1,164 @@
+"""``python -m runtime``: start or validate a topology.
+
+Exit codes:
+    0: the system ran and stopped gracefully (``start``), or the topology is
+       valid (``validate``).
+    1: the system failed: the root supervisor gave up, or starting it failed.
+    2: usage error, or an invalid topology (errors on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import trio
+
+from ._logging import configure_logging
+from ._system import ActorSystem, TreeNode, open_system
+from ._topology import iter_children, load_topology
+from .errors import ActorSystemError, TopologyError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description="A supervised actor runtime on trio: start or validate a topology.",
+        epilog="Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = commands.add_parser(
+        "start",
+        help="start a topology and run it until SIGINT/SIGTERM",
+        description=(
+            "Start the supervision tree in TOPOLOGY and run it until SIGINT or SIGTERM, "
+            "then stop it gracefully (children in reverse start order). A second signal "
+            "cancels whatever is still stopping."
+        ),
+        epilog="Exit codes: 0 stopped gracefully, 1 the system failed, 2 invalid topology.",
+    )
+    start.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
+    start.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="stop once every mailbox is empty and no handler, restart or timer is pending",
+    )
+    start.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log format on stderr; auto is console on a terminal, JSON otherwise",
+    )
+    start.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="least severe log level written (default: info)",
+    )
+    validate = commands.add_parser(
+        "validate",
+        help="check a topology without starting it",
+        description=(
+            "Check TOPOLOGY: YAML syntax, every field, and that each actor class imports, "
+            "is a runtime.Actor, has well-formed handlers and accepts its args."
+        ),
+        epilog="Exit codes: 0 valid, 2 invalid (one line per problem on stderr).",
+    )
+    validate.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # actors are imported relative to the working dir
+    if args.command == "validate":
+        return _validate(args.topology)
+    configure_logging(fmt=args.log_format, level=args.log_level)
+    return trio.run(_start, args.topology, args.until_idle)
+
+
+def _validate(path: str) -> int:
+    try:
+        topology = load_topology(path)
+    except TopologyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    actors = sum(1 for _ in iter_children(topology.supervisor))
+    print(f"{path}: valid: system {topology.system!r}, {actors} actor(s)")
+    return EXIT_OK
+
+
+async def _start(path: str, until_idle: bool) -> int:
+    try:
+        topology = load_topology(path)
+    except TopologyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    started = trio.current_time()
+    system: ActorSystem | None = None
+    try:
+        async with open_system(topology) as system:
+            print(f"started {topology.system!r} from {path}", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
+                    if until_idle:
+                        await system.wait_until_idle()
+                    else:
+                        await trio.sleep_forever()
+                    nursery.cancel_scope.cancel()
+    except TopologyError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    except ActorSystemError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if system is not None:
+            _summary(system, trio.current_time() - started, file=sys.stderr)
+        return EXIT_FAILED
+    _summary(system, trio.current_time() - started)
+    return EXIT_OK
+
+
+async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+    async for signum in signals:
+        print(f"received {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
+        scope.cancel()
+        return
+
+
+def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = None) -> None:
+    if system is None:
+        return
+    out = file if file is not None else sys.stdout
+    nodes = list(_flatten(system.tree()))
+    actors = [n for n in nodes if n.kind == "actor"]
+    handled = sum(cell.handled for cell in system._cells.values())
+    restarts = sum(n.stats.restarts for n in nodes)
+    print(
+        f"summary: {len(actors)} actor(s), {handled} message(s) handled, "
+        f"{restarts} restart(s), {system.dead_letter_count} dead letter(s), "
+        f"{elapsed:.2f}s elapsed",
+        file=out,
+    )
+
+
+def _flatten(node: TreeNode) -> list[TreeNode]:
+    out = [node]
+    for child in node.children:
+        out.extend(_flatten(child))
+    return out
