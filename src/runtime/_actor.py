@@ -66,7 +66,13 @@ def _message_types(cls: type, fn: Handler) -> tuple[type, ...]:
             f"handler {cls.__qualname__}.{fn.__name__} must take (self, msg); "
             f"it takes {len(params)} parameters"
         )
-    hints = typing.get_type_hints(fn)
+    try:
+        hints = typing.get_type_hints(fn)
+    except NameError as exc:
+        raise TypeError(
+            f"handler {cls.__qualname__}.{fn.__name__}: cannot resolve its annotations "
+            f"({exc}); define message classes at module level"
+        ) from None
     annotation = hints.get(params[1].name)
     if annotation is None:
         raise TypeError(
