@@ -116,9 +116,10 @@ class Source(runtime.Actor[None]):
             for attempt in range(5):
                 try:
                     await self.worker.ask(Job(number, attempt), timeout=10)
-                    return
                 except (ActorFailed, ActorStopped):
                     log.info("job_retry", job=number, attempt=attempt + 1)
+                else:
+                    return
             log.error("job_gave_up", job=number)
         finally:
             limiter.release()

@@ -41,13 +41,22 @@ async def test_priorities_are_strict_and_fifo_within_one() -> None:
         async with runtime.open_system(topology(child("g", Gate, args={"seen": seen}))) as system:
             ref = await blocked(system, "root/g")
             for item, priority in [
-                ("low1", "low"), ("n1", "normal"), ("high1", "high"),
-                ("low2", "low"), ("n2", "normal"), ("high2", "high"),
+                ("low1", "low"),
+                ("n1", "normal"),
+                ("high1", "high"),
+                ("low2", "low"),
+                ("n2", "normal"),
+                ("high2", "high"),
             ]:
                 ref.tell_nowait(Record(item), priority=priority)
             Gate.release.set()
             assert await ref.ask(Get(), priority="low") == [
-                "high1", "high2", "n1", "n2", "low1", "low2"
+                "high1",
+                "high2",
+                "n1",
+                "n2",
+                "low1",
+                "low2",
             ]
 
 

@@ -20,7 +20,6 @@ import structlog
 import trio
 
 from ._mailbox import Ask, Mailbox
-from ._specs import ChildSpec
 from .errors import (
     ActorFailed,
     ActorStopped,
@@ -31,6 +30,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from ._specs import ChildSpec
     from ._system import ActorSystem
 
 __all__ = ["Actor", "ActorCell", "ActorContext", "ActorRef", "ActorStatistics", "handler"]
@@ -86,9 +86,7 @@ def _message_types(cls: type, fn: Handler) -> tuple[type, ...]:
     )
     for member in members:
         if not isinstance(member, type):
-            raise TypeError(
-                f"handler {cls.__qualname__}.{fn.__name__}: {member!r} is not a class"
-            )
+            raise TypeError(f"handler {cls.__qualname__}.{fn.__name__}: {member!r} is not a class")
     return members
 
 
@@ -195,7 +193,7 @@ class ActorCell:
         self.actor_cls._handler_table()
         self.table = self.actor_cls._dispatch
         self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self._evicted)
-        self.ref = ActorRef(self)
+        self.ref: ActorRef[Any] = ActorRef(self)
         self.log = logger.bind(path=path)
         self.status = "starting"
         self.incarnation = 0
@@ -259,10 +257,11 @@ class ActorCell:
     def flush(self, reason: str, error: type[Exception]) -> None:
         """Turn every queued message into a dead letter; askers get ``error``."""
         for item in self.mailbox.drain():
+            message = item
             if type(item) is Ask:
                 item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
-                item = item.msg
-            self.system._dead_letter(self.path, item, reason)
+                message = item.msg
+            self.system._dead_letter(self.path, message, reason)
 
     # -- one incarnation ----------------------------------------------------
 
@@ -301,7 +300,7 @@ class ActorCell:
                 self.log.warning("actor_killed", incarnation=self.incarnation)
         except Exception as exc:
             error = _unwrap(exc)
-            self.log.error(
+            self.log.exception(
                 "actor_crashed",
                 incarnation=self.incarnation,
                 during="handler" if started else "start",

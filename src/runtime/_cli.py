@@ -13,7 +13,7 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
 import trio
@@ -134,7 +134,7 @@ async def _start(path: str, until_idle: bool) -> int:
     return EXIT_OK
 
 
-async def _stop_on_signal(signals: trio.abc.ReceiveChannel[int], scope: trio.CancelScope) -> None:
+async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
     async for signum in signals:
         print(f"received {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
         scope.cancel()

@@ -87,9 +87,7 @@ class Mailbox:
         "size",
     )
 
-    def __init__(
-        self, capacity: int, overflow: str, on_evict: Callable[[object], None]
-    ) -> None:
+    def __init__(self, capacity: int, overflow: str, on_evict: Callable[[object], None]) -> None:
         self.capacity = capacity
         self.overflow = overflow
         self.size = 0

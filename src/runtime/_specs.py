@@ -10,10 +10,13 @@ a bad value is reported against the field it came from.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from typing import Any, Literal, NewType, Union
 
 import attrs
+
+from ._actor import Actor
 
 __all__ = [
     "BackoffSpec",
@@ -28,10 +31,7 @@ __all__ = [
 Seconds = NewType("Seconds", float)
 """A duration in seconds; structured from a number or ``"500ms"``/``"5s"``/``"2m"``/``"1h"``."""
 
-ActorClass = NewType("ActorClass", type)
-"""An ``Actor`` subclass; structured from an import path ``"pkg.module:Class"``."""
-
-CheckpointPolicy = NewType("CheckpointPolicy", object)
+CheckpointPolicy = Union[str, float]  # noqa: UP007
 """``"off"``, ``"message"``, ``"manual"`` or a period in seconds."""
 
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
@@ -43,7 +43,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def to_seconds(value: object) -> float:
+def to_seconds(value: object) -> Seconds:
     """Convert a number of seconds or a duration string to seconds.
 
     Raises:
@@ -57,13 +57,9 @@ def to_seconds(value: object) -> float:
         seconds = float(match[1]) * _UNITS[match[2] or "s"]
     else:
         raise ValueError(f"expected a duration such as 5, 500ms, 5s or 2m, got {value!r}")
-    if seconds < 0 or seconds != seconds:
+    if seconds < 0 or math.isnan(seconds):
         raise ValueError(f"a duration must be zero or more, got {value!r}")
-    return seconds
-
-
-def _optional_seconds(value: object) -> float | None:
-    return None if value is None else to_seconds(value)
+    return Seconds(seconds)
 
 
 def to_checkpoint_policy(value: object) -> str | float:
@@ -81,15 +77,13 @@ def to_checkpoint_policy(value: object) -> str | float:
     return period
 
 
-def import_actor(value: object) -> type:
+def import_actor(value: object) -> type[Actor[Any]]:
     """Resolve an actor class, or an import path ``"package.module:Class"`` to one.
 
     Raises:
         ValueError: the path is malformed, cannot be imported, or does not
             name a subclass of ``runtime.Actor``.
     """
-    from ._actor import Actor
-
     if isinstance(value, str):
         module_name, sep, qualname = value.partition(":")
         if not sep or not module_name or not qualname:
@@ -166,8 +160,8 @@ class BackoffSpec:
     """Delay before a restart: the n-th consecutive one waits
     ``min(max, initial * multiplier**(n-1))`` plus up to ``jitter`` times that."""
 
-    initial: Seconds = attrs.field(default=0.1, converter=to_seconds)
-    max: Seconds = attrs.field(default=30.0, converter=to_seconds)
+    initial: Seconds = attrs.field(default=Seconds(0.1), converter=to_seconds)
+    max: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
     multiplier: float = attrs.field(default=2.0, converter=float)
     jitter: float = attrs.field(default=0.1, converter=float)
 
@@ -193,7 +187,7 @@ class BreakerSpec:
     child is not restarted until ``reset_timeout`` has passed."""
 
     failures: int = attrs.field(default=5, validator=_at_least(1))
-    reset_timeout: Seconds = attrs.field(default=60.0, converter=to_seconds)
+    reset_timeout: Seconds = attrs.field(default=Seconds(60.0), converter=to_seconds)
 
 
 @attrs.frozen
@@ -214,7 +208,7 @@ class ChildSpec:
     """
 
     name: str = attrs.field(validator=_name)
-    actor: ActorClass = attrs.field(converter=import_actor)
+    actor: type[Actor[Any]] = attrs.field(converter=import_actor)
     restart: RestartType = attrs.field(
         default="permanent",
         validator=_one_of("permanent", "transient", "temporary"),
@@ -222,7 +216,7 @@ class ChildSpec:
     mailbox: MailboxSpec = attrs.field(factory=MailboxSpec)
     checkpoint: CheckpointPolicy = attrs.field(default="off", converter=to_checkpoint_policy)
     circuit_breaker: BreakerSpec | None = None
-    shutdown_timeout: Seconds = attrs.field(default=5.0, converter=to_seconds)
+    shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
     concurrency: int = attrs.field(default=1, validator=_at_least(1))
     args: dict[str, Any] = attrs.field(factory=dict)
 
@@ -247,7 +241,7 @@ class SupervisorSpec:
         validator=_one_of("one_for_one", "one_for_all", "rest_for_one"),
     )
     max_restarts: int = attrs.field(default=3, validator=_at_least(0))
-    within: Seconds = attrs.field(default=5.0, converter=to_seconds)
+    within: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
     backoff: BackoffSpec | None = None
     children: list[Union[ChildSpec, SupervisorSpec]] = attrs.field(factory=list)  # noqa: UP007
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Union
 import structlog
 import trio
 
-from ._actor import ActorCell, ActorStatistics
+from ._actor import _TRIAL, ActorCell, ActorStatistics
 from ._specs import ChildSpec, SupervisorSpec
-from .errors import ActorNotFound, ActorStopped, SupervisorGaveUp
+from .errors import ActorNotFound, ActorStopped, CircuitOpen, SupervisorGaveUp
 
 if TYPE_CHECKING:
     from ._system import ActorSystem
@@ -29,7 +29,7 @@ __all__ = ["Supervisor"]
 
 logger = structlog.get_logger("runtime")
 
-Child = Union[ActorCell, "Supervisor"]  # noqa: UP007
+Child = Union[ActorCell, "Supervisor"]
 
 
 def _restart_wanted(restart: str, crashed: bool) -> bool:
@@ -246,7 +246,9 @@ class Supervisor:
                 f"restart(s) within {self.spec.within:g}s; last: {child.path} "
                 + (f"crashed with {error!r}" if error is not None else "exited")
             )
-            self.log.error("supervisor_gave_up", child=child.path, max_restarts=self.spec.max_restarts)
+            self.log.error(
+                "supervisor_gave_up", child=child.path, max_restarts=self.spec.max_restarts
+            )
             gave_up = SupervisorGaveUp(message)
             gave_up.__cause__ = error
             raise gave_up
@@ -257,9 +259,7 @@ class Supervisor:
             return [child]
         start = 0 if strategy == "one_for_all" else self.children.index(child)
         return [
-            c
-            for c in self.children[start:]
-            if c is child or c.status in ("starting", "running")
+            c for c in self.children[start:] if c is child or c.status in ("starting", "running")
         ]
 
     def _backoff(self, child: Child) -> float:
@@ -286,8 +286,6 @@ class Supervisor:
 
     def _open_circuit(self, child: Child, reset_timeout: float) -> None:
         assert isinstance(child, ActorCell) and self._nursery is not None
-        from .errors import CircuitOpen
-
         child.status = "circuit_open"
         child.breaker = "open"
         child.refusal = CircuitOpen
@@ -306,8 +304,6 @@ class Supervisor:
             self._events_in.send_nowait(("half_open", child))
 
     async def _half_open(self, child: Child) -> None:
-        from ._actor import _TRIAL
-
         if not isinstance(child, ActorCell) or child.status != "circuit_open":
             return
         if child not in self.children:

@@ -15,7 +15,7 @@ import trio
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
-from ._topology import load_topology
+from ._topology import iter_children, load_topology
 from .errors import ActorNotFound, ActorSystemError, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
@@ -67,6 +67,8 @@ class ActorSystem:
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
         self._supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
+        self.store: object = None
+        self.registry: object = None
 
     # -- the tree -------------------------------------------------------------
 
@@ -100,7 +102,9 @@ class ActorSystem:
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
 
-    async def spawn(self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any) -> ActorRef[Any]:
+    async def spawn(
+        self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any
+    ) -> ActorRef[Any]:
         """Start a new actor as the last child of the root supervisor.
 
         ``fields`` are the other ``ChildSpec`` fields (``restart``,
@@ -215,17 +219,11 @@ def _check_supported(topology: Topology) -> None:
     problems.extend(
         f"{path}: checkpoint: {spec.checkpoint!r} needs checkpointing, which this version "
         "does not support; use off"
-        for path, spec in _walk(topology.supervisor)
+        for path, spec in iter_children(topology.supervisor)
         if spec.checkpoint != "off"
     )
     if problems:
         raise TopologyError(problems)
-
-
-def _walk(spec: SupervisorSpec, prefix: str = "") -> list[tuple[str, ChildSpec]]:
-    from ._topology import iter_children
-
-    return list(iter_children(spec, prefix))
 
 
 @asynccontextmanager
@@ -255,8 +253,7 @@ async def open_system(
     spec = _topology_of(topology)
     _check_supported(spec)
     system = ActorSystem(spec)
-    system.store = store
-    system.registry = registry
+    system.store, system.registry = store, registry
     root = system.root
 
     async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -22,7 +22,6 @@ import yaml
 from cattrs.errors import ForbiddenExtraKeysError
 
 from ._specs import (
-    ActorClass,
     CheckpointPolicy,
     ChildSpec,
     FieldError,
@@ -53,10 +52,14 @@ def _structure_entry(value: Any, _type: object) -> ChildSpec | SupervisorSpec:
     return _converter.structure(value, ChildSpec)
 
 
+def _is_class_type(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is type
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook(Seconds, lambda v, _t: to_seconds(v))
-    converter.register_structure_hook(ActorClass, lambda v, _t: import_actor(v))
+    converter.register_structure_hook_func(_is_class_type, lambda v, _t: import_actor(v))
     converter.register_structure_hook(CheckpointPolicy, lambda v, _t: to_checkpoint_policy(v))
     converter.register_structure_hook(_ENTRY, _structure_entry)
     return converter
@@ -179,9 +182,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     missing: list[str] = []
     data = _interpolate(data, "$", missing)
     if missing:
-        raise TopologyError(
-            [_report(source, lines, *entry.split("\0", 1)) for entry in missing]
-        )
+        raise TopologyError([_report(source, lines, *entry.split("\0", 1)) for entry in missing])
     try:
         topology = _converter.structure(data, Topology)
     except Exception as exc:  # cattrs reports every failure as one group
@@ -200,9 +201,7 @@ def _check_actors(spec: SupervisorSpec, path: str) -> Iterator[tuple[str, str]]:
         if isinstance(child, SupervisorSpec):
             yield from _check_actors(child, child_path)
             continue
-        yield from (
-            (f"{child_path}.{field}", message) for field, message in check_child(child)
-        )
+        yield from ((f"{child_path}.{field}", message) for field, message in check_child(child))
 
 
 def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
@@ -212,7 +211,7 @@ def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
     except TypeError as exc:
         yield "actor", str(exc)
     try:
-        inspect.signature(spec.actor.__init__).bind(None, **spec.args)
+        inspect.signature(spec.actor).bind(**spec.args)
     except TypeError as exc:
         yield "args", f"do not fit {spec.actor.__qualname__}.__init__: {exc}"
 
