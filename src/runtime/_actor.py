@@ -175,6 +175,11 @@ class ActorStatistics:
 
 
 _TRIAL = object()  # refusal marker: half-open, the trial message not yet taken
+_REFUSAL_REASONS: dict[type[Exception], str] = {
+    MailboxFull: "mailbox_full",
+    ActorStopped: "stopped",
+    CircuitOpen: "circuit_open",
+}
 
 
 class ActorCell:
@@ -247,6 +252,14 @@ class ActorCell:
             refusal = self.refusal
             if refusal is not None and refusal is not _TRIAL:
                 self.check(item.msg if type(item) is Ask else item)
+
+    async def deliver(self, msg: object) -> None:
+        """``tell`` for the runtime's own senders (timers, topics): a refusal
+        becomes a dead letter instead of an exception in the sender."""
+        try:
+            await self.ref.tell(msg)
+        except (MailboxFull, ActorStopped, CircuitOpen) as exc:
+            self.system._dead_letter(self.path, msg, _REFUSAL_REASONS[type(exc)])
 
     def _evicted(self, item: object) -> None:
         if type(item) is Ask:
@@ -613,7 +626,7 @@ class ActorContext:
             try:
                 with scope:
                     await trio.sleep(delay)
-                    await cell.ref.tell(msg)
+                    await cell.deliver(msg)
             finally:
                 cell.one_shot_timers -= 1
 
@@ -641,7 +654,7 @@ class ActorContext:
                 deadline = trio.current_time() + period
                 while True:
                     await trio.sleep_until(deadline)
-                    await cell.ref.tell(msg)
+                    await cell.deliver(msg)
                     deadline += period
                     now = trio.current_time()
                     if deadline <= now:

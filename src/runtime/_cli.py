@@ -19,6 +19,7 @@ from typing import TextIO
 import trio
 
 from ._logging import configure_logging
+from ._specs import Topology
 from ._system import ActorSystem, TreeNode, open_system
 from ._topology import iter_children, load_topology
 from .errors import ActorSystemError, TopologyError
@@ -109,36 +110,60 @@ async def _start(path: str, until_idle: bool) -> int:
             print(line, file=sys.stderr)
         return EXIT_INVALID
     started = trio.current_time()
-    system: ActorSystem | None = None
-    try:
-        async with open_system(topology) as system:
-            print(f"started {topology.system!r} from {path}", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_stop_on_signal, signals, nursery.cancel_scope)
-                    if until_idle:
-                        await system.wait_until_idle()
-                    else:
-                        await trio.sleep_forever()
-                    nursery.cancel_scope.cancel()
-    except TopologyError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return EXIT_INVALID
-    except ActorSystemError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if system is not None:
-            _summary(system, trio.current_time() - started, file=sys.stderr)
-        return EXIT_FAILED
-    _summary(system, trio.current_time() - started)
-    return EXIT_OK
+    run = trio.CancelScope()  # the first signal ends the run: a graceful stop
+    hard = trio.CancelScope()  # a second one cancels what is still stopping
+    holder: list[ActorSystem] = []
+    code = EXIT_OK
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_watch_signals, signals, run, hard)
+            try:
+                with hard:
+                    await _run(topology, path, until_idle, run, holder)
+                if hard.cancelled_caught:
+                    print("error: stop interrupted by a second signal", file=sys.stderr)
+                    code = EXIT_FAILED
+            except TopologyError as exc:
+                for line in exc.errors:
+                    print(line, file=sys.stderr)
+                code = EXIT_INVALID
+            except ActorSystemError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                code = EXIT_FAILED
+            nursery.cancel_scope.cancel()
+    if holder:
+        _summary(holder[0], trio.current_time() - started, sys.stdout if code == 0 else sys.stderr)
+    return code
 
 
-async def _stop_on_signal(signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+async def _run(
+    topology: Topology,
+    path: str,
+    until_idle: bool,
+    run: trio.CancelScope,
+    holder: list[ActorSystem],
+) -> None:
+    async with open_system(topology) as system:
+        holder.append(system)
+        print(f"started {topology.system!r} from {path}", flush=True)
+        with run:
+            if until_idle:
+                await system.wait_until_idle()
+            else:
+                await trio.sleep_forever()
+
+
+async def _watch_signals(
+    signals: AsyncIterator[int], run: trio.CancelScope, hard: trio.CancelScope
+) -> None:
     async for signum in signals:
-        print(f"received {signal.Signals(signum).name}: stopping", file=sys.stderr, flush=True)
-        scope.cancel()
-        return
+        name = signal.Signals(signum).name
+        if not run.cancel_called:
+            print(f"received {name}: stopping gracefully", file=sys.stderr, flush=True)
+            run.cancel()
+        else:
+            print(f"received {name} again: cancelling", file=sys.stderr, flush=True)
+            hard.cancel()
 
 
 def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = None) -> None:

@@ -16,7 +16,7 @@ from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import iter_children, load_topology
-from .errors import ActorNotFound, ActorSystemError, TopologyError
+from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
 
@@ -35,7 +35,9 @@ class DeadLetter:
         message: the message itself.
         reason: ``mailbox_full`` (evicted by ``drop_oldest``/``drop_newest``),
             ``stopped`` (the actor stopped for good with it queued) or
-            ``circuit_open`` (queued when the actor's circuit opened).
+            ``circuit_open`` (queued when the actor's circuit opened). Timer
+            ticks and published events that the target refuses become dead
+            letters with the same reasons.
     """
 
     path: str
@@ -179,12 +181,8 @@ class ActorSystem:
 
     async def _publish(self, topic: str, event: object) -> None:
         for cell, types in list(self._topics.get(topic, {}).items()):
-            if not isinstance(event, tuple(types)):
-                continue
-            try:
-                await cell.ref.tell(event)
-            except ActorSystemError as exc:
-                self._dead_letter(cell.path, event, type(exc).__name__)
+            if isinstance(event, tuple(types)):
+                await cell.deliver(event)
 
     # -- lifetime -----------------------------------------------------------------
 
