@@ -91,7 +91,7 @@ def import_actor(value: object) -> type[Actor[Any]]:
         try:
             obj: Any = importlib.import_module(module_name)
         except Exception as exc:
-            raise ValueError(f"cannot import module {module_name!r}: {exc!r}") from None
+            raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
         for part in qualname.split("."):
             try:
                 obj = getattr(obj, part)
@@ -99,7 +99,8 @@ def import_actor(value: object) -> type[Actor[Any]]:
                 raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
         value = obj
     if not (isinstance(value, type) and issubclass(value, Actor)):
-        raise ValueError(f"{value!r} is not a subclass of runtime.Actor")
+        name = f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
+        raise ValueError(f"{name} is not a subclass of runtime.Actor")
     return value
 
 

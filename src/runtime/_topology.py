@@ -11,20 +11,26 @@ from __future__ import annotations
 import inspect
 import os
 import re
+import types
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union
 
 import attrs
 import cattrs
 import yaml
-from cattrs.errors import ForbiddenExtraKeysError
+from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
+from ._actor import Actor
 from ._specs import (
+    BackoffSpec,
+    BreakerSpec,
     CheckpointPolicy,
     ChildSpec,
     FieldError,
+    MailboxSpec,
+    MetricsSpec,
     Seconds,
     SupervisorSpec,
     Topology,
@@ -38,6 +44,8 @@ __all__ = ["iter_children", "load_topology", "parse_topology"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
+_SPECS = (Topology, SupervisorSpec, ChildSpec, MailboxSpec, BackoffSpec, BreakerSpec, MetricsSpec)
+_S = TypeVar("_S")
 
 
 def _structure_entry(value: Any, _type: object) -> ChildSpec | SupervisorSpec:
@@ -56,12 +64,107 @@ def _is_class_type(annotation: Any) -> bool:
     return typing.get_origin(annotation) is type
 
 
+def _structure_int(value: Any, _type: object) -> int:
+    # cattrs' own hook is int(value), which reads 2.5 as 2 and true as 1.
+    # Strings stay accepted: ${VAR} interpolation yields them.
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"expected a whole number; got {value!r}")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a whole number; got {value!r}") from None
+
+
+def _structure_spec(value: Any, cl: type[_S]) -> _S:
+    """Structure one spec class, reporting every bad field in it at once.
+
+    cattrs' generated hook runs no attrs validator once a field fails to
+    structure, and attrs stops at the first failing validator; here each field
+    is structured and then validated on its own. Errors carry cattrs' notes,
+    so ``_leaves`` reads them as it reads cattrs' own.
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping of {cl.__name__} fields; got {value!r}")
+    fields = attrs.fields_dict(cl)  # type: ignore[arg-type]
+    errors: list[Exception] = [
+        _noted(ForbiddenExtraKeysError("", cl, {key}), cl, key, None)
+        for key in value
+        if key not in fields
+    ]
+    done = types.SimpleNamespace()  # the fields structured so far; validators' ``self``
+    for name, field in fields.items():
+        type_: Any = field.type
+        if name not in value:
+            if field.default is attrs.NOTHING:
+                errors.append(_noted(KeyError(name), cl, name, type_))
+            continue
+        try:
+            setattr(done, name, _converter.structure(value[name], type_))
+        except Exception as exc:
+            errors.append(_noted(exc, cl, name, type_))
+            continue
+        errors.extend(_validate(field, done))
+    errors.extend(_cross_checks(cl, value, done))
+    if errors:
+        raise ClassValidationError(f"While structuring {cl.__name__}", errors, cl)
+    return cl(**vars(done))
+
+
+def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) -> list[Exception]:
+    """Checks that span fields, made even when some other field failed."""
+    if (
+        cl is ChildSpec
+        and hasattr(done, "actor")
+        and (hasattr(done, "args") or "args" not in value)
+    ):
+        problems = check_actor(done.actor, getattr(done, "args", {}))
+        return [FieldError(field, message) for field, message in problems]
+    children = value.get("children")
+    if cl is SupervisorSpec and not hasattr(done, "children") and isinstance(children, list):
+        # A child failed to structure: its siblings' names are still compared.
+        names = [types.SimpleNamespace(name=_raw_name(entry)) for entry in children]
+        stand_in = types.SimpleNamespace(**vars(done), children=names)
+        return _validate(attrs.fields(SupervisorSpec).children, stand_in)
+    return []
+
+
+def _raw_name(entry: object) -> object:
+    name = entry.get("name") if isinstance(entry, dict) else None
+    return object() if name is None else str(name)  # object(): equal to no other name
+
+
+def _noted(exc: Exception, cl: type, name: str, type_: Any) -> Exception:
+    exc.add_note(AttributeValidationNote(f"Structuring {cl.__qualname__} @ {name}", name, type_))
+    return exc
+
+
+def _validate(field: attrs.Attribute[Any], done: types.SimpleNamespace) -> list[Exception]:
+    """Run one field's attrs validator; its complaint, if any, as a ``FieldError``."""
+    if field.validator is None:
+        return []
+    try:
+        field.validator(done, field, getattr(done, field.name))
+    except FieldError as exc:
+        return [exc]
+    except AttributeError:
+        # It reads another field that failed to structure: that one's error is
+        # reported already, and this check waits for the next run.
+        return []
+    except (TypeError, ValueError) as exc:
+        return [FieldError(field.name, str(exc))]
+    return []
+
+
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _structure_int)
     converter.register_structure_hook(Seconds, lambda v, _t: to_seconds(v))
     converter.register_structure_hook_func(_is_class_type, lambda v, _t: import_actor(v))
     converter.register_structure_hook(CheckpointPolicy, lambda v, _t: to_checkpoint_policy(v))
     converter.register_structure_hook(_ENTRY, _structure_entry)
+    for spec in _SPECS:
+        attrs.resolve_types(spec)
+        converter.register_structure_hook(spec, _structure_spec)
     return converter
 
 
@@ -115,13 +218,13 @@ def _interpolate(value: Any, path: str, missing: list[str]) -> Any:
 def _format_leaf(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
         known = ", ".join(a.name for a in attrs.fields(exc.cl))
-        keys = ", ".join(sorted(exc.extra_fields))
-        return f"unknown key(s) {keys}; expected some of {known}"
+        keys = ", ".join(repr(key) for key in sorted(exc.extra_fields))
+        return f"unknown key {keys}; known keys: {known}"
     if isinstance(exc, KeyError):
         return "required field is missing"
     if typing.get_origin(type_) is typing.Literal:
         return f"expected one of {', '.join(typing.get_args(type_))}"
-    if isinstance(exc, (ValueError, TypeError)) and type_ in (int, float, str, bool):
+    if isinstance(exc, (ValueError, TypeError)) and type_ in (float, str, bool):
         return f"expected {type_.__name__}; {exc}"
     return str(exc) or type(exc).__name__
 
@@ -151,13 +254,17 @@ def _leaves(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
             yield sub_path, _format_leaf(sub, type_)
 
 
-def _report(source: str, lines: dict[str, int], path: str, message: str) -> str:
+def _locate(lines: dict[str, int], path: str) -> int:
+    """The line of ``path``, or of its nearest ancestor the YAML has."""
     probe = path
     while probe not in lines and probe != "$":
         probe = probe.rsplit("[", 1)[0] if probe.endswith("]") else probe.rsplit(".", 1)[0]
-    line = lines.get(probe, 1)
+    return lines.get(probe, 1)
+
+
+def _report(source: str, lines: dict[str, int], path: str, message: str) -> str:
     field = path[2:] if path.startswith("$.") else "(top level)"
-    return f"{source}:{line}: {field}: {message}"
+    return f"{source}:{_locate(lines, path)}: {field}: {message}"
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
@@ -184,36 +291,27 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if missing:
         raise TopologyError([_report(source, lines, *entry.split("\0", 1)) for entry in missing])
     try:
-        topology = _converter.structure(data, Topology)
-    except Exception as exc:  # cattrs reports every failure as one group
-        errors = [_report(source, lines, path, msg) for path, msg in _leaves(exc, "$")]
-        raise TopologyError(errors) from None
-    problems = list(_check_actors(topology.supervisor, "$.supervisor"))
-    if problems:
-        raise TopologyError([_report(source, lines, path, msg) for path, msg in problems])
-    return topology
-
-
-def _check_actors(spec: SupervisorSpec, path: str) -> Iterator[tuple[str, str]]:
-    """Check what cattrs cannot: handlers are well-formed and ``args`` fit ``__init__``."""
-    for index, child in enumerate(spec.children):
-        child_path = f"{path}.children[{index}]"
-        if isinstance(child, SupervisorSpec):
-            yield from _check_actors(child, child_path)
-            continue
-        yield from ((f"{child_path}.{field}", message) for field, message in check_child(child))
+        return _converter.structure(data, Topology)
+    except Exception as exc:  # every failure, as one group
+        leaves = sorted(_leaves(exc, "$"), key=lambda leaf: _locate(lines, leaf[0]))
+        raise TopologyError([_report(source, lines, path, msg) for path, msg in leaves]) from None
 
 
 def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
     """Yield ``(field, problem)`` for an actor class that cannot run with this spec."""
+    return check_actor(spec.actor, spec.args)
+
+
+def check_actor(actor: type[Actor[Any]], args: dict[str, Any]) -> Iterator[tuple[str, str]]:
+    """Check what types cannot: the handlers are well-formed and ``args`` fit ``__init__``."""
     try:
-        spec.actor._handler_table()
+        actor._handler_table()
     except TypeError as exc:
         yield "actor", str(exc)
     try:
-        inspect.signature(spec.actor).bind(**spec.args)
+        inspect.signature(actor).bind(**args)
     except TypeError as exc:
-        yield "args", f"do not fit {spec.actor.__qualname__}.__init__: {exc}"
+        yield "args", f"do not fit {actor.__qualname__}.__init__: {exc}"
 
 
 def load_topology(path: str | os.PathLike[str]) -> Topology:

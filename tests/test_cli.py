@@ -1,0 +1,169 @@
+"""``python -m runtime``: validate and start, their exit codes and output.
+
+In-process tests call ``runtime._cli.main(argv)``; the bundled topologies in
+``supervisors/`` are run through the real command as subprocesses, from the
+repository root as a user would, so the examples cannot rot.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runtime._cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+SUPERVISORS = sorted(
+    path for path in (REPO / "supervisors").iterdir() if path.suffix in (".yaml", ".yml")
+)
+SUBPROCESS_TIMEOUT = 60.0
+
+VALID = """
+system: cli-test
+supervisor:
+  name: root
+  children:
+    - name: echo
+      actor: tests.sample_actors:Echo
+    - name: team
+      children:
+        - {name: greeter, actor: "tests.sample_actors:Greeter", args: {greeting: hi}}
+"""
+
+INVALID = """
+system: cli-test
+supervisor:
+  name: root
+  strategy: one_for_some
+  children:
+    - name: echo
+      actor: tests.sample_actors:Echo
+      mailbox: {capacity: 0}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "topology.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m runtime ARGS`` from the repository root."""
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+        check=False,
+    )
+
+
+def test_validate_valid_topology_exits_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``validate`` on a valid file exits 0 and says what it found on stdout."""
+    path = write(tmp_path, VALID)
+    assert main(["validate", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{path}: valid: system 'cli-test', 2 actor(s)\n"
+    assert err == ""
+
+
+def test_validate_invalid_topology_exits_2_with_errors_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``validate`` on an invalid file exits 2 and writes one line per problem,
+    ``file:line: field: message``, to stderr and nothing to stdout."""
+    path = write(tmp_path, INVALID)
+    assert main(["validate", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [
+        f"{path}:4: supervisor.strategy: expected one of one_for_one, one_for_all, rest_for_one",
+        f"{path}:8: supervisor.children[0].mailbox.capacity: "
+        "expected a whole number of at least 1; got 0",
+    ]
+
+
+def test_validate_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``validate`` on a file that does not exist exits 2 and names the file."""
+    path = tmp_path / "nowhere.yaml"
+    assert main(["validate", str(path)]) == 2
+    assert str(path) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["start"], ["validate"], ["frobnicate", "x.yaml"]])
+def test_usage_error_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """A missing or unknown command, or a missing topology, is a usage error: exit 2."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert "usage:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["start", "--help"], ["validate", "--help"]])
+def test_help_exits_0_and_documents_exit_codes(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--help`` on the program and on each command exits 0 and lists the exit codes."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    codes = text.split("Exit codes: ", 1)[1]
+    assert codes.startswith("0 ")
+    assert ", 2 " in codes
+
+
+def test_supervisors_directory_has_topologies() -> None:
+    """The bundled examples exist, so the test below cannot pass by running none."""
+    assert REPO / "supervisors" / "quickstart.yaml" in SUPERVISORS
+
+
+@pytest.mark.parametrize("topology", SUPERVISORS, ids=[path.name for path in SUPERVISORS])
+def test_bundled_topology_validates(topology: Path) -> None:
+    """Every topology in ``supervisors/`` passes ``python -m runtime validate``."""
+    result = run_cli("validate", str(topology.relative_to(REPO)))
+    assert result.returncode == 0, result.stderr
+    assert ": valid: " in result.stdout
+
+
+def test_quickstart_runs_until_idle() -> None:
+    """The quickstart starts, handles every job (one crash is restarted and
+    retried), goes idle, stops gracefully with exit 0 and prints a summary."""
+    items = 40
+    result = run_cli(
+        "start",
+        "supervisors/quickstart.yaml",
+        "--until-idle",
+        env={"QUICKSTART_ITEMS": str(items)},
+    )
+    assert result.returncode == 0, result.stderr
+    match = re.search(
+        r"^summary: 3 actor\(s\), (\d+) message\(s\) handled, (\d+) restart\(s\), ",
+        result.stdout,
+        re.MULTILINE,
+    )
+    assert match is not None, result.stdout
+    handled, restarts = int(match[1]), int(match[2])
+    assert handled >= 2 * items  # every job by the worker, every result by the tally
+    assert restarts >= 1  # job 25 fails on its first attempt
+
+
+def test_start_invalid_topology_exits_2(tmp_path: Path) -> None:
+    """``start`` refuses an invalid topology before starting anything: exit 2,
+    the errors on stderr and no summary."""
+    path = write(tmp_path, INVALID)
+    result = run_cli("start", str(path), "--until-idle")
+    assert result.returncode == 2
+    assert f"{path}:4: supervisor.strategy: " in result.stderr
+    assert "summary:" not in result.stdout
