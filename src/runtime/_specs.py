@@ -99,7 +99,9 @@ def import_actor(value: object) -> type[Actor[Any]]:
                 raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
         value = obj
     if not (isinstance(value, type) and issubclass(value, Actor)):
-        name = f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
+        name = (
+            f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
+        )
         raise ValueError(f"{name} is not a subclass of runtime.Actor")
     return value
 
