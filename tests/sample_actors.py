@@ -48,3 +48,14 @@ class Unannotated(runtime.Actor[None]):
 
 class NotAnActor:
     """A plain class: an actor path naming it must be refused."""
+
+
+class CrashOnStart(runtime.Actor[None]):
+    """Fails every start: its supervisor soon gives up."""
+
+    async def on_start(self) -> None:
+        raise RuntimeError("cannot start")
+
+    @runtime.handler
+    async def ping(self, msg: Ping) -> None:
+        pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -167,3 +168,59 @@ def test_start_invalid_topology_exits_2(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert f"{path}:4: supervisor.strategy: " in result.stderr
     assert "summary:" not in result.stdout
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_start_stops_gracefully_on_a_signal(signum: signal.Signals, tmp_path: Path) -> None:
+    """SIGINT or SIGTERM stops a running system gracefully: on_stop runs (the
+    tally logs its count), the summary is printed and the exit code is 0."""
+    path = write(
+        tmp_path,
+        """
+        system: quickstart
+        supervisor:
+          name: root
+          children:
+            - {name: tally, actor: "actors.quickstart:Tally"}
+            - {name: echo, actor: "tests.sample_actors:Echo"}
+        """,
+    )
+    with subprocess.Popen(
+        [sys.executable, "-m", "runtime", "start", str(path)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().startswith("started 'quickstart'")
+            process.send_signal(signum)
+            stdout, stderr = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            process.kill()
+    assert process.returncode == 0, stderr
+    assert f"received {signum.name}: stopping gracefully" in stderr
+    assert '"event": "tally"' in stderr
+    assert "summary: 2 actor(s)" in stdout
+
+
+def test_start_exits_1_when_the_root_gives_up(tmp_path: Path) -> None:
+    """A root supervisor that exceeds its restart intensity ends the run with
+    exit 1 and says why on stderr."""
+    path = write(
+        tmp_path,
+        """
+        system: doomed
+        supervisor:
+          name: root
+          max_restarts: 2
+          within: 60s
+          children:
+            - {name: broken, actor: "tests.sample_actors:CrashOnStart"}
+        """,
+    )
+    result = run_cli("start", str(path), "--until-idle")
+    assert result.returncode == 1, result.stderr
+    assert "error: supervisor root gave up: more than 2 restart(s) within 60s" in result.stderr
+    assert "RuntimeError('cannot start')" in result.stderr
