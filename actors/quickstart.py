@@ -75,10 +75,10 @@ class Tally(runtime.Actor[TallyState]):
 class Worker(runtime.Actor[None]):
     """Handles a job: pretends to call a model, counts words, reports to the tally."""
 
-    def __init__(self, *, tally: str, fail_every: int = 0, latency: str = "20ms") -> None:
+    def __init__(self, *, tally: str, fail_every: int = 0, latency: float = 0.02) -> None:
         self.tally = self.ctx.ref(tally)
         self.fail_every = int(fail_every)
-        self.latency = runtime._specs.to_seconds(latency)
+        self.latency = float(latency)  # seconds a simulated model call takes
 
     @runtime.handler
     async def job(self, msg: Job) -> int:

@@ -468,3 +468,115 @@ async def test_lifecycle_events_are_logged() -> None:
     assert ("dead_letter", "root/a") in events
     crash = next(e for e in logs if e["event"] == "actor_crashed")
     assert isinstance(crash["exc_info"], RuntimeError)
+
+
+async def test_ctx_stop_from_a_background_task_stops_an_idle_actor() -> None:
+    """ctx.stop() from a ctx.nursery task ends an idle actor at once; no
+    message is needed to wake it."""
+
+    class Quits(Counter):
+        async def on_start(self) -> None:
+            self.ctx.nursery.start_soon(self.quit_soon)
+
+        async def quit_soon(self) -> None:
+            await trio.lowlevel.checkpoint()
+            self.ctx.stop()
+
+    journal: list[str] = []
+    spec = topology(child("q", Quits, restart="transient", args={"journal": journal}))
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            await trio.testing.wait_all_tasks_blocked()
+            assert system.ref("root/q").statistics().status == "stopped"
+            assert journal == ["stop:q"]  # on_stop ran: a graceful stop
+
+
+def test_redefining_a_handler_without_the_decorator_removes_it() -> None:
+    """A subclass method that replaces a handler without @handler is no handler."""
+
+    class Quiet(Zoo):
+        async def dog(self, msg: Dog) -> str:  # not a handler any more
+            return "quiet"
+
+    assert Quiet._resolve(Dog) is Zoo.__dict__["animal"]
+
+
+def test_two_handlers_for_one_type_in_one_class_is_an_error() -> None:
+    """Two handlers for the same type in one class are refused, not shadowed."""
+
+    class Twice(runtime.Actor[None]):
+        @runtime.handler
+        async def first(self, msg: Dog) -> None:
+            pass
+
+        @runtime.handler
+        async def second(self, msg: Dog) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="two handlers for Dog: first and second"):
+        Twice._handler_table()
+
+
+async def test_spawn_checks_the_spec_like_the_topology_loader() -> None:
+    """spawn refuses args that do not fit __init__ before starting anything,
+    and takes nested specs as dicts."""
+    with trio.fail_after(5):
+        async with runtime.open_system() as system:
+            with pytest.raises(runtime.errors.TopologyError, match="args: do not fit"):
+                await system.spawn(Counter, name="c", args={"jornal": []})
+            assert system.tree().children == ()
+            ref = await system.spawn(Counter, name="c", mailbox={"capacity": 3})
+            assert ref.statistics().mailbox_capacity == 3
+
+
+async def test_cancelled_spawn_leaves_no_child_behind() -> None:
+    """A spawn cancelled while on_start runs removes the half-started child."""
+
+    class SlowStart(Counter):
+        async def on_start(self) -> None:
+            await trio.sleep_forever()
+
+    with trio.fail_after(5):
+        async with runtime.open_system() as system:
+            with trio.move_on_after(0.01):
+                await system.spawn(SlowStart, name="slow")
+            assert system.tree().children == ()
+            with pytest.raises(ActorNotFound):
+                system.ref("root/slow")
+            ref = await system.spawn(Counter, name="slow")
+            assert await ref.ask(Get()) == 0
+
+
+async def test_an_actor_can_stop_itself_with_system_stop() -> None:
+    """system.stop() on the caller's own path returns at once; the actor stops
+    after its current message and is removed."""
+
+    class SelfStopping(Counter):
+        @runtime.handler
+        async def add(self, msg: Add) -> int:
+            await self.ctx.system.stop(self.ctx.path)
+            return msg.n
+
+    with trio.fail_after(5):
+        async with runtime.open_system(topology(child("s", SelfStopping))) as system:
+            ref = system.ref("root/s")
+            assert await ref.ask(Add(2)) == 2
+            await trio.testing.wait_all_tasks_blocked()
+            assert ref.statistics().status == "stopped"
+            with pytest.raises(ActorNotFound):
+                system.ref("root/s")
+
+
+async def test_stop_completes_even_if_its_caller_is_cancelled(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Cancelling system.stop() does not leave a half-stopped actor in the tree."""
+    with trio.fail_after(100):
+        async with runtime.open_system(topology(child("a", shutdown_timeout=3))) as system:
+            ref = system.ref("root/a")
+            await ref.tell(Hang())
+            with trio.move_on_after(1):
+                await system.stop("root/a")
+            assert ref.statistics().status == "stopped"
+            with pytest.raises(ActorNotFound):
+                system.ref("root/a")

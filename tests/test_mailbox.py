@@ -191,3 +191,19 @@ async def test_statistics_report_depth_and_capacity() -> None:
             stats = ref.statistics()
             assert (stats.mailbox_depth, stats.mailbox_capacity) == (2, 5)
             Gate.release.set()
+
+
+@pytest.mark.parametrize("overflow", ["drop_newest", "drop_oldest"])
+async def test_an_ask_dropped_on_arrival_raises_mailbox_full(overflow: str) -> None:
+    """An ask that is itself the message a full mailbox drops fails at once
+    with MailboxFull (for drop_oldest: when everything queued outranks it)."""
+    spec = topology(child("g", Gate, args={"seen": []}, mailbox=box(1, overflow)))
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            ref = await blocked(system, "root/g")
+            ref.tell_nowait(Record(1), priority="high")
+            with pytest.raises(MailboxFull):
+                await ref.ask(Get(), priority="low", timeout=0)
+            assert ref.statistics().pending_asks == 0
+            assert list(system.dead_letters) == []
+            Gate.release.set()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -165,6 +166,7 @@ async def test_escalation_through_two_levels(autojump_clock: trio.abc.Clock) -> 
                 tree = system.tree()
                 assert tree.children[0].children[0].stats.incarnation == 2
                 assert leaf.statistics().incarnation == 3
+                assert leaf.statistics().restarts == 2  # a restart by its parent counts
                 await crash(system, leaf.path)
                 await crash(system, leaf.path)  # inner gives up again; middle gives up
                 await trio.sleep_forever()
@@ -463,3 +465,53 @@ async def test_tree_reports_every_node() -> None:
             )
             with pytest.raises(runtime.errors.ActorNotFound, match="supervisor"):
                 system.ref("root/team")
+
+
+async def test_timers_and_bad_priorities_do_not_take_the_half_open_trial(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Setting a timer in on_start, or a tell with a bad priority, does not use
+    up the one message a half-open circuit lets through."""
+
+    class Timed(Counter):
+        async def on_start(self) -> None:
+            self.ctx.schedule(1000, Add(0))
+
+    breaker = runtime.BreakerSpec(failures=1, reset_timeout=5)
+    spec = topology(child("a", Timed, circuit_breaker=breaker), max_restarts=10, within=1)
+    with trio.fail_after(100):
+        async with runtime.open_system(spec) as system:
+            ref = system.ref("root/a")
+            await crash(system, "root/a")
+            await trio.sleep(6)
+            assert ref.statistics().breaker == "half_open"
+            with pytest.raises(ValueError, match="priority"):
+                await ref.tell(Add(1), priority="urgent")
+            assert await ref.ask(Add(1)) == 1
+            assert ref.statistics().breaker == "closed"
+
+
+async def test_nested_supervisor_backoff_resets_after_a_stable_run(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A sub-supervisor's restart delay starts over once it has run for its
+    parent's intensity window, as an actor's does after a handled message."""
+    inner = runtime.SupervisorSpec(name="inner", max_restarts=0, children=[child("leaf")])
+    backoff = runtime.BackoffSpec(initial=1, max=100, multiplier=10, jitter=0)
+    spec = runtime.Topology(
+        supervisor=runtime.SupervisorSpec(
+            name="root", max_restarts=10, within=20, backoff=backoff, children=[inner]
+        )
+    )
+    delays: list[float] = []
+    with structlog.testing.capture_logs() as logs, trio.fail_after(1000):
+        async with runtime.open_system(spec) as system:
+            leaf = system.ref("root/inner/leaf")
+            for pause in (0, 0, 30):  # the last run outlasts the 20 s window
+                await trio.sleep(pause)
+                await leaf.tell(Crash())
+                await trio.testing.wait_all_tasks_blocked()
+                while leaf.statistics().status != "running":  # noqa: ASYNC110 (virtual time)
+                    await trio.sleep(0.1)
+    delays = [e["delay"] for e in logs if e["event"] == "child_restarting" and e["path"] == "root"]
+    assert delays == [1, 10, 1]

@@ -678,7 +678,7 @@ supervisor:
       actor: tests.sample_actors:Echo
       restart: temporary
       mailbox: {capacity: 8, overflow: drop_oldest}
-      checkpoint: 30s
+      checkpoint: off
       circuit_breaker: {failures: 2, reset_timeout: 1m}
       shutdown_timeout: 250ms
       concurrency: 4
@@ -690,7 +690,7 @@ supervisor:
         actor=Echo,
         restart="temporary",
         mailbox=MailboxSpec(capacity=8, overflow="drop_oldest"),
-        checkpoint=30.0,
+        checkpoint="off",
         circuit_breaker=BreakerSpec(failures=2, reset_timeout=60.0),
         shutdown_timeout=0.25,
         concurrency=4,
@@ -724,3 +724,48 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
         SupervisorSpec(
             name="x", children=[ChildSpec(name="a", actor=Echo), ChildSpec(name="a", actor=Echo)]
         )
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "message"),
+    [
+        ("resources: {llm: {kind: llm}}", "resources", "resource actors are not supported"),
+        ('metrics: {listen: "127.0.0.1:9464"}', "metrics.listen", "metrics endpoint is not"),
+        (
+            "supervisor:\n  name: root\n  children:\n"
+            "    - {name: a, actor: 'tests.sample_actors:Echo', checkpoint: 30s}",
+            "supervisor.children[0].checkpoint",
+            "30.0 needs checkpointing, which this version does not support",
+        ),
+    ],
+    ids=["resources", "metrics", "checkpoint"],
+)
+def test_fields_this_version_cannot_run_are_refused_at_their_line(
+    text: str, field: str, message: str
+) -> None:
+    """Valid fields for features this version lacks fail validation (so
+    ``validate`` and ``start`` agree), at their own line."""
+    with pytest.raises(TopologyError) as info:
+        parse_topology(text + "\n", "t.yaml")
+    (error,) = info.value.errors
+    assert error.startswith("t.yaml:") and f": {field}: " in error
+    assert message in error
+
+
+def test_bare_off_is_the_off_checkpoint_policy() -> None:
+    """YAML 1.1 reads ``checkpoint: off`` as false; it still means off."""
+    topology = parse_topology(
+        "supervisor:\n  name: root\n  children:\n"
+        "    - {name: a, actor: 'tests.sample_actors:Echo', checkpoint: off}\n"
+    )
+    assert topology.supervisor.children[0].checkpoint == "off"
+
+
+def test_empty_variable_takes_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As in the shell, ``${VAR:-default}`` also replaces a set but empty value;
+    ``${VAR}`` keeps the empty value."""
+    monkeypatch.setenv("EMPTY_NAME", "")
+    topology = parse_topology("system: ${EMPTY_NAME:-fallback}\n")
+    assert topology.system == "fallback"
+    topology = parse_topology("system: x${EMPTY_NAME}y\n")
+    assert topology.system == "xy"

@@ -19,7 +19,7 @@ import attrs
 import structlog
 import trio
 
-from ._mailbox import Ask, Mailbox
+from ._mailbox import PRIORITIES, Ask, Mailbox
 from .errors import (
     ActorFailed,
     ActorStopped,
@@ -115,14 +115,37 @@ class Actor(Generic[S]):
 
     @classmethod
     def _handler_table(cls) -> dict[type, Handler]:
-        """Handlers by exact message type; a subclass's handler overrides its base's."""
+        """Handlers by exact message type, built once per class.
+
+        A subclass's handler for a type replaces its base's; a subclass that
+        redefines a handler's method without ``@handler`` removes it.
+
+        Raises:
+            TypeError: a malformed handler, or two handlers for one type in
+                one class.
+        """
         if "_own" not in cls.__dict__:
-            table: dict[type, Handler] = {}
+            by_name: dict[str, tuple[Handler, tuple[type, ...]]] = {}
             for klass in reversed(cls.__mro__):
-                for fn in vars(klass).values():
-                    if getattr(fn, "__runtime_handler__", False):
-                        for message_type in _message_types(klass, fn):
-                            table[message_type] = fn
+                mine: dict[type, str] = {}
+                for name, fn in vars(klass).items():
+                    if not getattr(fn, "__runtime_handler__", False):
+                        by_name.pop(name, None)
+                        continue
+                    types = _message_types(klass, fn)
+                    for message_type in types:
+                        if message_type in mine:
+                            raise TypeError(
+                                f"{klass.__qualname__} has two handlers for "
+                                f"{message_type.__qualname__}: {mine[message_type]} and {name}"
+                            )
+                        mine[message_type] = name
+                    by_name.pop(name, None)  # re-insert: a later class wins
+                    by_name[name] = (fn, types)
+            table: dict[type, Handler] = {}
+            for fn, types in by_name.values():
+                for message_type in types:
+                    table[message_type] = fn
             cls._own = table
             cls._dispatch = dict(table)
         return cls._own
@@ -215,22 +238,34 @@ class ActorCell:
         self.in_flight = 0  # handlers running under concurrency > 1
         self.one_shot_timers = 0
         self.scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self.done = trio.Event()
         self.done.set()
 
     # -- sending ----------------------------------------------------------
 
-    def check(self, msg: object) -> None:
-        """Refuse ``msg`` now if it has no handler or the actor does not accept messages.
+    def check_type(self, msg: object) -> None:
+        """Refuse ``msg`` if this actor has no handler for its type.
 
         Raises:
-            UnknownMessage, ActorStopped, CircuitOpen.
+            UnknownMessage: no handler for ``type(msg)`` or its bases.
         """
         if type(msg) not in self.table and self.actor_cls._resolve(type(msg)) is None:
             raise UnknownMessage(
                 f"{self.path} ({self.actor_cls.__qualname__}) has no handler for "
                 f"{type(msg).__qualname__}"
             )
+
+    def admit(self, msg: object, priority: str) -> None:
+        """Refuse ``msg`` now, or admit it (taking the half-open trial, if open).
+
+        Raises:
+            ValueError: not a priority.
+            UnknownMessage, ActorStopped, CircuitOpen.
+        """
+        if priority not in _PRIORITIES:
+            raise ValueError(_PRIORITY_ERROR)
+        self.check_type(msg)
         refusal = self.refusal
         if refusal is not None:
             if refusal is _TRIAL:
@@ -251,7 +286,7 @@ class ActorCell:
             await mailbox.wait_not_full()
             refusal = self.refusal
             if refusal is not None and refusal is not _TRIAL:
-                self.check(item.msg if type(item) is Ask else item)
+                self.admit(item.msg if type(item) is Ask else item, priority)
 
     async def deliver(self, msg: object) -> None:
         """``tell`` for the runtime's own senders (timers, topics): a refusal
@@ -292,7 +327,9 @@ class ActorCell:
         if self.refusal is not _TRIAL:
             self.refusal = None
         self.done = trio.Event()
+        self.task = trio.lowlevel.current_task()
         started = False
+        phase = "start"
         try:
             with trio.CancelScope() as self.scope:
                 async with trio.open_nursery() as nursery:
@@ -301,11 +338,13 @@ class ActorCell:
                     self.status = "running"
                     self.log.info("actor_started", incarnation=self.incarnation)
                     started = True
+                    phase = "running"
                     task_status.started()
                     if self.spec.concurrency == 1:
                         await self._serve(actor)
                     else:
                         await self._serve_concurrently(actor, self.spec.concurrency)
+                    phase = "stop"
                     await actor.on_stop()
                     nursery.cancel_scope.cancel()
             error: BaseException | None = None
@@ -316,12 +355,13 @@ class ActorCell:
             self.log.exception(
                 "actor_crashed",
                 incarnation=self.incarnation,
-                during="handler" if started else "start",
+                during=phase,
                 exc_info=error,
             )
         finally:
             self.waiting = False
             self.scope = None
+            self.task = None
             self.done.set()
         if not started:
             task_status.started()
@@ -453,6 +493,7 @@ def _unwrap(exc: Exception) -> Exception:
 
 
 _PRIORITY_ERROR = "priority must be 'high', 'normal' or 'low'"
+_PRIORITIES = frozenset(PRIORITIES)
 
 
 class ActorRef(Generic[M]):
@@ -492,7 +533,7 @@ class ActorRef(Generic[M]):
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
-            cell.check(msg)
+            cell.admit(msg, priority)
         try:
             queued = cell.mailbox.put_nowait(msg, priority)
         except KeyError:
@@ -511,7 +552,7 @@ class ActorRef(Generic[M]):
         """
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
-            cell.check(msg)
+            cell.admit(msg, priority)
         try:
             queued = cell.mailbox.put_nowait(msg, priority)
         except KeyError:
@@ -536,8 +577,8 @@ class ActorRef(Generic[M]):
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
-            cell.check(msg)
-        if priority not in ("high", "normal", "low"):
+            cell.admit(msg, priority)
+        if priority not in _PRIORITIES:
             raise ValueError(_PRIORITY_ERROR)
         request = Ask(msg, trio.lowlevel.current_task())
 
@@ -604,9 +645,10 @@ class ActorContext:
         """End this actor normally once the current message is handled.
 
         A ``transient`` or ``temporary`` child is then not restarted; a
-        ``permanent`` one is.
+        ``permanent`` one is. Callable from a handler, ``on_start`` or a task
+        in ``nursery``; an idle actor stops at once.
         """
-        self._cell.stop_requested = True
+        self._cell.request_stop()
 
     def schedule(self, delay: float, msg: object) -> trio.CancelScope:
         """Send ``msg`` to this actor after ``delay`` seconds.
@@ -618,7 +660,7 @@ class ActorContext:
             UnknownMessage: this actor has no handler for ``msg``.
         """
         cell = self._cell
-        cell.check(msg)
+        cell.check_type(msg)
         scope = trio.CancelScope()
 
         async def fire() -> None:
@@ -646,7 +688,7 @@ class ActorContext:
         if period <= 0:
             raise ValueError(f"period must be positive, got {period!r}")
         cell = self._cell
-        cell.check(msg)
+        cell.check_type(msg)
         scope = trio.CancelScope()
 
         async def tick() -> None:

@@ -105,10 +105,12 @@ class Mailbox:
 
         Returns False when the mailbox is full under ``block`` (the caller
         decides whether to wait). Under ``drop_oldest`` / ``drop_newest`` a
-        full mailbox evicts one item through ``on_evict``.
+        full mailbox evicts one item through ``on_evict``; when the item to
+        drop is the new one and it is an ``Ask``, ``MailboxFull`` is raised to
+        its asker instead (the asking task is running, not waiting).
 
         Raises:
-            MailboxFull: full under ``reject``.
+            MailboxFull: full under ``reject``, or a new ``Ask`` is dropped.
             KeyError: ``priority`` is not high, normal or low.
         """
         queue = self._queues[_INDEX[priority]]
@@ -118,13 +120,15 @@ class Mailbox:
                 return False
             if overflow == "reject":
                 raise MailboxFull(f"mailbox full ({self.capacity} messages)")
-            if overflow == "drop_newest":
-                self._evict(item)
-                return True
-            victim = self._oldest_at_or_below(_INDEX[priority])
+            victim = None
+            if overflow == "drop_oldest":
+                # The oldest at or below the new message's priority; if all
+                # that is queued outranks it, the new message is the one to
+                # lose, since it would be handled last.
+                victim = self._oldest_at_or_below(_INDEX[priority])
             if victim is None:
-                # Everything queued outranks the new message: it is the oldest
-                # to lose, since it would be handled last.
+                if type(item) is Ask:
+                    raise MailboxFull(f"mailbox full ({self.capacity} messages); ask dropped")
                 self._evict(item)
                 return True
             self._evict(victim.popleft())

@@ -64,6 +64,8 @@ def to_seconds(value: object) -> Seconds:
 
 def to_checkpoint_policy(value: object) -> str | float:
     """Convert ``off``/``message``/``manual`` or a period to a checkpoint policy."""
+    if value is False:  # YAML 1.1 reads a bare `off` as false
+        return "off"
     if value in ("off", "message", "manual"):
         return str(value)
     try:
@@ -193,6 +195,21 @@ class BreakerSpec:
     reset_timeout: Seconds = attrs.field(default=Seconds(60.0), converter=to_seconds)
 
 
+# Code may give a nested spec as a dict of its fields, as YAML does.
+
+
+def _to_mailbox(value: MailboxSpec | dict[str, Any]) -> MailboxSpec:
+    return MailboxSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_breaker(value: BreakerSpec | dict[str, Any] | None) -> BreakerSpec | None:
+    return BreakerSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_backoff(value: BackoffSpec | dict[str, Any] | None) -> BackoffSpec | None:
+    return BackoffSpec(**value) if isinstance(value, dict) else value
+
+
 @attrs.frozen
 class ChildSpec:
     """One actor under a supervisor.
@@ -216,9 +233,17 @@ class ChildSpec:
         default="permanent",
         validator=_one_of("permanent", "transient", "temporary"),
     )
-    mailbox: MailboxSpec = attrs.field(factory=MailboxSpec)
+    mailbox: MailboxSpec = attrs.field(
+        factory=MailboxSpec,
+        converter=_to_mailbox,
+        validator=attrs.validators.instance_of(MailboxSpec),
+    )
     checkpoint: CheckpointPolicy = attrs.field(default="off", converter=to_checkpoint_policy)
-    circuit_breaker: BreakerSpec | None = None
+    circuit_breaker: BreakerSpec | None = attrs.field(
+        default=None,
+        converter=_to_breaker,
+        validator=attrs.validators.optional(attrs.validators.instance_of(BreakerSpec)),
+    )
     shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
     concurrency: int = attrs.field(default=1, validator=_at_least(1))
     args: dict[str, Any] = attrs.field(factory=dict)
@@ -245,7 +270,11 @@ class SupervisorSpec:
     )
     max_restarts: int = attrs.field(default=3, validator=_at_least(0))
     within: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
-    backoff: BackoffSpec | None = None
+    backoff: BackoffSpec | None = attrs.field(
+        default=None,
+        converter=_to_backoff,
+        validator=attrs.validators.optional(attrs.validators.instance_of(BackoffSpec)),
+    )
     children: list[Union[ChildSpec, SupervisorSpec]] = attrs.field(factory=list)  # noqa: UP007
 
     @within.validator

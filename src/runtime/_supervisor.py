@@ -36,6 +36,17 @@ def _restart_wanted(restart: str, crashed: bool) -> bool:
     return restart == "permanent" or (restart == "transient" and crashed)
 
 
+def _runs_inside(child: Child) -> bool:
+    """Whether the calling task is the child's incarnation or one of its descendants."""
+    task: trio.lowlevel.Task | None = trio.lowlevel.current_task()
+    while task is not None:
+        if task is child.task:
+            return True
+        nursery = task.parent_nursery
+        task = nursery.parent_task if nursery is not None else None
+    return False
+
+
 class Supervisor:
     """One supervisor of the tree, and the state that outlives its incarnations."""
 
@@ -57,6 +68,8 @@ class Supervisor:
         self.restarts = 0
         self.stopping = False
         self.scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None
+        self.started_at = 0.0
         self.done = trio.Event()
         self.done.set()
         self._restart_times: deque[float] = deque()
@@ -80,6 +93,8 @@ class Supervisor:
         self.stopping = False
         self._restart_times.clear()
         self.done = trio.Event()
+        self.task = trio.lowlevel.current_task()
+        self.started_at = trio.current_time()
         started = False
         send, receive = trio.open_memory_channel[tuple[Any, ...]](math.inf)
         self._events_in = send
@@ -91,6 +106,8 @@ class Supervisor:
                     try:
                         async with self._lock:
                             for child in self.children:
+                                if child.incarnation:  # this supervisor is restarting
+                                    child.restarts += 1
                                 await self._start_child(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
@@ -107,6 +124,7 @@ class Supervisor:
         finally:
             # The parent sets the status it wants ("stopped", "restarting").
             self.scope = None
+            self.task = None
             self._nursery = None
             self.done.set()
         if not started:
@@ -203,23 +221,11 @@ class Supervisor:
             if child.restart == "temporary":
                 self._remove(child)
             return
-        if crashed:
-            child.consecutive_crashes += 1
-            breaker = getattr(child.spec, "circuit_breaker", None)
-            if breaker is not None and child.consecutive_crashes >= breaker.failures:
-                self._open_circuit(child, breaker.reset_timeout)
-                return
+        if crashed and self._count_crash(child):
+            return  # its circuit opened: no restart
         self._count_restart(child, error)
-        group = self._restart_group_of(child)
         child.status = "restarting"
-        for sibling in reversed(group):
-            if sibling is not child:
-                await self._stop_child(sibling, "restarting")
-        for sibling in group:
-            if sibling is not child and sibling.restart == "temporary":
-                self._retire(sibling, "stopped")
-                self._remove(sibling)
-        group = [c for c in group if c in self.children]
+        group = await self._stop_group(child)
         delay = self._backoff(child)
         self.log.info(
             "child_restarting",
@@ -234,6 +240,34 @@ class Supervisor:
             self._nursery.start_soon(self._restart_later, delay, group, self.incarnation)
         else:
             await self._restart_group(group, self.incarnation)
+
+    def _count_crash(self, child: Child) -> bool:
+        """Count a consecutive crash; True when it opened the child's circuit."""
+        if isinstance(child, Supervisor) and (
+            trio.current_time() - child.started_at >= self.spec.within
+        ):
+            # A supervisor handles no messages to show it recovered: a run as
+            # long as the intensity window counts as recovery.
+            child.consecutive_crashes = 0
+        child.consecutive_crashes += 1
+        breaker = getattr(child.spec, "circuit_breaker", None)
+        if breaker is not None and child.consecutive_crashes >= breaker.failures:
+            self._open_circuit(child, breaker.reset_timeout)
+            return True
+        return False
+
+    async def _stop_group(self, child: Child) -> list[Child]:
+        """Stop the siblings the strategy restarts with ``child``, in reverse
+        start order; temporary ones are retired. Returns the group to start."""
+        group = self._restart_group_of(child)
+        for sibling in reversed(group):
+            if sibling is not child:
+                await self._stop_child(sibling, "restarting")
+        for sibling in group:
+            if sibling is not child and sibling.restart == "temporary":
+                self._retire(sibling, "stopped")
+                self._remove(sibling)
+        return [c for c in group if c in self.children]
 
     def _count_restart(self, child: Child, error: BaseException | None) -> None:
         """Record one restart; more than ``max_restarts`` within ``within`` gives up."""
@@ -335,19 +369,40 @@ class Supervisor:
                     self._remove(existing)
             child = self.system._build(spec, f"{self.path}/")
             self.children.append(child)
-            await self._start_child(child)
+            try:
+                await self._start_child(child)
+            except BaseException:
+                # Cancelled while starting: leave nothing half-started behind.
+                self._retire(child, "stopped")
+                self._remove(child)
+                raise
             return child
 
     async def terminate_child(self, name: str) -> None:
         """Stop the child ``name`` for good and forget it (OTP ``terminate_child``).
 
+        Waits until the child has stopped (at most its ``shutdown_timeout``,
+        then it is cancelled); cancelling the caller does not interrupt the
+        stop. Called from inside the child itself, it returns at once and the
+        child stops after its current message.
+
         Raises:
             ActorNotFound: no such child.
         """
+        child = next((c for c in self.children if c.name == name), None)
+        if child is None or self._nursery is None:
+            raise ActorNotFound(f"{self.path} has no child named {name!r}")
+        if _runs_inside(child):
+            # Waiting here would wait for the caller itself to finish.
+            self._nursery.start_soon(self._terminate, child)
+            return
+        with trio.CancelScope(shield=True):
+            await self._terminate(child)
+
+    async def _terminate(self, child: Child) -> None:
         async with self._lock:
-            child = next((c for c in self.children if c.name == name), None)
-            if child is None:
-                raise ActorNotFound(f"{self.path} has no child named {name!r}")
+            if child not in self.children:
+                return
             await self._stop_child(child, "stopped")
             self._retire(child, "stopped")
             self._remove(child)

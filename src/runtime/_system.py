@@ -15,7 +15,7 @@ import trio
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
-from ._topology import iter_children, load_topology
+from ._topology import check_child, load_topology, unsupported
 from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
@@ -113,9 +113,14 @@ class ActorSystem:
         ``mailbox``, ``args``, ...). Returns once its ``on_start`` has run.
 
         Raises:
-            ValueError: invalid spec, or a running child has that name.
+            TopologyError: the spec is invalid or the actor cannot run with
+                it (a ``ValueError``, as are bad field values).
+            ValueError: a running child has that name already.
         """
         spec = ChildSpec(name=name, actor=actor_cls, **fields)
+        problems = [f"{field}: {message}" for field, message in check_child(spec)]
+        if problems:
+            raise TopologyError([f"spawn {name!r}: {problem}" for problem in problems])
         child = await self.root.add_child(spec)
         assert isinstance(child, ActorCell)
         return child.ref
@@ -209,17 +214,7 @@ def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology
 
 
 def _check_supported(topology: Topology) -> None:
-    problems: list[str] = []
-    if topology.resources:
-        problems.append("resources: resource actors are not supported by this version")
-    if topology.metrics.listen is not None:
-        problems.append("metrics.listen: the metrics endpoint is not supported by this version")
-    problems.extend(
-        f"{path}: checkpoint: {spec.checkpoint!r} needs checkpointing, which this version "
-        "does not support; use off"
-        for path, spec in iter_children(topology.supervisor)
-        if spec.checkpoint != "off"
-    )
+    problems = [f"{path[2:]}: {message}" for path, message in unsupported(topology)]
     if problems:
         raise TopologyError(problems)
 

@@ -205,9 +205,10 @@ def _interpolate(value: Any, path: str, missing: list[str]) -> Any:
 
     def replace(match: re.Match[str]) -> str:
         name, default = match[1], match[2]
-        if name in os.environ:
-            return os.environ[name]
-        if default is not None:
+        value = os.environ.get(name)
+        if value or (value is not None and default is None):
+            return value
+        if default is not None:  # as in the shell, :- also replaces an empty value
             return default
         missing.append(f"{path}\0environment variable {name} is not set and has no default")
         return match[0]
@@ -291,15 +292,48 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     if missing:
         raise TopologyError([_report(source, lines, *entry.split("\0", 1)) for entry in missing])
     try:
-        return _converter.structure(data, Topology)
+        topology = _converter.structure(data, Topology)
     except Exception as exc:  # every failure, as one group
         leaves = sorted(_leaves(exc, "$"), key=lambda leaf: _locate(lines, leaf[0]))
         raise TopologyError([_report(source, lines, path, msg) for path, msg in leaves]) from None
+    problems = list(unsupported(topology))
+    if problems:
+        raise TopologyError([_report(source, lines, path, msg) for path, msg in problems])
+    return topology
+
+
+def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
+    """Yield ``(field path, message)`` for each valid field this version cannot run."""
+    if topology.resources:
+        yield "$.resources", "resource actors are not supported by this version"
+    if topology.metrics.listen is not None:
+        yield "$.metrics.listen", "the metrics endpoint is not supported by this version"
+
+    def walk(spec: SupervisorSpec, path: str) -> Iterator[tuple[str, str]]:
+        for index, child in enumerate(spec.children):
+            child_path = f"{path}.children[{index}]"
+            if isinstance(child, SupervisorSpec):
+                yield from walk(child, child_path)
+            else:
+                for field, message in _unsupported_child(child):
+                    yield f"{child_path}.{field}", message
+
+    yield from walk(topology.supervisor, "$.supervisor")
+
+
+def _unsupported_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
+    if spec.checkpoint != "off":
+        yield (
+            "checkpoint",
+            f"{spec.checkpoint!r} needs checkpointing, which this version does not support; "
+            "use off",
+        )
 
 
 def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
-    """Yield ``(field, problem)`` for an actor class that cannot run with this spec."""
-    return check_actor(spec.actor, spec.args)
+    """Yield ``(field, problem)`` for each reason this child spec cannot run."""
+    yield from check_actor(spec.actor, spec.args)
+    yield from _unsupported_child(spec)
 
 
 def check_actor(actor: type[Actor[Any]], args: dict[str, Any]) -> Iterator[tuple[str, str]]:
