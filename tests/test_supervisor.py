@@ -515,3 +515,11 @@ async def test_nested_supervisor_backoff_resets_after_a_stable_run(
                     await trio.sleep(0.1)
     delays = [e["delay"] for e in logs if e["event"] == "child_restarting" and e["path"] == "root"]
     assert delays == [1, 10, 1]
+
+
+async def test_open_system_checks_a_topology_built_in_code() -> None:
+    """Args that do not fit __init__ fail open_system before anything starts."""
+    spec = topology(child("a", args={"jornal": []}))
+    with pytest.raises(runtime.errors.TopologyError, match=r"root/a: args: do not fit"):
+        async with runtime.open_system(spec):
+            pass  # pragma: no cover

@@ -15,7 +15,7 @@ import trio
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
-from ._topology import check_child, load_topology, unsupported
+from ._topology import check_actor, check_child, iter_children, load_topology, unsupported
 from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
@@ -213,8 +213,14 @@ def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology
     return load_topology(topology)
 
 
-def _check_supported(topology: Topology) -> None:
+def _check_runnable(topology: Topology) -> None:
+    """What the YAML loader checks beyond types, for topologies built in code."""
     problems = [f"{path[2:]}: {message}" for path, message in unsupported(topology)]
+    problems += [
+        f"{path}: {field}: {message}"
+        for path, spec in iter_children(topology.supervisor)
+        for field, message in check_actor(spec.actor, spec.args)
+    ]
     if problems:
         raise TopologyError(problems)
 
@@ -244,7 +250,7 @@ async def open_system(
         SupervisorGaveUp: the root supervisor exceeded its restart intensity.
     """
     spec = _topology_of(topology)
-    _check_supported(spec)
+    _check_runnable(spec)
     system = ActorSystem(spec)
     system.store, system.registry = store, registry
     root = system.root
