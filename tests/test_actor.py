@@ -580,3 +580,36 @@ async def test_stop_completes_even_if_its_caller_is_cancelled(
             assert ref.statistics().status == "stopped"
             with pytest.raises(ActorNotFound):
                 system.ref("root/a")
+
+
+async def test_a_sender_that_never_waits_still_yields_to_other_tasks() -> None:
+    """tell yields to the scheduler every so often even when it never has to
+    wait (here: a drop_newest mailbox that is always full), so a tell loop
+    cannot starve the other tasks."""
+    spec = topology(
+        child(
+            "a",
+            mailbox=runtime.MailboxSpec(capacity=1, overflow="drop_newest"),
+            shutdown_timeout=0,
+        )
+    )
+    turns = 0
+
+    async def bystander() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await trio.sleep(0)
+
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            ref = system.ref("root/a")
+            await ref.tell(Hang())
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(bystander)
+                await trio.sleep(0)
+                turns = 0
+                for n in range(1000):
+                    await ref.tell(Add(n))
+                nursery.cancel_scope.cancel()
+            assert turns >= 1000 // 65
