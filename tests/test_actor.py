@@ -612,4 +612,4 @@ async def test_a_sender_that_never_waits_still_yields_to_other_tasks() -> None:
                 for n in range(1000):
                     await ref.tell(Add(n))
                 nursery.cancel_scope.cancel()
-            assert turns >= 1000 // 65
+            assert turns >= 10  # about one turn per 64 tells; none without the yield
