@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import resource
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -38,8 +39,6 @@ def rss_bytes() -> int:
     """This process's resident set size now (Linux /proc)."""
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
-    import resource
-
     return pages * resource.getpagesize()
 
 
