@@ -104,6 +104,8 @@ class Actor(Generic[S]):
     ctx: ActorContext
     _dispatch: ClassVar[dict[type, Handler]]
     _own: ClassVar[dict[type, Handler]]
+    _state: ClassVar[type | None]
+    _signature: ClassVar[inspect.Signature]
 
     def __init__(self) -> None:
         pass
@@ -163,7 +165,21 @@ class Actor(Generic[S]):
         return None
 
     @classmethod
-    def _state_type(cls) -> type | None:
+    def _init_signature(cls) -> inspect.Signature:
+        """The signature ``args`` must fit (cached per class)."""
+        if "_signature" not in cls.__dict__:
+            cls._signature = inspect.signature(cls)
+        return cls._signature
+
+    @classmethod
+    def _state_class(cls) -> type | None:
+        """``S`` of ``Actor[S]`` (cached per class), or None."""
+        if "_state" not in cls.__dict__:
+            cls._state = cls._find_state_class()
+        return cls._state
+
+    @classmethod
+    def _find_state_class(cls) -> type | None:
         for klass in cls.__mro__:
             for base in getattr(klass, "__orig_bases__", ()):
                 if typing.get_origin(base) is Actor:
@@ -210,6 +226,35 @@ class ActorCell:
     """Everything about one actor that outlives its incarnations."""
 
     kind = "actor"
+    __slots__ = (
+        "actor_cls",
+        "breaker",
+        "consecutive_crashes",
+        "done",
+        "handled",
+        "in_flight",
+        "incarnation",
+        "killed",
+        "mailbox",
+        "name",
+        "one_shot_timers",
+        "path",
+        "pending_asks",
+        "ref",
+        "refusal",
+        "restart",
+        "restarts",
+        "scope",
+        "shutdown_timeout",
+        "spec",
+        "status",
+        "stop_requested",
+        "system",
+        "table",
+        "task",
+        "unyielded_tells",
+        "waiting",
+    )
 
     def __init__(self, spec: ChildSpec, path: str, system: ActorSystem) -> None:
         self.spec = spec
@@ -223,7 +268,6 @@ class ActorCell:
         self.table = self.actor_cls._dispatch
         self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self._evicted)
         self.ref: ActorRef[Any] = ActorRef(self)
-        self.log = logger.bind(path=path)
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -235,6 +279,7 @@ class ActorCell:
         self.breaker: str | None = "closed" if spec.circuit_breaker else None
         self.consecutive_crashes = 0
         self.stop_requested = False
+        self.killed = False  # cancelled by its supervisor after shutdown_timeout
         self.waiting = False
         self.in_flight = 0  # handlers running under concurrency > 1
         self.unyielded_tells = 0  # tells queued since a sender last yielded
@@ -243,6 +288,11 @@ class ActorCell:
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self.done = trio.Event()
         self.done.set()
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this actor's path (made on use: events are rare)."""
+        return logger.bind(path=self.path)
 
     # -- sending ----------------------------------------------------------
 
@@ -326,31 +376,34 @@ class ActorCell:
         self.incarnation += 1
         self.status = "starting"
         self.stop_requested = False
+        self.killed = False
         if self.refusal is not _TRIAL:
             self.refusal = None
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         started = False
         phase = "start"
+        error: BaseException | None = None
         try:
-            with trio.CancelScope() as self.scope:
-                async with trio.open_nursery() as nursery:
-                    actor = self._build(nursery)
-                    await actor.on_start()
-                    self.status = "running"
-                    self.log.info("actor_started", incarnation=self.incarnation)
-                    started = True
-                    phase = "running"
-                    task_status.started()
-                    if self.spec.concurrency == 1:
-                        await self._serve(actor)
-                    else:
-                        await self._serve_concurrently(actor, self.spec.concurrency)
-                    phase = "stop"
-                    await actor.on_stop()
-                    nursery.cancel_scope.cancel()
-            error: BaseException | None = None
-            if self.scope.cancelled_caught:
+            # The nursery's scope is also the incarnation's: cancelling it
+            # (after shutdown_timeout) ends the handler and background tasks.
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                actor = self._build(nursery)
+                await actor.on_start()
+                self.status = "running"
+                self.log.info("actor_started", incarnation=self.incarnation)
+                started = True
+                phase = "running"
+                task_status.started()
+                if self.spec.concurrency == 1:
+                    await self._serve(actor)
+                else:
+                    await self._serve_concurrently(actor, self.spec.concurrency)
+                phase = "stop"
+                await actor.on_stop()
+                nursery.cancel_scope.cancel()
+            if self.killed:
                 self.log.warning("actor_killed", incarnation=self.incarnation)
         except Exception as exc:
             error = _unwrap(exc)
@@ -373,7 +426,7 @@ class ActorCell:
         cls = self.actor_cls
         actor = cls.__new__(cls)
         actor.ctx = ActorContext(self, nursery)
-        state_type = cls._state_type()
+        state_type = cls._state_class()
         actor.state = state_type() if state_type is not None else None
         actor.__init__(**self.spec.args)  # type: ignore[misc]
         return actor
@@ -624,6 +677,8 @@ class ActorContext:
     are cancelled when the actor stops or crashes, and a task that raises
     crashes the actor.
     """
+
+    __slots__ = ("_cell", "nursery")
 
     def __init__(self, cell: ActorCell, nursery: trio.Nursery) -> None:
         self._cell = cell

@@ -69,7 +69,12 @@ class Mailbox:
 
     Nothing here takes a lock: trio runs one task at a time and no method
     awaits between reading and changing the queues, so each ``put_nowait`` /
-    ``get_nowait`` is atomic. Only ``wait_put`` and ``wait_nonempty`` wait.
+    ``get_nowait`` is atomic. Only ``wait_not_full`` and ``wait_nonempty``
+    wait. One task consumes (the actor's loop); any number may send.
+
+    A queue per priority is made on its first use, and the parking lot of
+    waiting senders when a sender first has to wait: an idle actor's mailbox
+    stays small.
 
     Args:
         capacity: the most messages it holds, over all priorities.
@@ -91,14 +96,10 @@ class Mailbox:
         self.capacity = capacity
         self.overflow = overflow
         self.size = 0
-        self._queues: tuple[deque[object], deque[object], deque[object]] = (
-            deque(),
-            deque(),
-            deque(),
-        )
+        self._queues: list[deque[object] | None] = [None, None, None]
         self._evict = on_evict
-        self._receiver = trio.lowlevel.ParkingLot()
-        self._senders = trio.lowlevel.ParkingLot()
+        self._receiver: trio.lowlevel.Task | None = None  # the consumer, while it waits
+        self._senders: trio.lowlevel.ParkingLot | None = None
 
     def put_nowait(self, item: object, priority: str) -> bool:
         """Queue ``item`` at ``priority`` without waiting.
@@ -113,40 +114,46 @@ class Mailbox:
             MailboxFull: full under ``reject``, or a new ``Ask`` is dropped.
             KeyError: ``priority`` is not high, normal or low.
         """
-        queue = self._queues[_INDEX[priority]]
-        if self.size >= self.capacity:
-            overflow = self.overflow
-            if overflow == "block":
-                return False
-            if overflow == "reject":
-                raise MailboxFull(f"mailbox full ({self.capacity} messages)")
-            victim = None
-            if overflow == "drop_oldest":
-                # The oldest at or below the new message's priority; if all
-                # that is queued outranks it, the new message is the one to
-                # lose, since it would be handled last.
-                victim = self._oldest_at_or_below(_INDEX[priority])
-            if victim is None:
-                if type(item) is Ask:
-                    raise MailboxFull(f"mailbox full ({self.capacity} messages); ask dropped")
-                self._evict(item)
-                return True
-            self._evict(victim.popleft())
-            self.size -= 1
+        index = _INDEX[priority]
+        if self.size >= self.capacity and not self._make_room(item, index):
+            return self.overflow != "block"
+        queue = self._queues[index]
+        if queue is None:
+            queue = self._queues[index] = deque()
         queue.append(item)
         self.size += 1
-        if self._receiver:
-            self._receiver.unpark()
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver)
         return True
 
-    def _oldest_at_or_below(self, index: int) -> deque[object] | None:
-        for queue in reversed(self._queues[index:]):
-            if queue:
-                return queue
-        return None
+    def _make_room(self, item: object, index: int) -> bool:
+        """Apply the overflow policy to a full mailbox; True if ``item`` may be queued."""
+        overflow = self.overflow
+        if overflow == "block":
+            return False
+        if overflow == "reject":
+            raise MailboxFull(f"mailbox full ({self.capacity} messages)")
+        victim = None
+        if overflow == "drop_oldest":
+            # The oldest at or below the new message's priority; if all that
+            # is queued outranks it, the new message is the one to lose,
+            # since it would be handled last.
+            victim = next((q for q in reversed(self._queues[index:]) if q), None)
+        if victim is None:
+            if type(item) is Ask:
+                raise MailboxFull(f"mailbox full ({self.capacity} messages); ask dropped")
+            self._evict(item)
+            return False
+        self._evict(victim.popleft())
+        self.size -= 1
+        return True
 
     async def wait_not_full(self) -> None:
         """Wait until an item is taken (or the mailbox drained); the caller retries."""
+        if self._senders is None:
+            self._senders = trio.lowlevel.ParkingLot()
         await self._senders.park()
 
     def get_nowait(self) -> object | None:
@@ -154,28 +161,41 @@ class Mailbox:
         if not self.size:
             return None
         high, normal, low = self._queues
-        item = high.popleft() if high else normal.popleft() if normal else low.popleft()
+        item = (
+            high.popleft() if high else normal.popleft() if normal else low.popleft()  # type: ignore[union-attr]
+        )
         self.size -= 1
         if self._senders:
             self._senders.unpark()
         return item
 
     async def wait_nonempty(self) -> None:
-        """Wait until an item is queued or ``wake()`` is called."""
-        await self._receiver.park()
+        """Wait until an item is queued or ``wake()`` is called (a checkpoint)."""
+        self._receiver = trio.lowlevel.current_task()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            self._receiver = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def wake(self) -> None:
         """Wake the consumer waiting in ``wait_nonempty`` (for example to stop)."""
-        self._receiver.unpark_all()
+        receiver = self._receiver
+        if receiver is not None:
+            self._receiver = None
+            trio.lowlevel.reschedule(receiver)
 
     def drain(self) -> list[object]:
         """Remove and return every queued item, in the order they would be handled."""
         items: list[object] = []
         for queue in self._queues:
-            items.extend(queue)
-            queue.clear()
+            if queue:
+                items.extend(queue)
+                queue.clear()
         self.size = 0
-        self._senders.unpark_all()
+        if self._senders:
+            self._senders.unpark_all()
         return items
 
     def statistics(self) -> MailboxStatistics:
@@ -184,6 +204,8 @@ class Mailbox:
             depth=self.size,
             capacity=self.capacity,
             overflow=self.overflow,
-            by_priority={p: len(q) for p, q in zip(PRIORITIES, self._queues, strict=True)},
-            blocked_senders=len(self._senders),
+            by_priority={
+                p: len(q) if q else 0 for p, q in zip(PRIORITIES, self._queues, strict=True)
+            },
+            blocked_senders=len(self._senders) if self._senders else 0,
         )

@@ -63,6 +63,7 @@ class Supervisor:
         self.system = system
         self.log = logger.bind(path=path)
         self.children: list[Child] = [system._build(child, f"{path}/") for child in spec.children]
+        self._by_name = {child.name: child for child in self.children}
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
@@ -189,6 +190,8 @@ class Supervisor:
             await child.done.wait()
         if not child.done.is_set():
             if child.scope is not None:
+                if isinstance(child, ActorCell):
+                    child.killed = True
                 child.scope.cancel()
             await child.done.wait()
         self.log.info("child_stopped", child=child.path, incarnation=child.incarnation)
@@ -210,7 +213,7 @@ class Supervisor:
     # -- reacting to a child's end -------------------------------------------
 
     async def _on_exit(self, child: Child, incarnation: int, error: BaseException | None) -> None:
-        if child.incarnation != incarnation or child not in self.children:
+        if child.incarnation != incarnation or not self._has(child):
             return
         if child.status not in ("starting", "running"):
             return  # an exit the supervisor caused itself
@@ -267,7 +270,7 @@ class Supervisor:
             if sibling is not child and sibling.restart == "temporary":
                 self._retire(sibling, "stopped")
                 self._remove(sibling)
-        return [c for c in group if c in self.children]
+        return [c for c in group if self._has(c)]
 
     def _count_restart(self, child: Child, error: BaseException | None) -> None:
         """Record one restart; more than ``max_restarts`` within ``within`` gives up."""
@@ -314,7 +317,7 @@ class Supervisor:
         if incarnation != self.incarnation:
             return
         for child in group:
-            if child in self.children and child.status == "restarting":
+            if self._has(child) and child.status == "restarting":
                 child.restarts += 1
                 await self._start_child(child)
 
@@ -342,7 +345,7 @@ class Supervisor:
     async def _half_open(self, child: Child) -> None:
         if not isinstance(child, ActorCell) or child.status != "circuit_open":
             return
-        if child not in self.children:
+        if not self._has(child):
             return
         child.breaker = "half_open"
         child.refusal = _TRIAL
@@ -362,13 +365,14 @@ class Supervisor:
         async with self._lock:
             if self._nursery is None or self.stopping:
                 raise ActorStopped(f"supervisor {self.path} is not running")
-            for existing in self.children:
-                if existing.name == spec.name:
-                    if existing.status != "stopped":
-                        raise ValueError(f"{self.path} already has a child named {spec.name!r}")
-                    self._remove(existing)
+            existing = self._by_name.get(spec.name)
+            if existing is not None:
+                if existing.status != "stopped":
+                    raise ValueError(f"{self.path} already has a child named {spec.name!r}")
+                self._remove(existing)
             child = self.system._build(spec, f"{self.path}/")
             self.children.append(child)
+            self._by_name[child.name] = child
             try:
                 await self._start_child(child)
             except BaseException:
@@ -389,7 +393,7 @@ class Supervisor:
         Raises:
             ActorNotFound: no such child.
         """
-        child = next((c for c in self.children if c.name == name), None)
+        child = self._by_name.get(name)
         if child is None or self._nursery is None:
             raise ActorNotFound(f"{self.path} has no child named {name!r}")
         if _runs_inside(child):
@@ -401,16 +405,20 @@ class Supervisor:
 
     async def _terminate(self, child: Child) -> None:
         async with self._lock:
-            if child not in self.children:
+            if not self._has(child):
                 return
             await self._stop_child(child, "stopped")
             self._retire(child, "stopped")
             self._remove(child)
 
     def _remove(self, child: Child) -> None:
-        if child in self.children:
+        if self._has(child):
             self.children.remove(child)
+            del self._by_name[child.name]
         self.system._forget(child)
+
+    def _has(self, child: Child) -> bool:
+        return self._by_name.get(child.name) is child
 
     def statistics(self) -> ActorStatistics:
         """The supervisor's status and restart count, now."""

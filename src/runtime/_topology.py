@@ -8,7 +8,6 @@ problem found is reported, each as ``file:line: field.path: message``.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import types
@@ -343,7 +342,7 @@ def check_actor(actor: type[Actor[Any]], args: dict[str, Any]) -> Iterator[tuple
     except TypeError as exc:
         yield "actor", str(exc)
     try:
-        inspect.signature(actor).bind(**args)
+        actor._init_signature().bind(**args)
     except TypeError as exc:
         yield "args", f"do not fit {actor.__qualname__}.__init__: {exc}"
 
