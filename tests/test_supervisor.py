@@ -523,3 +523,49 @@ async def test_open_system_checks_a_topology_built_in_code() -> None:
     with pytest.raises(runtime.errors.TopologyError, match=r"root/a: args: do not fit"):
         async with runtime.open_system(spec):
             pass  # pragma: no cover
+
+
+async def test_spawn_or_stop_from_on_start_is_refused_not_deadlocked() -> None:
+    """spawn() or stop() from the on_start of a child its supervisor is starting
+    would wait for itself; it raises a RuntimeError that says what to do."""
+    seen: list[str] = []
+
+    class Eager(Counter):
+        async def on_start(self) -> None:
+            for call in (
+                self.ctx.system.spawn(Counter, name="late"),
+                self.ctx.system.stop("root/a"),
+            ):
+                try:
+                    await call
+                except RuntimeError as exc:
+                    seen.append(str(exc))
+
+    with trio.fail_after(5):
+        async with runtime.open_system(topology(child("a"), child("eager", Eager))) as system:
+            assert system.ref("root/a").statistics().status == "running"
+    assert len(seen) == 2
+    assert all("from a handler instead" in text for text in seen)
+
+
+async def test_an_actor_stopping_itself_takes_no_further_message() -> None:
+    """After system.stop(own path) the actor finishes the current message and
+    handles none of those queued behind it (they become dead letters)."""
+    seen: list[object] = []
+
+    class Quitter(Recorder):
+        @runtime.handler
+        async def record(self, msg: Record) -> None:
+            self.seen.append(msg.item)
+            if msg.item == "quit":
+                await self.ctx.system.stop(self.ctx.path)
+
+    spec = topology(child("q", Quitter, args={"seen": seen}))
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            ref = system.ref("root/q")
+            for item in ("a", "quit", "b", "c"):
+                ref.tell_nowait(Record(item))
+            await trio.testing.wait_all_tasks_blocked()
+            assert seen == ["a", "quit"]
+            assert [d.message for d in system.dead_letters] == [Record("b"), Record("c")]

@@ -301,6 +301,14 @@ class MetricsSpec:
     listen: str | None = None
 
 
+def _to_supervisor(value: SupervisorSpec | dict[str, Any]) -> SupervisorSpec:
+    return SupervisorSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_metrics(value: MetricsSpec | dict[str, Any]) -> MetricsSpec:
+    return MetricsSpec(**value) if isinstance(value, dict) else value
+
+
 @attrs.frozen
 class Topology:
     """A whole system: its name, root supervisor, store and shared resources.
@@ -314,10 +322,18 @@ class Topology:
     """
 
     system: str = attrs.field(default="runtime", validator=_name)
-    supervisor: SupervisorSpec = attrs.field(factory=lambda: SupervisorSpec(name="root"))
+    supervisor: SupervisorSpec = attrs.field(
+        factory=lambda: SupervisorSpec(name="root"),
+        converter=_to_supervisor,
+        validator=attrs.validators.instance_of(SupervisorSpec),
+    )
     store: str | None = None
     resources: dict[str, dict[str, Any]] = attrs.field(factory=dict)
-    metrics: MetricsSpec = attrs.field(factory=MetricsSpec)
+    metrics: MetricsSpec = attrs.field(
+        factory=MetricsSpec,
+        converter=_to_metrics,
+        validator=attrs.validators.instance_of(MetricsSpec),
+    )
 
 
 attrs.resolve_types(SupervisorSpec)

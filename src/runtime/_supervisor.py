@@ -76,6 +76,7 @@ class Supervisor:
         self._restart_times: deque[float] = deque()
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        self._starting: Child | None = None  # the child whose start holds the lock
         self._events_in: trio.MemorySendChannel[tuple[Any, ...]] | None = None
         self._random = random.Random()
 
@@ -165,7 +166,22 @@ class Supervisor:
 
     async def _start_child(self, child: Child) -> None:
         assert self._nursery is not None
-        await self._nursery.start(self._run_child, child)
+        self._starting = child
+        try:
+            await self._nursery.start(self._run_child, child)
+        finally:
+            self._starting = None
+
+    def _refuse_from_starting_child(self, action: str) -> None:
+        """Refuse ``action`` from inside the child this supervisor is starting:
+        it would wait for the lock the start holds, which waits for the caller."""
+        starting = self._starting
+        if starting is not None and _runs_inside(starting):
+            raise RuntimeError(
+                f"{action} called while {self.path} is starting {starting.path} (from its "
+                "on_start): that would wait for itself. Do it from a handler instead, e.g. "
+                "send yourself a message in on_start."
+            )
 
     async def _run_child(
         self, child: Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -361,7 +377,9 @@ class Supervisor:
         Raises:
             ValueError: a running child has that name already.
             ActorStopped: this supervisor is not running.
+            RuntimeError: called from the on_start of a child being started.
         """
+        self._refuse_from_starting_child("system.spawn()")
         async with self._lock:
             if self._nursery is None or self.stopping:
                 raise ActorStopped(f"supervisor {self.path} is not running")
@@ -385,31 +403,39 @@ class Supervisor:
     async def terminate_child(self, name: str) -> None:
         """Stop the child ``name`` for good and forget it (OTP ``terminate_child``).
 
-        Waits until the child has stopped (at most its ``shutdown_timeout``,
-        then it is cancelled); cancelling the caller does not interrupt the
-        stop. Called from inside the child itself, it returns at once and the
-        child stops after its current message.
+        Waits for this supervisor's lock (cancellable: then nothing is
+        stopped), then until the child has stopped (at most its
+        ``shutdown_timeout``, then it is cancelled); once begun, cancelling the
+        caller does not interrupt the stop. Called from inside the child
+        itself, it returns at once: the child takes no further message, and
+        stops once its current one is handled.
 
         Raises:
-            ActorNotFound: no such child.
+            ActorNotFound: no such child, or this supervisor is not running.
+            RuntimeError: called from the on_start of a child being started.
         """
         child = self._by_name.get(name)
-        if child is None or self._nursery is None:
+        if child is None:
             raise ActorNotFound(f"{self.path} has no child named {name!r}")
+        if self._nursery is None:
+            raise ActorNotFound(f"supervisor {self.path} is not running")
+        self._refuse_from_starting_child("system.stop()")
         if _runs_inside(child):
             # Waiting here would wait for the caller itself to finish.
+            child.status = "stopped"
+            child.request_stop()
             self._nursery.start_soon(self._terminate, child)
             return
-        with trio.CancelScope(shield=True):
-            await self._terminate(child)
+        await self._terminate(child)
 
     async def _terminate(self, child: Child) -> None:
         async with self._lock:
             if not self._has(child):
                 return
-            await self._stop_child(child, "stopped")
-            self._retire(child, "stopped")
-            self._remove(child)
+            with trio.CancelScope(shield=True):
+                await self._stop_child(child, "stopped")
+                self._retire(child, "stopped")
+                self._remove(child)
 
     def _remove(self, child: Child) -> None:
         if self._has(child):
