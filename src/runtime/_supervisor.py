@@ -32,6 +32,20 @@ logger = structlog.get_logger("runtime")
 Child = Union[ActorCell, "Supervisor"]
 
 
+class _Started:
+    """The ``task_status`` of a child start: ``started()`` wakes the starter."""
+
+    __slots__ = ("abandoned", "event", "running")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.running = False
+        self.abandoned = False
+
+    def started(self, value: None = None) -> None:
+        self.event.set()
+
+
 def _restart_wanted(restart: str, crashed: bool) -> bool:
     return restart == "permanent" or (restart == "transient" and crashed)
 
@@ -165,10 +179,23 @@ class Supervisor:
     # -- starting and stopping one child -------------------------------------
 
     async def _start_child(self, child: Child) -> None:
+        """Start one incarnation of ``child`` and wait until its start is over.
+
+        The incarnation runs in this supervisor's nursery from the first step
+        (cheaper than ``nursery.start``'s hand-over). If the caller is
+        cancelled meanwhile, the half-started incarnation is cancelled too.
+        """
         assert self._nursery is not None
+        started = _Started()
         self._starting = child
         try:
-            await self._nursery.start(self._run_child, child)
+            self._nursery.start_soon(self._run_child, child, started)
+            await started.event.wait()
+        except BaseException:
+            started.abandoned = True
+            if started.running and child.scope is not None:
+                child.scope.cancel()
+            raise
         finally:
             self._starting = None
 
@@ -183,11 +210,12 @@ class Supervisor:
                 "send yourself a message in on_start."
             )
 
-    async def _run_child(
-        self, child: Child, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-    ) -> None:
+    async def _run_child(self, child: Child, started: _Started) -> None:
+        if started.abandoned:
+            return
+        started.running = True
         incarnation = child.incarnation + 1
-        error = await child.run_incarnation(task_status)
+        error = await child.run_incarnation(started)
         if self._events_in is not None:
             self._events_in.send_nowait(("exit", child, incarnation, error))
 
@@ -380,7 +408,11 @@ class Supervisor:
             RuntimeError: called from the on_start of a child being started.
         """
         self._refuse_from_starting_child("system.spawn()")
-        async with self._lock:
+        try:
+            self._lock.acquire_nowait()  # the usual case: no scheduling round
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        try:
             if self._nursery is None or self.stopping:
                 raise ActorStopped(f"supervisor {self.path} is not running")
             existing = self._by_name.get(spec.name)
@@ -399,6 +431,8 @@ class Supervisor:
                 self._remove(child)
                 raise
             return child
+        finally:
+            self._lock.release()
 
     async def terminate_child(self, name: str) -> None:
         """Stop the child ``name`` for good and forget it (OTP ``terminate_child``).
