@@ -1,0 +1,137 @@
+"""Scale: 100,000 idle actors under one supervisor, against 100,000 parked raw tasks.
+
+Each measurement runs in a fresh interpreter so that resident memory grows
+from a clean start. The garbage collector is disabled during the bulk spawn,
+for the actors and the raw tasks alike: with it on, both spend most of their
+time in repeated full collections of a heap that only grows.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import structlog
+import trio
+import trio.testing
+
+import runtime
+
+from ._measure import rss_bytes
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@attrs.frozen
+class Nudge:
+    pass
+
+
+class Idle(runtime.Actor[None]):
+    @runtime.handler
+    async def nudge(self, msg: Nudge) -> None:
+        pass
+
+
+async def _raw(count: int) -> dict[str, float]:
+    """``count`` tasks, each parked on its own memory channel."""
+    senders = []
+
+    async def park(receive: trio.MemoryReceiveChannel[object]) -> None:
+        async for _ in receive:
+            pass
+
+    async with trio.open_nursery() as nursery:
+        before = rss_bytes()
+        start = time.perf_counter()
+        for _ in range(count):
+            send, receive = trio.open_memory_channel[object](100)
+            senders.append(send)
+            nursery.start_soon(park, receive)
+        await trio.testing.wait_all_tasks_blocked()
+        spawn = time.perf_counter() - start
+        memory = (rss_bytes() - before) / count
+        start = time.perf_counter()
+        nursery.cancel_scope.cancel()
+    return {"spawn": spawn, "memory": memory, "stop": time.perf_counter() - start}
+
+
+async def _actors(count: int) -> dict[str, float]:
+    """``count`` idle actors spawned one by one under the root supervisor."""
+    start_stop = 0.0
+    async with runtime.open_system() as system:
+        before = rss_bytes()
+        start = time.perf_counter()
+        for index in range(count):
+            await system.spawn(Idle, name=f"idle{index}")
+        await trio.testing.wait_all_tasks_blocked()
+        spawn = time.perf_counter() - start
+        memory = (rss_bytes() - before) / count
+        start_stop = time.perf_counter()
+    return {"spawn": spawn, "memory": memory, "stop": time.perf_counter() - start_stop}
+
+
+def _measure_in_subprocess(kind: str, count: int) -> dict[str, float]:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_scale", kind, str(count)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    figures: dict[str, float] = json.loads(result.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def test_idle_actors_at_scale(bench: Any, quick: bool) -> None:
+    """Spawn time, resident memory per actor and time to stop them all, for
+    100,000 idle actors against 100,000 raw tasks parked on their own channel:
+    what an agent system with many mostly-idle agents costs."""
+    count = 10_000 if quick else 100_000
+    actors = _measure_in_subprocess("actors", count)
+    raw = _measure_in_subprocess("raw", count)
+    label = f"{count:,} idle actors"
+    bench.record(
+        f"{label}: spawn",
+        actors["spawn"],
+        "s",
+        baseline=raw["spawn"],
+        baseline_name="raw parked tasks",
+        higher_is_better=False,
+    )
+    bench.record(
+        f"{label}: memory each",
+        actors["memory"],
+        "B",
+        baseline=raw["memory"],
+        baseline_name="raw parked tasks",
+        higher_is_better=False,
+    )
+    bench.record(
+        f"{label}: stop all",
+        actors["stop"],
+        "s",
+        baseline=raw["stop"],
+        baseline_name="raw cancel",
+        higher_is_better=False,
+    )
+
+
+def main() -> None:
+    """``python -m benchmarks.bench_scale actors|raw COUNT``: prints the figures as JSON."""
+    structlog.configure(processors=[], logger_factory=structlog.ReturnLoggerFactory())
+    kind, count = sys.argv[1], int(sys.argv[2])
+    gc.disable()
+    figures = trio.run(_actors if kind == "actors" else _raw, count)
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
