@@ -132,11 +132,14 @@ def _fmt(value: float | None, unit: str) -> str:
 
 def _line(entry: dict[str, Any]) -> str:
     figure = _fmt(entry["figure"], entry["unit"])
+    if entry["spread"] and entry["spread"][0] != entry["spread"][1]:
+        low, high = (_fmt(value, entry["unit"]) for value in entry["spread"])
+        figure = f"{figure} [{low} .. {high}]"
     if entry["baseline"] is None:
-        return f"{entry['name']:<44} {figure:>18}"
+        return f"{entry['name']:<44} {figure:>40}"
     baseline = _fmt(entry["baseline"], entry["unit"])
     return (
-        f"{entry['name']:<44} {figure:>18}   {entry['baseline_name']}: {baseline:>16}"
+        f"{entry['name']:<44} {figure:>40}   {entry['baseline_name']}: {baseline:>16}"
         f"   ratio {entry['ratio']:.2f}"
     )
 
