@@ -90,12 +90,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     return trio.run(_start, args.topology, args.until_idle)
 
 
-def _validate(path: str) -> int:
+def _load(path: str) -> Topology | None:
+    """The topology at ``path``, or None after printing its errors to stderr."""
     try:
-        topology = load_topology(path)
+        return load_topology(path)
     except TopologyError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+        _print_errors(exc)
+        return None
+
+
+def _print_errors(error: TopologyError) -> None:
+    for line in error.errors:
+        print(line, file=sys.stderr)
+
+
+def _validate(path: str) -> int:
+    topology = _load(path)
+    if topology is None:
         return EXIT_INVALID
     actors = sum(1 for _ in iter_children(topology.supervisor))
     print(f"{path}: valid: system {topology.system!r}, {actors} actor(s)")
@@ -103,11 +114,8 @@ def _validate(path: str) -> int:
 
 
 async def _start(path: str, until_idle: bool) -> int:
-    try:
-        topology = load_topology(path)
-    except TopologyError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
+    topology = _load(path)
+    if topology is None:
         return EXIT_INVALID
     started = trio.current_time()
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
@@ -124,8 +132,7 @@ async def _start(path: str, until_idle: bool) -> int:
                     print("error: stop interrupted by a second signal", file=sys.stderr)
                     code = EXIT_FAILED
             except TopologyError as exc:
-                for line in exc.errors:
-                    print(line, file=sys.stderr)
+                _print_errors(exc)
                 code = EXIT_INVALID
             except ActorSystemError as exc:
                 print(f"error: {exc}", file=sys.stderr)
