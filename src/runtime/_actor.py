@@ -240,6 +240,7 @@ class ActorCell:
         "one_shot_timers",
         "path",
         "pending_asks",
+        "pending_restart",
         "ref",
         "refusal",
         "restart",
@@ -278,6 +279,7 @@ class ActorCell:
         self.refusal: Any = None
         self.breaker: str | None = "closed" if spec.circuit_breaker else None
         self.consecutive_crashes = 0
+        self.pending_restart = 0  # which restart decision of its supervisor it waits for
         self.stop_requested = False
         self.killed = False  # cancelled by its supervisor after shutdown_timeout
         self.waiting = False
@@ -377,8 +379,8 @@ class ActorCell:
         self.status = "starting"
         self.stop_requested = False
         self.killed = False
-        if self.refusal is not _TRIAL:
-            self.refusal = None
+        if self.breaker != "half_open":
+            self.refusal = None  # a half-open circuit keeps its trial state
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         started = False
@@ -431,8 +433,11 @@ class ActorCell:
         actor.__init__(**self.spec.args)  # type: ignore[misc]
         return actor
 
-    def request_stop(self) -> None:
-        """Ask the incarnation to stop after the message it is handling."""
+    def request_stop(self, for_restart: bool = False) -> None:
+        """Ask the incarnation to stop after the message it is handling.
+
+        The mailbox is kept either way (``for_restart`` matters to supervisors).
+        """
         self.stop_requested = True
         self.mailbox.wake()
 
@@ -447,6 +452,9 @@ class ActorCell:
                 self.waiting = True
                 await mailbox.wait_nonempty()
                 self.waiting = False
+                # Woken by a message in the same round that a background task
+                # crashed: leave the message queued for the next incarnation.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 budget = _YIELD_EVERY
                 continue
             await handle(actor, item)
@@ -472,6 +480,10 @@ class ActorCell:
                 await slots.acquire()
                 item = None
                 while not self.stop_requested:
+                    # A handler that crashed has cancelled this nursery: a
+                    # message taken now would be lost, not kept for the next
+                    # incarnation.
+                    await trio.lowlevel.checkpoint_if_cancelled()
                     item = mailbox.get_nowait()
                     if item is not None:
                         break

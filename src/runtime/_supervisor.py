@@ -82,6 +82,8 @@ class Supervisor:
         self.incarnation = 0
         self.restarts = 0
         self.stopping = False
+        self.stopping_for_restart = False  # the parent restarts it: keep the mailboxes
+        self.pending_restart = 0
         self.scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None
         self.started_at = 0.0
@@ -93,6 +95,7 @@ class Supervisor:
         self._starting: Child | None = None  # the child whose start holds the lock
         self._events_in: trio.MemorySendChannel[tuple[Any, ...]] | None = None
         self._random = random.Random()
+        self._restart_seq = 0
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -107,6 +110,7 @@ class Supervisor:
         self.incarnation += 1
         self.status = "starting"
         self.stopping = False
+        self.stopping_for_restart = False
         self._restart_times.clear()
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
@@ -122,6 +126,8 @@ class Supervisor:
                     try:
                         async with self._lock:
                             for child in self.children:
+                                if self.stopping:
+                                    break
                                 if child.incarnation:  # this supervisor is restarting
                                     child.restarts += 1
                                 await self._start_child(child)
@@ -134,8 +140,12 @@ class Supervisor:
                         error = exc
                     finally:
                         self.stopping = True
+                        # Children that will run again (this supervisor is
+                        # being restarted, or failed and may be) keep their
+                        # mailboxes; retiring them is for a stop for good.
+                        for_good = error is None and not self.stopping_for_restart
                         with trio.CancelScope(shield=True):
-                            await self._stop_children()
+                            await self._stop_children(for_good)
                         nursery.cancel_scope.cancel()
         finally:
             # The parent sets the status it wants ("stopped", "restarting").
@@ -147,11 +157,35 @@ class Supervisor:
             task_status.started()
         return error
 
-    def request_stop(self) -> None:
-        """Ask this supervisor to stop its children in reverse order and end."""
+    def request_stop(self, for_restart: bool = False) -> None:
+        """Ask this supervisor to stop its children in reverse order and end.
+
+        A child still starting is asked to stop too, and cancelled once its
+        ``shutdown_timeout`` has passed, so a hung ``on_start`` cannot hold
+        the stop up. ``for_restart``: the children will be started again, so
+        their queued messages are kept.
+        """
         self.stopping = True
+        self.stopping_for_restart = for_restart
         if self._events_in is not None:
             self._events_in.send_nowait(("stop",))
+        self._bound_start(for_restart)
+
+    def _bound_start(self, for_restart: bool) -> None:
+        """Stop the child being started, cancelling it after its shutdown_timeout."""
+        starting = self._starting
+        if starting is None or self._nursery is None:
+            return
+        starting.request_stop(for_restart)
+        self._nursery.start_soon(self._kill_start_after, starting, starting.incarnation)
+
+    async def _kill_start_after(self, child: Child, incarnation: int) -> None:
+        await trio.sleep(child.shutdown_timeout)
+        if self._starting is child and child.incarnation == incarnation:
+            if isinstance(child, ActorCell):
+                child.killed = True
+            if child.scope is not None:
+                child.scope.cancel()
 
     async def _control_loop(self, events: trio.MemoryReceiveChannel[tuple[Any, ...]]) -> None:
         async for event in events:
@@ -168,13 +202,18 @@ class Supervisor:
                 elif kind == "half_open":
                     await self._half_open(event[1])
 
-    async def _stop_children(self) -> None:
-        """Stop every running child in reverse start order; retire them all."""
+    async def _stop_children(self, for_good: bool) -> None:
+        """Stop every running child in reverse start order; ``for_good``: retire them."""
         async with self._lock:
             for child in reversed(self.children):
-                await self._stop_child(child, "stopped")
-            for child in self.children:
-                self._retire(child, "stopped")
+                await self._stop_child(child, "stopped" if for_good else "restarting")
+            if for_good:
+                self.retire_children()
+
+    def retire_children(self) -> None:
+        """Mark every child stopped for good: queued messages become dead letters."""
+        for child in self.children:
+            self._retire(child, "stopped")
 
     # -- starting and stopping one child -------------------------------------
 
@@ -229,7 +268,7 @@ class Supervisor:
             child.status = status
         if child.done.is_set():
             return
-        child.request_stop()
+        child.request_stop(status == "restarting")
         with trio.move_on_after(child.shutdown_timeout):
             await child.done.wait()
         if not child.done.is_set():
@@ -251,8 +290,7 @@ class Supervisor:
             self.system._unsubscribe_all(child)
         else:
             child.status = "stopped"
-            for grandchild in child.children:
-                child._retire(grandchild, reason)
+            child.retire_children()
 
     # -- reacting to a child's end -------------------------------------------
 
@@ -273,6 +311,13 @@ class Supervisor:
         self._count_restart(child, error)
         child.status = "restarting"
         group = await self._stop_group(child)
+        if self.stopping:
+            return  # a stop came while the group stopped: no restart now
+        # A child already waiting for a restart joins this group, and its
+        # earlier pending restart is void: the group restarts in start order.
+        self._restart_seq += 1
+        for member in group:
+            member.pending_restart = self._restart_seq
         delay = self._backoff(child)
         self.log.info(
             "child_restarting",
@@ -284,9 +329,9 @@ class Supervisor:
         )
         if delay > 0:
             assert self._nursery is not None
-            self._nursery.start_soon(self._restart_later, delay, group, self.incarnation)
+            self._nursery.start_soon(self._restart_later, delay, group, self._restart_seq)
         else:
-            await self._restart_group(group, self.incarnation)
+            await self._restart_group(group, self._restart_seq)
 
     def _count_crash(self, child: Child) -> bool:
         """Count a consecutive crash; True when it opened the child's circuit."""
@@ -342,7 +387,9 @@ class Supervisor:
             return [child]
         start = 0 if strategy == "one_for_all" else self.children.index(child)
         return [
-            c for c in self.children[start:] if c is child or c.status in ("starting", "running")
+            c
+            for c in self.children[start:]
+            if c is child or c.status in ("starting", "running", "restarting")
         ]
 
     def _backoff(self, child: Child) -> float:
@@ -352,16 +399,17 @@ class Supervisor:
         attempt = max(child.consecutive_crashes, 1)
         return backoff.delay(attempt, self._random.random())
 
-    async def _restart_later(self, delay: float, group: list[Child], incarnation: int) -> None:
+    async def _restart_later(self, delay: float, group: list[Child], seq: int) -> None:
         await trio.sleep(delay)
         if self._events_in is not None:
-            self._events_in.send_nowait(("restart", group, incarnation))
+            self._events_in.send_nowait(("restart", group, seq))
 
-    async def _restart_group(self, group: list[Child], incarnation: int) -> None:
-        if incarnation != self.incarnation:
-            return
+    async def _restart_group(self, group: list[Child], seq: int) -> None:
+        """Start the members of restart decision ``seq`` that still wait for it, in order."""
         for child in group:
-            if self._has(child) and child.status == "restarting":
+            if self.stopping:
+                return
+            if self._has(child) and child.status == "restarting" and child.pending_restart == seq:
                 child.restarts += 1
                 await self._start_child(child)
 
@@ -437,12 +485,13 @@ class Supervisor:
     async def terminate_child(self, name: str) -> None:
         """Stop the child ``name`` for good and forget it (OTP ``terminate_child``).
 
-        Waits for this supervisor's lock (cancellable: then nothing is
-        stopped), then until the child has stopped (at most its
-        ``shutdown_timeout``, then it is cancelled); once begun, cancelling the
-        caller does not interrupt the stop. Called from inside the child
-        itself, it returns at once: the child takes no further message, and
-        stops once its current one is handled.
+        The child takes no further message and is not restarted from the
+        moment of the call; a start of it in progress is cancelled after its
+        ``shutdown_timeout``. Waits for this supervisor's lock, then until the
+        child has stopped (at most its ``shutdown_timeout``, then it is
+        cancelled). Cancelling the caller does not interrupt the stop. Called
+        from inside the child itself, it returns at once, and the child stops
+        once its current message is handled.
 
         Raises:
             ActorNotFound: no such child, or this supervisor is not running.
@@ -454,22 +503,25 @@ class Supervisor:
         if self._nursery is None:
             raise ActorNotFound(f"supervisor {self.path} is not running")
         self._refuse_from_starting_child("system.stop()")
+        # From now on its exit is not a crash and no pending restart applies.
+        child.status = "stopped"
+        child.request_stop()
+        if self._starting is child:
+            self._bound_start(for_restart=False)
         if _runs_inside(child):
             # Waiting here would wait for the caller itself to finish.
-            child.status = "stopped"
-            child.request_stop()
             self._nursery.start_soon(self._terminate, child)
             return
-        await self._terminate(child)
+        with trio.CancelScope(shield=True):
+            await self._terminate(child)
 
     async def _terminate(self, child: Child) -> None:
         async with self._lock:
             if not self._has(child):
                 return
-            with trio.CancelScope(shield=True):
-                await self._stop_child(child, "stopped")
-                self._retire(child, "stopped")
-                self._remove(child)
+            await self._stop_child(child, "stopped")
+            self._retire(child, "stopped")
+            self._remove(child)
 
     def _remove(self, child: Child) -> None:
         if self._has(child):

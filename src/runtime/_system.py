@@ -259,10 +259,13 @@ async def open_system(
         error = await root.run_incarnation(task_status)
         root.status = "stopped"
         if error is not None:
+            # Nothing restarts the children now: their queued messages become
+            # dead letters and their askers get ActorStopped.
+            root.retire_children()
             system.failure = error
             outer.cancel()
 
-    body_error: Exception | None = None
+    body_error: BaseException | None = None
     with trio.CancelScope() as outer:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_root)
@@ -270,7 +273,9 @@ async def open_system(
                 logger.info("system_started", system=system.name)
                 try:
                     yield system
-                except Exception as exc:
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:
                     # Re-raised below as itself, not wrapped in the nursery's group.
                     body_error = exc
                 finally:
