@@ -1,0 +1,265 @@
+"""Checkpoint stores and state serialization.
+
+A store keeps, per actor path, the latest state as JSON text and a version.
+Every write names the version it read; a write against a newer stored
+version fails with ``CheckpointConflict`` and changes nothing, so two
+incarnations of one actor never both win. State is (un)structured with
+cattrs and written as JSON: nothing is ever unpickled.
+
+Stores are chosen by URL: ``memory://`` (this process only) and
+``sqlite:///path.db`` (the embedded default; WAL mode, its blocking calls in
+a worker thread).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import cattrs
+import trio
+
+from .errors import CheckpointConflict
+
+__all__ = [
+    "CheckpointStore",
+    "MemoryStore",
+    "SqliteStore",
+    "StateError",
+    "decode_state",
+    "encode_state",
+    "open_store",
+]
+
+_converter = cattrs.Converter()
+
+
+class StateError(ValueError):
+    """State that cannot be written, or a checkpoint that cannot be read back."""
+
+
+@runtime_checkable
+class CheckpointStore(Protocol):
+    """Where checkpoints live. Every method is a checkpoint (it may wait)."""
+
+    url: str
+
+    async def load(self, path: str) -> tuple[int, str] | None:
+        """The latest ``(version, json)`` of ``path``, or None if it has none."""
+        ...
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        """Write ``data`` for ``path`` over ``version`` (0: nothing stored yet).
+
+        Returns the new version (``version + 1``).
+
+        Raises:
+            CheckpointConflict: the stored version is not ``version``; the
+                stored checkpoint is left as it was.
+        """
+        ...
+
+    async def delete(self, path: str) -> None:
+        """Forget ``path``'s checkpoint (no error if it has none)."""
+        ...
+
+    async def paths(self) -> list[str]:
+        """Every path that has a checkpoint, sorted."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the store's connections; idempotent."""
+        ...
+
+
+def encode_state(path: str, state: object) -> str:
+    """State as JSON text.
+
+    Raises:
+        StateError: cattrs cannot unstructure it, or it is not JSON-serializable.
+    """
+    try:
+        return json.dumps(_converter.unstructure(state), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise StateError(
+            f"{path}: state {type(state).__qualname__} cannot be checkpointed as JSON: {exc}"
+        ) from exc
+
+
+def decode_state(path: str, data: str, state_type: type) -> Any:
+    """The state class instance a checkpoint holds.
+
+    Raises:
+        StateError: not JSON, or no longer fits ``state_type``; the message
+            names the path and each field at fault.
+    """
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise StateError(f"{path}: the stored checkpoint is not valid JSON: {exc}") from None
+    try:
+        return _converter.structure(raw, state_type)
+    except Exception as exc:  # cattrs reports every failing field in one group
+        problems = "; ".join(cattrs.transform_error(exc, path="state"))
+        raise StateError(
+            f"{path}: the stored checkpoint does not fit {state_type.__qualname__}: {problems}"
+        ) from None
+
+
+class MemoryStore:
+    """Checkpoints in this process's memory (tests, throwaway runs)."""
+
+    url = "memory://"
+
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[int, str]] = {}
+
+    async def load(self, path: str) -> tuple[int, str] | None:
+        await trio.lowlevel.checkpoint()
+        return self._rows.get(path)
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        await trio.lowlevel.checkpoint()
+        stored = self._rows.get(path, (0, ""))[0]
+        if stored != version:
+            raise CheckpointConflict(
+                f"{path}: checkpoint version is {stored}, the write was made against {version}"
+            )
+        self._rows[path] = (version + 1, data)
+        return version + 1
+
+    async def delete(self, path: str) -> None:
+        await trio.lowlevel.checkpoint()
+        self._rows.pop(path, None)
+
+    async def paths(self) -> list[str]:
+        await trio.lowlevel.checkpoint()
+        return sorted(self._rows)
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runtime_checkpoints (
+    path TEXT PRIMARY KEY,
+    version INTEGER NOT NULL,
+    data TEXT NOT NULL
+)
+"""
+
+
+class SqliteStore:
+    """Checkpoints in a SQLite file (WAL mode), one row per actor path.
+
+    One connection, used from worker threads one call at a time (a trio lock
+    orders them), so the trio thread never blocks on the disk. A committed
+    write survives the process being killed; ``synchronous=NORMAL`` means the
+    last writes before a power loss may not.
+    """
+
+    def __init__(self, file: str | os.PathLike[str]) -> None:
+        self.file = Path(file)
+        self.url = f"sqlite:///{self.file}"
+        self._connection: sqlite3.Connection | None = None
+        self._lock = trio.Lock()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.file, check_same_thread=False, isolation_level=None, timeout=30
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(_SCHEMA)
+            self._connection = connection
+        return self._connection
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def load(self, path: str) -> tuple[int, str] | None:
+        def load() -> tuple[int, str] | None:
+            row = (
+                self._connect()
+                .execute("SELECT version, data FROM runtime_checkpoints WHERE path = ?", (path,))
+                .fetchone()
+            )
+            return None if row is None else (int(row[0]), str(row[1]))
+
+        result: tuple[int, str] | None = await self._run(load)
+        return result
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        def save() -> int:
+            connection = self._connect()
+            if version == 0:
+                cursor = connection.execute(
+                    "INSERT INTO runtime_checkpoints (path, version, data) VALUES (?, 1, ?) "
+                    "ON CONFLICT (path) DO NOTHING",
+                    (path, data),
+                )
+            else:
+                cursor = connection.execute(
+                    "UPDATE runtime_checkpoints SET version = version + 1, data = ? "
+                    "WHERE path = ? AND version = ?",
+                    (data, path, version),
+                )
+            if cursor.rowcount != 1:
+                row = connection.execute(
+                    "SELECT version FROM runtime_checkpoints WHERE path = ?", (path,)
+                ).fetchone()
+                stored = 0 if row is None else int(row[0])
+                raise CheckpointConflict(
+                    f"{path}: checkpoint version is {stored}, the write was made against {version}"
+                )
+            return version + 1
+
+        new_version: int = await self._run(save)
+        return new_version
+
+    async def delete(self, path: str) -> None:
+        def delete() -> None:
+            self._connect().execute("DELETE FROM runtime_checkpoints WHERE path = ?", (path,))
+
+        await self._run(delete)
+
+    async def paths(self) -> list[str]:
+        def paths() -> list[str]:
+            rows = self._connect().execute("SELECT path FROM runtime_checkpoints ORDER BY path")
+            return [str(row[0]) for row in rows]
+
+        result: list[str] = await self._run(paths)
+        return result
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await trio.to_thread.run_sync(connection.close)
+
+
+def default_store_url(system: str) -> str:
+    """The embedded default: ``sqlite:///.runtime/<system>.db``."""
+    return f"sqlite:///.runtime/{system}.db"
+
+
+def open_store(url: str) -> CheckpointStore:
+    """The store a URL names (it connects on first use).
+
+    Raises:
+        ValueError: an unknown scheme or a malformed URL.
+    """
+    if url == "memory://":
+        return MemoryStore()
+    if url.startswith("sqlite:///"):
+        file = url[len("sqlite:///") :]
+        if not file:
+            raise ValueError(f"{url!r}: name a file, e.g. sqlite:///.runtime/app.db")
+        return SqliteStore(file)
+    raise ValueError(f"unknown checkpoint store {url!r}: use memory:// or sqlite:///path.db")
