@@ -731,14 +731,10 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
     [
         ("resources: {llm: {kind: llm}}", "resources", "resource actors are not supported"),
         ('metrics: {listen: "127.0.0.1:9464"}', "metrics.listen", "metrics endpoint is not"),
-        (
-            "supervisor:\n  name: root\n  children:\n"
-            "    - {name: a, actor: 'tests.sample_actors:Echo', checkpoint: 30s}",
-            "supervisor.children[0].checkpoint",
-            "30.0 needs checkpointing, which this version does not support",
-        ),
+        ("store: postgresql://db/app", "store", "PostgreSQL store is not supported"),
+        ("store: redis://cache", "store", "unknown checkpoint store 'redis://cache'"),
     ],
-    ids=["resources", "metrics", "checkpoint"],
+    ids=["resources", "metrics", "postgresql-store", "unknown-store"],
 )
 def test_fields_this_version_cannot_run_are_refused_at_their_line(
     text: str, field: str, message: str

@@ -19,6 +19,7 @@ import attrs
 import structlog
 import trio
 
+from ._checkpoint import StateError, decode_state, encode_state
 from ._mailbox import PRIORITIES, Ask, Mailbox
 from .errors import (
     ActorFailed,
@@ -245,15 +246,20 @@ class ActorCell:
         "refusal",
         "restart",
         "restarts",
+        "save_each",
+        "save_lock",
+        "saved",
         "scope",
         "shutdown_timeout",
         "spec",
         "status",
         "stop_requested",
+        "store",
         "system",
         "table",
         "task",
         "unyielded_tells",
+        "version",
         "waiting",
     )
 
@@ -290,6 +296,13 @@ class ActorCell:
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self.done = trio.Event()
         self.done.set()
+        # Checkpointing: the store (None when off), the version read or last
+        # written, and the JSON last written (a write is skipped if unchanged).
+        self.store = system.checkpoint_store() if spec.checkpoint != "off" else None
+        self.save_each = spec.checkpoint == "message"
+        self.save_lock = trio.Lock() if self.store is not None else None
+        self.version = 0
+        self.saved: str | None = None
 
     @property
     def log(self) -> Any:
@@ -391,7 +404,10 @@ class ActorCell:
             # (after shutdown_timeout) ends the handler and background tasks.
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
-                actor = self._build(nursery)
+                actor = self._build(nursery, await self._initial_state())
+                policy = self.spec.checkpoint
+                if isinstance(policy, float):
+                    nursery.start_soon(self._save_every, actor, policy)
                 await actor.on_start()
                 self.status = "running"
                 self.log.info("actor_started", incarnation=self.incarnation)
@@ -404,6 +420,8 @@ class ActorCell:
                     await self._serve_concurrently(actor, self.spec.concurrency)
                 phase = "stop"
                 await actor.on_stop()
+                if self.store is not None:
+                    await self._flush(actor)
                 nursery.cancel_scope.cancel()
             if self.killed:
                 self.log.warning("actor_killed", incarnation=self.incarnation)
@@ -424,14 +442,61 @@ class ActorCell:
             task_status.started()
         return error
 
-    def _build(self, nursery: trio.Nursery) -> Actor[Any]:
+    def _build(self, nursery: trio.Nursery, state: object) -> Actor[Any]:
         cls = self.actor_cls
         actor = cls.__new__(cls)
-        actor.ctx = ActorContext(self, nursery)
-        state_type = cls._state_class()
-        actor.state = state_type() if state_type is not None else None
+        actor.ctx = ActorContext(self, nursery, actor)
+        actor.state = state
         actor.__init__(**self.spec.args)  # type: ignore[misc]
         return actor
+
+    async def _initial_state(self) -> object:
+        """``S()``, or with checkpointing on, the latest checkpoint of this path.
+
+        Raises:
+            StateError: the stored checkpoint cannot be read back (the start
+                fails; it is never replaced by a fresh state).
+        """
+        state_type = self.actor_cls._state_class()
+        if self.store is None:
+            return state_type() if state_type is not None else None
+        row = await self.store.load(self.path)
+        if row is None:
+            self.version, self.saved = 0, None
+            return state_type() if state_type is not None else None
+        self.version, self.saved = row
+        if state_type is None:
+            raise StateError(
+                f"{self.path}: a checkpoint is stored but the actor has no state class"
+            )
+        return decode_state(self.path, row[1], state_type)
+
+    async def save(self, actor: Actor[Any]) -> None:
+        """Write the actor's state if it changed since the last write.
+
+        Waits for the store (one write at a time per actor). Raises what the
+        store raises (``CheckpointConflict``, ``StateError``, I/O errors); the
+        previous checkpoint is then intact and the caller crashes the actor.
+        """
+        store = self.store
+        if store is None:
+            raise StateError(f"{self.path}: checkpointing is off for this actor")
+        assert self.save_lock is not None
+        async with self.save_lock:
+            data = encode_state(self.path, actor.state)
+            if data != self.saved:
+                self.version = await store.save(self.path, data, self.version)
+                self.saved = data
+
+    async def _save_every(self, actor: Actor[Any], period: float) -> None:
+        while True:
+            await trio.sleep(period)
+            await self.save(actor)
+
+    async def _flush(self, actor: Actor[Any]) -> None:
+        """The last write of a graceful stop: shielded, within shutdown_timeout."""
+        with trio.move_on_after(self.shutdown_timeout, shield=True):
+            await self.save(actor)
 
     def request_stop(self, for_restart: bool = False) -> None:
         """Ask the incarnation to stop after the message it is handling.
@@ -500,6 +565,8 @@ class ActorCell:
             msg = item.msg
             try:
                 result = await self.table[type(msg)](actor, msg)
+                if self.save_each:
+                    await self.save(actor)  # an acknowledged update is durable
             except BaseException as exc:
                 if item.waiter is not None:
                     item.fail(self._failure(msg, exc))
@@ -507,6 +574,8 @@ class ActorCell:
             item.reply(result)
         else:
             await self.table[type(item)](actor, item)
+            if self.save_each:
+                await self.save(actor)
         self.handled += 1
         if self.consecutive_crashes:
             self._recovered()
@@ -690,10 +759,11 @@ class ActorContext:
     crashes the actor.
     """
 
-    __slots__ = ("_cell", "nursery")
+    __slots__ = ("_actor", "_cell", "nursery")
 
-    def __init__(self, cell: ActorCell, nursery: trio.Nursery) -> None:
+    def __init__(self, cell: ActorCell, nursery: trio.Nursery, actor: Actor[Any]) -> None:
         self._cell = cell
+        self._actor = actor
         self.nursery = nursery
 
     @property
@@ -718,6 +788,19 @@ class ActorContext:
             ActorNotFound: nothing at that path.
         """
         return self._cell.system.ref(path)
+
+    async def checkpoint(self) -> None:
+        """Write this actor's state to the store now (if it changed).
+
+        Waits for the write. On failure the previous checkpoint is intact and
+        the error propagates: raised from a handler, it crashes the actor.
+
+        Raises:
+            StateError: checkpointing is off for this actor, or the state
+                cannot be written as JSON.
+            CheckpointConflict: another incarnation wrote this path meanwhile.
+        """
+        await self._cell.save(self._actor)
 
     def stop(self) -> None:
         """End this actor normally once the current message is handled.

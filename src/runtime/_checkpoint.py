@@ -262,4 +262,9 @@ def open_store(url: str) -> CheckpointStore:
         if not file:
             raise ValueError(f"{url!r}: name a file, e.g. sqlite:///.runtime/app.db")
         return SqliteStore(file)
+    if url.startswith(("postgresql://", "postgres://")):
+        raise ValueError(
+            f"{url!r}: the PostgreSQL store is not supported by this version; "
+            "use sqlite:///path.db or memory://"
+        )
     raise ValueError(f"unknown checkpoint store {url!r}: use memory:// or sqlite:///path.db")

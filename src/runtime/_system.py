@@ -13,6 +13,7 @@ import structlog
 import trio
 
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
+from ._checkpoint import CheckpointStore, default_store_url, open_store
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import check_actor, check_child, iter_children, load_topology, unsupported
@@ -69,8 +70,36 @@ class ActorSystem:
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
         self._supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
-        self.store: object = None
+        self.store: CheckpointStore | str | None = None
         self.registry: object = None
+        self._store: CheckpointStore | None = None
+
+    # -- checkpoints -------------------------------------------------------------
+
+    @property
+    def store_url(self) -> str:
+        """Where checkpoints go: ``open_system``'s ``store``, else the topology's,
+        else ``sqlite:///.runtime/<system>.db``."""
+        store = self.store if self.store is not None else self.topology.store
+        if store is None:
+            return default_store_url(self.name)
+        return store if isinstance(store, str) else store.url
+
+    def checkpoint_store(self) -> CheckpointStore:
+        """The checkpoint store, made on first use (it connects on first use too)."""
+        if self._store is None:
+            store = self.store if self.store is not None else self.topology.store
+            if store is None or isinstance(store, str):
+                self._store = open_store(store or default_store_url(self.name))
+            else:
+                self._store = store
+        return self._store
+
+    async def _close_store(self) -> None:
+        # A store passed in by the caller is the caller's to close.
+        if self._store is not None and not isinstance(self.store, CheckpointStore):
+            with trio.CancelScope(shield=True):
+                await self._store.aclose()
 
     # -- the tree -------------------------------------------------------------
 
@@ -252,6 +281,10 @@ async def open_system(
     spec = _topology_of(topology)
     _check_runnable(spec)
     system = ActorSystem(spec)
+    if isinstance(store, str):
+        open_store(store)  # a bad URL fails here, before anything starts
+    elif store is not None and not isinstance(store, CheckpointStore):
+        raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
     system.store, system.registry = store, registry
     root = system.root
 
@@ -266,21 +299,24 @@ async def open_system(
             outer.cancel()
 
     body_error: BaseException | None = None
-    with trio.CancelScope() as outer:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(run_root)
-            if system.failure is None:
-                logger.info("system_started", system=system.name)
-                try:
-                    yield system
-                except trio.Cancelled:
-                    raise
-                except BaseException as exc:
-                    # Re-raised below as itself, not wrapped in the nursery's group.
-                    body_error = exc
-                finally:
-                    logger.info("system_stopping", system=system.name)
-                    root.request_stop()
+    try:
+        with trio.CancelScope() as outer:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(run_root)
+                if system.failure is None:
+                    logger.info("system_started", system=system.name)
+                    try:
+                        yield system
+                    except trio.Cancelled:
+                        raise
+                    except BaseException as exc:
+                        # Re-raised below as itself, not wrapped in the nursery's group.
+                        body_error = exc
+                    finally:
+                        logger.info("system_stopping", system=system.name)
+                        root.request_stop()
+    finally:
+        await system._close_store()
     if system.failure is not None:
         raise system.failure
     logger.info("system_stopped", system=system.name, dead_letters=system.dead_letter_count)

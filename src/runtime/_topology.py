@@ -22,6 +22,7 @@ import yaml
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
 from ._actor import Actor
+from ._checkpoint import open_store
 from ._specs import (
     BackoffSpec,
     BreakerSpec,
@@ -308,31 +309,16 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
     if topology.metrics.listen is not None:
         yield "$.metrics.listen", "the metrics endpoint is not supported by this version"
 
-    def walk(spec: SupervisorSpec, path: str) -> Iterator[tuple[str, str]]:
-        for index, child in enumerate(spec.children):
-            child_path = f"{path}.children[{index}]"
-            if isinstance(child, SupervisorSpec):
-                yield from walk(child, child_path)
-            else:
-                for field, message in _unsupported_child(child):
-                    yield f"{child_path}.{field}", message
-
-    yield from walk(topology.supervisor, "$.supervisor")
-
-
-def _unsupported_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
-    if spec.checkpoint != "off":
-        yield (
-            "checkpoint",
-            f"{spec.checkpoint!r} needs checkpointing, which this version does not support; "
-            "use off",
-        )
+    if topology.store is not None:
+        try:
+            open_store(topology.store)
+        except ValueError as exc:
+            yield "$.store", str(exc)
 
 
 def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
     """Yield ``(field, problem)`` for each reason this child spec cannot run."""
     yield from check_actor(spec.actor, spec.args)
-    yield from _unsupported_child(spec)
 
 
 def check_actor(actor: type[Actor[Any]], args: dict[str, Any]) -> Iterator[tuple[str, str]]:
