@@ -19,7 +19,7 @@ import attrs
 import structlog
 import trio
 
-from ._checkpoint import StateError, decode_state, encode_state
+from ._checkpoint import CheckpointStore, StateError, decode_state, encode_state
 from ._mailbox import PRIORITIES, Ask, Mailbox
 from .errors import (
     ActorFailed,
@@ -298,9 +298,9 @@ class ActorCell:
         self.done.set()
         # Checkpointing: the store (None when off), the version read or last
         # written, and the JSON last written (a write is skipped if unchanged).
-        self.store = system.checkpoint_store() if spec.checkpoint != "off" else None
+        self.store: CheckpointStore | None = None  # set at the first start
         self.save_each = spec.checkpoint == "message"
-        self.save_lock = trio.Lock() if self.store is not None else None
+        self.save_lock: trio.Lock | None = None
         self.version = 0
         self.saved: str | None = None
 
@@ -458,8 +458,11 @@ class ActorCell:
                 fails; it is never replaced by a fresh state).
         """
         state_type = self.actor_cls._state_class()
-        if self.store is None:
+        if self.spec.checkpoint == "off":
             return state_type() if state_type is not None else None
+        if self.store is None:
+            self.store = self.system.checkpoint_store()
+            self.save_lock = trio.Lock()
         row = await self.store.load(self.path)
         if row is None:
             self.version, self.saved = 0, None

@@ -59,9 +59,12 @@ class TreeNode:
 class ActorSystem:
     """A running supervision tree. Get one from ``open_system``."""
 
-    def __init__(self, topology: Topology) -> None:
+    def __init__(self, topology: Topology, store: CheckpointStore | str | None = None) -> None:
         self.topology = topology
         self.name = topology.system
+        self.store = store
+        self.registry: object = None
+        self._store: CheckpointStore | None = None
         self._cells: dict[str, ActorCell] = {}
         self._supervisors: dict[str, Supervisor] = {}
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -70,9 +73,6 @@ class ActorSystem:
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
         self._supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
-        self.store: CheckpointStore | str | None = None
-        self.registry: object = None
-        self._store: CheckpointStore | None = None
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -271,21 +271,27 @@ async def open_system(
     Args:
         topology: a ``Topology``, a path to a YAML file, or None for an empty
             ``one_for_one`` root named ``root``.
-        store: reserved for the checkpoint store (a URL or store object).
+        store: where checkpoints go: a URL (``memory://``,
+            ``sqlite:///path.db``) or a ``CheckpointStore``; by default the
+            topology's ``store``, else ``sqlite:///.runtime/<system>.db``.
+            Opened on first use (by an actor whose ``checkpoint`` is not
+            ``off``) and closed when the system stops, unless it was passed
+            in as an object.
         registry: reserved for a prometheus ``CollectorRegistry``.
 
     Raises:
         TopologyError: the topology is invalid; nothing was started.
+        ValueError: ``store`` is not a known store URL.
         SupervisorGaveUp: the root supervisor exceeded its restart intensity.
     """
     spec = _topology_of(topology)
     _check_runnable(spec)
-    system = ActorSystem(spec)
     if isinstance(store, str):
         open_store(store)  # a bad URL fails here, before anything starts
     elif store is not None and not isinstance(store, CheckpointStore):
         raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
-    system.store, system.registry = store, registry
+    system = ActorSystem(spec, store)
+    system.registry = registry
     root = system.root
 
     async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
