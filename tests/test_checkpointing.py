@@ -191,13 +191,15 @@ async def test_two_runtimes_writing_one_path_only_one_wins(tmp_path: Path) -> No
     spec = topology(child("c", checkpoint="message"))
     outcomes: list[object] = []
     with trio.fail_after(30):
-        async with runtime.open_system(spec, store=url) as first:
-            async with runtime.open_system(spec, store=url) as second:
-                for system in (first, second):
-                    try:
-                        outcomes.append(await system.ref("root/c").ask(Add(1)))
-                    except ActorFailed as exc:
-                        outcomes.append(exc.__cause__)
+        async with (
+            runtime.open_system(spec, store=url) as first,
+            runtime.open_system(spec, store=url) as second,
+        ):
+            for system in (first, second):
+                try:
+                    outcomes.append(await system.ref("root/c").ask(Add(1)))
+                except ActorFailed as exc:
+                    outcomes.append(exc.__cause__)
     assert outcomes[0] == 1
     assert isinstance(outcomes[1], CheckpointConflict)
 
