@@ -152,7 +152,10 @@ async def _run(
 ) -> None:
     async with open_system(topology) as system:
         holder.append(system)
-        print(f"started {topology.system!r} from {path}", flush=True)
+        print(
+            f"started {topology.system!r} from {path}; checkpoint store: {system.store_url}",
+            flush=True,
+        )
         with run:
             if until_idle:
                 await system.wait_until_idle()

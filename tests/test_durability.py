@@ -1,0 +1,102 @@
+"""Process death: SIGKILL a system mid-run; every acknowledged update survives."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ACTORS = 8
+DEADLINE = 60.0
+
+
+def _start(mode: str, db: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.durability_app", mode, str(db), str(ACTORS)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+    )
+
+
+def _lines_until(process: subprocess.Popen[bytes], acks: int) -> list[str]:
+    """Read the child's lines until it has acknowledged ``acks`` updates."""
+    assert process.stdout is not None
+    fd = process.stdout.fileno()
+    deadline = time.monotonic() + DEADLINE
+    buffer, lines, seen = b"", [], 0
+    while seen < acks:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"the system acknowledged only {seen} updates in {DEADLINE}s"
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        assert chunk, (
+            f"the system exited: {process.stderr.read().decode() if process.stderr else ''}"
+        )
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for raw in complete:
+            line = raw.decode()
+            lines.append(line)
+            seen += line.startswith("acked ")
+    return lines
+
+
+def _drain(process: subprocess.Popen[bytes]) -> list[str]:
+    """What the killed child had written to the pipe before it died."""
+    assert process.stdout is not None
+    rest = process.stdout.read()
+    return [line for line in rest.decode().split("\n") if line]
+
+
+def test_acknowledged_updates_survive_sigkill(tmp_path: Path) -> None:
+    """Several times: run, SIGKILL at a random point, restart; for every actor
+    acknowledged <= restored <= sent, counted across all the runs."""
+    db = tmp_path / "durability.db"
+    rng = random.Random(20261122)
+    restored = dict.fromkeys((f"root/c{i}" for i in range(ACTORS)), 0)
+    for _ in range(4):
+        process = _start("run", db)
+        try:
+            lines = _lines_until(process, rng.randrange(20, 400))
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout=DEADLINE)
+            lines += _drain(process)
+        finally:
+            process.kill()
+            process.wait()
+        sent = Counter(line.split()[1] for line in lines if line.startswith("sent "))
+        acked: dict[str, int] = {}
+        for line in lines:
+            if line.startswith("acked "):
+                _, path, total = line.split()
+                acked[path] = max(acked.get(path, 0), int(total))
+        reader = subprocess.run(
+            [sys.executable, "-m", "tests.durability_app", "read", str(db), str(ACTORS)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+            check=True,
+        )
+        now = {line.split()[1]: int(line.split()[2]) for line in reader.stdout.splitlines()}
+        for path, before in restored.items():
+            assert acked.get(path, before) <= now[path] <= before + sent[path], (
+                path,
+                before,
+                acked.get(path),
+                now[path],
+                sent[path],
+            )
+        assert sum(now.values()) > sum(restored.values())  # the run made progress
+        restored = now
