@@ -1,0 +1,111 @@
+"""Checkpoint cost per store: the latency of one write, and what ``checkpoint:
+message`` costs a busy actor against ``checkpoint: off`` in the same run."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+import runtime
+from runtime._checkpoint import open_store
+
+from ._measure import percentile, repeat
+from .bench_messaging import Msg, Ping
+
+STORES = ["memory", "sqlite"]
+
+
+def _url(kind: str, directory: Path) -> str:
+    return "memory://" if kind == "memory" else f"sqlite:///{directory / 'bench.db'}"
+
+
+@attrs.define
+class TallyState:
+    count: int = 0
+
+
+class Tally(runtime.Actor[TallyState]):
+    """Counts messages in checkpointed state: every message changes it."""
+
+    @runtime.handler
+    async def msg(self, msg: Msg) -> None:
+        self.state.count += 1
+
+    @runtime.handler
+    async def ping(self, msg: Ping) -> int:
+        return self.state.count
+
+
+async def _writes(url: str, count: int) -> list[float]:
+    store = open_store(url)
+    samples = []
+    version = 0
+    try:
+        for n in range(count):
+            start = time.perf_counter()
+            version = await store.save("root/bench", f'{{"count": {n}}}', version)
+            samples.append(time.perf_counter() - start)
+    finally:
+        await store.aclose()
+    return samples
+
+
+async def _handled_per_second(url: str, policy: str, messages: int) -> float:
+    spec = runtime.Topology(
+        system="bench",
+        supervisor=runtime.SupervisorSpec(
+            name="root", children=[runtime.ChildSpec(name="t", actor=Tally, checkpoint=policy)]
+        ),
+    )
+    async with runtime.open_system(spec, store=url) as system:
+        ref = system.ref("root/t")
+        start = time.perf_counter()
+        for _ in range(messages):
+            await ref.tell(Msg(1))
+        await ref.ask(Ping())
+        return messages / (time.perf_counter() - start)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_checkpoint_write_latency(bench: Any, quick: bool, kind: str) -> None:
+    """p50 and p99 of one conditional write to the store: what every
+    checkpointed message pays under ``checkpoint: message``."""
+    count = 200 if quick else 5_000
+    with tempfile.TemporaryDirectory() as directory:
+        samples = trio.run(_writes, _url(kind, Path(directory)), count)
+    for q in (50, 99):
+        bench.record(
+            f"checkpoint write p{q} ({kind})",
+            percentile(samples, q),
+            "s",
+            higher_is_better=False,
+        )
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_checkpoint_message_throughput(bench: Any, quick: bool, kind: str) -> None:
+    """Messages handled per second by an actor whose every message changes its
+    state, with ``checkpoint: message`` against ``checkpoint: off``."""
+    messages = 500 if quick else 10_000
+    times = 1 if quick else 3
+
+    def run(policy: str) -> float:
+        with tempfile.TemporaryDirectory() as directory:
+            return trio.run(_handled_per_second, _url(kind, Path(directory)), policy, messages)
+
+    saved, spread = repeat(lambda: run("message"), times)
+    off, _ = repeat(lambda: run("off"), times)
+    bench.record(
+        f"handled with checkpoint: message ({kind})",
+        saved,
+        "msg/s",
+        baseline=off,
+        baseline_name="checkpoint: off",
+        spread=spread,
+    )
