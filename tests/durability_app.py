@@ -1,9 +1,10 @@
 """A system for the process-death test: checkpointed counters on SQLite.
 
-``python -m tests.durability_app run DB ACTORS`` sends increments round-robin
-forever, printing ``sent PATH`` before each ask and ``acked PATH TOTAL``
-after its reply (so after its checkpoint write). ``read DB ACTORS`` prints
-``restored PATH TOTAL`` for each actor and exits.
+``python -m tests.durability_app run STORE ACTORS`` sends increments
+round-robin forever, printing ``sent PATH`` before each ask and ``acked PATH
+TOTAL`` after its reply (so after its checkpoint write). ``read STORE
+ACTORS`` prints ``restored PATH TOTAL`` for each actor and exits. STORE is a
+store URL.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ async def read(store: str, actors: int) -> None:
 
 def main() -> None:
     structlog.configure(processors=[], logger_factory=structlog.ReturnLoggerFactory())
-    mode, db, actors = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    trio.run(run if mode == "run" else read, f"sqlite:///{db}", actors)
+    mode, store, actors = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    trio.run(run if mode == "run" else read, store, actors)
 
 
 if __name__ == "__main__":

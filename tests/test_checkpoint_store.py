@@ -17,16 +17,13 @@ from runtime._checkpoint import (
     open_store,
 )
 from runtime.errors import CheckpointConflict
+from tests.conftest import open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CheckpointStore]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'cp.db'}"
-    opened = open_store(url)
-    try:
+    async with open_test_store(request.param, tmp_path) as opened:
         yield opened
-    finally:
-        await opened.aclose()
 
 
 async def test_missing_path_has_no_checkpoint(store: CheckpointStore) -> None:
@@ -123,7 +120,7 @@ async def test_sqlite_store_survives_reopening(tmp_path: Path) -> None:
 
 def test_store_urls_are_checked() -> None:
     """Unknown schemes and an empty SQLite path are refused with what to write."""
-    with pytest.raises(ValueError, match=r"use memory:// or sqlite:///path\.db"):
+    with pytest.raises(ValueError, match=r"use memory://, sqlite:///path\.db or postgresql"):
         open_store("redis://localhost")
     with pytest.raises(ValueError, match="name a file"):
         open_store("sqlite:///")

@@ -12,19 +12,16 @@ import trio
 import trio.testing
 
 import runtime
-from runtime._checkpoint import CheckpointStore, MemoryStore, open_store
+from runtime._checkpoint import CheckpointStore, MemoryStore
 from runtime.errors import ActorFailed, CheckpointConflict, CircuitOpen
 from tests.actorkit import Add, Counter, Crash, Get, child, topology
+from tests.conftest import open_test_store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CheckpointStore]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'cp.db'}"
-    opened = open_store(url)
-    try:
+    async with open_test_store(request.param, tmp_path) as opened:
         yield opened
-    finally:
-        await opened.aclose()
 
 
 @attrs.frozen

@@ -12,14 +12,19 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+import trio
+
+from tests.conftest import POSTGRES_URL, open_test_store
+
 REPO = Path(__file__).resolve().parent.parent
 ACTORS = 8
 DEADLINE = 60.0
 
 
-def _start(mode: str, db: Path) -> subprocess.Popen[bytes]:
+def _start(mode: str, store: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.durability_app", mode, str(db), str(ACTORS)],
+        [sys.executable, "-m", "tests.durability_app", mode, store, str(ACTORS)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -59,14 +64,21 @@ def _drain(process: subprocess.Popen[bytes]) -> list[str]:
     return [line for line in rest.decode().split("\n") if line]
 
 
-def test_acknowledged_updates_survive_sigkill(tmp_path: Path) -> None:
+async def _clear(kind: str, tmp_path: Path) -> None:
+    async with open_test_store(kind, tmp_path):
+        pass  # opening a test store empties it
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_acknowledged_updates_survive_sigkill(kind: str, tmp_path: Path) -> None:
     """Several times: run, SIGKILL at a random point, restart; for every actor
     acknowledged <= restored <= sent, counted across all the runs."""
-    db = tmp_path / "durability.db"
+    store = f"sqlite:///{tmp_path / 'checkpoints.db'}" if kind == "sqlite" else POSTGRES_URL
+    trio.run(_clear, kind, tmp_path)
     rng = random.Random(20261122)
     restored = dict.fromkeys((f"root/c{i}" for i in range(ACTORS)), 0)
     for _ in range(4):
-        process = _start("run", db)
+        process = _start("run", store)
         try:
             lines = _lines_until(process, rng.randrange(20, 400))
             process.send_signal(signal.SIGKILL)
@@ -82,7 +94,7 @@ def test_acknowledged_updates_survive_sigkill(tmp_path: Path) -> None:
                 _, path, total = line.split()
                 acked[path] = max(acked.get(path, 0), int(total))
         reader = subprocess.run(
-            [sys.executable, "-m", "tests.durability_app", "read", str(db), str(ACTORS)],
+            [sys.executable, "-m", "tests.durability_app", "read", store, str(ACTORS)],
             cwd=REPO,
             capture_output=True,
             text=True,

@@ -6,9 +6,9 @@ version fails with ``CheckpointConflict`` and changes nothing, so two
 incarnations of one actor never both win. State is (un)structured with
 cattrs and written as JSON: nothing is ever unpickled.
 
-Stores are chosen by URL: ``memory://`` (this process only) and
+Stores are chosen by URL: ``memory://`` (this process only),
 ``sqlite:///path.db`` (the embedded default; WAL mode, its blocking calls in
-a worker thread).
+a worker thread) and ``postgresql://...`` (asyncpg through trio-asyncio).
 """
 
 from __future__ import annotations
@@ -19,14 +19,17 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import asyncpg
 import cattrs
 import trio
+import trio_asyncio
 
 from .errors import CheckpointConflict
 
 __all__ = [
     "CheckpointStore",
     "MemoryStore",
+    "PostgresStore",
     "SqliteStore",
     "StateError",
     "decode_state",
@@ -244,6 +247,118 @@ class SqliteStore:
                 await trio.to_thread.run_sync(connection.close)
 
 
+_PG_SCHEMA_VERSION = 1
+_PG_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS runtime_schema (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS runtime_checkpoints ("
+    " path TEXT PRIMARY KEY, version BIGINT NOT NULL, data TEXT NOT NULL)",
+]
+
+
+class PostgresStore:
+    """Checkpoints in PostgreSQL through an asyncpg pool, one row per actor path.
+
+    asyncpg runs on asyncio; this store calls it through trio-asyncio, so it
+    must be used inside ``trio_asyncio.open_loop()`` (``open_system`` opens
+    one when its store is PostgreSQL). The pool and the schema (versioned in
+    ``runtime_schema``) are made on first use. Each write is one conditional
+    ``INSERT ... ON CONFLICT DO NOTHING`` or ``UPDATE ... WHERE version = $n``.
+
+    Args:
+        url: ``postgresql://user@host:port/database``.
+        max_connections: the pool's size.
+    """
+
+    def __init__(self, url: str, max_connections: int = 4) -> None:
+        self.url = url
+        self.max_connections = max_connections
+        self._pool: Any = None
+        self._opening = trio.Lock()
+
+    async def _call(self, method: str, *args: Any) -> Any:
+        pool = await self._connect()
+        return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
+
+    async def _connect(self) -> Any:
+        async with self._opening:
+            if self._pool is None:
+                pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+                    self.url, min_size=1, max_size=self.max_connections
+                )
+                try:
+                    await trio_asyncio.aio_as_trio(self._migrate)(pool)
+                except BaseException:
+                    await trio_asyncio.aio_as_trio(pool.close)()
+                    raise
+                self._pool = pool
+        return self._pool
+
+    @staticmethod
+    async def _migrate(pool: Any) -> None:
+        async with pool.acquire() as connection, connection.transaction():
+            # One migration at a time across processes.
+            await connection.execute("SELECT pg_advisory_xact_lock(7240411)")
+            for statement in _PG_SCHEMA:
+                await connection.execute(statement)
+            found = await connection.fetchval("SELECT max(version) FROM runtime_schema")
+            if found is None:
+                await connection.execute(
+                    "INSERT INTO runtime_schema (version) VALUES ($1)", _PG_SCHEMA_VERSION
+                )
+            elif found > _PG_SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"the checkpoint schema is at version {found}, newer than this "
+                    f"runtime's {_PG_SCHEMA_VERSION}: upgrade the runtime"
+                )
+
+    async def load(self, path: str) -> tuple[int, str] | None:
+        row = await self._call(
+            "fetchrow", "SELECT version, data FROM runtime_checkpoints WHERE path = $1", path
+        )
+        return None if row is None else (int(row["version"]), str(row["data"]))
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        if version == 0:
+            new = await self._call(
+                "fetchval",
+                "INSERT INTO runtime_checkpoints (path, version, data) VALUES ($1, 1, $2) "
+                "ON CONFLICT (path) DO NOTHING RETURNING version",
+                path,
+                data,
+            )
+        else:
+            new = await self._call(
+                "fetchval",
+                "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
+                "WHERE path = $1 AND version = $3 RETURNING version",
+                path,
+                data,
+                version,
+            )
+        if new is None:
+            stored = await self._call(
+                "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
+            )
+            raise CheckpointConflict(
+                f"{path}: checkpoint version is {stored or 0}, "
+                f"the write was made against {version}"
+            )
+        return int(new)
+
+    async def delete(self, path: str) -> None:
+        await self._call("execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path)
+
+    async def paths(self) -> list[str]:
+        rows = await self._call("fetch", "SELECT path FROM runtime_checkpoints ORDER BY path")
+        return [str(row["path"]) for row in rows]
+
+    async def aclose(self) -> None:
+        async with self._opening:
+            if self._pool is not None:
+                pool, self._pool = self._pool, None
+                await trio_asyncio.aio_as_trio(pool.close)()
+
+
 def default_store_url(system: str) -> str:
     """The embedded default: ``sqlite:///.runtime/<system>.db``."""
     return f"sqlite:///.runtime/{system}.db"
@@ -263,8 +378,7 @@ def open_store(url: str) -> CheckpointStore:
             raise ValueError(f"{url!r}: name a file, e.g. sqlite:///.runtime/app.db")
         return SqliteStore(file)
     if url.startswith(("postgresql://", "postgres://")):
-        raise ValueError(
-            f"{url!r}: the PostgreSQL store is not supported by this version; "
-            "use sqlite:///path.db or memory://"
-        )
-    raise ValueError(f"unknown checkpoint store {url!r}: use memory:// or sqlite:///path.db")
+        return PostgresStore(url)
+    raise ValueError(
+        f"unknown checkpoint store {url!r}: use memory://, sqlite:///path.db or postgresql://..."
+    )

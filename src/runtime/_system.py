@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -11,9 +12,10 @@ from typing import Any
 import attrs
 import structlog
 import trio
+import trio_asyncio
 
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
-from ._checkpoint import CheckpointStore, default_store_url, open_store
+from ._checkpoint import CheckpointStore, PostgresStore, default_store_url, open_store
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import check_actor, check_child, iter_children, load_topology, unsupported
@@ -84,6 +86,13 @@ class ActorSystem:
         if store is None:
             return default_store_url(self.name)
         return store if isinstance(store, str) else store.url
+
+    def uses_asyncio(self) -> bool:
+        """Whether the store needs an asyncio loop (PostgreSQL, through trio-asyncio)."""
+        store = self.store if self.store is not None else self.topology.store
+        if isinstance(store, str) or store is None:
+            return (store or "").startswith(("postgresql://", "postgres://"))
+        return isinstance(store, PostgresStore)
 
     def checkpoint_store(self) -> CheckpointStore:
         """The checkpoint store, made on first use (it connects on first use too)."""
@@ -305,24 +314,29 @@ async def open_system(
             outer.cancel()
 
     body_error: BaseException | None = None
-    try:
-        with trio.CancelScope() as outer:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(run_root)
-                if system.failure is None:
-                    logger.info("system_started", system=system.name)
-                    try:
-                        yield system
-                    except trio.Cancelled:
-                        raise
-                    except BaseException as exc:
-                        # Re-raised below as itself, not wrapped in the nursery's group.
-                        body_error = exc
-                    finally:
-                        logger.info("system_stopping", system=system.name)
-                        root.request_stop()
-    finally:
-        await system._close_store()
+    async with contextlib.AsyncExitStack() as stack:
+        if system.uses_asyncio() and trio_asyncio.current_loop.get() is None:
+            # asyncpg runs on asyncio: give it a loop inside this trio run,
+            # outliving the store it serves (unless the caller runs one).
+            await stack.enter_async_context(trio_asyncio.open_loop())
+        try:
+            with trio.CancelScope() as outer:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(run_root)
+                    if system.failure is None:
+                        logger.info("system_started", system=system.name)
+                        try:
+                            yield system
+                        except trio.Cancelled:
+                            raise
+                        except BaseException as exc:
+                            # Re-raised below as itself, not wrapped in the nursery's group.
+                            body_error = exc
+                        finally:
+                            logger.info("system_stopping", system=system.name)
+                            root.request_stop()
+        finally:
+            await system._close_store()
     if system.failure is not None:
         raise system.failure
     logger.info("system_stopped", system=system.name, dead_letters=system.dead_letter_count)
