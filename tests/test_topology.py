@@ -734,7 +734,7 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
         (
             "store: redis://cache",
             "store",
-            "unknown checkpoint store 'redis://cache': use memory://, sqlite:///path.db or postgresql",
+            "unknown checkpoint store 'redis://cache': use memory://, sqlite:///path.db",
         ),
     ],
     ids=["resources", "metrics", "unknown-store"],
