@@ -3,14 +3,18 @@ message`` costs a busy actor against ``checkpoint: off`` in the same run."""
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import attrs
 import pytest
 import trio
+import trio_asyncio
 
 import runtime
 from runtime._checkpoint import open_store
@@ -18,10 +22,20 @@ from runtime._checkpoint import open_store
 from ._measure import percentile, repeat
 from .bench_messaging import Msg, Ping
 
-STORES = ["memory", "sqlite"]
+STORES = ["memory", "sqlite", "postgresql"]
+POSTGRES_URL = os.environ.get(
+    "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
 
 
 def _url(kind: str, directory: Path) -> str:
+    if kind == "postgresql":
+        address = urllib.parse.urlsplit(POSTGRES_URL)
+        try:
+            socket.create_connection((address.hostname, address.port or 5432), timeout=2).close()
+        except OSError:
+            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
+        return POSTGRES_URL
     return "memory://" if kind == "memory" else f"sqlite:///{directory / 'bench.db'}"
 
 
@@ -43,16 +57,18 @@ class Tally(runtime.Actor[TallyState]):
 
 
 async def _writes(url: str, count: int) -> list[float]:
-    store = open_store(url)
-    samples = []
-    version = 0
-    try:
-        for n in range(count):
-            start = time.perf_counter()
-            version = await store.save("root/bench", f'{{"count": {n}}}', version)
-            samples.append(time.perf_counter() - start)
-    finally:
-        await store.aclose()
+    async with trio_asyncio.open_loop():
+        store = open_store(url)
+        samples = []
+        try:
+            await store.delete("root/bench")
+            version = 0
+            for n in range(count):
+                start = time.perf_counter()
+                version = await store.save("root/bench", f'{{"count": {n}}}', version)
+                samples.append(time.perf_counter() - start)
+        finally:
+            await store.aclose()
     return samples
 
 
@@ -64,6 +80,7 @@ async def _handled_per_second(url: str, policy: str, messages: int) -> float:
         ),
     )
     async with runtime.open_system(spec, store=url) as system:
+        await system.checkpoint_store().delete("root/t")
         ref = system.ref("root/t")
         start = time.perf_counter()
         for _ in range(messages):
