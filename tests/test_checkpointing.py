@@ -8,6 +8,7 @@ from pathlib import Path
 
 import attrs
 import pytest
+import structlog.testing
 import trio
 import trio.testing
 
@@ -222,3 +223,29 @@ async def test_a_corrupt_checkpoint_fails_that_start_and_not_the_others(
                 await broken.ask(Get())
             assert await system.ref("root/fine").ask(Add(1)) == 1
     assert await store.load("root/broken") == (1, '{"total": "lots"}')
+
+
+async def test_checkpoint_traffic_is_counted_and_logged() -> None:
+    """The system counts reads, writes, bytes, conflicts and failures; a
+    restore and a failed write are logged with the actor's path."""
+    store = MemoryStore()
+    await store.save("root/c", '{"total": 1}', 0)
+    spec = topology(child("c", Saver, checkpoint="message"))
+    with structlog.testing.capture_logs() as logs, trio.fail_after(5):
+        async with runtime.open_system(spec, store=store) as system:
+            ref = system.ref("root/c")
+            assert await ref.ask(Add(1)) == 2
+            await ref.ask(Add(1))
+            await store.save("root/c", '{"total": 50}', 3)  # someone else writes
+            with pytest.raises(ActorFailed):
+                await ref.ask(Add(1))
+            with pytest.raises(ActorFailed):
+                await ref.ask(Poison())
+            await trio.testing.wait_all_tasks_blocked()  # the restart reads again
+            stats = system.checkpoint_statistics()
+    assert (stats.writes, stats.conflicts, stats.failures) == (2, 1, 1)
+    assert stats.bytes_written == len('{"total": 2}') + len('{"total": 3}')
+    assert stats.reads == 3  # the first start and two restarts
+    events = [(e["event"], e.get("path")) for e in logs]
+    assert ("checkpoint_restored", "root/c") in events
+    assert events.count(("checkpoint_failed", "root/c")) == 2

@@ -463,11 +463,16 @@ class ActorCell:
         if self.store is None:
             self.store = self.system.checkpoint_store()
             self.save_lock = trio.Lock()
+        stats = self.system.checkpoint_stats
+        start = trio.current_time()
         row = await self.store.load(self.path)
+        stats.reads += 1
+        stats.read_seconds += trio.current_time() - start
         if row is None:
             self.version, self.saved = 0, None
             return state_type() if state_type is not None else None
         self.version, self.saved = row
+        self.log.info("checkpoint_restored", version=row[0], size=len(row[1]))
         if state_type is None:
             raise StateError(
                 f"{self.path}: a checkpoint is stored but the actor has no state class"
@@ -485,11 +490,24 @@ class ActorCell:
         if store is None:
             raise StateError(f"{self.path}: checkpointing is off for this actor")
         assert self.save_lock is not None
+        stats = self.system.checkpoint_stats
         async with self.save_lock:
-            data = encode_state(self.path, actor.state)
-            if data != self.saved:
+            try:
+                data = encode_state(self.path, actor.state)
+                if data == self.saved:
+                    return
+                start = trio.current_time()
                 self.version = await store.save(self.path, data, self.version)
-                self.saved = data
+            except Exception as exc:
+                stats.record_failure(exc)
+                self.log.warning(
+                    "checkpoint_failed", version=self.version, error=f"{type(exc).__name__}: {exc}"
+                )
+                raise
+            stats.writes += 1
+            stats.bytes_written += len(data)
+            stats.write_seconds += trio.current_time() - start
+            self.saved = data
 
     async def _save_every(self, actor: Actor[Any], period: float) -> None:
         while True:

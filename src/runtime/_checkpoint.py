@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import asyncpg
+import attrs
 import cattrs
 import trio
 import trio_asyncio
@@ -340,8 +341,7 @@ class PostgresStore:
                 "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
             )
             raise CheckpointConflict(
-                f"{path}: checkpoint version is {stored or 0}, "
-                f"the write was made against {version}"
+                f"{path}: checkpoint version is {stored or 0}, the write was made against {version}"
             )
         return int(new)
 
@@ -357,6 +357,49 @@ class PostgresStore:
             if self._pool is not None:
                 pool, self._pool = self._pool, None
                 await trio_asyncio.aio_as_trio(pool.close)()
+
+
+@attrs.define
+class CheckpointCounters:
+    """Running totals of one system's checkpoint traffic (see ``statistics()``)."""
+
+    reads: int = 0
+    read_seconds: float = 0.0
+    writes: int = 0
+    write_seconds: float = 0.0
+    bytes_written: int = 0
+    conflicts: int = 0
+    failures: int = 0
+
+    def record_failure(self, error: BaseException) -> None:
+        if isinstance(error, CheckpointConflict):
+            self.conflicts += 1
+        else:
+            self.failures += 1
+
+    def statistics(self) -> CheckpointStatistics:
+        """A frozen snapshot."""
+        return CheckpointStatistics(**attrs.asdict(self))
+
+
+@attrs.frozen
+class CheckpointStatistics:
+    """Checkpoint reads and writes of a system since it started.
+
+    Attributes:
+        reads, read_seconds: checkpoints loaded at actor starts, and the time.
+        writes, write_seconds, bytes_written: checkpoints written.
+        conflicts: writes refused because another incarnation wrote first.
+        failures: other failed writes (unserializable state, store errors).
+    """
+
+    reads: int
+    read_seconds: float
+    writes: int
+    write_seconds: float
+    bytes_written: int
+    conflicts: int
+    failures: int
 
 
 def default_store_url(system: str) -> str:

@@ -15,7 +15,14 @@ import trio
 import trio_asyncio
 
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
-from ._checkpoint import CheckpointStore, PostgresStore, default_store_url, open_store
+from ._checkpoint import (
+    CheckpointCounters,
+    CheckpointStatistics,
+    CheckpointStore,
+    PostgresStore,
+    default_store_url,
+    open_store,
+)
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import check_actor, check_child, iter_children, load_topology, unsupported
@@ -67,6 +74,7 @@ class ActorSystem:
         self.store = store
         self.registry: object = None
         self._store: CheckpointStore | None = None
+        self.checkpoint_stats = CheckpointCounters()
         self._cells: dict[str, ActorCell] = {}
         self._supervisors: dict[str, Supervisor] = {}
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -86,6 +94,10 @@ class ActorSystem:
         if store is None:
             return default_store_url(self.name)
         return store if isinstance(store, str) else store.url
+
+    def checkpoint_statistics(self) -> CheckpointStatistics:
+        """Checkpoint reads, writes, bytes, time, conflicts and failures so far."""
+        return self.checkpoint_stats.statistics()
 
     def uses_asyncio(self) -> bool:
         """Whether the store needs an asyncio loop (PostgreSQL, through trio-asyncio)."""
