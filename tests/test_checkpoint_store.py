@@ -11,12 +11,11 @@ import trio
 
 from runtime._checkpoint import (
     CheckpointStore,
-    StateError,
     decode_state,
     encode_state,
     open_store,
 )
-from runtime.errors import CheckpointConflict
+from runtime.errors import CheckpointConflict, StateError
 from tests.conftest import open_test_store
 
 

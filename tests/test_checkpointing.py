@@ -249,3 +249,22 @@ async def test_checkpoint_traffic_is_counted_and_logged() -> None:
     events = [(e["event"], e.get("path")) for e in logs]
     assert ("checkpoint_restored", "root/c") in events
     assert events.count(("checkpoint_failed", "root/c")) == 2
+
+
+async def test_an_actor_without_state_cannot_checkpoint() -> None:
+    """A checkpoint policy on an actor without a state class is refused
+    before anything starts, in code and in a topology file."""
+
+    class Stateless(runtime.Actor[None]):
+        @runtime.handler
+        async def get(self, msg: Get) -> None:
+            pass
+
+    with pytest.raises(runtime.errors.TopologyError, match="no state class to checkpoint"):
+        async with runtime.open_system(topology(child("s", Stateless, checkpoint="message"))):
+            pass  # pragma: no cover
+    with pytest.raises(runtime.errors.TopologyError, match=r"children\[0\]\.checkpoint: "):
+        runtime.parse_topology(
+            "supervisor:\n  name: root\n  children:\n"
+            "    - {name: e, actor: 'tests.sample_actors:Echo', checkpoint: message}\n"
+        )

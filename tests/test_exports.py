@@ -13,16 +13,22 @@ PUBLIC = {
     "ActorSystem",
     "BackoffSpec",
     "BreakerSpec",
+    "CheckpointStatistics",
+    "CheckpointStore",
     "ChildSpec",
     "DeadLetter",
     "MailboxSpec",
+    "MemoryStore",
     "MetricsSpec",
+    "PostgresStore",
+    "SqliteStore",
     "SupervisorSpec",
     "Topology",
     "TreeNode",
     "errors",
     "handler",
     "load_topology",
+    "open_store",
     "open_system",
     "parse_topology",
 }
@@ -36,6 +42,7 @@ ERRORS = {
     "CheckpointConflict",
     "CircuitOpen",
     "MailboxFull",
+    "StateError",
     "SupervisorGaveUp",
     "TopologyError",
     "UnknownMessage",
@@ -59,4 +66,5 @@ def test_error_hierarchy() -> None:
     assert issubclass(runtime.errors.ActorNotFound, LookupError)
     assert issubclass(runtime.errors.UnknownMessage, TypeError)
     assert issubclass(runtime.errors.TopologyError, ValueError)
+    assert issubclass(runtime.errors.StateError, ValueError)
     assert issubclass(runtime.errors.SupervisorGaveUp, runtime.errors.ActorFailed)

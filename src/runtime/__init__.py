@@ -6,6 +6,12 @@ from ._actor import ActorContext as ActorContext
 from ._actor import ActorRef as ActorRef
 from ._actor import ActorStatistics as ActorStatistics
 from ._actor import handler as handler
+from ._checkpoint import CheckpointStatistics as CheckpointStatistics
+from ._checkpoint import CheckpointStore as CheckpointStore
+from ._checkpoint import MemoryStore as MemoryStore
+from ._checkpoint import PostgresStore as PostgresStore
+from ._checkpoint import SqliteStore as SqliteStore
+from ._checkpoint import open_store as open_store
 from ._specs import BackoffSpec as BackoffSpec
 from ._specs import BreakerSpec as BreakerSpec
 from ._specs import ChildSpec as ChildSpec
@@ -28,16 +34,22 @@ __all__ = [
     "ActorSystem",
     "BackoffSpec",
     "BreakerSpec",
+    "CheckpointStatistics",
+    "CheckpointStore",
     "ChildSpec",
     "DeadLetter",
     "MailboxSpec",
+    "MemoryStore",
     "MetricsSpec",
+    "PostgresStore",
+    "SqliteStore",
     "SupervisorSpec",
     "Topology",
     "TreeNode",
     "errors",
     "handler",
     "load_topology",
+    "open_store",
     "open_system",
     "parse_topology",
 ]

@@ -19,7 +19,7 @@ import attrs
 import structlog
 import trio
 
-from ._checkpoint import CheckpointStore, StateError, decode_state, encode_state
+from ._checkpoint import CheckpointStore, decode_state, encode_state
 from ._mailbox import PRIORITIES, Ask, Mailbox
 from .errors import (
     ActorFailed,
@@ -27,6 +27,7 @@ from .errors import (
     AskTimeout,
     CircuitOpen,
     MailboxFull,
+    StateError,
     UnknownMessage,
 )
 
@@ -185,7 +186,7 @@ class Actor(Generic[S]):
             for base in getattr(klass, "__orig_bases__", ()):
                 if typing.get_origin(base) is Actor:
                     (arg,) = typing.get_args(base)
-                    return arg if isinstance(arg, type) else None
+                    return arg if isinstance(arg, type) and arg is not type(None) else None
         return None
 
 
@@ -465,19 +466,23 @@ class ActorCell:
             self.save_lock = trio.Lock()
         stats = self.system.checkpoint_stats
         start = trio.current_time()
-        row = await self.store.load(self.path)
-        stats.reads += 1
-        stats.read_seconds += trio.current_time() - start
-        if row is None:
-            self.version, self.saved = 0, None
-            return state_type() if state_type is not None else None
-        self.version, self.saved = row
+        try:
+            row = await self.store.load(self.path)
+            stats.reads += 1
+            stats.read_seconds += trio.current_time() - start
+            if row is None:
+                self.version, self.saved = 0, None
+                return state_type() if state_type is not None else None
+            self.version, self.saved = row
+            # A checkpointing actor has a state class (checked with its spec).
+            assert state_type is not None
+            state = decode_state(self.path, row[1], state_type)
+        except Exception as exc:
+            stats.failures += 1
+            self.log.warning("checkpoint_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise
         self.log.info("checkpoint_restored", version=row[0], size=len(row[1]))
-        if state_type is None:
-            raise StateError(
-                f"{self.path}: a checkpoint is stored but the actor has no state class"
-            )
-        return decode_state(self.path, row[1], state_type)
+        return state
 
     async def save(self, actor: Actor[Any]) -> None:
         """Write the actor's state if it changed since the last write.
@@ -516,8 +521,10 @@ class ActorCell:
 
     async def _flush(self, actor: Actor[Any]) -> None:
         """The last write of a graceful stop: shielded, within shutdown_timeout."""
-        with trio.move_on_after(self.shutdown_timeout, shield=True):
+        with trio.move_on_after(self.shutdown_timeout, shield=True) as scope:
             await self.save(actor)
+        if scope.cancelled_caught:
+            self.log.warning("checkpoint_flush_timed_out", timeout=self.shutdown_timeout)
 
     def request_stop(self, for_restart: bool = False) -> None:
         """Ask the incarnation to stop after the message it is handling.

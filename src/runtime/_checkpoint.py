@@ -25,7 +25,7 @@ import cattrs
 import trio
 import trio_asyncio
 
-from .errors import CheckpointConflict
+from .errors import CheckpointConflict, StateError
 
 __all__ = [
     "CheckpointStore",
@@ -39,10 +39,6 @@ __all__ = [
 ]
 
 _converter = cattrs.Converter()
-
-
-class StateError(ValueError):
-    """State that cannot be written, or a checkpoint that cannot be read back."""
 
 
 @runtime_checkable
@@ -421,6 +417,8 @@ def open_store(url: str) -> CheckpointStore:
             raise ValueError(f"{url!r}: name a file, e.g. sqlite:///.runtime/app.db")
         return SqliteStore(file)
     if url.startswith(("postgresql://", "postgres://")):
+        if url.rstrip("/") in ("postgresql:", "postgres:"):
+            raise ValueError(f"{url!r}: name a server, e.g. postgresql://user@host:5432/db")
         return PostgresStore(url)
     raise ValueError(
         f"unknown checkpoint store {url!r}: use memory://, sqlite:///path.db or postgresql://..."

@@ -269,7 +269,7 @@ def _check_runnable(topology: Topology) -> None:
     problems += [
         f"{path}: {field}: {message}"
         for path, spec in iter_children(topology.supervisor)
-        for field, message in check_actor(spec.actor, spec.args)
+        for field, message in check_actor(spec.actor, spec.args, spec.checkpoint)
     ]
     if problems:
         raise TopologyError(problems)

@@ -117,7 +117,9 @@ def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) 
         and hasattr(done, "actor")
         and (hasattr(done, "args") or "args" not in value)
     ):
-        problems = check_actor(done.actor, getattr(done, "args", {}))
+        problems = check_actor(
+            done.actor, getattr(done, "args", {}), getattr(done, "checkpoint", "off")
+        )
         return [FieldError(field, message) for field, message in problems]
     children = value.get("children")
     if cl is SupervisorSpec and not hasattr(done, "children") and isinstance(children, list):
@@ -318,11 +320,20 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
 
 def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
     """Yield ``(field, problem)`` for each reason this child spec cannot run."""
-    yield from check_actor(spec.actor, spec.args)
+    yield from check_actor(spec.actor, spec.args, spec.checkpoint)
 
 
-def check_actor(actor: type[Actor[Any]], args: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """Check what types cannot: the handlers are well-formed and ``args`` fit ``__init__``."""
+def check_actor(
+    actor: type[Actor[Any]], args: dict[str, Any], checkpoint: str | float = "off"
+) -> Iterator[tuple[str, str]]:
+    """Check what types cannot: the handlers are well-formed, ``args`` fit
+    ``__init__``, and an actor that checkpoints has a state class."""
+    if checkpoint != "off" and actor._state_class() is None:
+        yield (
+            "checkpoint",
+            f"{actor.__qualname__} has no state class to checkpoint: declare it as "
+            "Actor[YourState], or use checkpoint: off",
+        )
     try:
         actor._handler_table()
     except TypeError as exc:

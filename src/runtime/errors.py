@@ -14,7 +14,9 @@ the class also subclasses it, so generic handlers keep working::
     ├── UnknownMessage          (also TypeError) the target has no handler for the type
     ├── CircuitOpen             the target's circuit breaker is open
     ├── TopologyError           (also ValueError) an invalid topology: file, line, field
-    └── CheckpointConflict      a checkpoint write lost against a newer version
+    ├── CheckpointConflict      a checkpoint write lost against a newer version
+    └── StateError              (also ValueError) state that cannot be checkpointed,
+                                or a checkpoint that cannot be read back
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "CheckpointConflict",
     "CircuitOpen",
     "MailboxFull",
+    "StateError",
     "SupervisorGaveUp",
     "TopologyError",
     "UnknownMessage",
@@ -83,6 +86,12 @@ class CircuitOpen(ActorSystemError):
 
 class CheckpointConflict(ActorSystemError):
     """A checkpoint write was made against a version older than the stored one."""
+
+
+class StateError(ActorSystemError, ValueError):
+    """State that cannot be written as JSON, a checkpoint that cannot be read
+    back into the state class, or a checkpoint asked of an actor with
+    checkpointing off. The message names the actor's path (and the fields)."""
 
 
 class TopologyError(ActorSystemError, ValueError):
