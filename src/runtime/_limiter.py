@@ -1,0 +1,366 @@
+"""A limiter for calls to a shared backend: concurrency, rate, priority,
+timeout, retries and a circuit breaker, on trio's clock.
+
+``Limiter.call(fn, *args, priority=...)`` waits for admission, runs
+``await fn(*args)`` under the per-request timeout, retries transient failures
+with exponential backoff and full jitter, and keeps the breaker's count.
+Admission needs a free concurrency token, room in the rate window (at most
+``rate.requests`` admissions in every window ``[t, t + rate.period)``), no
+pause in force (``pause()``, for ``Retry-After``) and a breaker that lets the
+call through. Waiters are admitted highest priority first, FIFO within one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from ._mailbox import PRIORITIES
+from ._specs import Seconds, to_seconds
+from .errors import CircuitOpen
+
+__all__ = ["Limiter", "LimiterStatistics", "RateSpec", "RetrySpec"]
+
+T = TypeVar("T")
+_INDEX = {priority: index for index, priority in enumerate(PRIORITIES)}
+
+
+@attrs.frozen
+class RateSpec:
+    """At most ``requests`` admissions in every window of ``period`` seconds."""
+
+    requests: int = attrs.field(validator=attrs.validators.ge(1))
+    period: Seconds = attrs.field(converter=to_seconds)
+
+    @period.validator
+    def _check_period(self, _attr: object, value: float) -> None:
+        if value <= 0:
+            raise ValueError(f"period must be more than zero, got {value!r}")
+
+
+@attrs.frozen
+class RetrySpec:
+    """Up to ``attempts`` tries in all; the n-th retry waits a random time in
+    ``[0, min(max, initial * multiplier**(n-1))]`` (full jitter)."""
+
+    attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
+    initial: Seconds = attrs.field(default=Seconds(0.5), converter=to_seconds)
+    multiplier: float = attrs.field(default=2.0, converter=float)
+    max: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
+
+    def delay(self, retry: int, random_fraction: float) -> float:
+        """Seconds to wait before the ``retry``-th retry (1-based)."""
+        return random_fraction * min(self.max, self.initial * self.multiplier ** (retry - 1))
+
+
+@attrs.frozen
+class LimiterStatistics:
+    """A snapshot of a limiter.
+
+    Attributes:
+        tokens_in_use, max_concurrency: calls running, and the most allowed
+            (None: no limit).
+        waiting: waiters by priority.
+        admitted: admissions so far (retries count again).
+        rejected: calls refused with ``CircuitOpen``.
+        in_window: admissions in the current rate window.
+        paused_for: seconds left of a ``pause()``.
+        breaker: ``closed``, ``open`` or ``half_open``; None without a breaker.
+    """
+
+    tokens_in_use: int
+    max_concurrency: int | None
+    waiting: dict[str, int]
+    admitted: int
+    rejected: int
+    in_window: int
+    paused_for: float
+    breaker: str | None
+
+
+class _Waiter:
+    __slots__ = ("admitted", "error", "event", "priority")
+
+    def __init__(self, priority: int) -> None:
+        self.priority = priority
+        self.admitted = False
+        self.error: BaseException | None = None
+        self.event = trio.Event()
+
+
+def _is_transient(error: BaseException) -> bool:
+    return isinstance(error, (TimeoutError, OSError))
+
+
+class Limiter:
+    """Admission and retry policy for calls to one backend.
+
+    Args:
+        max_concurrency: calls running at once (a ``trio.CapacityLimiter``
+            budget); None for no limit.
+        rate: at most ``rate.requests`` admissions in every ``rate.period``.
+        timeout: seconds each attempt may take; it then fails with
+            ``TimeoutError`` (transient).
+        retry: how transient failures are retried; None: no retry.
+        failures, reset_timeout: the circuit breaker: after ``failures``
+            consecutive transient failures calls fail fast with
+            ``CircuitOpen``; after ``reset_timeout`` one trial call is let
+            through. None: no breaker.
+        is_transient: which exceptions are transient (retried, counted by
+            the breaker); by default ``TimeoutError`` and ``OSError``.
+        name: shown in errors.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        rate: RateSpec | None = None,
+        timeout: float | None = None,
+        retry: RetrySpec | None = None,
+        failures: int | None = None,
+        reset_timeout: float = 60.0,
+        is_transient: Callable[[BaseException], bool] = _is_transient,
+        name: str = "limiter",
+    ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+        self.name = name
+        self.max_concurrency = max_concurrency
+        self.rate = rate
+        self.timeout = timeout
+        self.retry = retry
+        self.failures = failures
+        self.reset_timeout = reset_timeout
+        self.is_transient = is_transient
+        self._queues: tuple[deque[_Waiter], ...] = (deque(), deque(), deque())
+        self._in_use = 0
+        self._window: deque[float] = deque()  # admission times in the last period
+        self._paused_until = -math.inf
+        self._timed: _Waiter | None = None  # the head waiter, which times the next slot
+        self._admitted = 0
+        self._rejected = 0
+        self._consecutive = 0
+        self._opened_at: float | None = None  # breaker open since
+        self._trial_running = False
+        self._random = random.Random()
+
+    # -- the breaker ---------------------------------------------------------
+
+    @property
+    def breaker(self) -> str | None:
+        """``closed``, ``open`` or ``half_open`` (None without a breaker)."""
+        if self.failures is None:
+            return None
+        if self._opened_at is None:
+            return "closed"
+        if trio.current_time() < self._opened_at + self.reset_timeout:
+            return "open"
+        return "half_open"
+
+    def _refuse(self) -> CircuitOpen | None:
+        state = self.breaker
+        if state == "open" or (state == "half_open" and self._trial_running):
+            return CircuitOpen(f"{self.name}: circuit breaker is {state}")
+        return None
+
+    def _record(self, failed: bool, trial: bool) -> None:
+        if self.failures is None:
+            return
+        if trial:
+            self._trial_running = False
+        if not failed:
+            self._consecutive = 0
+            self._opened_at = None
+            return
+        self._consecutive += 1
+        if trial or self._consecutive >= self.failures:
+            self._opened_at = trio.current_time()
+            self._fail_waiters()
+
+    def _fail_waiters(self) -> None:
+        for queue in self._queues:
+            while queue:
+                waiter = queue.popleft()
+                waiter.error = CircuitOpen(f"{self.name}: circuit breaker opened")
+                self._rejected += 1
+                waiter.event.set()
+        self._timed = None
+
+    # -- admission -----------------------------------------------------------
+
+    def _head(self) -> _Waiter | None:
+        for queue in self._queues:
+            if queue:
+                return queue[0]
+        return None
+
+    def _blocked_until(self, now: float) -> float | None:
+        """None if one more call may be admitted now, else when that may change
+        (``inf``: only when a token is released)."""
+        if self._paused_until > now:
+            return self._paused_until
+        if self.rate is not None:
+            window = self._window
+            while window and window[0] + self.rate.period <= now:
+                window.popleft()
+            if len(window) >= self.rate.requests:
+                return window[0] + self.rate.period
+        if self.max_concurrency is not None and self._in_use >= self.max_concurrency:
+            return math.inf
+        return None
+
+    def _pump(self) -> None:
+        """Admit waiters, best first, while everything allows; wake the new head."""
+        now = trio.current_time()
+        while (head := self._head()) is not None:
+            if self._blocked_until(now) is not None:
+                break
+            if self._refuse() is not None:
+                if self.breaker == "half_open":
+                    break  # the trial is running: the others wait for its outcome
+                self._fail_waiters()
+                return
+            self._queues[head.priority].popleft()
+            self._take(now)
+            head.admitted = True
+            head.event.set()
+        head = self._head()
+        if head is not self._timed:
+            self._timed = head
+            if head is not None:
+                head.event.set()  # let the new head time the next slot
+
+    def _take(self, now: float) -> None:
+        self._in_use += 1
+        self._admitted += 1
+        if self.rate is not None:
+            self._window.append(now)
+        if self.breaker == "half_open":
+            self._trial_running = True
+
+    def _release(self) -> None:
+        self._in_use -= 1
+        self._pump()
+
+    async def _admit(self, priority: str) -> bool:
+        """Wait for admission; returns whether this call is the half-open trial.
+
+        Cancellation while waiting leaves no waiter and holds no token.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        refusal = self._refuse()
+        if refusal is not None:
+            self._rejected += 1
+            raise refusal
+        waiter = _Waiter(_INDEX[priority])
+        now = trio.current_time()
+        if self._head() is None and self._blocked_until(now) is None:
+            self._take(now)  # the fast path: nobody waits and nothing blocks
+            trial = self._trial_running and self.breaker == "half_open"
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return trial
+        self._queues[waiter.priority].append(waiter)
+        try:
+            while True:
+                waiter.event = trio.Event()
+                self._pump()
+                if waiter.admitted or waiter.error is not None:
+                    break
+                deadline = math.inf
+                if waiter is self._timed:
+                    deadline = self._blocked_until(trio.current_time()) or math.inf
+                with trio.move_on_at(deadline):
+                    await waiter.event.wait()
+                if waiter.admitted or waiter.error is not None:
+                    break
+        except BaseException:
+            if waiter.admitted:
+                self._release()
+            else:
+                self._queues[waiter.priority].remove(waiter)
+                if self._timed is waiter:
+                    self._timed = None
+                self._pump()
+            raise
+        if waiter.error is not None:
+            raise waiter.error
+        return self._trial_running and self.breaker == "half_open"
+
+    # -- calls ---------------------------------------------------------------
+
+    def pause(self, seconds: float) -> None:
+        """Admit nothing for ``seconds`` (a ``Retry-After``); calls running go on."""
+        self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+        self._timed = None
+        self._pump()
+
+    async def call(
+        self, fn: Callable[..., Awaitable[T]], *args: Any, priority: str = "normal"
+    ) -> T:
+        """Run ``await fn(*args)`` under the limits, retrying transient failures.
+
+        Waits for admission (strict priority, FIFO within one), then for the
+        call; between retries it holds no token. Cancellation at any point
+        releases what was taken and never counts as a failure.
+
+        Raises:
+            CircuitOpen: the breaker is open (or half-open with its trial running).
+            TimeoutError: the last attempt ran past ``timeout``.
+            ValueError: ``priority`` is not high, normal or low.
+            Whatever ``fn`` raised on its last attempt.
+        """
+        if priority not in _INDEX:
+            raise ValueError("priority must be 'high', 'normal' or 'low'")
+        attempts = self.retry.attempts if self.retry is not None else 1
+        for attempt in range(1, attempts + 1):
+            trial = await self._admit(priority)
+            try:
+                result = await self._attempt(fn, args)
+            except trio.Cancelled:
+                if trial:
+                    self._trial_running = False
+                raise
+            except Exception as exc:
+                transient = self.is_transient(exc)
+                if transient or trial:
+                    self._record(failed=True, trial=trial)
+                if not transient or attempt == attempts or self._refuse() is not None:
+                    raise
+            else:
+                self._record(failed=False, trial=trial)
+                return result
+            finally:
+                self._release()
+            assert self.retry is not None
+            await trio.sleep(self.retry.delay(attempt, self._random.random()))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+        if self.timeout is None:
+            return await fn(*args)
+        with trio.move_on_after(self.timeout) as scope:
+            return await fn(*args)
+        assert scope.cancelled_caught
+        raise TimeoutError(f"{self.name}: the call took longer than {self.timeout:g}s")
+
+    def statistics(self) -> LimiterStatistics:
+        """Tokens, waiters, admissions, rejections, window and breaker, now."""
+        now = trio.current_time()
+        self._blocked_until(now)  # drops admissions older than the window
+        return LimiterStatistics(
+            tokens_in_use=self._in_use,
+            max_concurrency=self.max_concurrency,
+            waiting={p: len(self._queues[i]) for p, i in _INDEX.items()},
+            admitted=self._admitted,
+            rejected=self._rejected,
+            in_window=len(self._window),
+            paused_for=max(0.0, self._paused_until - now),
+            breaker=self.breaker,
+        )
