@@ -10,6 +10,7 @@ raises.
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from collections.abc import Awaitable, Callable
 from types import UnionType
@@ -254,6 +255,7 @@ class ActorCell:
         "shutdown_timeout",
         "spec",
         "status",
+        "stop_deadline",
         "stop_requested",
         "store",
         "system",
@@ -288,6 +290,7 @@ class ActorCell:
         self.consecutive_crashes = 0
         self.pending_restart = 0  # which restart decision of its supervisor it waits for
         self.stop_requested = False
+        self.stop_deadline = math.inf  # when a requested stop must be over
         self.killed = False  # cancelled by its supervisor after shutdown_timeout
         self.waiting = False
         self.in_flight = 0  # handlers running under concurrency > 1
@@ -392,6 +395,7 @@ class ActorCell:
         self.incarnation += 1
         self.status = "starting"
         self.stop_requested = False
+        self.stop_deadline = math.inf
         self.killed = False
         if self.breaker != "half_open":
             self.refusal = None  # a half-open circuit keeps its trial state
@@ -406,20 +410,21 @@ class ActorCell:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 actor = self._build(nursery, await self._initial_state())
-                policy = self.spec.checkpoint
-                if isinstance(policy, float):
-                    nursery.start_soon(self._save_every, actor, policy)
                 await actor.on_start()
                 self.status = "running"
                 self.log.info("actor_started", incarnation=self.incarnation)
                 started = True
                 phase = "running"
                 task_status.started()
+                periodic = trio.CancelScope()
+                if isinstance(self.spec.checkpoint, float):
+                    nursery.start_soon(self._save_every, actor, self.spec.checkpoint, periodic)
                 if self.spec.concurrency == 1:
                     await self._serve(actor)
                 else:
                     await self._serve_concurrently(actor, self.spec.concurrency)
                 phase = "stop"
+                periodic.cancel()  # on_stop's half-done state is not written
                 await actor.on_stop()
                 if self.store is not None:
                     await self._flush(actor)
@@ -501,6 +506,10 @@ class ActorCell:
                 data = encode_state(self.path, actor.state)
                 if data == self.saved:
                     return
+                # What cannot be read back would fail every later start.
+                state_type = self.actor_cls._state_class()
+                assert state_type is not None  # checked with the spec
+                decode_state(self.path, data, state_type)
                 start = trio.current_time()
                 self.version = await store.save(self.path, data, self.version)
             except Exception as exc:
@@ -514,14 +523,19 @@ class ActorCell:
             stats.write_seconds += trio.current_time() - start
             self.saved = data
 
-    async def _save_every(self, actor: Actor[Any], period: float) -> None:
-        while True:
-            await trio.sleep(period)
-            await self.save(actor)
+    async def _save_every(self, actor: Actor[Any], period: float, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(period)
+                await self.save(actor)
 
     async def _flush(self, actor: Actor[Any]) -> None:
-        """The last write of a graceful stop: shielded, within shutdown_timeout."""
-        with trio.move_on_after(self.shutdown_timeout, shield=True) as scope:
+        """The last write of a graceful stop: shielded, within what is left of
+        the stop's ``shutdown_timeout``."""
+        deadline = self.stop_deadline
+        if deadline == math.inf:
+            deadline = trio.current_time() + self.shutdown_timeout
+        with trio.move_on_at(deadline, shield=True) as scope:
             await self.save(actor)
         if scope.cancelled_caught:
             self.log.warning("checkpoint_flush_timed_out", timeout=self.shutdown_timeout)
@@ -532,6 +546,7 @@ class ActorCell:
         The mailbox is kept either way (``for_restart`` matters to supervisors).
         """
         self.stop_requested = True
+        self.stop_deadline = min(self.stop_deadline, trio.current_time() + self.shutdown_timeout)
         self.mailbox.wake()
 
     async def _serve(self, actor: Actor[Any]) -> None:
@@ -787,11 +802,12 @@ class ActorContext:
     crashes the actor.
     """
 
-    __slots__ = ("_actor", "_cell", "nursery")
+    __slots__ = ("_actor", "_cell", "_incarnation", "nursery")
 
     def __init__(self, cell: ActorCell, nursery: trio.Nursery, actor: Actor[Any]) -> None:
         self._cell = cell
         self._actor = actor
+        self._incarnation = cell.incarnation
         self.nursery = nursery
 
     @property
@@ -827,8 +843,12 @@ class ActorContext:
             StateError: checkpointing is off for this actor, or the state
                 cannot be written as JSON.
             CheckpointConflict: another incarnation wrote this path meanwhile.
+            ActorStopped: this incarnation has ended (a context kept past it).
         """
-        await self._cell.save(self._actor)
+        cell = self._cell
+        if cell.incarnation != self._incarnation or cell.task is None:
+            raise ActorStopped(f"{cell.path}: incarnation {self._incarnation} has ended")
+        await cell.save(self._actor)
 
     def stop(self) -> None:
         """End this actor normally once the current message is handled.

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import asyncpg
 import attrs
 import cattrs
+import cattrs.preconf.json
 import trio
 import trio_asyncio
 
@@ -38,7 +39,31 @@ __all__ = [
     "open_store",
 ]
 
-_converter = cattrs.Converter()
+
+def _strict(kind: type, accepts: tuple[type, ...]) -> Any:
+    def structure(value: Any, _type: object) -> Any:
+        if isinstance(value, bool) and kind is not bool:
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        if not isinstance(value, accepts):
+            raise TypeError(f"expected {kind.__name__}, got {value!r}")
+        return kind(value)
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    """cattrs' JSON converter (sets as lists, datetimes as ISO strings), strict:
+    unknown keys, a non-object for an attrs class and scalars of the wrong type
+    are errors, so a checkpoint that no longer fits is never half-read."""
+    converter = cattrs.preconf.json.make_converter(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _strict(int, (int,)))
+    converter.register_structure_hook(float, _strict(float, (int, float)))
+    converter.register_structure_hook(str, _strict(str, (str,)))
+    converter.register_structure_hook(bool, _strict(bool, (bool,)))
+    return converter
+
+
+_converter = _make_converter()
 
 
 @runtime_checkable
@@ -83,7 +108,7 @@ def encode_state(path: str, state: object) -> str:
     """
     try:
         return json.dumps(_converter.unstructure(state), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise StateError(
             f"{path}: state {type(state).__qualname__} cannot be checkpointed as JSON: {exc}"
         ) from exc
@@ -100,6 +125,11 @@ def decode_state(path: str, data: str, state_type: type) -> Any:
         raw = json.loads(data)
     except ValueError as exc:
         raise StateError(f"{path}: the stored checkpoint is not valid JSON: {exc}") from None
+    if attrs.has(state_type) and not isinstance(raw, dict):
+        raise StateError(
+            f"{path}: the stored checkpoint does not fit {state_type.__qualname__}: "
+            f"expected a JSON object, got {type(raw).__name__}"
+        )
     try:
         return _converter.structure(raw, state_type)
     except Exception as exc:  # cattrs reports every failing field in one group

@@ -311,6 +311,12 @@ async def open_system(
         open_store(store)  # a bad URL fails here, before anything starts
     elif store is not None and not isinstance(store, CheckpointStore):
         raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
+    elif isinstance(store, PostgresStore) and trio_asyncio.current_loop.get() is None:
+        raise ValueError(
+            "a PostgresStore object runs on a trio-asyncio loop that must outlive it: "
+            "open the store inside `async with trio_asyncio.open_loop():` around "
+            "open_system, or pass its URL and open_system runs the loop"
+        )
     system = ActorSystem(spec, store)
     system.registry = registry
     root = system.root
