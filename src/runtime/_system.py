@@ -25,7 +25,7 @@ from ._checkpoint import (
 )
 from ._specs import ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
-from ._topology import check_actor, check_child, iter_children, load_topology, unsupported
+from ._topology import check_actor, iter_children, load_topology, unsupported
 from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
@@ -71,7 +71,8 @@ class ActorSystem:
     def __init__(self, topology: Topology, store: CheckpointStore | str | None = None) -> None:
         self.topology = topology
         self.name = topology.system
-        self.store = store
+        # The store asked for: open_system's, else the topology's (None: default).
+        self.store = store if store is not None else topology.store
         self.registry: object = None
         self._store: CheckpointStore | None = None
         self.checkpoint_stats = CheckpointCounters()
@@ -90,7 +91,7 @@ class ActorSystem:
     def store_url(self) -> str:
         """Where checkpoints go: ``open_system``'s ``store``, else the topology's,
         else ``sqlite:///.runtime/<system>.db``."""
-        store = self.store if self.store is not None else self.topology.store
+        store = self.store
         if store is None:
             return default_store_url(self.name)
         return store if isinstance(store, str) else store.url
@@ -101,19 +102,17 @@ class ActorSystem:
 
     def uses_asyncio(self) -> bool:
         """Whether the store needs an asyncio loop (PostgreSQL, through trio-asyncio)."""
-        store = self.store if self.store is not None else self.topology.store
-        if isinstance(store, str) or store is None:
-            return (store or "").startswith(("postgresql://", "postgres://"))
-        return isinstance(store, PostgresStore)
+        return isinstance(self.store, PostgresStore) or self.store_url.startswith(
+            ("postgresql://", "postgres://")
+        )
 
     def checkpoint_store(self) -> CheckpointStore:
         """The checkpoint store, made on first use (it connects on first use too)."""
         if self._store is None:
-            store = self.store if self.store is not None else self.topology.store
-            if store is None or isinstance(store, str):
-                self._store = open_store(store or default_store_url(self.name))
+            if isinstance(self.store, CheckpointStore):
+                self._store = self.store
             else:
-                self._store = store
+                self._store = open_store(self.store_url)
         return self._store
 
     async def _close_store(self) -> None:
@@ -168,7 +167,10 @@ class ActorSystem:
             ValueError: a running child has that name already.
         """
         spec = ChildSpec(name=name, actor=actor_cls, **fields)
-        problems = [f"{field}: {message}" for field, message in check_child(spec)]
+        problems = [
+            f"{field}: {message}"
+            for field, message in check_actor(spec.actor, spec.args, spec.checkpoint)
+        ]
         if problems:
             raise TopologyError([f"spawn {name!r}: {problem}" for problem in problems])
         child = await self.root.add_child(spec)

@@ -318,11 +318,6 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             yield "$.store", str(exc)
 
 
-def check_child(spec: ChildSpec) -> Iterator[tuple[str, str]]:
-    """Yield ``(field, problem)`` for each reason this child spec cannot run."""
-    yield from check_actor(spec.actor, spec.args, spec.checkpoint)
-
-
 def check_actor(
     actor: type[Actor[Any]], args: dict[str, Any], checkpoint: str | float = "off"
 ) -> Iterator[tuple[str, str]]:
