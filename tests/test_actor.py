@@ -613,3 +613,31 @@ async def test_a_sender_that_never_waits_still_yields_to_other_tasks() -> None:
                     await ref.tell(Add(n))
                 nursery.cancel_scope.cancel()
             assert turns >= 10  # about one turn per 64 tells; none without the yield
+
+
+async def test_unsubscribe_stops_delivery() -> None:
+    """After ctx.unsubscribe(topic) the actor gets no more events of it."""
+    seen: list[object] = []
+
+    class Fickle(Recorder):
+        async def on_start(self) -> None:
+            self.ctx.subscribe("deploys", Deployed)
+
+        @runtime.handler
+        async def deployed(self, msg: Deployed) -> None:
+            self.seen.append(msg.env)
+            self.ctx.unsubscribe("deploys")
+
+    class Announcer(Counter):
+        @runtime.handler
+        async def add(self, msg: Add) -> int:
+            await self.ctx.publish("deploys", Deployed(f"env{msg.n}"))
+            return msg.n
+
+    spec = topology(child("f", Fickle, args={"seen": seen}), child("a", Announcer))
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            for n in range(3):
+                await system.ref("root/a").ask(Add(n))
+                await trio.testing.wait_all_tasks_blocked()
+    assert seen == ["env0"]
