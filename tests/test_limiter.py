@@ -10,7 +10,7 @@ import pytest
 import trio
 import trio.testing
 
-from runtime._limiter import Limiter, RateSpec, RetrySpec
+from runtime import Limiter, RateSpec, RetrySpec
 from runtime.errors import CircuitOpen
 
 

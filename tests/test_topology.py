@@ -729,7 +729,11 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
 @pytest.mark.parametrize(
     ("text", "field", "message"),
     [
-        ("resources: {llm: {kind: llm}}", "resources", "resource actors are not supported"),
+        (
+            "resources: {db: {kind: 'tests.resource_kinds:Echo'}}\nsupervisor: {name: resources}",
+            "supervisor.name",
+            "'resources' names the supervisor of the resources",
+        ),
         ('metrics: {listen: "127.0.0.1:9464"}', "metrics.listen", "metrics endpoint is not"),
         (
             "store: redis://cache",
@@ -737,7 +741,7 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
             "unknown checkpoint store 'redis://cache': use memory://, sqlite:///path.db",
         ),
     ],
-    ids=["resources", "metrics", "unknown-store"],
+    ids=["reserved-root-name", "metrics", "unknown-store"],
 )
 def test_fields_this_version_cannot_run_are_refused_at_their_line(
     text: str, field: str, message: str

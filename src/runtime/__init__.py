@@ -12,11 +12,18 @@ from ._checkpoint import MemoryStore as MemoryStore
 from ._checkpoint import PostgresStore as PostgresStore
 from ._checkpoint import SqliteStore as SqliteStore
 from ._checkpoint import open_store as open_store
+from ._limiter import Limiter as Limiter
+from ._limiter import LimiterStatistics as LimiterStatistics
+from ._resource import Resource as Resource
+from ._resource import ResourceStatistics as ResourceStatistics
 from ._specs import BackoffSpec as BackoffSpec
 from ._specs import BreakerSpec as BreakerSpec
 from ._specs import ChildSpec as ChildSpec
 from ._specs import MailboxSpec as MailboxSpec
 from ._specs import MetricsSpec as MetricsSpec
+from ._specs import RateSpec as RateSpec
+from ._specs import ResourceSpec as ResourceSpec
+from ._specs import RetrySpec as RetrySpec
 from ._specs import SupervisorSpec as SupervisorSpec
 from ._specs import Topology as Topology
 from ._system import ActorSystem as ActorSystem
@@ -38,10 +45,17 @@ __all__ = [
     "CheckpointStore",
     "ChildSpec",
     "DeadLetter",
+    "Limiter",
+    "LimiterStatistics",
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
     "PostgresStore",
+    "RateSpec",
+    "Resource",
+    "ResourceSpec",
+    "ResourceStatistics",
+    "RetrySpec",
     "SqliteStore",
     "SupervisorSpec",
     "Topology",

@@ -453,8 +453,12 @@ class ActorCell:
         actor = cls.__new__(cls)
         actor.ctx = ActorContext(self, nursery, actor)
         actor.state = state
+        self._prepare(actor)
         actor.__init__(**self.spec.args)  # type: ignore[misc]
         return actor
+
+    def _prepare(self, actor: Actor[Any]) -> None:
+        """Set what a subclass's actors need before their ``__init__`` runs."""
 
     async def _initial_state(self) -> object:
         """``S()``, or with checkpointing on, the latest checkpoint of this path.
@@ -768,7 +772,7 @@ class ActorRef(Generic[M]):
             cell.admit(msg, priority)
         if priority not in _PRIORITIES:
             raise ValueError(_PRIORITY_ERROR)
-        request = Ask(msg, trio.lowlevel.current_task())
+        request = Ask(msg, trio.lowlevel.current_task(), priority)
 
         def abort(_: object) -> trio.lowlevel.Abort:
             request.waiter = None
@@ -832,6 +836,14 @@ class ActorContext:
             ActorNotFound: nothing at that path.
         """
         return self._cell.system.ref(path)
+
+    def resource(self, name: str) -> ActorRef[Any]:
+        """The ref of the resource ``name`` (declared under ``resources:``).
+
+        Raises:
+            ActorNotFound: the topology declares no resource of that name.
+        """
+        return self._cell.system.resource(name)
 
     async def checkpoint(self) -> None:
         """Write this actor's state to the store now (if it changed).

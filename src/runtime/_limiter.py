@@ -22,41 +22,13 @@ import attrs
 import trio
 
 from ._mailbox import PRIORITIES
-from ._specs import Seconds, to_seconds
+from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
-__all__ = ["Limiter", "LimiterStatistics", "RateSpec", "RetrySpec"]
+__all__ = ["Limiter", "LimiterStatistics"]
 
 T = TypeVar("T")
 _INDEX = {priority: index for index, priority in enumerate(PRIORITIES)}
-
-
-@attrs.frozen
-class RateSpec:
-    """At most ``requests`` admissions in every window of ``period`` seconds."""
-
-    requests: int = attrs.field(validator=attrs.validators.ge(1))
-    period: Seconds = attrs.field(converter=to_seconds)
-
-    @period.validator
-    def _check_period(self, _attr: object, value: float) -> None:
-        if value <= 0:
-            raise ValueError(f"period must be more than zero, got {value!r}")
-
-
-@attrs.frozen
-class RetrySpec:
-    """Up to ``attempts`` tries in all; the n-th retry waits a random time in
-    ``[0, min(max, initial * multiplier**(n-1))]`` (full jitter)."""
-
-    attempts: int = attrs.field(default=3, validator=attrs.validators.ge(1))
-    initial: Seconds = attrs.field(default=Seconds(0.5), converter=to_seconds)
-    multiplier: float = attrs.field(default=2.0, converter=float)
-    max: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
-
-    def delay(self, retry: int, random_fraction: float) -> float:
-        """Seconds to wait before the ``retry``-th retry (1-based)."""
-        return random_fraction * min(self.max, self.initial * self.multiplier ** (retry - 1))
 
 
 @attrs.frozen

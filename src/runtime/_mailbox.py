@@ -32,11 +32,12 @@ class Ask:
     once, and never a task that is no longer waiting.
     """
 
-    __slots__ = ("msg", "waiter")
+    __slots__ = ("msg", "priority", "waiter")
 
-    def __init__(self, msg: object, waiter: Any) -> None:
+    def __init__(self, msg: object, waiter: Any, priority: str = "normal") -> None:
         self.msg = msg
         self.waiter = waiter
+        self.priority = priority
 
     def reply(self, value: object) -> None:
         """Wake the asker with ``value``, if it is still waiting."""

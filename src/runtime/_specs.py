@@ -24,6 +24,9 @@ __all__ = [
     "ChildSpec",
     "MailboxSpec",
     "MetricsSpec",
+    "RateSpec",
+    "ResourceSpec",
+    "RetrySpec",
     "SupervisorSpec",
     "Topology",
 ]
@@ -79,6 +82,26 @@ def to_checkpoint_policy(value: object) -> str | float:
     return period
 
 
+def _import_path(value: str) -> Any:
+    module_name, sep, qualname = value.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f"expected an import path 'package.module:Class', got {value!r}")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    for part in qualname.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
+    return obj
+
+
+def _class_name(value: object) -> str:
+    return f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
+
+
 def import_actor(value: object) -> type[Actor[Any]]:
     """Resolve an actor class, or an import path ``"package.module:Class"`` to one.
 
@@ -87,25 +110,44 @@ def import_actor(value: object) -> type[Actor[Any]]:
             name a subclass of ``runtime.Actor``.
     """
     if isinstance(value, str):
-        module_name, sep, qualname = value.partition(":")
-        if not sep or not module_name or not qualname:
-            raise ValueError(f"expected an import path 'package.module:Class', got {value!r}")
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except Exception as exc:
-            raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
-        for part in qualname.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
-        value = obj
+        value = _import_path(value)
     if not (isinstance(value, type) and issubclass(value, Actor)):
-        name = (
-            f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
-        )
-        raise ValueError(f"{name} is not a subclass of runtime.Actor")
+        raise ValueError(f"{_class_name(value)} is not a subclass of runtime.Actor")
     return value
+
+
+RESOURCE_KINDS = {
+    "postgres": "runtime.resources.postgres:Postgres",
+    "llm": "runtime.resources.llm:LLM",
+    "mcp": "runtime.resources.mcp:MCP",
+}
+"""The built-in resource kinds and the classes that implement them."""
+
+ResourceKind = NewType("ResourceKind", type)
+"""A ``runtime.Resource`` subclass; structured from a kind name or an import path."""
+
+
+def import_resource(value: object) -> ResourceKind:
+    """Resolve ``postgres``, ``llm``, ``mcp``, an import path or a class to a
+    ``runtime.Resource`` subclass.
+
+    Raises:
+        ValueError: not a known kind, or not a subclass of ``runtime.Resource``.
+    """
+    from ._resource import Resource  # noqa: PLC0415 (it imports this module)
+
+    if isinstance(value, str):
+        if value in RESOURCE_KINDS:
+            value = RESOURCE_KINDS[value]
+        elif ":" not in value:
+            raise ValueError(
+                f"expected postgres, llm, mcp or an import path 'package.module:Class'; "
+                f"got {value!r}"
+            )
+        value = _import_path(value)
+    if not (isinstance(value, type) and issubclass(value, Resource)):
+        raise ValueError(f"{_class_name(value)} is not a subclass of runtime.Resource")
+    return ResourceKind(value)
 
 
 class FieldError(ValueError):
@@ -195,6 +237,40 @@ class BreakerSpec:
     reset_timeout: Seconds = attrs.field(default=Seconds(60.0), converter=to_seconds)
 
 
+@attrs.frozen
+class RateSpec:
+    """At most ``requests`` admissions in every window of ``period`` seconds
+    (``[t, t + period)`` for every ``t``, from the first request on)."""
+
+    requests: int = attrs.field(validator=_at_least(1))
+    period: Seconds = attrs.field(converter=to_seconds)
+
+    @period.validator
+    def _check_period(self, _attr: object, value: float) -> None:
+        if value <= 0:
+            raise FieldError("period", f"expected a period longer than zero; got {value!r}")
+
+
+@attrs.frozen
+class RetrySpec:
+    """Up to ``attempts`` tries in all; the n-th retry waits a random time in
+    ``[0, min(max, initial * multiplier**(n-1))]`` (full jitter)."""
+
+    attempts: int = attrs.field(default=3, validator=_at_least(1))
+    initial: Seconds = attrs.field(default=Seconds(0.5), converter=to_seconds)
+    multiplier: float = attrs.field(default=2.0, converter=float)
+    max: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
+
+    @multiplier.validator
+    def _check_multiplier(self, _attr: object, value: float) -> None:
+        if value < 1:
+            raise FieldError("multiplier", f"expected at least 1; got {value!r}")
+
+    def delay(self, retry: int, random_fraction: float) -> float:
+        """Seconds to wait before the ``retry``-th retry (1-based)."""
+        return random_fraction * min(self.max, self.initial * self.multiplier ** (retry - 1))
+
+
 # Code may give a nested spec as a dict of its fields, as YAML does.
 
 
@@ -204,6 +280,14 @@ def _to_mailbox(value: MailboxSpec | dict[str, Any]) -> MailboxSpec:
 
 def _to_breaker(value: BreakerSpec | dict[str, Any] | None) -> BreakerSpec | None:
     return BreakerSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_rate(value: RateSpec | dict[str, Any] | None) -> RateSpec | None:
+    return RateSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_retry(value: RetrySpec | dict[str, Any] | None) -> RetrySpec | None:
+    return RetrySpec(**value) if isinstance(value, dict) else value
 
 
 def _to_backoff(value: BackoffSpec | dict[str, Any] | None) -> BackoffSpec | None:
@@ -301,6 +385,97 @@ class MetricsSpec:
     listen: str | None = None
 
 
+@attrs.frozen
+class ResourceSpec:
+    """A resource actor: a backend shared by every agent, behind a limiter.
+
+    In YAML the kind's own settings (``dsn``, ``provider``, ``command``, ...)
+    sit beside these fields; in code they go in ``options`` (a dict, or the
+    kind's ``Options`` instance).
+
+    Attributes:
+        kind: ``postgres``, ``llm``, ``mcp``, or the import path of a
+            ``runtime.Resource`` subclass.
+        max_concurrency: requests served at once; None: the kind's default
+            (``mcp``: 2, ``postgres``: 10, ``llm``: 8).
+        rate: at most ``rate.requests`` admissions per ``rate.period``.
+        timeout: seconds each attempt may take (None: no limit).
+        retry: how transient failures are retried (None: no retry).
+        circuit_breaker: after ``failures`` consecutive transient failures,
+            callers get ``CircuitOpen`` until one trial after
+            ``reset_timeout`` succeeds (None: no breaker). Crashes of the
+            resource actor itself trip the same breaker.
+        mailbox: requests waiting for admission beyond those in the
+            resource; see ``MailboxSpec``.
+        shutdown_timeout: seconds a stop waits for requests in flight.
+        options: the kind's own settings.
+    """
+
+    kind: ResourceKind = attrs.field(converter=import_resource)
+    max_concurrency: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_at_least(1))
+    )
+    rate: RateSpec | None = attrs.field(
+        default=None,
+        converter=_to_rate,
+        validator=attrs.validators.optional(attrs.validators.instance_of(RateSpec)),
+    )
+    timeout: Seconds | None = attrs.field(
+        default=Seconds(30.0), converter=attrs.converters.optional(to_seconds)
+    )
+    retry: RetrySpec | None = attrs.field(
+        factory=RetrySpec,
+        converter=_to_retry,
+        validator=attrs.validators.optional(attrs.validators.instance_of(RetrySpec)),
+    )
+    circuit_breaker: BreakerSpec | None = attrs.field(
+        factory=BreakerSpec,
+        converter=_to_breaker,
+        validator=attrs.validators.optional(attrs.validators.instance_of(BreakerSpec)),
+    )
+    mailbox: MailboxSpec = attrs.field(
+        factory=MailboxSpec,
+        converter=_to_mailbox,
+        validator=attrs.validators.instance_of(MailboxSpec),
+    )
+    shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
+    options: Any = attrs.field(factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        options_type = self.kind.Options  # type: ignore[attr-defined]
+        if isinstance(self.options, dict):
+            object.__setattr__(self, "options", options_type(**self.options))
+        elif not isinstance(self.options, options_type):
+            raise TypeError(
+                f"options must be a dict or {options_type.__qualname__}, got {self.options!r}"
+            )
+
+    @property
+    def concurrency(self) -> int | None:
+        """``max_concurrency``, or the kind's default."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return self.kind.default_max_concurrency  # type: ignore[attr-defined, no-any-return]
+
+
+def _to_resources(value: dict[str, ResourceSpec | dict[str, Any]]) -> dict[str, ResourceSpec]:
+    return {
+        name: ResourceSpec(**spec) if isinstance(spec, dict) else spec
+        for name, spec in value.items()
+    }
+
+
+def _check_resources(_inst: object, _attr: object, value: dict[str, ResourceSpec]) -> None:
+    for name, spec in value.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise FieldError(
+                f"resources.{name}",
+                f"a name is letters, digits, '_', '-' or '.' (no '/'); got {name!r}",
+            )
+        if not isinstance(spec, ResourceSpec):
+            raise FieldError(f"resources.{name}", f"expected a ResourceSpec; got {spec!r}")
+
+
 def _to_supervisor(value: SupervisorSpec | dict[str, Any]) -> SupervisorSpec:
     return SupervisorSpec(**value) if isinstance(value, dict) else value
 
@@ -317,7 +492,8 @@ class Topology:
         system: the system's name (also names its default SQLite store).
         supervisor: the root of the supervision tree.
         store: checkpoint store URL; None means the embedded default.
-        resources: resource actors by name.
+        resources: resource actors by name (reached with ``ctx.resource(name)``
+            and at the path ``resources/<name>``).
         metrics: the metrics endpoint.
     """
 
@@ -328,7 +504,9 @@ class Topology:
         validator=attrs.validators.instance_of(SupervisorSpec),
     )
     store: str | None = None
-    resources: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+    resources: dict[str, ResourceSpec] = attrs.field(
+        factory=dict, converter=_to_resources, validator=_check_resources
+    )
     metrics: MetricsSpec = attrs.field(
         factory=MetricsSpec,
         converter=_to_metrics,

@@ -23,7 +23,13 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
-from ._specs import ChildSpec, SupervisorSpec, Topology
+from ._resource import (
+    RESOURCES_SUPERVISOR,
+    ResourceCell,
+    ResourceStatistics,
+    resource_child_spec,
+)
+from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
 from .errors import ActorNotFound, TopologyError
@@ -81,9 +87,15 @@ class ActorSystem:
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
         self.dead_letter_count = 0
         self._topics: dict[str, dict[ActorCell, set[type]]] = {}
+        # Resources first: their supervisor starts before the root's and stops after it.
+        self.resources: Supervisor | None = None
+        if topology.resources:
+            self.resources = Supervisor(_resources_spec(topology), RESOURCES_SUPERVISOR, self)
+            self._supervisors[RESOURCES_SUPERVISOR] = self.resources
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
         self._supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
+        self._body = trio.CancelScope()  # open_system's block
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -101,7 +113,10 @@ class ActorSystem:
         return self.checkpoint_stats.statistics()
 
     def uses_asyncio(self) -> bool:
-        """Whether the store needs an asyncio loop (PostgreSQL, through trio-asyncio)."""
+        """Whether the store or a resource needs an asyncio loop (asyncpg,
+        through trio-asyncio)."""
+        if any(spec.kind.uses_asyncio for spec in self.topology.resources.values()):  # type: ignore[attr-defined]
+            return True
         return isinstance(self.store, PostgresStore) or self.store_url.startswith(
             ("postgresql://", "postgres://")
         )
@@ -129,7 +144,11 @@ class ActorSystem:
             supervisor = Supervisor(spec, path, self)
             self._supervisors[path] = supervisor
             return supervisor
-        cell = ActorCell(spec, path, self)
+        resource = self.topology.resources.get(spec.name)
+        if prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
+            cell: ActorCell = ResourceCell(spec, path, self, resource)
+        else:
+            cell = ActorCell(spec, path, self)
         self._cells[path] = cell
         return cell
 
@@ -152,6 +171,26 @@ class ActorSystem:
             what = "a supervisor, not an actor" if path in self._supervisors else "not found"
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
+
+    def resource(self, name: str) -> ActorRef[Any]:
+        """The ref of the resource ``name`` (at ``resources/<name>``).
+
+        Raises:
+            ActorNotFound: the topology declares no resource of that name.
+        """
+        cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
+        if not isinstance(cell, ResourceCell):
+            declared = ", ".join(sorted(self.topology.resources)) or "none"
+            raise ActorNotFound(f"no resource named {name!r}; the topology declares: {declared}")
+        return cell.ref
+
+    def resource_statistics(self) -> dict[str, ResourceStatistics]:
+        """Each resource's limiter, counters and backend figures, by name."""
+        return {
+            cell.resource_name: cell.resource_statistics()
+            for cell in self._cells.values()
+            if isinstance(cell, ResourceCell)
+        }
 
     async def spawn(
         self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any
@@ -202,6 +241,11 @@ class ActorSystem:
         """A snapshot of the supervision tree with each node's statistics."""
         return self._node(self.root)
 
+    def resource_tree(self) -> TreeNode | None:
+        """A snapshot of the resources' supervisor and its resources (None
+        when the topology declares none)."""
+        return None if self.resources is None else self._node(self.resources)
+
     def _node(self, node: Child) -> TreeNode:
         if isinstance(node, Supervisor):
             children = tuple(self._node(child) for child in node.children)
@@ -243,9 +287,35 @@ class ActorSystem:
 
     # -- lifetime -----------------------------------------------------------------
 
+    async def _run_supervisor(
+        self, supervisor: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the root or the resources' supervisor for the system's lifetime."""
+        try:
+            error = await supervisor.run_incarnation(task_status)
+        finally:
+            supervisor.status = "stopped"
+            if supervisor is self.root and self.resources is not None:
+                self.resources.request_stop()  # the agents have stopped: now their resources
+        if error is not None:
+            # Nothing restarts the children now: their queued messages become
+            # dead letters and their askers get ActorStopped.
+            supervisor.retire_children()
+            self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        """A top supervisor gave up: the block is cancelled and the rest of the
+        tree stops gracefully."""
+        if self.failure is None:
+            self.failure = error
+        self._body.cancel()
+        self.root.request_stop()
+        if self.resources is not None:
+            self.resources.request_stop()
+
     def is_idle(self) -> bool:
         """Every mailbox empty, no handler running, no restart or one-shot timer pending."""
-        return self.root.is_idle()
+        return self.root.is_idle() and (self.resources is None or self.resources.is_idle())
 
     async def wait_until_idle(self, poll: float = _IDLE_POLL) -> None:
         """Return once the system has been idle at two polls in a row, or the root stopped."""
@@ -257,12 +327,47 @@ class ActorSystem:
             streak = streak + 1 if self.is_idle() else 0
 
 
+def _resources_spec(topology: Topology) -> SupervisorSpec:
+    """The supervisor of the resources: one_for_one, restarts after a short
+    backoff, and an intensity that lets each resource's own breaker (its
+    ``circuit_breaker``) open before the supervisor gives up."""
+    children: list[ChildSpec | SupervisorSpec] = [
+        resource_child_spec(name, spec) for name, spec in topology.resources.items()
+    ]
+    failures = sum(
+        spec.circuit_breaker.failures if spec.circuit_breaker is not None else 5
+        for spec in topology.resources.values()
+    )
+    return SupervisorSpec(
+        name=RESOURCES_SUPERVISOR,
+        strategy="one_for_one",
+        max_restarts=failures + len(children),
+        within=60.0,
+        backoff=BackoffSpec(initial=0.1, max=10.0),
+        children=children,
+    )
+
+
 def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology:
     if topology is None:
         return Topology()
     if isinstance(topology, Topology):
         return topology
     return load_topology(topology)
+
+
+def _check_store(store: object) -> CheckpointStore | str | None:
+    if isinstance(store, str):
+        open_store(store)  # a bad URL fails here, before anything starts
+    elif store is not None and not isinstance(store, CheckpointStore):
+        raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
+    elif isinstance(store, PostgresStore) and trio_asyncio.current_loop.get() is None:
+        raise ValueError(
+            "a PostgresStore object runs on a trio-asyncio loop that must outlive it: "
+            "open the store inside `async with trio_asyncio.open_loop():` around "
+            "open_system, or pass its URL and open_system runs the loop"
+        )
+    return store
 
 
 def _check_runnable(topology: Topology) -> None:
@@ -309,40 +414,25 @@ async def open_system(
     """
     spec = _topology_of(topology)
     _check_runnable(spec)
-    if isinstance(store, str):
-        open_store(store)  # a bad URL fails here, before anything starts
-    elif store is not None and not isinstance(store, CheckpointStore):
-        raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
-    elif isinstance(store, PostgresStore) and trio_asyncio.current_loop.get() is None:
-        raise ValueError(
-            "a PostgresStore object runs on a trio-asyncio loop that must outlive it: "
-            "open the store inside `async with trio_asyncio.open_loop():` around "
-            "open_system, or pass its URL and open_system runs the loop"
-        )
-    system = ActorSystem(spec, store)
+    system = ActorSystem(spec, _check_store(store))
     system.registry = registry
-    root = system.root
-
-    async def run_root(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        error = await root.run_incarnation(task_status)
-        root.status = "stopped"
-        if error is not None:
-            # Nothing restarts the children now: their queued messages become
-            # dead letters and their askers get ActorStopped.
-            root.retire_children()
-            system.failure = error
-            outer.cancel()
+    root, resources = system.root, system.resources
 
     body_error: BaseException | None = None
+    body = system._body
     async with contextlib.AsyncExitStack() as stack:
         if system.uses_asyncio() and trio_asyncio.current_loop.get() is None:
             # asyncpg runs on asyncio: give it a loop inside this trio run,
-            # outliving the store it serves (unless the caller runs one).
+            # outliving the store and the resources it serves (unless the
+            # caller runs one).
             await stack.enter_async_context(trio_asyncio.open_loop())
         try:
-            with trio.CancelScope() as outer:
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(run_root)
+            async with trio.open_nursery() as nursery:
+                if resources is not None:
+                    await nursery.start(system._run_supervisor, resources)
+                if system.failure is None:
+                    await nursery.start(system._run_supervisor, root)
+                with body:
                     if system.failure is None:
                         logger.info("system_started", system=system.name)
                         try:

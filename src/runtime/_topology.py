@@ -31,10 +31,15 @@ from ._specs import (
     FieldError,
     MailboxSpec,
     MetricsSpec,
+    RateSpec,
+    ResourceKind,
+    ResourceSpec,
+    RetrySpec,
     Seconds,
     SupervisorSpec,
     Topology,
     import_actor,
+    import_resource,
     to_checkpoint_policy,
     to_seconds,
 )
@@ -44,7 +49,17 @@ __all__ = ["iter_children", "load_topology", "parse_topology"]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
-_SPECS = (Topology, SupervisorSpec, ChildSpec, MailboxSpec, BackoffSpec, BreakerSpec, MetricsSpec)
+_SPECS = (
+    Topology,
+    SupervisorSpec,
+    ChildSpec,
+    MailboxSpec,
+    BackoffSpec,
+    BreakerSpec,
+    MetricsSpec,
+    RateSpec,
+    RetrySpec,
+)
 _S = TypeVar("_S")
 
 
@@ -75,6 +90,13 @@ def _structure_int(value: Any, _type: object) -> int:
         raise ValueError(f"expected a whole number; got {value!r}") from None
 
 
+def _structure_str(value: Any, _type: object) -> str:
+    # cattrs' own hook is str(value), which reads a list or a mapping as text.
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string; got {value!r}")
+    return str(value)
+
+
 def _structure_spec(value: Any, cl: type[_S]) -> _S:
     """Structure one spec class, reporting every bad field in it at once.
 
@@ -83,9 +105,18 @@ def _structure_spec(value: Any, cl: type[_S]) -> _S:
     is structured and then validated on its own. Errors carry cattrs' notes,
     so ``_leaves`` reads them as it reads cattrs' own.
     """
+    done, errors = _structure_fields(value, cl)
+    errors.extend(_cross_checks(cl, value, done))
+    if errors:
+        raise ClassValidationError(f"While structuring {cl.__name__}", errors, cl)
+    return cl(**vars(done))
+
+
+def _structure_fields(value: Any, cl: type) -> tuple[types.SimpleNamespace, list[Exception]]:
+    """The fields of ``cl`` structured from ``value`` (as attributes), and the errors."""
     if not isinstance(value, dict):
         raise TypeError(f"expected a mapping of {cl.__name__} fields; got {value!r}")
-    fields = attrs.fields_dict(cl)  # type: ignore[arg-type]
+    fields = attrs.fields_dict(cl)
     errors: list[Exception] = [
         _noted(ForbiddenExtraKeysError("", cl, {key}), cl, key, None)
         for key in value
@@ -104,10 +135,61 @@ def _structure_spec(value: Any, cl: type[_S]) -> _S:
             errors.append(_noted(exc, cl, name, type_))
             continue
         errors.extend(_validate(field, done))
-    errors.extend(_cross_checks(cl, value, done))
+    return done, errors
+
+
+def _structure_resources(value: Any, _type: object) -> dict[str, ResourceSpec]:
+    """``resources:``: each entry's common fields and its kind's own options."""
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping of resource names to resources; got {value!r}")
+    resources: dict[str, ResourceSpec] = {}
+    errors: list[Exception] = []
+    for name, entry in value.items():
+        try:
+            resources[str(name)] = _structure_resource(entry)
+        except Exception as exc:
+            errors.append(_noted(exc, Topology, str(name), ResourceSpec))
     if errors:
-        raise ClassValidationError(f"While structuring {cl.__name__}", errors, cl)
-    return cl(**vars(done))
+        raise ClassValidationError("While structuring resources", errors, dict)
+    return resources
+
+
+_COMMON = frozenset(attrs.fields_dict(ResourceSpec)) - {"options"}
+
+
+def _structure_resource(value: Any) -> ResourceSpec:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping with kind: and the resource's settings; got {value!r}")
+    common = {key: item for key, item in value.items() if key in _COMMON}
+    done, errors = _structure_fields(common, ResourceSpec)
+    kind = getattr(done, "kind", None)
+    options = None
+    if kind is not None:
+        options_type = attrs.resolve_types(kind.Options)
+        known = attrs.fields_dict(options_type)
+        extra = {key: item for key, item in value.items() if key not in _COMMON}
+        for key in extra:
+            if key not in known:
+                own = ", ".join(known) or "none"
+                errors.append(
+                    FieldError(
+                        str(key),
+                        f"unknown key {key!r}; known keys: {', '.join(sorted(_COMMON))}; "
+                        f"and for this kind: {own}",
+                    )
+                )
+        found, option_errors = _structure_fields(
+            {key: item for key, item in extra.items() if key in known}, options_type
+        )
+        errors.extend(option_errors)
+        if not option_errors:
+            try:
+                options = options_type(**vars(found))
+            except (TypeError, ValueError) as exc:
+                errors.append(exc)
+    if errors:
+        raise ClassValidationError("While structuring ResourceSpec", errors, ResourceSpec)
+    return ResourceSpec(**vars(done), options=options)
 
 
 def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) -> list[Exception]:
@@ -160,13 +242,20 @@ def _validate(field: attrs.Attribute[Any], done: types.SimpleNamespace) -> list[
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
     converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(str, _structure_str)
     converter.register_structure_hook(Seconds, lambda v, _t: to_seconds(v))
     converter.register_structure_hook_func(_is_class_type, lambda v, _t: import_actor(v))
     converter.register_structure_hook(CheckpointPolicy, lambda v, _t: to_checkpoint_policy(v))
     converter.register_structure_hook(_ENTRY, _structure_entry)
+    converter.register_structure_hook(ResourceKind, lambda v, _t: import_resource(v))
+    converter.register_structure_hook_func(
+        lambda t: t == dict[str, ResourceSpec], _structure_resources
+    )
     for spec in _SPECS:
         attrs.resolve_types(spec)
-        converter.register_structure_hook(spec, _structure_spec)
+    attrs.resolve_types(ResourceSpec)
+    # Every attrs class, the specs and resource kinds' Options alike.
+    converter.register_structure_hook_func(attrs.has, _structure_spec)
     return converter
 
 
@@ -306,8 +395,11 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
 def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
     """Yield ``(field path, message)`` for each valid field this version cannot run."""
-    if topology.resources:
-        yield "$.resources", "resource actors are not supported by this version"
+    if topology.resources and topology.supervisor.name == "resources":
+        yield (
+            "$.supervisor.name",
+            "'resources' names the supervisor of the resources; give the root another name",
+        )
     if topology.metrics.listen is not None:
         yield "$.metrics.listen", "the metrics endpoint is not supported by this version"
 

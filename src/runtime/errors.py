@@ -13,6 +13,7 @@ the class also subclasses it, so generic handlers keep working::
     ├── ActorNotFound           (also LookupError) no actor at that path
     ├── UnknownMessage          (also TypeError) the target has no handler for the type
     ├── CircuitOpen             the target's circuit breaker is open
+    ├── ResourceError           a resource's backend refused or failed a request
     ├── TopologyError           (also ValueError) an invalid topology: file, line, field
     ├── CheckpointConflict      a checkpoint write lost against a newer version
     └── StateError              (also ValueError) state that cannot be checkpointed,
@@ -32,6 +33,7 @@ __all__ = [
     "CheckpointConflict",
     "CircuitOpen",
     "MailboxFull",
+    "ResourceError",
     "StateError",
     "SupervisorGaveUp",
     "TopologyError",
@@ -82,6 +84,33 @@ class UnknownMessage(ActorSystemError, TypeError):
 
 class CircuitOpen(ActorSystemError):
     """The target's circuit breaker is open (or half-open with its trial taken)."""
+
+
+class ResourceError(ActorSystemError):
+    """A resource's backend failed a request: an HTTP error status from an
+    LLM API, an MCP server that exited or answered with an error, no pool
+    connection within the timeout. The backend's own exception, if any, is
+    ``__cause__``.
+
+    Attributes:
+        resource: the resource's name.
+        transient: whether trying again later may succeed (the resource has
+            already retried as its ``retry`` allows).
+        status: the HTTP status, where there is one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resource: str = "",
+        transient: bool = False,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.resource = resource
+        self.transient = transient
+        self.status = status
 
 
 class CheckpointConflict(ActorSystemError):

@@ -1,0 +1,241 @@
+"""Resource actors: one actor per shared backend, serving requests under a limiter.
+
+A resource is declared under ``resources:`` in the topology and runs under
+the system's ``resources`` supervisor (paths ``resources/<name>``), started
+before the root supervisor and stopped after it, so agents can use resources
+in their ``on_start`` and ``on_stop``. Its requests are asks; each handler
+passes its backend call through ``self.call``, which applies the
+``Limiter`` built from the ``ResourceSpec``: concurrency, rate, priority (the
+ask's), per-attempt timeout, retries and the circuit breaker. The limiter
+lives as long as the resource's place in the tree, not one incarnation, so a
+restart neither forgets the rate window nor closes an open breaker.
+
+A request that fails is answered with its error (the backend's exception,
+``CircuitOpen``, ``TimeoutError``, ``ResourceError``); the resource goes on
+serving. It crashes, and is restarted by its supervisor, only when
+``on_start`` or a task in ``ctx.nursery`` raises, or on ``self.fail(error)``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+
+import attrs
+
+from ._actor import Actor, ActorCell
+from ._limiter import Limiter, LimiterStatistics
+from ._mailbox import Ask
+from ._specs import ChildSpec, ResourceSpec
+from .errors import ActorStopped, ResourceError
+
+if TYPE_CHECKING:
+    from ._system import ActorSystem
+
+__all__ = ["Resource", "ResourceCell", "ResourceStatistics", "resource_child_spec"]
+
+T = TypeVar("T")
+
+RESOURCES_SUPERVISOR = "resources"
+"""The name (and path) of the supervisor every resource runs under."""
+
+_PRIORITY: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "runtime_request_priority", default="normal"
+)
+
+
+@attrs.frozen
+class NoOptions:
+    """The options of a resource kind that takes none."""
+
+
+@attrs.frozen
+class ResourceStatistics:
+    """A snapshot of one resource.
+
+    Attributes:
+        name, kind: the resource's name and its class (``module:Class``).
+        status: the resource actor's status (``running``, ``restarting``, ...).
+        limiter: its limiter's tokens, waiters, admissions, rejections and breaker.
+        requests: requests answered so far.
+        failures: requests answered with an error.
+        backend: the kind's own figures (pool connections, tokens used, ...).
+    """
+
+    name: str
+    kind: str
+    status: str
+    limiter: LimiterStatistics
+    requests: int
+    failures: int
+    backend: dict[str, float]
+
+
+class Resource(Actor[None]):
+    """Base class of resource actors.
+
+    A subclass declares its settings as an attrs class ``Options`` (structured
+    from the topology entry's extra keys), its messages as ``@handler``
+    methods, and runs every backend call through ``await self.call(fn, ...)``.
+    Set up the backend in ``on_start`` (a pool, a client, a session) and
+    close it in ``on_stop``.
+
+    Attributes (set before ``__init__`` runs):
+        name: the resource's name in the topology.
+        spec: its ``ResourceSpec``.
+        options: ``spec.options``, an instance of ``Options``.
+        limiter: the ``Limiter`` that ``call`` applies.
+    """
+
+    Options: ClassVar[type] = NoOptions
+    default_max_concurrency: ClassVar[int | None] = None
+    uses_asyncio: ClassVar[bool] = False
+    """Whether the kind runs asyncio code (through trio-asyncio); the system
+    then opens an asyncio loop for it."""
+
+    name: str
+    spec: ResourceSpec
+    options: Any
+    limiter: Limiter
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``await fn(*args)`` under this resource's limits, at the
+        priority the request was asked with.
+
+        Raises:
+            CircuitOpen: the breaker is open.
+            TimeoutError: the last attempt ran past ``timeout``.
+            Whatever ``fn`` raised on its last attempt.
+        """
+        return await self.limiter.call(fn, *args, priority=_PRIORITY.get())
+
+    def is_transient(self, error: BaseException) -> bool:
+        """Whether ``error`` may pass on retrying (it is then retried and
+        counted by the breaker). By default timeouts, ``OSError`` and a
+        ``ResourceError`` marked transient."""
+        if isinstance(error, ResourceError):
+            return error.transient
+        return isinstance(error, (TimeoutError, OSError))
+
+    def fail(self, error: Exception) -> None:
+        """Crash this resource with ``error``; its supervisor restarts it.
+
+        For a backend that is gone for good (a server process that exited):
+        requests in flight are answered with ``error``, or with a
+        ``ResourceError`` naming it. Callable from a handler, ``on_start`` or
+        a background task.
+        """
+        cell = self.ctx._cell
+        assert isinstance(cell, ResourceCell)
+        cell.broken = error
+
+        async def crash() -> None:
+            raise error
+
+        self.ctx.nursery.start_soon(crash)
+
+    def backend_statistics(self) -> dict[str, float]:
+        """The kind's own figures for ``ResourceStatistics.backend``."""
+        return {}
+
+
+def resource_child_spec(name: str, spec: ResourceSpec) -> ChildSpec:
+    """The child spec a resource runs with under the resources supervisor.
+
+    It handles up to ``max_concurrency + mailbox.capacity`` requests at once:
+    the ones beyond ``max_concurrency`` wait in the limiter, in priority
+    order, holding no token.
+    """
+    return ChildSpec(
+        name=name,
+        actor=spec.kind,
+        restart="permanent",
+        mailbox=spec.mailbox,
+        circuit_breaker=spec.circuit_breaker,
+        shutdown_timeout=spec.shutdown_timeout,
+        concurrency=(spec.concurrency or 0) + spec.mailbox.capacity,
+    )
+
+
+class ResourceCell(ActorCell):
+    """The cell of a resource: an actor cell that owns the limiter and
+    answers failed requests with their error instead of crashing."""
+
+    kind = "resource"
+    __slots__ = ("broken", "current", "failures", "limiter", "resource_name", "resource_spec")
+
+    def __init__(
+        self, child_spec: ChildSpec, path: str, system: ActorSystem, spec: ResourceSpec
+    ) -> None:
+        super().__init__(child_spec, path, system)
+        self.resource_name = child_spec.name
+        self.resource_spec = spec
+        self.current: Resource | None = None
+        self.broken: Exception | None = None
+        self.failures = 0
+        breaker = spec.circuit_breaker
+        self.limiter = Limiter(
+            max_concurrency=spec.concurrency,
+            rate=spec.rate,
+            timeout=spec.timeout,
+            retry=spec.retry,
+            failures=breaker.failures if breaker is not None else None,
+            reset_timeout=breaker.reset_timeout if breaker is not None else 60.0,
+            is_transient=self._is_transient,
+            name=path,
+        )
+
+    def _is_transient(self, error: BaseException) -> bool:
+        actor = self.current
+        return actor.is_transient(error) if actor is not None else False
+
+    def _prepare(self, actor: Actor[Any]) -> None:
+        assert isinstance(actor, Resource)
+        actor.name = self.resource_name
+        actor.spec = self.resource_spec
+        actor.options = self.resource_spec.options
+        actor.limiter = self.limiter
+        self.current = actor
+        self.broken = None
+
+    async def _handle(self, actor: Actor[Any], item: object) -> None:
+        # Each request runs in its own task: the priority is that task's.
+        _PRIORITY.set(item.priority if type(item) is Ask else "normal")
+        try:
+            await super()._handle(actor, item)
+        except Exception as exc:
+            # The asker has its error (``_failure``); the resource goes on.
+            self.failures += 1
+            if type(item) is not Ask:
+                self.log.warning(
+                    "resource_request_failed",
+                    message_type=type(item).__qualname__,
+                    error=repr(exc),
+                )
+
+    def _failure(self, msg: object, exc: BaseException) -> Exception:
+        if isinstance(exc, Exception):
+            return exc
+        broken = self.broken
+        if broken is not None:
+            error = ResourceError(
+                f"{self.path}: {broken}", resource=self.resource_name, transient=True
+            )
+            error.__cause__ = broken
+            return error
+        return ActorStopped(f"{self.path} stopped before replying")
+
+    def resource_statistics(self) -> ResourceStatistics:
+        """The resource's limiter, counters and backend figures, now."""
+        actor = self.current
+        kind = self.resource_spec.kind
+        return ResourceStatistics(
+            name=self.resource_name,
+            kind=f"{kind.__module__}:{kind.__qualname__}",
+            status=self.status,
+            limiter=self.limiter.statistics(),
+            requests=self.handled + self.failures,
+            failures=self.failures,
+            backend=actor.backend_statistics() if actor is not None else {},
+        )
