@@ -253,3 +253,73 @@ async def test_cancellation_never_counts_as_a_failure(autojump_clock: trio.abc.C
         with trio.move_on_after(1):
             await limiter.call(trio.sleep_forever)
     assert limiter.breaker == "closed"
+
+
+async def test_limits_change_while_calls_run(autojump_clock: trio.abc.Clock) -> None:
+    """configure() applies at once: a higher max_concurrency admits waiters
+    now, a lower one takes effect as running calls finish, a new rate
+    counts the admissions already made."""
+    limiter = Limiter(max_concurrency=1)
+    running = peak = 0
+
+    async def work() -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await trio.sleep(10)
+        running -= 1
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(6):
+            nursery.start_soon(limiter.call, work)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running == 1
+        limiter.configure(max_concurrency=3)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running == 3 and limiter.statistics().waiting["normal"] == 3
+        limiter.configure(max_concurrency=1)
+        await trio.sleep(10.5)  # the three finish; only one of the rest starts
+        assert running == 1
+    assert peak == 3
+    limiter.configure(max_concurrency=None, rate=RateSpec(requests=2, period=60))
+    started: list[float] = []
+
+    async def mark() -> None:
+        started.append(trio.current_time())
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(limiter.call, mark)
+    base = started[0]
+    assert [t - base for t in started] == [0, 0, 60, 60]
+    with pytest.raises(ValueError, match="max_concurrency must be at least 1"):
+        limiter.configure(max_concurrency=0)
+
+
+async def test_statistics_count_waits_retries_timeouts_and_failures(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The counters metrics read: admissions that waited and for how long,
+    waits for the rate window, retries, timeouts and failed attempts."""
+    limiter = Limiter(
+        max_concurrency=1,
+        rate=RateSpec(requests=2, period=10),
+        timeout=1,
+        retry=RetrySpec(attempts=2, initial=0.5),
+    )
+
+    async def work() -> None:
+        await trio.sleep(0.25)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(3):
+            nursery.start_soon(limiter.call, work)
+    stats = limiter.statistics()
+    # The second waited 0.25 s for the token; the third also for the window.
+    assert (stats.admitted, stats.waited, stats.rate_waits) == (3, 2, 1)
+    assert stats.wait_seconds == pytest.approx(0.25 + 10)
+    with pytest.raises(TimeoutError):
+        await limiter.call(trio.sleep_forever)
+    stats = limiter.statistics()
+    assert (stats.retries, stats.timeouts, stats.failures) == (1, 2, 2)
+    assert stats.rate == RateSpec(requests=2, period=10)

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
+import structlog
 import trio
 
 from ._mailbox import PRIORITIES
@@ -26,6 +27,8 @@ from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
 __all__ = ["Limiter", "LimiterStatistics"]
+
+logger = structlog.get_logger("runtime")
 
 T = TypeVar("T")
 _INDEX = {priority: index for index, priority in enumerate(PRIORITIES)}
@@ -42,8 +45,15 @@ class LimiterStatistics:
         admitted: admissions so far (retries count again).
         rejected: calls refused with ``CircuitOpen``.
         in_window: admissions in the current rate window.
+        rate: the rate limit (None: none).
         paused_for: seconds left of a ``pause()``.
         breaker: ``closed``, ``open`` or ``half_open``; None without a breaker.
+        waited: admissions that had to wait.
+        wait_seconds: the time those admissions waited, in all.
+        rate_waits: admissions that waited for room in the rate window.
+        retries: attempts after a transient failure.
+        timeouts: attempts that ran past ``timeout``.
+        failures: attempts that failed (transient or not).
     """
 
     tokens_in_use: int
@@ -52,18 +62,26 @@ class LimiterStatistics:
     admitted: int
     rejected: int
     in_window: int
+    rate: RateSpec | None
     paused_for: float
     breaker: str | None
+    waited: int = 0
+    wait_seconds: float = 0.0
+    rate_waits: int = 0
+    retries: int = 0
+    timeouts: int = 0
+    failures: int = 0
 
 
 class _Waiter:
-    __slots__ = ("admitted", "error", "event", "priority")
+    __slots__ = ("admitted", "error", "event", "priority", "rate_limited")
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
-        self.admitted = False
+        self.admitted: object = None  # the token's borrower, once admitted
         self.error: BaseException | None = None
         self.event = trio.Event()
+        self.rate_limited = False
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -74,8 +92,8 @@ class Limiter:
     """Admission and retry policy for calls to one backend.
 
     Args:
-        max_concurrency: calls running at once (a ``trio.CapacityLimiter``
-            budget); None for no limit.
+        max_concurrency: calls running at once (the tokens of a
+            ``trio.CapacityLimiter``); None for no limit.
         rate: at most ``rate.requests`` admissions in every ``rate.period``.
         timeout: seconds each attempt may take; it then fails with
             ``TimeoutError`` (transient).
@@ -86,7 +104,9 @@ class Limiter:
             through. None: no breaker.
         is_transient: which exceptions are transient (retried, counted by
             the breaker); by default ``TimeoutError`` and ``OSError``.
-        name: shown in errors.
+        name: shown in errors and logs.
+
+    Every limit can be changed while calls run, with ``configure``.
     """
 
     def __init__(
@@ -101,10 +121,14 @@ class Limiter:
         is_transient: Callable[[BaseException], bool] = _is_transient,
         name: str = "limiter",
     ) -> None:
-        if max_concurrency is not None and max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
+        _check_concurrency(max_concurrency)
         self.name = name
         self.max_concurrency = max_concurrency
+        # Tokens: the CapacityLimiter counts them; admission order is this
+        # class's (priorities), so nothing ever waits inside the CapacityLimiter.
+        self._tokens = trio.CapacityLimiter(
+            max_concurrency if max_concurrency is not None else math.inf
+        )
         self.rate = rate
         self.timeout = timeout
         self.retry = retry
@@ -112,16 +136,54 @@ class Limiter:
         self.reset_timeout = reset_timeout
         self.is_transient = is_transient
         self._queues: tuple[deque[_Waiter], ...] = (deque(), deque(), deque())
-        self._in_use = 0
         self._window: deque[float] = deque()  # admission times in the last period
         self._paused_until = -math.inf
         self._timed: _Waiter | None = None  # the head waiter, which times the next slot
         self._admitted = 0
         self._rejected = 0
+        self._waited = 0
+        self._wait_seconds = 0.0
+        self._rate_waits = 0
+        self._retries = 0
+        self._timeouts = 0
+        self._failed = 0
         self._consecutive = 0
         self._opened_at: float | None = None  # breaker open since
         self._trial_running = False
         self._random = random.Random()
+
+    def configure(
+        self,
+        *,
+        max_concurrency: int | None = None,
+        rate: RateSpec | None = None,
+        timeout: float | None = None,
+        retry: RetrySpec | None = None,
+        failures: int | None = None,
+        reset_timeout: float = 60.0,
+    ) -> None:
+        """Replace every limit at once, while calls run.
+
+        Calls running keep their tokens: a lower ``max_concurrency`` takes
+        effect as they finish. Admissions already made stay in the rate
+        window. A breaker that is removed closes; one that is added starts
+        closed. Waiters are admitted at once if the new limits allow.
+        """
+        _check_concurrency(max_concurrency)
+        self.max_concurrency = max_concurrency
+        self._tokens.total_tokens = max_concurrency if max_concurrency is not None else math.inf
+        self.rate = rate
+        if rate is None:
+            self._window.clear()
+        self.timeout = timeout
+        self.retry = retry
+        if failures is None:
+            self._consecutive = 0
+            self._opened_at = None
+        self.failures = failures
+        self.reset_timeout = reset_timeout
+        self._timed = None
+        self._pump()
 
     # -- the breaker ---------------------------------------------------------
 
@@ -149,11 +211,19 @@ class Limiter:
             self._trial_running = False
         if not failed:
             self._consecutive = 0
-            self._opened_at = None
+            if self._opened_at is not None:
+                self._opened_at = None
+                logger.info("breaker_closed", resource=self.name)
             return
         self._consecutive += 1
         if trial or self._consecutive >= self.failures:
             self._opened_at = trio.current_time()
+            logger.warning(
+                "breaker_opened",
+                resource=self.name,
+                failures=self._consecutive,
+                reset_timeout=self.reset_timeout,
+            )
             self._fail_waiters()
 
     def _fail_waiters(self) -> None:
@@ -173,18 +243,26 @@ class Limiter:
                 return queue[0]
         return None
 
+    def _rate_full(self, now: float) -> float | None:
+        """When the rate window has room again, or None if it has room now."""
+        if self.rate is None:
+            return None
+        window = self._window
+        while window and window[0] + self.rate.period <= now:
+            window.popleft()
+        if len(window) >= self.rate.requests:
+            return window[0] + self.rate.period
+        return None
+
     def _blocked_until(self, now: float) -> float | None:
         """None if one more call may be admitted now, else when that may change
         (``inf``: only when a token is released)."""
         if self._paused_until > now:
             return self._paused_until
-        if self.rate is not None:
-            window = self._window
-            while window and window[0] + self.rate.period <= now:
-                window.popleft()
-            if len(window) >= self.rate.requests:
-                return window[0] + self.rate.period
-        if self.max_concurrency is not None and self._in_use >= self.max_concurrency:
+        room = self._rate_full(now)
+        if room is not None:
+            return room
+        if self._tokens.available_tokens < 1:
             return math.inf
         return None
 
@@ -200,8 +278,7 @@ class Limiter:
                 self._fail_waiters()
                 return
             self._queues[head.priority].popleft()
-            self._take(now)
-            head.admitted = True
+            head.admitted = self._take(now)
             head.event.set()
         head = self._head()
         if head is not self._timed:
@@ -209,20 +286,24 @@ class Limiter:
             if head is not None:
                 head.event.set()  # let the new head time the next slot
 
-    def _take(self, now: float) -> None:
-        self._in_use += 1
+    def _take(self, now: float) -> object:
+        """Take a token and a place in the rate window; returns the borrower."""
+        borrower = object()
+        self._tokens.acquire_on_behalf_of_nowait(borrower)
         self._admitted += 1
         if self.rate is not None:
             self._window.append(now)
         if self.breaker == "half_open":
             self._trial_running = True
+        return borrower
 
-    def _release(self) -> None:
-        self._in_use -= 1
+    def _release(self, borrower: object) -> None:
+        self._tokens.release_on_behalf_of(borrower)
         self._pump()
 
-    async def _admit(self, priority: str) -> bool:
-        """Wait for admission; returns whether this call is the half-open trial.
+    async def _admit(self, priority: str) -> tuple[object, bool]:
+        """Wait for admission; returns the token's borrower and whether this
+        call is the half-open trial.
 
         Cancellation while waiting leaves no waiter and holds no token.
         """
@@ -231,30 +312,33 @@ class Limiter:
         if refusal is not None:
             self._rejected += 1
             raise refusal
-        waiter = _Waiter(_INDEX[priority])
         now = trio.current_time()
         if self._head() is None and self._blocked_until(now) is None:
-            self._take(now)  # the fast path: nobody waits and nothing blocks
+            borrower = self._take(now)  # the fast path: nobody waits and nothing blocks
             trial = self._trial_running and self.breaker == "half_open"
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return trial
+            return borrower, trial
+        waiter = _Waiter(_INDEX[priority])
         self._queues[waiter.priority].append(waiter)
         try:
             while True:
                 waiter.event = trio.Event()
                 self._pump()
-                if waiter.admitted or waiter.error is not None:
+                if waiter.admitted is not None or waiter.error is not None:
                     break
                 deadline = math.inf
                 if waiter is self._timed:
-                    deadline = self._blocked_until(trio.current_time()) or math.inf
+                    current = trio.current_time()
+                    deadline = self._blocked_until(current) or math.inf
+                    if self._rate_full(current) is not None:
+                        waiter.rate_limited = True
                 with trio.move_on_at(deadline):
                     await waiter.event.wait()
-                if waiter.admitted or waiter.error is not None:
+                if waiter.admitted is not None or waiter.error is not None:
                     break
         except BaseException:
-            if waiter.admitted:
-                self._release()
+            if waiter.admitted is not None:
+                self._release(waiter.admitted)
             else:
                 self._queues[waiter.priority].remove(waiter)
                 if self._timed is waiter:
@@ -263,13 +347,19 @@ class Limiter:
             raise
         if waiter.error is not None:
             raise waiter.error
-        return self._trial_running and self.breaker == "half_open"
+        self._waited += 1
+        self._wait_seconds += trio.current_time() - now
+        self._rate_waits += waiter.rate_limited
+        return waiter.admitted, self._trial_running and self.breaker == "half_open"
 
     # -- calls ---------------------------------------------------------------
 
     def pause(self, seconds: float) -> None:
         """Admit nothing for ``seconds`` (a ``Retry-After``); calls running go on."""
-        self._paused_until = max(self._paused_until, trio.current_time() + seconds)
+        until = trio.current_time() + seconds
+        if until > self._paused_until:
+            self._paused_until = until
+            logger.info("limiter_paused", resource=self.name, seconds=seconds)
         self._timed = None
         self._pump()
 
@@ -290,9 +380,10 @@ class Limiter:
         """
         if priority not in _INDEX:
             raise ValueError("priority must be 'high', 'normal' or 'low'")
-        attempts = self.retry.attempts if self.retry is not None else 1
-        for attempt in range(1, attempts + 1):
-            trial = await self._admit(priority)
+        attempt = 0
+        while True:
+            attempt += 1
+            borrower, trial = await self._admit(priority)
             try:
                 result = await self._attempt(fn, args)
             except trio.Cancelled:
@@ -300,39 +391,59 @@ class Limiter:
                     self._trial_running = False
                 raise
             except Exception as exc:
+                self._failed += 1
                 transient = self.is_transient(exc)
                 if transient or trial:
                     self._record(failed=True, trial=trial)
-                if not transient or attempt == attempts or self._refuse() is not None:
+                attempts = self.retry.attempts if self.retry is not None else 1
+                if not transient or attempt >= attempts or self._refuse() is not None:
                     raise
             else:
                 self._record(failed=False, trial=trial)
                 return result
             finally:
-                self._release()
+                self._release(borrower)
             assert self.retry is not None
+            self._retries += 1
             await trio.sleep(self.retry.delay(attempt, self._random.random()))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _attempt(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
-        if self.timeout is None:
+        timeout = self.timeout
+        if timeout is None:
             return await fn(*args)
-        with trio.move_on_after(self.timeout) as scope:
+        with trio.move_on_after(timeout) as scope:
             return await fn(*args)
         assert scope.cancelled_caught
-        raise TimeoutError(f"{self.name}: the call took longer than {self.timeout:g}s")
+        self._timeouts += 1
+        raise TimeoutError(f"{self.name}: the call took longer than {timeout:g}s")
 
     def statistics(self) -> LimiterStatistics:
-        """Tokens, waiters, admissions, rejections, window and breaker, now."""
+        """Tokens, waiters, admissions, rejections, window, breaker and counters, now."""
         now = trio.current_time()
-        self._blocked_until(now)  # drops admissions older than the window
+        self._rate_full(now)  # drops admissions older than the window
         return LimiterStatistics(
-            tokens_in_use=self._in_use,
+            tokens_in_use=self._tokens.borrowed_tokens,
             max_concurrency=self.max_concurrency,
             waiting={p: len(self._queues[i]) for p, i in _INDEX.items()},
             admitted=self._admitted,
             rejected=self._rejected,
             in_window=len(self._window),
+            rate=self.rate,
             paused_for=max(0.0, self._paused_until - now),
             breaker=self.breaker,
+            waited=self._waited,
+            wait_seconds=self._wait_seconds,
+            rate_waits=self._rate_waits,
+            retries=self._retries,
+            timeouts=self._timeouts,
+            failures=self._failed,
         )
+
+
+def _check_concurrency(max_concurrency: int | None) -> None:
+    if max_concurrency is not None and (
+        isinstance(max_concurrency, bool)
+        or not isinstance(max_concurrency, int)
+        or max_concurrency < 1
+    ):
+        raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency!r}")
