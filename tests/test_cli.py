@@ -8,11 +8,13 @@ repository root as a user would, so the examples cannot rot.
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -224,3 +226,58 @@ def test_start_exits_1_when_the_root_gives_up(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     assert "error: supervisor root gave up: more than 2 restart(s) within 60s" in result.stderr
     assert "RuntimeError('cannot start')" in result.stderr
+
+
+RELOADABLE = """
+system: reloading
+resources:
+  echo: {{kind: "tests.resource_kinds:Echo", max_concurrency: {limit}}}
+supervisor:
+  name: root
+  children:
+    - {{name: echo, actor: "tests.sample_actors:Echo"}}
+"""
+
+
+def test_sighup_reloads_resource_limits(tmp_path: Path) -> None:
+    """SIGHUP re-reads the topology and applies resource limits live, says
+    what changed, keeps running on an invalid file, and stops gracefully."""
+    path = write(tmp_path, RELOADABLE.format(limit=2))
+    with subprocess.Popen(
+        [sys.executable, "-m", "runtime", "start", str(path), "--log-level", "warning"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        lines: queue.Queue[str] = queue.Queue()
+
+        def read_stderr() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                lines.put(line)
+
+        def wait_for(text: str) -> list[str]:
+            seen: list[str] = []
+            while not any(text in line for line in seen):
+                seen.append(lines.get(timeout=SUBPROCESS_TIMEOUT))
+            return seen
+
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().startswith("started 'reloading'")
+            threading.Thread(target=read_stderr, daemon=True).start()
+            write(tmp_path, RELOADABLE.format(limit=6))
+            process.send_signal(signal.SIGHUP)
+            seen = wait_for("resources.echo: max_concurrency: 2 -> 6")
+            assert any(f"received SIGHUP: reloaded {path}" in line for line in seen)
+            write(tmp_path, RELOADABLE.format(limit=0))
+            process.send_signal(signal.SIGHUP)
+            seen = wait_for("max_concurrency: expected a whole number of at least 1")
+            assert any("is invalid; nothing changed" in line for line in seen)
+            process.send_signal(signal.SIGTERM)
+            stdout, _ = process.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            process.kill()
+    assert process.returncode == 0
+    assert "summary: 1 actor(s)" in stdout

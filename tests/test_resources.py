@@ -294,3 +294,67 @@ def test_bad_resource_entries_name_line_and_field(entry: str, expected: str) -> 
     with pytest.raises(TopologyError) as info:
         runtime.parse_topology(text, "t.yaml")
     assert any(expected in error for error in info.value.errors), info.value.errors
+
+
+async def test_reload_changes_limits_live_and_restarts_on_new_options(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``reload``: a higher max_concurrency admits waiting requests at once,
+    new options restart the resource, and what cannot change live is
+    reported, not applied."""
+    backend = Backend(delay=10.0)
+    topology = _topology(backend, max_concurrency=1)
+    async with open_system(topology, store="memory://") as system:
+        ref = system.resource("echo")
+        async with trio.open_nursery() as nursery:
+            for n in range(4):
+                nursery.start_soon(lambda n=n: ref.ask(Ping(n), timeout=100))
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.running == 1
+            faster = attrs.evolve(
+                topology,
+                resources={
+                    "echo": attrs.evolve(
+                        topology.resources["echo"],
+                        max_concurrency=4,
+                        rate=runtime.RateSpec(requests=100, period=60),
+                    )
+                },
+            )
+            changes = system.reload(faster)
+            await trio.testing.wait_all_tasks_blocked()
+            assert backend.running == 4
+        assert changes == [
+            "resources.echo: max_concurrency: 1 -> 4",
+            "resources.echo: rate: None -> {requests: 100, period: 60.0}",
+        ]
+        assert system.resource_statistics()["echo"].limiter.max_concurrency == 4
+
+        renamed = attrs.evolve(
+            faster,
+            resources={
+                "echo": attrs.evolve(
+                    faster.resources["echo"],
+                    options={"backend": backend, "greeting": "salut"},
+                    mailbox={"capacity": 5},
+                )
+            },
+            supervisor=SupervisorSpec(name="root", strategy="one_for_all"),
+        )
+        assert system.reload(renamed) == [
+            "resources.echo: mailbox: not applied until the system restarts",
+            "resources.echo: options changed: restarting the resource",
+            "supervisor: changed: not applied until the next start",
+        ]
+        await trio.sleep(1)
+        assert await ref.ask(Greeting()) == "salut"
+        assert ref.statistics().incarnation == 2
+        assert ref.statistics().mailbox_capacity == 100
+        assert system.reload(renamed) == [
+            "resources.echo: mailbox: not applied until the system restarts",
+            "supervisor: changed: not applied until the next start",
+        ]
+        with pytest.raises(TopologyError):
+            system.reload(
+                Topology(resources=topology.resources, supervisor=SupervisorSpec(name="resources"))
+            )

@@ -253,6 +253,7 @@ class ActorCell:
         "saved",
         "scope",
         "shutdown_timeout",
+        "slots",
         "spec",
         "status",
         "stop_deadline",
@@ -294,6 +295,7 @@ class ActorCell:
         self.killed = False  # cancelled by its supervisor after shutdown_timeout
         self.waiting = False
         self.in_flight = 0  # handlers running under concurrency > 1
+        self.slots: trio.CapacityLimiter | None = None  # their budget, while serving
         self.unyielded_tells = 0  # tells queued since a sender last yielded
         self.one_shot_timers = 0
         self.scope: trio.CancelScope | None = None
@@ -576,36 +578,42 @@ class ActorCell:
                 await trio.lowlevel.checkpoint()
 
     async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
-        slots = trio.Semaphore(limit)
+        # A CapacityLimiter, not a Semaphore: its total can change while it
+        # serves (a resource's limits reloaded).
+        slots = self.slots = trio.CapacityLimiter(limit)
         mailbox = self.mailbox
 
-        async def handle_one(item: object) -> None:
+        async def handle_one(item: object, slot: object) -> None:
             self.in_flight += 1
             try:
                 await self._handle(actor, item)
             finally:
                 self.in_flight -= 1
-                slots.release()
+                slots.release_on_behalf_of(slot)
 
-        async with trio.open_nursery() as running:
-            while True:
-                await slots.acquire()
-                item = None
-                while not self.stop_requested:
-                    # A handler that crashed has cancelled this nursery: a
-                    # message taken now would be lost, not kept for the next
-                    # incarnation.
-                    await trio.lowlevel.checkpoint_if_cancelled()
-                    item = mailbox.get_nowait()
-                    if item is not None:
-                        break
-                    self.waiting = True
-                    await mailbox.wait_nonempty()
-                    self.waiting = False
-                if item is None:
-                    slots.release()
-                    return
-                running.start_soon(handle_one, item)
+        try:
+            async with trio.open_nursery() as running:
+                while True:
+                    slot = object()
+                    await slots.acquire_on_behalf_of(slot)
+                    item = None
+                    while not self.stop_requested:
+                        # A handler that crashed has cancelled this nursery: a
+                        # message taken now would be lost, not kept for the next
+                        # incarnation.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        item = mailbox.get_nowait()
+                        if item is not None:
+                            break
+                        self.waiting = True
+                        await mailbox.wait_nonempty()
+                        self.waiting = False
+                    if item is None:
+                        slots.release_on_behalf_of(slot)
+                        return
+                    running.start_soon(handle_one, item, slot)
+        finally:
+            self.slots = None
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         if type(item) is Ask:

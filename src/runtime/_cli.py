@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
         description=(
             "Start the supervision tree in TOPOLOGY and run it until SIGINT or SIGTERM, "
             "then stop it gracefully (children in reverse start order). A second signal "
-            "cancels whatever is still stopping."
+            "cancels whatever is still stopping. SIGHUP re-reads TOPOLOGY and applies "
+            "resource limits live."
         ),
         epilog="Exit codes: 0 stopped gracefully, 1 the system failed, 2 invalid topology.",
     )
@@ -122,9 +123,9 @@ async def _start(path: str, until_idle: bool) -> int:
     hard = trio.CancelScope()  # a second one cancels what is still stopping
     holder: list[ActorSystem] = []
     code = EXIT_OK
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_watch_signals, signals, run, hard)
+            nursery.start_soon(_watch_signals, signals, run, hard, holder, path)
             try:
                 with hard:
                     await _run(topology, path, until_idle, run, holder)
@@ -164,16 +165,38 @@ async def _run(
 
 
 async def _watch_signals(
-    signals: AsyncIterator[int], run: trio.CancelScope, hard: trio.CancelScope
+    signals: AsyncIterator[int],
+    run: trio.CancelScope,
+    hard: trio.CancelScope,
+    holder: list[ActorSystem],
+    path: str,
 ) -> None:
     async for signum in signals:
         name = signal.Signals(signum).name
-        if not run.cancel_called:
+        if signum == signal.SIGHUP:
+            _reload(holder, path)
+        elif not run.cancel_called:
             print(f"received {name}: stopping gracefully", file=sys.stderr, flush=True)
             run.cancel()
         else:
             print(f"received {name} again: cancelling", file=sys.stderr, flush=True)
             hard.cancel()
+
+
+def _reload(holder: list[ActorSystem], path: str) -> None:
+    """SIGHUP: apply the topology file's changes that can be applied live."""
+    if not holder:
+        print("received SIGHUP before the system started: ignored", file=sys.stderr, flush=True)
+        return
+    try:
+        changes = holder[0].reload(load_topology(path))
+    except TopologyError as exc:
+        print(f"received SIGHUP: {path} is invalid; nothing changed:", file=sys.stderr)
+        _print_errors(exc)
+        return
+    print(f"received SIGHUP: reloaded {path}", file=sys.stderr)
+    for change in changes or ["no changes"]:
+        print(f"  {change}", file=sys.stderr, flush=True)
 
 
 def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = None) -> None:

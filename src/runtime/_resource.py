@@ -140,6 +140,13 @@ class Resource(Actor[None]):
         return {}
 
 
+def _show(value: object) -> str:
+    if attrs.has(type(value)):
+        fields = ", ".join(f"{k}: {v!r}" for k, v in attrs.asdict(value).items())  # type: ignore[arg-type]
+        return f"{{{fields}}}"
+    return repr(value)
+
+
 def resource_child_spec(name: str, spec: ResourceSpec) -> ChildSpec:
     """The child spec a resource runs with under the resources supervisor.
 
@@ -225,6 +232,50 @@ class ResourceCell(ActorCell):
             error.__cause__ = broken
             return error
         return ActorStopped(f"{self.path} stopped before replying")
+
+    def reconfigure(self, spec: ResourceSpec) -> list[str]:
+        """Apply a reloaded spec; returns what changed, one line per change.
+
+        Limits (``max_concurrency``, ``rate``, ``timeout``, ``retry``,
+        ``circuit_breaker``) change at once, while requests run. New options
+        restart the resource (requests in flight finish first; queued ones
+        wait). A new ``kind``, ``mailbox`` or ``shutdown_timeout`` needs the
+        system restarted: it is reported and not applied.
+        """
+        old = self.resource_spec
+        changes: list[str] = []
+        kept = [
+            field
+            for field in ("kind", "mailbox", "shutdown_timeout")
+            if getattr(spec, field) != getattr(old, field)
+        ]
+        if kept:
+            changes.append(f"{', '.join(kept)}: not applied until the system restarts")
+            spec = attrs.evolve(spec, **{field: getattr(old, field) for field in kept})
+        limits = ("max_concurrency", "rate", "timeout", "retry", "circuit_breaker")
+        changed = [field for field in limits if getattr(spec, field) != getattr(old, field)]
+        if changed:
+            breaker = spec.circuit_breaker
+            self.limiter.configure(
+                max_concurrency=spec.concurrency,
+                rate=spec.rate,
+                timeout=spec.timeout,
+                retry=spec.retry,
+                failures=breaker.failures if breaker is not None else None,
+                reset_timeout=breaker.reset_timeout if breaker is not None else 60.0,
+            )
+            self.spec = resource_child_spec(self.resource_name, spec)
+            if self.slots is not None:
+                self.slots.total_tokens = self.spec.concurrency
+            changes += [
+                f"{field}: {_show(getattr(old, field))} -> {_show(getattr(spec, field))}"
+                for field in changed
+            ]
+        self.resource_spec = spec
+        if spec.options != old.options:
+            changes.append("options changed: restarting the resource")
+            self.request_stop(for_restart=True)
+        return changes
 
     def resource_statistics(self) -> ResourceStatistics:
         """The resource's limiter, counters and backend figures, now."""

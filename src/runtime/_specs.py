@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import math
 import re
+from collections.abc import Mapping
 from typing import Any, Literal, NewType, Union
 
 import attrs
@@ -458,7 +459,7 @@ class ResourceSpec:
         return self.kind.default_max_concurrency  # type: ignore[attr-defined, no-any-return]
 
 
-def _to_resources(value: dict[str, ResourceSpec | dict[str, Any]]) -> dict[str, ResourceSpec]:
+def _to_resources(value: Mapping[str, ResourceSpec | dict[str, Any]]) -> dict[str, ResourceSpec]:
     return {
         name: ResourceSpec(**spec) if isinstance(spec, dict) else spec
         for name, spec in value.items()

@@ -184,6 +184,40 @@ class ActorSystem:
             raise ActorNotFound(f"no resource named {name!r}; the topology declares: {declared}")
         return cell.ref
 
+    def reload(self, topology: Topology | str | os.PathLike[str]) -> list[str]:
+        """Apply a changed topology to the running system, as far as it can be
+        applied live; returns one line per change, applied or not.
+
+        Each resource's limits change at once and new options restart it
+        (see ``ResourceCell.reconfigure``). Resources added or removed, and
+        changes to the supervision tree, the store or metrics, take effect
+        at the next start; they are reported, not applied.
+
+        Raises:
+            TopologyError: the new topology is invalid; nothing was changed.
+        """
+        new = _topology_of(topology)
+        _check_runnable(new)
+        changes: list[str] = []
+        resources = dict(self.topology.resources)
+        for name, spec in new.resources.items():
+            cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
+            if not isinstance(cell, ResourceCell):
+                changes.append(f"resources.{name}: added: starts at the next start")
+                continue
+            changes += [f"resources.{name}: {change}" for change in cell.reconfigure(spec)]
+            resources[name] = cell.resource_spec
+        changes += [
+            f"resources.{name}: removed: runs until the next start"
+            for name in self.topology.resources.keys() - new.resources.keys()
+        ]
+        for field in ("system", "supervisor", "store", "metrics"):
+            if getattr(new, field) != getattr(self.topology, field):
+                changes.append(f"{field}: changed: not applied until the next start")
+        self.topology = attrs.evolve(self.topology, resources=resources)
+        logger.info("topology_reloaded", changes=changes)
+        return changes
+
     def resource_statistics(self) -> dict[str, ResourceStatistics]:
         """Each resource's limiter, counters and backend figures, by name."""
         return {
