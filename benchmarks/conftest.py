@@ -138,9 +138,10 @@ def _line(entry: dict[str, Any]) -> str:
     if entry["baseline"] is None:
         return f"{entry['name']:<44} {figure:>40}"
     baseline = _fmt(entry["baseline"], entry["unit"])
+    ratio = "-" if entry["ratio"] is None else f"{entry['ratio']:.2f}"
     return (
         f"{entry['name']:<44} {figure:>40}   {entry['baseline_name']}: {baseline:>16}"
-        f"   ratio {entry['ratio']:.2f}"
+        f"   ratio {ratio}"
     )
 
 

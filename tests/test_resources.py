@@ -358,3 +358,13 @@ async def test_reload_changes_limits_live_and_restarts_on_new_options(
             system.reload(
                 Topology(resources=topology.resources, supervisor=SupervisorSpec(name="resources"))
             )
+
+
+def test_a_handler_may_not_shadow_the_base_class_methods() -> None:
+    """A handler named ``call`` would hide ``Resource.call`` (and recurse)."""
+    with pytest.raises(TypeError, match=r"Shadow\.call is a handler"):
+
+        class Shadow(runtime.Resource):
+            @runtime.handler
+            async def call(self, msg: Ping) -> None:  # type: ignore[override]
+                pass

@@ -595,7 +595,10 @@ class ActorCell:
             async with trio.open_nursery() as running:
                 while True:
                     slot = object()
-                    await slots.acquire_on_behalf_of(slot)
+                    try:
+                        slots.acquire_on_behalf_of_nowait(slot)
+                    except trio.WouldBlock:
+                        await slots.acquire_on_behalf_of(slot)
                     item = None
                     while not self.stop_requested:
                         # A handler that crashed has cancelled this nursery: a

@@ -314,10 +314,10 @@ class Limiter:
             raise refusal
         now = trio.current_time()
         if self._head() is None and self._blocked_until(now) is None:
-            borrower = self._take(now)  # the fast path: nobody waits and nothing blocks
-            trial = self._trial_running and self.breaker == "half_open"
-            await trio.lowlevel.cancel_shielded_checkpoint()
-            return borrower, trial
+            # The fast path: nobody waits and nothing blocks. No schedule
+            # point here: the call that follows is the caller's.
+            borrower = self._take(now)
+            return borrower, self._trial_running and self.breaker == "half_open"
         waiter = _Waiter(_INDEX[priority])
         self._queues[waiter.priority].append(waiter)
         try:

@@ -99,6 +99,17 @@ class Resource(Actor[None]):
     options: Any
     limiter: Limiter
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in ("call", "fail", "is_transient", "backend_statistics"):
+            if getattr(cls, name) is not getattr(Resource, name) and hasattr(
+                getattr(cls, name), "__runtime_handler__"
+            ):
+                raise TypeError(
+                    f"{cls.__qualname__}.{name} is a handler, but Resource.{name} is "
+                    "used by the runtime: give the handler another name"
+                )
+
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` under this resource's limits, at the
         priority the request was asked with.

@@ -1,0 +1,226 @@
+"""Resource actors: the rate a limited resource achieves against the rate it
+was configured with (and its window violations), and what a call through a
+resource costs against the same call made directly under a
+``trio.CapacityLimiter``. Backends here are in-process, so the figures are
+the runtime's own cost; bench_resource_postgres and bench_resource_mcp
+measure real backends."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import attrs
+import trio
+
+import runtime
+
+from ._measure import percentile
+
+
+@attrs.frozen
+class Call:
+    pass
+
+
+@attrs.define
+class Journal:
+    admitted: list[float] = attrs.Factory(list)
+
+
+@attrs.frozen
+class JournalOptions:
+    journal: Journal = attrs.field(factory=Journal)
+
+
+class Instant(runtime.Resource):
+    """A backend that answers at once, noting when each call was admitted."""
+
+    Options = JournalOptions
+
+    async def _serve(self) -> None:
+        self.options.journal.admitted.append(time.perf_counter())
+        await trio.lowlevel.checkpoint()
+
+    @runtime.handler
+    async def handle(self, msg: Call) -> None:
+        await self.call(self._serve)
+
+
+def _topology(journal: Journal, **limits: Any) -> runtime.Topology:
+    return runtime.Topology(
+        system="bench",
+        resources={
+            "backend": runtime.ResourceSpec(
+                kind=Instant, options={"journal": journal}, retry=None, **limits
+            )
+        },
+    )
+
+
+def _windows(admitted: list[float], requests: int, period: float) -> tuple[float, int, int]:
+    """The achieved share of the limit, and the windows over it.
+
+    Share: admissions in the first ``k`` whole periods from the first
+    admission, over ``k * requests`` (the callers always have more ready, so
+    this is the steady state). Violations: windows ``[t, t + period)``,
+    ``t`` any admission, holding more than ``requests``; also returns how
+    many windows were checked.
+    """
+    start = admitted[0]
+    periods = int((admitted[-1] - start) // period)
+    inside = sum(t < start + periods * period for t in admitted)
+    share = inside / (periods * requests) if periods else 0.0
+    violations = 0
+    end = 0
+    for index, first in enumerate(admitted):
+        while end < len(admitted) and admitted[end] < first + period:
+            end += 1
+        violations += end - index > requests
+    return share, violations, len(admitted)
+
+
+async def _through_resource(requests: int, period: float, total: int, callers: int) -> Journal:
+    journal = Journal()
+    rate = runtime.RateSpec(requests=requests, period=period)
+    async with runtime.open_system(
+        _topology(journal, rate=rate, max_concurrency=callers), store="memory://"
+    ) as system:
+        ref = system.resource("backend")
+
+        async def caller(count: int) -> None:
+            for _ in range(count):
+                await ref.ask(Call(), timeout=3600)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(callers):
+                nursery.start_soon(caller, total // callers)
+    return journal
+
+
+async def _fixed_window(requests: int, period: float, total: int, callers: int) -> Journal:
+    """The hand-rolled limiter this replaces: a counter reset at each period
+    boundary, callers sleeping until the next boundary when it is spent."""
+    journal = Journal()
+    window_start = trio.current_time()
+    used = 0
+
+    async def caller(count: int) -> None:
+        nonlocal window_start, used
+        for _ in range(count):
+            while True:
+                now = trio.current_time()
+                if now >= window_start + period:
+                    window_start += period * ((now - window_start) // period)
+                    used = 0
+                if used < requests:
+                    used += 1
+                    break
+                await trio.sleep_until(window_start + period)
+            journal.admitted.append(time.perf_counter())
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(callers):
+            nursery.start_soon(caller, total // callers)
+    return journal
+
+
+def test_rate_limit_accuracy(bench: Any, quick: bool) -> None:
+    """A resource limited to R per period, driven by 10 callers that always
+    have a request ready: its share of R in every full window (target >= 95%)
+    and its window violations (target 0), beside a fixed-window counter."""
+    requests, period, windows, callers = (50, 0.5, 4, 10) if quick else (200, 1.0, 10, 10)
+    total = requests * windows
+    ours = trio.run(_through_resource, requests, period, total, callers)
+    fixed = trio.run(_fixed_window, requests, period, total, callers)
+    share, violations, checked = _windows(ours.admitted, requests, period)
+    fixed_share, fixed_violations, _ = _windows(fixed.admitted, requests, period)
+    bench.record(
+        f"rate {requests}/{period:g}s: achieved share of the limit",
+        share * 100,
+        "%",
+        baseline=fixed_share * 100,
+        baseline_name="fixed-window counter",
+        target=">= 95% with 0 violations",
+        met=share >= 0.95 and violations == 0,
+    )
+    bench.record(
+        f"rate {requests}/{period:g}s: windows over the limit",
+        violations,
+        "windows",
+        baseline=fixed_violations,
+        baseline_name="fixed-window counter",
+        higher_is_better=False,
+        windows_checked=checked,
+    )
+
+
+async def _resource_calls(calls: int, concurrency: int) -> list[float]:
+    journal = Journal()
+    samples: list[float] = []
+    async with runtime.open_system(
+        _topology(journal, max_concurrency=concurrency, timeout=None), store="memory://"
+    ) as system:
+        ref = system.resource("backend")
+
+        async def caller(count: int) -> None:
+            for _ in range(count):
+                start = time.perf_counter()
+                await ref.ask(Call())
+                samples.append(time.perf_counter() - start)
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(caller, calls // concurrency)
+    return samples
+
+
+async def _direct_calls(calls: int, concurrency: int) -> list[float]:
+    journal = Journal()
+    limiter = trio.CapacityLimiter(concurrency)
+    samples: list[float] = []
+
+    async def serve() -> None:
+        journal.admitted.append(time.perf_counter())
+        await trio.lowlevel.checkpoint()
+
+    async def caller(count: int) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            async with limiter:
+                await serve()
+            samples.append(time.perf_counter() - start)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(concurrency):
+            nursery.start_soon(caller, calls // concurrency)
+    return samples
+
+
+def test_call_overhead(bench: Any, quick: bool) -> None:
+    """A call through a resource (ask, mailbox, limiter, reply) against the
+    same call under a CapacityLimiter, 8 callers, backend answering at once."""
+    calls, concurrency = (4_000, 8) if quick else (80_000, 8)
+    trio.run(_resource_calls, calls // 10, concurrency)  # warm-up
+    start = time.perf_counter()
+    ours = trio.run(_resource_calls, calls, concurrency)
+    ours_elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    direct = trio.run(_direct_calls, calls, concurrency)
+    direct_elapsed = time.perf_counter() - start
+    bench.record(
+        "resource call, 8 callers: throughput",
+        len(ours) / ours_elapsed,
+        "calls/s",
+        baseline=len(direct) / direct_elapsed,
+        baseline_name="CapacityLimiter call",
+    )
+    bench.record(
+        "resource call, 8 callers: latency p50",
+        percentile(ours, 50),
+        "s",
+        baseline=percentile(direct, 50),
+        baseline_name="CapacityLimiter call",
+        higher_is_better=False,
+    )
