@@ -110,7 +110,8 @@ def _validate(path: str) -> int:
     if topology is None:
         return EXIT_INVALID
     actors = sum(1 for _ in iter_children(topology.supervisor))
-    print(f"{path}: valid: system {topology.system!r}, {actors} actor(s)")
+    resources = f", {len(topology.resources)} resource(s)" if topology.resources else ""
+    print(f"{path}: valid: system {topology.system!r}, {actors} actor(s){resources}")
     return EXIT_OK
 
 
