@@ -281,3 +281,7 @@ def test_sighup_reloads_resource_limits(tmp_path: Path) -> None:
             process.kill()
     assert process.returncode == 0
     assert "summary: 1 actor(s)" in stdout
+    assert (
+        "resource echo: 0 request(s), 0 failed, 0 retried, 0 refused by the breaker "
+        "(now closed), 0.00s waited for admission"
+    ) in stdout

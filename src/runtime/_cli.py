@@ -214,6 +214,14 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
         f"{elapsed:.2f}s elapsed",
         file=out,
     )
+    for name, stats in system.resource_statistics().items():
+        limiter = stats.limiter
+        print(
+            f"resource {name}: {stats.requests} request(s), {stats.failures} failed, "
+            f"{limiter.retries} retried, {limiter.rejected} refused by the breaker "
+            f"(now {limiter.breaker or 'none'}), {limiter.wait_seconds:.2f}s waited for admission",
+            file=out,
+        )
 
 
 def _flatten(node: TreeNode) -> list[TreeNode]:
