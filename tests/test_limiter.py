@@ -323,3 +323,31 @@ async def test_statistics_count_waits_retries_timeouts_and_failures(
     stats = limiter.statistics()
     assert (stats.retries, stats.timeouts, stats.failures) == (1, 2, 2)
     assert stats.rate == RateSpec(requests=2, period=10)
+
+
+async def test_a_failure_that_may_not_be_retried_still_counts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """should_retry=False (an attempt that may have taken effect) is not
+    repeated, but the breaker counts it: a backend that only ever times out
+    still trips the breaker."""
+    limiter = Limiter(
+        timeout=1,
+        retry=RetrySpec(attempts=3),
+        failures=2,
+        should_retry=lambda error: not isinstance(error, TimeoutError),
+    )
+    attempts = 0
+
+    async def hang() -> None:
+        nonlocal attempts
+        attempts += 1
+        await trio.sleep_forever()
+
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            await limiter.call(hang)
+    assert attempts == 2
+    assert limiter.breaker == "open"
+    with pytest.raises(CircuitOpen):
+        await limiter.call(hang)

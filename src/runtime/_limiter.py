@@ -102,8 +102,11 @@ class Limiter:
             consecutive transient failures calls fail fast with
             ``CircuitOpen``; after ``reset_timeout`` one trial call is let
             through. None: no breaker.
-        is_transient: which exceptions are transient (retried, counted by
-            the breaker); by default ``TimeoutError`` and ``OSError``.
+        is_transient: which exceptions are the backend's failures (counted
+            by the breaker, and retried); by default ``TimeoutError`` and
+            ``OSError``.
+        should_retry: of those, which may be tried again (False, say, for a
+            request that may have taken effect); by default all.
         name: shown in errors and logs.
 
     Every limit can be changed while calls run, with ``configure``.
@@ -119,6 +122,7 @@ class Limiter:
         failures: int | None = None,
         reset_timeout: float = 60.0,
         is_transient: Callable[[BaseException], bool] = _is_transient,
+        should_retry: Callable[[BaseException], bool] | None = None,
         name: str = "limiter",
     ) -> None:
         _check_concurrency(max_concurrency)
@@ -135,6 +139,7 @@ class Limiter:
         self.failures = failures
         self.reset_timeout = reset_timeout
         self.is_transient = is_transient
+        self.should_retry = should_retry
         self._queues: tuple[deque[_Waiter], ...] = (deque(), deque(), deque())
         self._window: deque[float] = deque()  # admission times in the last period
         self._paused_until = -math.inf
@@ -396,7 +401,8 @@ class Limiter:
                 if transient or trial:
                     self._record(failed=True, trial=trial)
                 attempts = self.retry.attempts if self.retry is not None else 1
-                if not transient or attempt >= attempts or self._refuse() is not None:
+                retry = transient and (self.should_retry is None or self.should_retry(exc))
+                if not retry or attempt >= attempts or self._refuse() is not None:
                     raise
             else:
                 self._record(failed=False, trial=trial)

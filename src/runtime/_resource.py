@@ -101,7 +101,7 @@ class Resource(Actor[None]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("call", "fail", "is_transient", "backend_statistics"):
+        for name in ("call", "fail", "is_transient", "should_retry", "backend_statistics"):
             if getattr(cls, name) is not getattr(Resource, name) and hasattr(
                 getattr(cls, name), "__runtime_handler__"
             ):
@@ -128,6 +128,15 @@ class Resource(Actor[None]):
         if isinstance(error, ResourceError):
             return error.transient
         return isinstance(error, (TimeoutError, OSError))
+
+    def should_retry(self, error: BaseException) -> bool:
+        """Whether a transient failure may be tried again; by default yes.
+
+        Say no for an attempt that may have taken effect (a statement whose
+        connection was lost after it was sent): it still counts toward the
+        breaker, but is not repeated.
+        """
+        return True
 
     def fail(self, error: Exception) -> None:
         """Crash this resource with ``error``; its supervisor restarts it.
@@ -201,12 +210,17 @@ class ResourceCell(ActorCell):
             failures=breaker.failures if breaker is not None else None,
             reset_timeout=breaker.reset_timeout if breaker is not None else 60.0,
             is_transient=self._is_transient,
+            should_retry=self._should_retry,
             name=path,
         )
 
     def _is_transient(self, error: BaseException) -> bool:
         actor = self.current
         return actor.is_transient(error) if actor is not None else False
+
+    def _should_retry(self, error: BaseException) -> bool:
+        actor = self.current
+        return actor.should_retry(error) if actor is not None else False
 
     def _prepare(self, actor: Actor[Any]) -> None:
         assert isinstance(actor, Resource)
