@@ -1,0 +1,208 @@
+"""What the postgres resource adds to a query: ``SELECT 1`` asked of the
+resource by 8 agent tasks (pool of 8) against the same calls made directly
+on an asyncpg pool of 8 under plain asyncio, in the same run.
+
+Every request through the resource pays the ask (mailbox, reply), the
+limiter, and the hop from trio to asyncio through trio-asyncio; the issue's
+target is that this adds at most 25% to a PostgreSQL ``SELECT 1`` at
+concurrency 8. The figure is printed beside the baseline, never asserted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import socket
+import time
+import urllib.parse
+from typing import Any
+
+import asyncpg
+import pytest
+import trio
+import trio_asyncio
+
+import runtime
+from runtime.resources.postgres import FetchVal
+
+from ._measure import percentile
+
+POSTGRES_URL = os.environ.get(
+    "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+CONCURRENCY = 8
+TARGET = 1.25  # the resource may add at most 25%
+
+
+def _require_postgres() -> None:
+    address = urllib.parse.urlsplit(POSTGRES_URL)
+    try:
+        socket.create_connection((address.hostname, address.port or 5432), timeout=2).close()
+    except OSError:
+        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}"
+        if os.environ.get("RUNTIME_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+async def _direct(calls: int) -> tuple[float, list[float]]:
+    """The baseline: 8 asyncio tasks share ``calls`` ``SELECT 1`` on a pool of 8."""
+    pool = await asyncpg.create_pool(POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY)
+    latencies: list[float] = []
+
+    async def agent(count: int, record: bool) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            await pool.fetchval("SELECT 1")
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    try:
+        await asyncio.gather(*(agent(50, False) for _ in range(CONCURRENCY)))  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(agent(calls // CONCURRENCY, True) for _ in range(CONCURRENCY)))
+        elapsed = time.perf_counter() - start
+    finally:
+        await pool.close()
+    return len(latencies) / elapsed, latencies
+
+
+async def _bridged(calls: int) -> tuple[float, list[float]]:
+    """The bridge alone: the same calls on an asyncpg pool of 8, each awaited
+    from a trio task through trio-asyncio, with no actor in between."""
+    latencies: list[float] = []
+    async with trio_asyncio.open_loop():
+        pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
+            POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
+        )
+        fetchval = trio_asyncio.aio_as_trio(pool.fetchval)
+
+        async def agent(count: int, record: bool) -> None:
+            for _ in range(count):
+                start = time.perf_counter()
+                await fetchval("SELECT 1")
+                if record:
+                    latencies.append(time.perf_counter() - start)
+
+        async def run(count: int, record: bool) -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(CONCURRENCY):
+                    nursery.start_soon(agent, count, record)
+
+        try:
+            await run(50, False)  # warm-up
+            start = time.perf_counter()
+            await run(calls // CONCURRENCY, True)
+            elapsed = time.perf_counter() - start
+        finally:
+            await trio_asyncio.aio_as_trio(pool.close)()
+    return len(latencies) / elapsed, latencies
+
+
+async def _through_resource(
+    calls: int, profile: cProfile.Profile | None = None
+) -> tuple[float, list[float]]:
+    """8 trio tasks share ``calls`` asks of ``FetchVal("SELECT 1")``, pool of 8."""
+    topology = runtime.Topology(
+        system="bench",
+        resources={
+            "db": runtime.ResourceSpec(
+                kind="postgres",
+                max_concurrency=CONCURRENCY,
+                options={"dsn": POSTGRES_URL, "min_size": CONCURRENCY},
+            )
+        },
+    )
+    latencies: list[float] = []
+    query = FetchVal("SELECT 1")
+    async with runtime.open_system(topology, store="memory://") as system:
+        db = system.resource("db")
+
+        async def agent(count: int, record: bool) -> None:
+            for _ in range(count):
+                start = time.perf_counter()
+                await db.ask(query)
+                if record:
+                    latencies.append(time.perf_counter() - start)
+
+        async def run(count: int, record: bool) -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(CONCURRENCY):
+                    nursery.start_soon(agent, count, record)
+
+        await run(50, False)  # warm-up
+        if profile is not None:
+            profile.enable()
+        start = time.perf_counter()
+        await run(calls // CONCURRENCY, True)
+        elapsed = time.perf_counter() - start
+        if profile is not None:
+            profile.disable()
+    return len(latencies) / elapsed, latencies
+
+
+def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
+    """Throughput and p50/p99 latency of ``SELECT 1`` at concurrency 8,
+    through the resource and directly on asyncpg; also through trio-asyncio
+    alone, which splits the overhead between the bridge and the actor. Runs
+    are interleaved (the machine's load drifts) and the best of each kept."""
+    _require_postgres()
+    calls = 800 if quick else 8_000
+    runs = 1 if quick else 3
+    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "bridge": [], "db": []}
+    for _ in range(runs):
+        results["direct"].append(asyncio.run(_direct(calls)))
+        results["bridge"].append(trio.run(_bridged, calls))
+        results["db"].append(trio.run(_through_resource, calls))
+    direct, bridge, resource = (
+        max(results[name], key=lambda r: r[0]) for name in ("direct", "bridge", "db")
+    )
+    ratio = direct[0] / resource[0]
+    bench.record(
+        "postgres SELECT 1 throughput (conc. 8)",
+        resource[0],
+        "msg/s",
+        baseline=direct[0],
+        baseline_name="asyncpg on asyncio",
+        overhead=ratio - 1,
+        target_met=ratio <= TARGET,
+    )
+    bench.record(
+        "asyncpg via trio-asyncio only (conc. 8)",
+        bridge[0],
+        "msg/s",
+        baseline=direct[0],
+        baseline_name="asyncpg on asyncio",
+    )
+    for q in (50, 99):
+        bench.record(
+            f"postgres SELECT 1 latency p{q} (conc. 8)",
+            percentile(resource[1], q),
+            "s",
+            baseline=percentile(direct[1], q),
+            baseline_name="asyncpg on asyncio",
+            higher_is_better=False,
+        )
+    verdict = "met" if ratio <= TARGET else "NOT met"
+    print(
+        f"the resource adds {100 * (ratio - 1):.0f}% to SELECT 1 at concurrency 8 "
+        f"(target <= {100 * (TARGET - 1):.0f}%: {verdict}); trio-asyncio alone adds "
+        f"{100 * (direct[0] / bridge[0] - 1):.0f}%, the actor and limiter "
+        f"{100 * (bridge[0] / resource[0] - 1):.0f}% on top of it"
+    )
+
+
+def test_profile_select_1_through_the_resource(quick: bool) -> None:
+    """Where a request's time goes (cProfile): the top functions by own time,
+    then the runtime's and the bridge's by cumulative time. Printed, not recorded."""
+    _require_postgres()
+    profile = cProfile.Profile()
+    trio.run(_through_resource, 400 if quick else 4_000, profile)
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(20)
+    stats.sort_stats("cumulative").print_stats(r"runtime/|trio_asyncio/", 25)
+    print(out.getvalue())
