@@ -74,7 +74,7 @@ class LimiterStatistics:
 
 
 class _Waiter:
-    __slots__ = ("admitted", "error", "event", "priority", "rate_limited")
+    __slots__ = ("admitted", "entry", "error", "event", "priority", "rate_limited")
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
@@ -82,6 +82,7 @@ class _Waiter:
         self.error: BaseException | None = None
         self.event = trio.Event()
         self.rate_limited = False
+        self.entry: list[float] | None = None  # its place in the rate window
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -141,7 +142,10 @@ class Limiter:
         self.is_transient = is_transient
         self.should_retry = should_retry
         self._queues: tuple[deque[_Waiter], ...] = (deque(), deque(), deque())
-        self._window: deque[float] = deque()  # admission times in the last period
+        # When each call in the last period started: one-item lists, so a
+        # waiter admitted by another task's release can move its own entry
+        # to when it actually starts (the backend sees starts, not admissions).
+        self._window: deque[list[float]] = deque()
         self._paused_until = -math.inf
         self._timed: _Waiter | None = None  # the head waiter, which times the next slot
         self._admitted = 0
@@ -253,10 +257,13 @@ class Limiter:
         if self.rate is None:
             return None
         window = self._window
-        while window and window[0] + self.rate.period <= now:
+        period = self.rate.period
+        while window and window[0][0] + period <= now:
             window.popleft()
         if len(window) >= self.rate.requests:
-            return window[0] + self.rate.period
+            # Entries are in admission order; a start moved later can only
+            # make this wait longer than needed, never shorter.
+            return window[0][0] + period
         return None
 
     def _blocked_until(self, now: float) -> float | None:
@@ -284,6 +291,8 @@ class Limiter:
                 return
             self._queues[head.priority].popleft()
             head.admitted = self._take(now)
+            if self.rate is not None:
+                head.entry = self._window[-1]
             head.event.set()
         head = self._head()
         if head is not self._timed:
@@ -297,7 +306,7 @@ class Limiter:
         self._tokens.acquire_on_behalf_of_nowait(borrower)
         self._admitted += 1
         if self.rate is not None:
-            self._window.append(now)
+            self._window.append([now])
         if self.breaker == "half_open":
             self._trial_running = True
         return borrower
@@ -323,7 +332,10 @@ class Limiter:
             # point here: the call that follows is the caller's.
             borrower = self._take(now)
             return borrower, self._trial_running and self.breaker == "half_open"
-        waiter = _Waiter(_INDEX[priority])
+        return await self._wait(_Waiter(_INDEX[priority]), now)
+
+    async def _wait(self, waiter: _Waiter, now: float) -> tuple[object, bool]:
+        """Queue ``waiter`` and wait for its admission (``now``: when it came)."""
         self._queues[waiter.priority].append(waiter)
         try:
             while True:
@@ -352,8 +364,11 @@ class Limiter:
             raise
         if waiter.error is not None:
             raise waiter.error
+        started = trio.current_time()
+        if waiter.entry is not None:
+            waiter.entry[0] = started  # admitted at the pump, starting now
         self._waited += 1
-        self._wait_seconds += trio.current_time() - now
+        self._wait_seconds += started - now
         self._rate_waits += waiter.rate_limited
         return waiter.admitted, self._trial_running and self.breaker == "half_open"
 
