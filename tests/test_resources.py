@@ -368,3 +368,37 @@ def test_a_handler_may_not_shadow_the_base_class_methods() -> None:
             @runtime.handler
             async def call(self, msg: Ping) -> None:  # type: ignore[override]
                 pass
+
+
+async def test_asks_run_in_the_askers_task_and_a_stop_waits_for_them(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """An ask to a running resource is served in the asker's task: its
+    timeout (or the asker's cancellation) cancels the backend call. A
+    graceful stop lets requests in flight finish before on_stop."""
+    backend = Backend(delay=10.0)
+    answers: list[Any] = []
+    async with (
+        trio.open_nursery() as outside,
+        open_system(_topology(backend), store="memory://") as system,
+    ):
+        ref = system.resource("echo")
+        with pytest.raises(runtime.errors.AskTimeout):
+            await ref.ask(Ping("slow"), timeout=2)
+        assert trio.current_time() == pytest.approx(2)
+        assert backend.running == 0 and backend.served == []  # cancelled, not left running
+        with trio.move_on_after(1):
+            await ref.ask(Ping("cancelled"))
+        assert backend.running == 0
+        assert ref.statistics().pending_asks == 0
+
+        async def in_flight() -> None:
+            answers.append(await ref.ask(Ping("finished")))
+
+        backend.delay = 3.0  # less than the resource's shutdown_timeout (5 s)
+        outside.start_soon(in_flight)
+        await trio.testing.wait_all_tasks_blocked()
+        stopping_at = trio.current_time()
+    assert answers == ["finished"]
+    assert trio.current_time() == pytest.approx(stopping_at + 3)
+    assert backend.journal == ["start:echo", "stop:echo"]

@@ -23,12 +23,13 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
+import trio
 
-from ._actor import Actor, ActorCell
+from ._actor import _PRIORITIES, _PRIORITY_ERROR, Actor, ActorCell, ActorRef
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._specs import ChildSpec, ResourceSpec
-from .errors import ActorStopped, ResourceError
+from .errors import ActorStopped, AskTimeout, ResourceError
 
 if TYPE_CHECKING:
     from ._system import ActorSystem
@@ -185,22 +186,75 @@ def resource_child_spec(name: str, spec: ResourceSpec) -> ChildSpec:
     )
 
 
+class ResourceRef(ActorRef[Any]):
+    """The ref of a resource: an ask to a running resource is served in the
+    asker's own task, under the resource's limiter, with no mailbox hop."""
+
+    __slots__ = ()
+
+    async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
+        """Send the request ``msg`` and wait for its answer.
+
+        While the resource runs, the handler runs in this task (the limiter
+        still admits it: concurrency, rate, priority, breaker); cancelling
+        the asker, or its ``timeout`` passing, cancels the request. While it
+        starts or restarts, the request waits in its mailbox as with any
+        actor.
+
+        Raises:
+            AskTimeout: no answer within ``timeout`` seconds.
+            ResourceError, ActorStopped: the resource crashed or was stopped
+                while serving the request.
+            The handler's own error (the backend's, ``CircuitOpen``, ...).
+        """
+        cell = self._cell
+        assert isinstance(cell, ResourceCell)
+        actor = cell.current
+        if (
+            actor is None
+            or cell.status != "running"
+            or cell.task is None
+            or cell.stop_requested
+            or cell.refusal is not None
+            or type(msg) not in cell.table
+        ):
+            return await super().ask(msg, timeout=timeout, priority=priority)
+        if priority not in _PRIORITIES:
+            raise ValueError(_PRIORITY_ERROR)
+        return await cell.serve_inline(actor, msg, timeout, priority)
+
+
 class ResourceCell(ActorCell):
-    """The cell of a resource: an actor cell that owns the limiter and
-    answers failed requests with their error instead of crashing."""
+    """The cell of a resource: an actor cell that owns the limiter, serves
+    asks in the askers' tasks, and answers failed requests with their error
+    instead of crashing."""
 
     kind = "resource"
-    __slots__ = ("broken", "current", "failures", "limiter", "resource_name", "resource_spec")
+    __slots__ = (
+        "broken",
+        "current",
+        "failures",
+        "inline",
+        "inline_done",
+        "limiter",
+        "resource_name",
+        "resource_spec",
+    )
 
     def __init__(
         self, child_spec: ChildSpec, path: str, system: ActorSystem, spec: ResourceSpec
     ) -> None:
         super().__init__(child_spec, path, system)
+        self.ref = ResourceRef(self)
         self.resource_name = child_spec.name
         self.resource_spec = spec
         self.current: Resource | None = None
         self.broken: Exception | None = None
         self.failures = 0
+        # Requests served in their askers' tasks, by cancel scope: an ended
+        # incarnation cancels them; a graceful stop waits for them.
+        self.inline: set[trio.CancelScope] = set()
+        self.inline_done: trio.Event | None = None
         breaker = spec.circuit_breaker
         self.limiter = Limiter(
             max_concurrency=spec.concurrency,
@@ -231,6 +285,56 @@ class ResourceCell(ActorCell):
         self.current = actor
         self.broken = None
 
+    async def serve_inline(
+        self, actor: Actor[Any], msg: object, timeout: float, priority: str
+    ) -> Any:
+        """Run ``msg``'s handler in the calling task, as this incarnation's."""
+        scope = trio.CancelScope()
+        self.inline.add(scope)
+        self.pending_asks += 1
+        self.in_flight += 1
+        token = _PRIORITY.set(priority)
+        try:
+            with trio.move_on_after(timeout) as deadline:
+                with scope:
+                    try:
+                        result = await self.table[type(msg)](actor, msg)
+                    except Exception:
+                        self.failures += 1
+                        raise
+                    self.handled += 1
+                    return result
+                raise self._interrupted()  # the incarnation ended
+            assert deadline.cancelled_caught
+            raise AskTimeout(
+                f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+            )
+        finally:
+            _PRIORITY.reset(token)
+            self.inline.discard(scope)
+            self.pending_asks -= 1
+            self.in_flight -= 1
+            if not self.inline and self.inline_done is not None:
+                self.inline_done.set()
+
+    async def run_incarnation(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> BaseException | None:
+        try:
+            return await super().run_incarnation(task_status)
+        finally:
+            for scope in self.inline:
+                scope.cancel()
+
+    async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
+        await super()._serve_concurrently(actor, limit)
+        # A graceful stop: requests served in askers' tasks finish first
+        # (the stop's deadline still bounds them).
+        while self.inline:
+            self.inline_done = trio.Event()
+            await self.inline_done.wait()
+        self.inline_done = None
+
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority is that task's.
         _PRIORITY.set(item.priority if type(item) is Ask else "normal")
@@ -247,8 +351,10 @@ class ResourceCell(ActorCell):
                 )
 
     def _failure(self, msg: object, exc: BaseException) -> Exception:
-        if isinstance(exc, Exception):
-            return exc
+        return exc if isinstance(exc, Exception) else self._interrupted()
+
+    def _interrupted(self) -> Exception:
+        """The error of a request cut short by the end of its incarnation."""
         broken = self.broken
         if broken is not None:
             error = ResourceError(
