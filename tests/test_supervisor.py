@@ -288,8 +288,9 @@ async def test_circuit_breaker_opens_half_opens_and_closes(autojump_clock: trio.
             assert (stats.status, stats.breaker, stats.incarnation) == ("circuit_open", "open", 2)
             with pytest.raises(CircuitOpen):
                 await ref.tell(Add(1))
-            with pytest.raises(CircuitOpen):
+            with pytest.raises(CircuitOpen, match="after crashing with RuntimeError") as info:
                 await ref.ask(Get())
+            assert isinstance(info.value.__cause__, RuntimeError)  # the last crash
             await trio.sleep(10.5)
             assert ref.statistics().breaker == "half_open"
             assert ref.statistics().incarnation == 3

@@ -238,6 +238,7 @@ class ActorCell:
         "in_flight",
         "incarnation",
         "killed",
+        "last_crash",
         "mailbox",
         "name",
         "one_shot_timers",
@@ -289,6 +290,7 @@ class ActorCell:
         self.refusal: Any = None
         self.breaker: str | None = "closed" if spec.circuit_breaker else None
         self.consecutive_crashes = 0
+        self.last_crash: BaseException | None = None  # the error of the last crash
         self.pending_restart = 0  # which restart decision of its supervisor it waits for
         self.stop_requested = False
         self.stop_deadline = math.inf  # when a requested stop must be over
@@ -345,7 +347,11 @@ class ActorCell:
                 self.refusal = CircuitOpen
                 return
             if refusal is CircuitOpen:
-                raise CircuitOpen(f"{self.path}: circuit breaker is {self.breaker}")
+                crash = self.last_crash
+                because = f" after crashing with {crash!r}" if crash is not None else ""
+                raise CircuitOpen(
+                    f"{self.path}: circuit breaker is {self.breaker}{because}"
+                ) from crash
             raise refusal(f"{self.path} has stopped")
 
     async def put(self, item: object, priority: str) -> None:
@@ -434,7 +440,7 @@ class ActorCell:
             if self.killed:
                 self.log.warning("actor_killed", incarnation=self.incarnation)
         except Exception as exc:
-            error = _unwrap(exc)
+            error = self.last_crash = _unwrap(exc)
             self.log.exception(
                 "actor_crashed",
                 incarnation=self.incarnation,
