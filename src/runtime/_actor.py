@@ -13,6 +13,7 @@ import inspect
 import math
 import typing
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from types import UnionType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union
 
@@ -22,6 +23,7 @@ import trio
 
 from ._checkpoint import CheckpointStore, decode_state, encode_state
 from ._mailbox import PRIORITIES, Ask, Mailbox
+from ._metrics import Durations
 from .errors import (
     ActorFailed,
     ActorStopped,
@@ -234,6 +236,8 @@ class ActorCell:
         "breaker",
         "consecutive_crashes",
         "done",
+        "durations",
+        "failed",
         "handled",
         "in_flight",
         "incarnation",
@@ -244,10 +248,12 @@ class ActorCell:
         "one_shot_timers",
         "path",
         "pending_asks",
+        "pending_reason",
         "pending_restart",
         "ref",
         "refusal",
         "restart",
+        "restart_reasons",
         "restarts",
         "save_each",
         "save_lock",
@@ -283,8 +289,13 @@ class ActorCell:
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
+        self.restart_reasons: dict[str, int] = {}
+        self.pending_reason = "crash"  # why its pending restart happens
         self.pending_asks = 0
         self.handled = 0
+        self.failed = 0  # messages whose handler raised
+        # Handling times, kept when the system has metrics on (sampled: see _metrics).
+        self.durations: Durations | None = Durations() if system.metrics else None
         # None while messages are accepted; else the exception type to raise,
         # or _TRIAL while a half-open circuit waits for its one trial message.
         self.refusal: Any = None
@@ -532,7 +543,10 @@ class ActorCell:
                 raise
             stats.writes += 1
             stats.bytes_written += len(data)
-            stats.write_seconds += trio.current_time() - start
+            stats.sizes.observe(len(data))
+            elapsed = trio.current_time() - start
+            stats.write_seconds += elapsed
+            stats.write_durations.observe(elapsed)
             self.saved = data
 
     async def _save_every(self, actor: Actor[Any], period: float, scope: trio.CancelScope) -> None:
@@ -565,6 +579,10 @@ class ActorCell:
         mailbox = self.mailbox
         get = mailbox.get_nowait
         handle = self._handle
+        durations = self.durations
+        # With metrics on: messages until the next timed one, and how many
+        # messages that one stands for.
+        countdown = weight = 1
         budget = _YIELD_EVERY
         while not self.stop_requested:
             item = get()
@@ -577,7 +595,16 @@ class ActorCell:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 budget = _YIELD_EVERY
                 continue
-            await handle(actor, item)
+            if durations is None:
+                await handle(actor, item)
+            else:
+                countdown -= 1
+                if countdown:
+                    await handle(actor, item)
+                else:
+                    started = perf_counter()
+                    await handle(actor, item)
+                    countdown = weight = durations.observe(perf_counter() - started, weight)
             budget -= 1
             if not budget:
                 budget = _YIELD_EVERY
@@ -589,13 +616,18 @@ class ActorCell:
         slots = self.slots = trio.CapacityLimiter(limit)
         mailbox = self.mailbox
 
+        durations = self.durations
+
         async def handle_one(item: object, slot: object) -> None:
             self.in_flight += 1
+            started = perf_counter()
             try:
                 await self._handle(actor, item)
             finally:
                 self.in_flight -= 1
                 slots.release_on_behalf_of(slot)
+                if durations is not None:
+                    durations.observe(perf_counter() - started)
 
         try:
             async with trio.open_nursery() as running:
@@ -632,14 +664,20 @@ class ActorCell:
                 if self.save_each:
                     await self.save(actor)  # an acknowledged update is durable
             except BaseException as exc:
+                if isinstance(exc, Exception):
+                    self.failed += 1
                 if item.waiter is not None:
                     item.fail(self._failure(msg, exc))
                 raise
             item.reply(result)
         else:
-            await self.table[type(item)](actor, item)
-            if self.save_each:
-                await self.save(actor)
+            try:
+                await self.table[type(item)](actor, item)
+                if self.save_each:
+                    await self.save(actor)
+            except Exception:
+                self.failed += 1
+                raise
         self.handled += 1
         if self.consecutive_crashes:
             self._recovered()

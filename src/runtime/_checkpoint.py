@@ -26,6 +26,7 @@ import cattrs.preconf.json
 import trio
 import trio_asyncio
 
+from ._metrics import SIZE_BUCKETS, Durations
 from .errors import CheckpointConflict, StateError
 
 __all__ = [
@@ -396,6 +397,9 @@ class CheckpointCounters:
     bytes_written: int = 0
     conflicts: int = 0
     failures: int = 0
+    # Distributions for the metrics (writes are slow: each one is observed).
+    write_durations: Durations = attrs.field(factory=Durations)
+    sizes: Durations = attrs.field(factory=lambda: Durations(SIZE_BUCKETS))
 
     def record_failure(self, error: BaseException) -> None:
         if isinstance(error, CheckpointConflict):
@@ -405,7 +409,12 @@ class CheckpointCounters:
 
     def statistics(self) -> CheckpointStatistics:
         """A frozen snapshot."""
-        return CheckpointStatistics(**attrs.asdict(self))
+        return CheckpointStatistics(
+            **{
+                field.name: getattr(self, field.name)
+                for field in attrs.fields(CheckpointStatistics)
+            }
+        )
 
 
 @attrs.frozen

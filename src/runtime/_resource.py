@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
@@ -233,7 +234,6 @@ class ResourceCell(ActorCell):
     __slots__ = (
         "broken",
         "current",
-        "failures",
         "inline",
         "inline_done",
         "limiter",
@@ -250,7 +250,6 @@ class ResourceCell(ActorCell):
         self.resource_spec = spec
         self.current: Resource | None = None
         self.broken: Exception | None = None
-        self.failures = 0
         # Requests served in their askers' tasks, by cancel scope: an ended
         # incarnation cancels them; a graceful stop waits for them.
         self.inline: set[trio.CancelScope] = set()
@@ -294,13 +293,14 @@ class ResourceCell(ActorCell):
         self.pending_asks += 1
         self.in_flight += 1
         token = _PRIORITY.set(priority)
+        started = perf_counter()
         try:
             with trio.move_on_after(timeout) as deadline:
                 with scope:
                     try:
                         result = await self.table[type(msg)](actor, msg)
                     except Exception:
-                        self.failures += 1
+                        self.failed += 1
                         raise
                     self.handled += 1
                     return result
@@ -310,6 +310,8 @@ class ResourceCell(ActorCell):
                 f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )
         finally:
+            if self.durations is not None:
+                self.durations.observe(perf_counter() - started)
             _PRIORITY.reset(token)
             self.inline.discard(scope)
             self.pending_asks -= 1
@@ -342,7 +344,6 @@ class ResourceCell(ActorCell):
             await super()._handle(actor, item)
         except Exception as exc:
             # The asker has its error (``_failure``); the resource goes on.
-            self.failures += 1
             if type(item) is not Ask:
                 self.log.warning(
                     "resource_request_failed",
@@ -417,7 +418,7 @@ class ResourceCell(ActorCell):
             kind=f"{kind.__module__}:{kind.__qualname__}",
             status=self.status,
             limiter=self.limiter.statistics(),
-            requests=self.handled + self.failures,
-            failures=self.failures,
+            requests=self.handled + self.failed,
+            failures=self.failed,
             backend=actor.backend_statistics() if actor is not None else {},
         )

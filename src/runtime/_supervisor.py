@@ -46,6 +46,12 @@ class _Started:
         self.event.set()
 
 
+def _restarted(child: Child, reason: str) -> None:
+    """Count one restart of ``child``, and why."""
+    child.restarts += 1
+    child.restart_reasons[reason] = child.restart_reasons.get(reason, 0) + 1
+
+
 def _restart_wanted(restart: str, crashed: bool) -> bool:
     return restart == "permanent" or (restart == "transient" and crashed)
 
@@ -81,6 +87,8 @@ class Supervisor:
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
+        self.restart_reasons: dict[str, int] = {}
+        self.pending_reason = "crash"  # why its pending restart happens
         self.stopping = False
         self.stopping_for_restart = False  # the parent restarts it: keep the mailboxes
         self.pending_restart = 0
@@ -129,7 +137,7 @@ class Supervisor:
                                 if self.stopping:
                                     break
                                 if child.incarnation:  # this supervisor is restarting
-                                    child.restarts += 1
+                                    _restarted(child, "supervisor")
                                 await self._start_child(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
@@ -318,6 +326,8 @@ class Supervisor:
         self._restart_seq += 1
         for member in group:
             member.pending_restart = self._restart_seq
+            member.pending_reason = "group"
+        child.pending_reason = "crash" if crashed else "normal_exit"
         delay = self._backoff(child)
         self.log.info(
             "child_restarting",
@@ -410,7 +420,7 @@ class Supervisor:
             if self.stopping:
                 return
             if self._has(child) and child.status == "restarting" and child.pending_restart == seq:
-                child.restarts += 1
+                _restarted(child, child.pending_reason)
                 await self._start_child(child)
 
     # -- circuit breaker ------------------------------------------------------
@@ -441,7 +451,7 @@ class Supervisor:
             return
         child.breaker = "half_open"
         child.refusal = _TRIAL
-        child.restarts += 1
+        _restarted(child, "half_open")
         self.log.info("breaker_half_open", child=child.path)
         await self._start_child(child)
 

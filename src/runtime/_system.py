@@ -74,8 +74,16 @@ class TreeNode:
 class ActorSystem:
     """A running supervision tree. Get one from ``open_system``."""
 
-    def __init__(self, topology: Topology, store: CheckpointStore | str | None = None) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        store: CheckpointStore | str | None = None,
+        *,
+        metrics: bool = False,
+    ) -> None:
         self.topology = topology
+        # Whether handling times are kept for the metrics (they cost a little per message).
+        self.metrics = metrics
         self.name = topology.system
         # The store asked for: open_system's, else the topology's (None: default).
         self.store = store if store is not None else topology.store
@@ -86,6 +94,7 @@ class ActorSystem:
         self._supervisors: dict[str, Supervisor] = {}
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
         self.dead_letter_count = 0
+        self.dead_letter_reasons: dict[str, int] = {}
         self._topics: dict[str, dict[ActorCell, set[type]]] = {}
         # Resources first: their supervisor starts before the root's and stops after it.
         self.resources: Supervisor | None = None
@@ -280,6 +289,19 @@ class ActorSystem:
         when the topology declares none)."""
         return None if self.resources is None else self._node(self.resources)
 
+    def cells(self) -> list[ActorCell]:
+        """Every actor cell of the system (resources included), now."""
+        return list(self._cells.values())
+
+    def children_and_supervisors(self) -> list[Child]:
+        """Every actor cell and every supervisor, now."""
+        return [*self._supervisors.values(), *self._cells.values()]
+
+    def healthy(self) -> bool:
+        """Whether the root supervisor runs (not starting, stopping or failed)."""
+        root = self.root
+        return self.failure is None and root.status == "running" and not root.stopping
+
     def _node(self, node: Child) -> TreeNode:
         if isinstance(node, Supervisor):
             children = tuple(self._node(child) for child in node.children)
@@ -289,6 +311,7 @@ class ActorSystem:
     def _dead_letter(self, path: str, message: object, reason: str) -> None:
         self._dead_letters.append(DeadLetter(path, message, reason))
         self.dead_letter_count += 1
+        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
         logger.warning(
             "dead_letter", path=path, message_type=type(message).__qualname__, reason=reason
         )
