@@ -734,14 +734,18 @@ def test_specs_in_code_refuse_what_yaml_refuses() -> None:
             "supervisor.name",
             "'resources' names the supervisor of the resources",
         ),
-        ('metrics: {listen: "127.0.0.1:9464"}', "metrics.listen", "metrics endpoint is not"),
+        (
+            'metrics: {listen: "127.0.0.1:http"}',
+            "metrics.listen",
+            "expected host:port (such as 127.0.0.1:9464) or a port; got '127.0.0.1:http'",
+        ),
         (
             "store: redis://cache",
             "store",
             "unknown checkpoint store 'redis://cache': use memory://, sqlite:///path.db",
         ),
     ],
-    ids=["reserved-root-name", "metrics", "unknown-store"],
+    ids=["reserved-root-name", "metrics-listen", "unknown-store"],
 )
 def test_fields_this_version_cannot_run_are_refused_at_their_line(
     text: str, field: str, message: str

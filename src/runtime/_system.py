@@ -13,6 +13,7 @@ import attrs
 import structlog
 import trio
 import trio_asyncio
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
 from ._checkpoint import (
@@ -23,6 +24,8 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
+from ._endpoint import Listen, open_endpoint, parse_listen
+from ._metrics import RuntimeCollector
 from ._resource import (
     RESOURCES_SUPERVISOR,
     ResourceCell,
@@ -87,7 +90,8 @@ class ActorSystem:
         self.name = topology.system
         # The store asked for: open_system's, else the topology's (None: default).
         self.store = store if store is not None else topology.store
-        self.registry: object = None
+        self.registry: CollectorRegistry | None = None
+        self.endpoint_url: str | None = None  # the metrics endpoint's, when serving
         self._store: CheckpointStore | None = None
         self.checkpoint_stats = CheckpointCounters()
         self._cells: dict[str, ActorCell] = {}
@@ -297,10 +301,25 @@ class ActorSystem:
         """Every actor cell and every supervisor, now."""
         return [*self._supervisors.values(), *self._cells.values()]
 
+    def state(self) -> str:
+        """``starting``, ``running`` (the root supervisor runs), ``stopping``,
+        ``stopped`` or ``failed`` (a top supervisor gave up)."""
+        root = self.root
+        if self.failure is not None:
+            return "failed"
+        if root.status == "stopped" and (
+            self.resources is None or self.resources.status == "stopped"
+        ):
+            return "stopped"
+        if root.status == "stopped":
+            return "stopping"  # the resources stop after the agents
+        if root.stopping or self._body.cancel_called:
+            return "stopping"
+        return "running" if root.status == "running" else "starting"
+
     def healthy(self) -> bool:
         """Whether the root supervisor runs (not starting, stopping or failed)."""
-        root = self.root
-        return self.failure is None and root.status == "running" and not root.stopping
+        return self.state() == "running"
 
     def _node(self, node: Child) -> TreeNode:
         if isinstance(node, Supervisor):
@@ -439,6 +458,36 @@ def _check_runnable(topology: Topology) -> None:
         raise TopologyError(problems)
 
 
+async def _open_services(
+    stack: contextlib.AsyncExitStack,
+    system: ActorSystem,
+    registry: CollectorRegistry | None,
+    listen: Listen | None,
+) -> None:
+    """What the tree needs around it, closed after it: an asyncio loop for
+    asyncpg, the metrics in the registry, the metrics endpoint."""
+    if system.uses_asyncio() and trio_asyncio.current_loop.get() is None:
+        # asyncpg runs on asyncio: give it a loop inside this trio run,
+        # outliving the store and the resources it serves (unless the
+        # caller runs one).
+        await stack.enter_async_context(trio_asyncio.open_loop())
+    if registry is None and listen is not None:
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    system.registry = registry
+    if registry is not None:
+        collector = RuntimeCollector(system)
+        registry.register(collector)
+        stack.callback(registry.unregister, collector)
+    if listen is not None:
+        assert registry is not None
+        system.endpoint_url = await stack.enter_async_context(
+            open_endpoint(system, registry, listen)
+        )
+        logger.info("metrics_listening", url=system.endpoint_url, loopback=listen.loopback)
+
+
 @asynccontextmanager
 async def open_system(
     topology: Topology | str | os.PathLike[str] | None = None,
@@ -462,27 +511,32 @@ async def open_system(
             Opened on first use (by an actor whose ``checkpoint`` is not
             ``off``) and closed when the system stops, unless it was passed
             in as an object.
-        registry: reserved for a prometheus ``CollectorRegistry``.
+        registry: a prometheus ``CollectorRegistry`` to register the
+            system's metrics in (for the duration of the block); with
+            ``metrics.listen`` and no registry, the endpoint serves a new
+            registry with the system's, the process's and the platform's
+            metrics.
 
     Raises:
         TopologyError: the topology is invalid; nothing was started.
         ValueError: ``store`` is not a known store URL.
+        OSError: ``metrics.listen`` cannot be bound.
         SupervisorGaveUp: the root supervisor exceeded its restart intensity.
     """
     spec = _topology_of(topology)
     _check_runnable(spec)
-    system = ActorSystem(spec, _check_store(store))
-    system.registry = registry
+    listen = None if spec.metrics.listen is None else parse_listen(spec.metrics.listen)
+    if registry is not None and not isinstance(registry, CollectorRegistry):
+        raise TypeError(f"registry must be a prometheus CollectorRegistry, got {registry!r}")
+    system = ActorSystem(
+        spec, _check_store(store), metrics=registry is not None or listen is not None
+    )
     root, resources = system.root, system.resources
 
     body_error: BaseException | None = None
     body = system._body
     async with contextlib.AsyncExitStack() as stack:
-        if system.uses_asyncio() and trio_asyncio.current_loop.get() is None:
-            # asyncpg runs on asyncio: give it a loop inside this trio run,
-            # outliving the store and the resources it serves (unless the
-            # caller runs one).
-            await stack.enter_async_context(trio_asyncio.open_loop())
+        await _open_services(stack, system, registry, listen)
         try:
             async with trio.open_nursery() as nursery:
                 if resources is not None:

@@ -23,6 +23,7 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Forbidd
 
 from ._actor import Actor
 from ._checkpoint import open_store
+from ._endpoint import parse_listen
 from ._specs import (
     BackoffSpec,
     BreakerSpec,
@@ -401,7 +402,10 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             "'resources' names the supervisor of the resources; give the root another name",
         )
     if topology.metrics.listen is not None:
-        yield "$.metrics.listen", "the metrics endpoint is not supported by this version"
+        try:
+            parse_listen(topology.metrics.listen)
+        except ValueError as exc:
+            yield "$.metrics.listen", str(exc)
 
     if topology.store is not None:
         try:

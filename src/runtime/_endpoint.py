@@ -1,0 +1,228 @@
+"""The metrics endpoint: ``/metrics``, ``/healthz`` and ``/status`` over HTTP.
+
+A small ASGI application served by hypercorn's trio worker inside the
+system's nursery: it starts before the supervision tree and stops after it,
+so ``/healthz`` answers 503 while the system starts, stops or has failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+if TYPE_CHECKING:
+    from ._system import ActorSystem, TreeNode
+
+__all__ = ["Listen", "open_endpoint", "parse_listen", "serve_endpoint", "status_document"]
+
+DEFAULT_HOST = "127.0.0.1"
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+@attrs.frozen
+class Listen:
+    """Where the endpoint listens."""
+
+    host: str
+    port: int
+
+    @property
+    def bind(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def loopback(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return self.host == "localhost"
+
+
+def parse_listen(value: str | int) -> Listen:
+    """``"host:port"``, ``"[v6]:port"``, ``":port"`` or a port alone (the
+    host is then 127.0.0.1: binding elsewhere is always written out).
+
+    Raises:
+        ValueError: not an address with a port from 0 to 65535.
+    """
+    text = str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    host = host.strip("[]") or DEFAULT_HOST
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port (such as 127.0.0.1:9464) or a port; got {value!r}")
+    return Listen(host, int(port))
+
+
+def _node(node: TreeNode) -> dict[str, Any]:
+    stats = node.stats
+    return {
+        "path": node.path,
+        "kind": node.kind,
+        "status": stats.status,
+        "incarnation": stats.incarnation,
+        "restarts": stats.restarts,
+        "mailbox_depth": stats.mailbox_depth,
+        "mailbox_capacity": stats.mailbox_capacity,
+        "breaker": stats.breaker,
+        "pending_asks": stats.pending_asks,
+        "children": [_node(child) for child in node.children],
+    }
+
+
+def status_document(system: ActorSystem) -> dict[str, Any]:
+    """What ``/status`` serves: the system's state, its trees and resources."""
+    resources = system.resource_tree()
+    return {
+        "system": system.name,
+        "state": system.state(),
+        "tree": _node(system.tree()),
+        "resources": None if resources is None else _node(resources),
+        "limiters": {
+            name: {
+                "tokens_in_use": stats.limiter.tokens_in_use,
+                "max_concurrency": stats.limiter.max_concurrency,
+                "waiting": stats.limiter.waiting,
+                "breaker": stats.limiter.breaker,
+                "paused_for": stats.limiter.paused_for,
+                "requests": stats.requests,
+                "failures": stats.failures,
+            }
+            for name, stats in system.resource_statistics().items()
+        },
+        "dead_letters": system.dead_letter_count,
+    }
+
+
+class EndpointApp:
+    """The ASGI application: three read-only routes."""
+
+    def __init__(self, system: ActorSystem, registry: CollectorRegistry) -> None:
+        self.system = system
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in ("GET", "HEAD"):
+            await _answer(send, 405, b"method not allowed\n", "text/plain; charset=utf-8")
+            return
+        path = scope["path"]
+        if path == "/metrics":
+            await _answer(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            state = self.system.state()
+            status = 200 if state == "running" else 503
+            await _answer(send, status, f"{state}\n".encode(), "text/plain; charset=utf-8")
+        elif path == "/status":
+            body = json.dumps(status_document(self.system), indent=2).encode() + b"\n"
+            await _answer(send, 200, body, "application/json")
+        else:
+            await _answer(
+                send, 404, b"not found: try /metrics, /healthz or /status\n", "text/plain"
+            )
+
+
+async def _answer(send: Send, status: int, body: bytes, content_type: str) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def serve_endpoint(
+    system: ActorSystem,
+    registry: CollectorRegistry,
+    listen: Listen,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until ``stop`` is set; ``task_status`` gets the base URL once bound.
+
+    Raises:
+        OSError: the address cannot be bound (in use, not local).
+    """
+    config = Config()
+    config.bind = [listen.bind]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("runtime.endpoint")
+    config.graceful_timeout = 1.0
+    config.keep_alive_timeout = 5.0
+
+    async with trio.open_nursery() as nursery:
+        binds: list[str] = await nursery.start(_serve, EndpointApp(system, registry), config, stop)
+        task_status.started(binds[0])
+
+
+def _os_error(error: BaseException) -> OSError | None:
+    """The OSError in ``error`` (hypercorn's nurseries wrap it in groups)."""
+    if isinstance(error, OSError):
+        return error
+    if isinstance(error, BaseExceptionGroup):
+        for inner in error.exceptions:
+            found = _os_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+@contextlib.asynccontextmanager
+async def open_endpoint(
+    system: ActorSystem, registry: CollectorRegistry, listen: Listen
+) -> AsyncIterator[str]:
+    """Serve the endpoint for the duration of the block; yields its base URL."""
+    stop = trio.Event()
+    bound = False
+    try:
+        async with trio.open_nursery() as nursery:
+            url: str = await nursery.start(serve_endpoint, system, registry, listen, stop)
+            bound = True
+            try:
+                yield url
+            finally:
+                stop.set()
+    except (OSError, BaseExceptionGroup) as exc:
+        error = None if bound else _os_error(exc)
+        if error is None:
+            raise
+        raise OSError(
+            error.errno, f"metrics endpoint: cannot listen on {listen.bind}: {error.strerror}"
+        ) from None
+
+
+async def _serve(
+    app: EndpointApp,
+    config: Config,
+    stop: trio.Event,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    await serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)  # type: ignore[arg-type]
