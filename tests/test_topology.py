@@ -776,3 +776,11 @@ def test_empty_variable_takes_the_default(monkeypatch: pytest.MonkeyPatch) -> No
     assert topology.system == "fallback"
     topology = parse_topology("system: x${EMPTY_NAME}y\n")
     assert topology.system == "xy"
+
+
+def test_a_file_that_is_not_utf8_is_a_topology_error(tmp_path: Path) -> None:
+    """A binary or mis-encoded file is reported, not raised as a decode error."""
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("system: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(TopologyError, match=r"latin1\.yaml:0: \(file\): not UTF-8 text"):
+        load_topology(path)

@@ -26,7 +26,7 @@ from ._mailbox import PRIORITIES
 from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
-__all__ = ["Limiter", "LimiterStatistics"]
+__all__ = ["KEEP", "Limiter", "LimiterStatistics"]
 
 logger = structlog.get_logger("runtime")
 
@@ -73,15 +73,27 @@ class LimiterStatistics:
     failures: int = 0
 
 
+class _Keep:
+    """The type of ``KEEP``: ``configure``'s "leave this limit as it is"."""
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP = _Keep()
+
+
 class _Waiter:
-    __slots__ = ("admitted", "entry", "error", "event", "priority", "rate_limited")
+    __slots__ = ("admitted", "entry", "error", "event", "priority", "rate_blocks")
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
         self.admitted: object = None  # the token's borrower, once admitted
         self.error: BaseException | None = None
         self.event = trio.Event()
-        self.rate_limited = False
+        # The limiter's count of full-window pumps when it queued; at its
+        # admission, 1 if the window was full meanwhile, else 0.
+        self.rate_blocks = 0
         self.entry: list[float] | None = None  # its place in the rate window
 
 
@@ -153,6 +165,7 @@ class Limiter:
         self._waited = 0
         self._wait_seconds = 0.0
         self._rate_waits = 0
+        self._rate_blocks = 0  # pumps that found the rate window full
         self._retries = 0
         self._timeouts = 0
         self._failed = 0
@@ -164,33 +177,41 @@ class Limiter:
     def configure(
         self,
         *,
-        max_concurrency: int | None = None,
-        rate: RateSpec | None = None,
-        timeout: float | None = None,
-        retry: RetrySpec | None = None,
-        failures: int | None = None,
-        reset_timeout: float = 60.0,
+        max_concurrency: int | _Keep | None = KEEP,
+        rate: RateSpec | _Keep | None = KEEP,
+        timeout: float | _Keep | None = KEEP,
+        retry: RetrySpec | _Keep | None = KEEP,
+        failures: int | _Keep | None = KEEP,
+        reset_timeout: float | _Keep = KEEP,
     ) -> None:
-        """Replace every limit at once, while calls run.
+        """Change limits while calls run; a limit not given is kept (None
+        removes one).
 
         Calls running keep their tokens: a lower ``max_concurrency`` takes
         effect as they finish. Admissions already made stay in the rate
         window. A breaker that is removed closes; one that is added starts
         closed. Waiters are admitted at once if the new limits allow.
         """
-        _check_concurrency(max_concurrency)
-        self.max_concurrency = max_concurrency
-        self._tokens.total_tokens = max_concurrency if max_concurrency is not None else math.inf
-        self.rate = rate
-        if rate is None:
-            self._window.clear()
-        self.timeout = timeout
-        self.retry = retry
-        if failures is None:
-            self._consecutive = 0
-            self._opened_at = None
-        self.failures = failures
-        self.reset_timeout = reset_timeout
+        if not isinstance(max_concurrency, _Keep):
+            _check_concurrency(max_concurrency)
+            self.max_concurrency = max_concurrency
+            self._tokens.total_tokens = max_concurrency if max_concurrency is not None else math.inf
+        if not isinstance(rate, _Keep):
+            self.rate = rate
+            if rate is None:
+                self._window.clear()
+        if not isinstance(timeout, _Keep):
+            self.timeout = timeout
+        if not isinstance(retry, _Keep):
+            self.retry = retry
+        if not isinstance(failures, _Keep):
+            if failures is None:
+                self._consecutive = 0
+                self._opened_at = None
+                self._trial_running = False
+            self.failures = failures
+        if not isinstance(reset_timeout, _Keep):
+            self.reset_timeout = reset_timeout
         self._timed = None
         self._pump()
 
@@ -214,10 +235,10 @@ class Limiter:
         return None
 
     def _record(self, failed: bool, trial: bool) -> None:
-        if self.failures is None:
-            return
         if trial:
             self._trial_running = False
+        if self.failures is None:
+            return
         if not failed:
             self._consecutive = 0
             if self._opened_at is not None:
@@ -283,6 +304,8 @@ class Limiter:
         now = trio.current_time()
         while (head := self._head()) is not None:
             if self._blocked_until(now) is not None:
+                if self._rate_full(now) is not None:
+                    self._rate_blocks += 1
                 break
             if self._refuse() is not None:
                 if self.breaker == "half_open":
@@ -290,6 +313,8 @@ class Limiter:
                 self._fail_waiters()
                 return
             self._queues[head.priority].popleft()
+            # It waited for the rate if the window was found full since it queued.
+            head.rate_blocks = self._rate_blocks > head.rate_blocks
             head.admitted = self._take(now)
             if self.rate is not None:
                 head.entry = self._window[-1]
@@ -337,6 +362,7 @@ class Limiter:
     async def _wait(self, waiter: _Waiter, now: float) -> tuple[object, bool]:
         """Queue ``waiter`` and wait for its admission (``now``: when it came)."""
         self._queues[waiter.priority].append(waiter)
+        waiter.rate_blocks = self._rate_blocks
         try:
             while True:
                 waiter.event = trio.Event()
@@ -345,10 +371,7 @@ class Limiter:
                     break
                 deadline = math.inf
                 if waiter is self._timed:
-                    current = trio.current_time()
-                    deadline = self._blocked_until(current) or math.inf
-                    if self._rate_full(current) is not None:
-                        waiter.rate_limited = True
+                    deadline = self._blocked_until(trio.current_time()) or math.inf
                 with trio.move_on_at(deadline):
                     await waiter.event.wait()
                 if waiter.admitted is not None or waiter.error is not None:
@@ -369,7 +392,7 @@ class Limiter:
             waiter.entry[0] = started  # admitted at the pump, starting now
         self._waited += 1
         self._wait_seconds += started - now
-        self._rate_waits += waiter.rate_limited
+        self._rate_waits += waiter.rate_blocks  # 1 if it waited for the window
         return waiter.admitted, self._trial_running and self.breaker == "half_open"
 
     # -- calls ---------------------------------------------------------------
@@ -406,10 +429,6 @@ class Limiter:
             borrower, trial = await self._admit(priority)
             try:
                 result = await self._attempt(fn, args)
-            except trio.Cancelled:
-                if trial:
-                    self._trial_running = False
-                raise
             except Exception as exc:
                 self._failed += 1
                 transient = self.is_transient(exc)
@@ -419,6 +438,12 @@ class Limiter:
                 retry = transient and (self.should_retry is None or self.should_retry(exc))
                 if not retry or attempt >= attempts or self._refuse() is not None:
                     raise
+            except BaseException:
+                # Cancelled (alone, or in a group from the call's own
+                # nursery): never a failure, but the trial is over.
+                if trial:
+                    self._trial_running = False
+                raise
             else:
                 self._record(failed=False, trial=trial)
                 return result

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import trio
+import trio_asyncio
 
 from ._actor import _PRIORITIES, _PRIORITY_ERROR, Actor, ActorCell, ActorRef
 from ._limiter import Limiter, LimiterStatistics
@@ -58,8 +59,13 @@ class ResourceStatistics:
 
     Attributes:
         name, kind: the resource's name and its class (``module:Class``).
-        status: the resource actor's status (``running``, ``restarting``, ...).
-        limiter: its limiter's tokens, waiters, admissions, rejections and breaker.
+        status: the resource actor's status (``running``, ``restarting``,
+            ``circuit_open``, ...).
+        circuit: the resource actor's own breaker (``closed``, ``open``,
+            ``half_open``; None without one), opened by crashes; while it is
+            not closed, requests get ``CircuitOpen`` whatever the limiter's.
+        limiter: its limiter's tokens, waiters, admissions, rejections and
+            breaker (opened by the backend's failures).
         requests: requests answered so far.
         failures: requests answered with an error.
         backend: the kind's own figures (pool connections, tokens used, ...).
@@ -68,6 +74,7 @@ class ResourceStatistics:
     name: str
     kind: str
     status: str
+    circuit: str | None
     limiter: LimiterStatistics
     requests: int
     failures: int
@@ -211,10 +218,12 @@ class ResourceRef(ActorRef[Any]):
         cell = self._cell
         assert isinstance(cell, ResourceCell)
         actor = cell.current
+        scope = cell.scope
         if (
             actor is None
             or cell.status != "running"
-            or cell.task is None
+            or scope is None
+            or scope.cancel_called  # a crash or kill is unwinding
             or cell.stop_requested
             or cell.refusal is not None
             or type(msg) not in cell.table
@@ -232,6 +241,7 @@ class ResourceCell(ActorCell):
 
     kind = "resource"
     __slots__ = (
+        "asyncio_loop",
         "broken",
         "current",
         "inline",
@@ -250,10 +260,12 @@ class ResourceCell(ActorCell):
         self.resource_spec = spec
         self.current: Resource | None = None
         self.broken: Exception | None = None
-        # Requests served in their askers' tasks, by cancel scope: an ended
+        # Requests served in their askers' tasks, by cancel scope, with the
+        # error to answer if the incarnation cuts them short: an ended
         # incarnation cancels them; a graceful stop waits for them.
-        self.inline: set[trio.CancelScope] = set()
+        self.inline: dict[trio.CancelScope, Exception | None] = {}
         self.inline_done: trio.Event | None = None
+        self.asyncio_loop: Any = None  # the system's trio-asyncio loop, for asyncio kinds
         breaker = spec.circuit_breaker
         self.limiter = Limiter(
             max_concurrency=spec.concurrency,
@@ -283,16 +295,24 @@ class ResourceCell(ActorCell):
         actor.limiter = self.limiter
         self.current = actor
         self.broken = None
+        if actor.uses_asyncio:
+            self.asyncio_loop = trio_asyncio.current_loop.get()
 
     async def serve_inline(
         self, actor: Actor[Any], msg: object, timeout: float, priority: str
     ) -> Any:
         """Run ``msg``'s handler in the calling task, as this incarnation's."""
         scope = trio.CancelScope()
-        self.inline.add(scope)
+        self.inline[scope] = None
         self.pending_asks += 1
         self.in_flight += 1
         token = _PRIORITY.set(priority)
+        # An asyncio kind's calls need the loop the system runs, whatever task asks.
+        loop_token = (
+            trio_asyncio.current_loop.set(self.asyncio_loop)
+            if self.asyncio_loop is not None
+            else None
+        )
         started = perf_counter()
         try:
             with trio.move_on_after(timeout) as deadline:
@@ -301,10 +321,13 @@ class ResourceCell(ActorCell):
                         result = await self.table[type(msg)](actor, msg)
                     except Exception:
                         self.failed += 1
+                        self._served()
                         raise
                     self.handled += 1
+                    self._served()
                     return result
-                raise self._interrupted()  # the incarnation ended
+                # The incarnation ended (crash, kill): why, as it was then.
+                raise self.inline.get(scope) or self._interrupted()
             assert deadline.cancelled_caught
             raise AskTimeout(
                 f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
@@ -312,30 +335,53 @@ class ResourceCell(ActorCell):
         finally:
             if self.durations is not None:
                 self.durations.observe(perf_counter() - started)
+            if loop_token is not None:
+                trio_asyncio.current_loop.reset(loop_token)
             _PRIORITY.reset(token)
-            self.inline.discard(scope)
+            del self.inline[scope]
             self.pending_asks -= 1
             self.in_flight -= 1
             if not self.inline and self.inline_done is not None:
                 self.inline_done.set()
 
+    def _served(self) -> None:
+        """A request was answered without crashing the resource: that is
+        recovery for its actor breaker (a half-open one closes)."""
+        if self.consecutive_crashes or self.breaker == "half_open":
+            self._recovered()
+
     async def run_incarnation(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> BaseException | None:
+        error: BaseException | None = None
         try:
-            return await super().run_incarnation(task_status)
+            error = await super().run_incarnation(task_status)
+            return error
         finally:
+            if self.broken is None and isinstance(error, Exception):
+                self.broken = error  # a crash by a background task or on_start
+            reason = self._interrupted()
             for scope in self.inline:
+                self.inline[scope] = reason
                 scope.cancel()
 
     async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
         await super()._serve_concurrently(actor, limit)
-        # A graceful stop: requests served in askers' tasks finish first
-        # (the stop's deadline still bounds them).
-        while self.inline:
-            self.inline_done = trio.Event()
-            await self.inline_done.wait()
+        # A graceful stop: requests served in askers' tasks finish first,
+        # within the stop's deadline; those still running then are cancelled.
+        with trio.move_on_at(self.stop_deadline):
+            while self.inline:
+                self.inline_done = trio.Event()
+                await self.inline_done.wait()
         self.inline_done = None
+        if self.inline:
+            self.killed = True
+            reason = ActorStopped(
+                f"{self.path} stopped before replying (its shutdown_timeout passed)"
+            )
+            for scope in self.inline:
+                self.inline[scope] = reason
+                scope.cancel()
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority is that task's.
@@ -344,6 +390,7 @@ class ResourceCell(ActorCell):
             await super()._handle(actor, item)
         except Exception as exc:
             # The asker has its error (``_failure``); the resource goes on.
+            self._served()
             if type(item) is not Ask:
                 self.log.warning(
                     "resource_request_failed",
@@ -407,7 +454,17 @@ class ResourceCell(ActorCell):
         if spec.options != old.options:
             changes.append("options changed: restarting the resource")
             self.request_stop(for_restart=True)
+            actor = self.current
+            if actor is not None and self.scope is not None:
+                actor.ctx.nursery.start_soon(self._kill_at_stop_deadline)
         return changes
+
+    async def _kill_at_stop_deadline(self) -> None:
+        """Bound a stop that no supervisor watches (a restart for new options)."""
+        await trio.sleep_until(self.stop_deadline)
+        if self.scope is not None:
+            self.killed = True
+            self.scope.cancel()
 
     def resource_statistics(self) -> ResourceStatistics:
         """The resource's limiter, counters and backend figures, now."""
@@ -417,6 +474,7 @@ class ResourceCell(ActorCell):
             name=self.resource_name,
             kind=f"{kind.__module__}:{kind.__qualname__}",
             status=self.status,
+            circuit=self.breaker,
             limiter=self.limiter.statistics(),
             requests=self.handled + self.failed,
             failures=self.failed,

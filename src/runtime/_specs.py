@@ -404,8 +404,9 @@ class ResourceSpec:
         retry: how transient failures are retried (None: no retry).
         circuit_breaker: after ``failures`` consecutive transient failures,
             callers get ``CircuitOpen`` until one trial after
-            ``reset_timeout`` succeeds (None: no breaker). Crashes of the
-            resource actor itself trip the same breaker.
+            ``reset_timeout`` succeeds (None: no breaker). The resource
+            actor's own breaker, opened by its crashes, takes the same
+            settings.
         mailbox: requests waiting for admission beyond those in the
             resource; see ``MailboxSpec``.
         shutdown_timeout: seconds a stop waits for requests in flight.

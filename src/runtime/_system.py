@@ -193,6 +193,11 @@ class ActorSystem:
         """
         cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
         if not isinstance(cell, ResourceCell):
+            if name in self.topology.resources:
+                raise ActorNotFound(
+                    f"resource {name!r} was stopped for good (system.stop); "
+                    "it runs again at the next start"
+                )
             declared = ", ".join(sorted(self.topology.resources)) or "none"
             raise ActorNotFound(f"no resource named {name!r}; the topology declares: {declared}")
         return cell.ref
@@ -216,7 +221,8 @@ class ActorSystem:
         for name, spec in new.resources.items():
             cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
             if not isinstance(cell, ResourceCell):
-                changes.append(f"resources.{name}: added: starts at the next start")
+                what = "stopped" if name in self.topology.resources else "added"
+                changes.append(f"resources.{name}: {what}: starts at the next start")
                 continue
             changes += [f"resources.{name}: {change}" for change in cell.reconfigure(spec)]
             resources[name] = cell.resource_spec

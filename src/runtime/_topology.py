@@ -446,6 +446,10 @@ def load_topology(path: str | os.PathLike[str]) -> Topology:
         text = Path(source).read_text(encoding="utf-8")
     except OSError as exc:
         raise TopologyError([f"{source}:0: (file): cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise TopologyError(
+            [f"{source}:0: (file): not UTF-8 text (byte {exc.start}: {exc.reason})"]
+        ) from None
     return parse_topology(text, source)
 
 
