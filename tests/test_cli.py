@@ -285,3 +285,50 @@ def test_sighup_reloads_resource_limits(tmp_path: Path) -> None:
         "resource echo: 0 request(s), 0 failed, 0 retried, 0 refused by the breaker "
         "(now closed), 0.00s waited for admission"
     ) in stdout
+
+
+def test_status_shows_a_running_systems_tree(tmp_path: Path) -> None:
+    """``start --metrics-listen`` serves the endpoint (its URL on stdout);
+    ``status URL`` prints the tree and the resources, exit 0 while it runs;
+    an address nobody serves is exit 1."""
+    path = write(tmp_path, RELOADABLE.format(limit=3))
+    with subprocess.Popen(
+        [sys.executable, "-m", "runtime", "start", str(path), "--metrics-listen", "127.0.0.1:0"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().startswith("started 'reloading'")
+            line = process.stdout.readline()
+            match = re.match(r"metrics: (http://127\.0\.0\.1:\d+)/metrics, ", line)
+            assert match, line
+            result = run_cli("status", match[1])
+            process.send_signal(signal.SIGTERM)
+            process.communicate(timeout=SUBPROCESS_TIMEOUT)
+        finally:
+            process.kill()
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "system 'reloading': running (0 dead letter(s))"
+    assert lines[2].split() == [
+        "PATH", "KIND", "STATUS", "INCARNATION", "RESTARTS", "MAILBOX", "BREAKER", "ASKS"
+    ]  # fmt: skip
+    assert lines[3].split() == ["root", "supervisor", "running", "1", "0", "-", "-", "0"]
+    assert lines[4].split() == ["root/echo", "actor", "running", "1", "0", "0/100", "-", "0"]
+    assert lines[5].split()[:3] == ["resources", "supervisor", "running"]
+    assert lines[6].split() == [
+        "resources/echo", "actor", "running", "1", "0", "0/100", "closed", "0"
+    ]  # fmt: skip
+    assert lines[-1].split() == ["echo", "0/3", "0/0/0", "closed", "0.0s", "0", "0"]
+    gone = run_cli("status", match[1])
+    assert gone.returncode == 1 and "error: cannot read" in gone.stderr
+
+
+def test_a_bad_metrics_listen_is_a_usage_error(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID)
+    result = run_cli("start", str(path), "--metrics-listen", "here")
+    assert result.returncode == 2
+    assert "error: --metrics-listen: expected host:port" in result.stderr

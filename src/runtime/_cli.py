@@ -16,10 +16,14 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
+import attrs
 import trio
 
+from ._endpoint import parse_listen
 from ._logging import configure_logging
-from ._specs import Topology
+from ._resource import ResourceStatistics
+from ._specs import MetricsSpec, Topology
+from ._status import show_status
 from ._system import ActorSystem, TreeNode, open_system
 from ._topology import iter_children, load_topology
 from .errors import ActorSystemError, TopologyError
@@ -56,6 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         help="stop once every mailbox is empty and no handler, restart or timer is pending",
     )
     start.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help=(
+            "serve /metrics, /healthz and /status there (overrides the topology's "
+            "metrics.listen; a port alone binds to 127.0.0.1)"
+        ),
+    )
+    start.add_argument(
         "--log-format",
         choices=("auto", "json", "console"),
         default="auto",
@@ -77,6 +89,18 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 valid, 2 invalid (one line per problem on stderr).",
     )
     validate.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
+    status = commands.add_parser(
+        "status",
+        help="show a running system's supervision tree from its /status endpoint",
+        description=(
+            "Fetch URL/status from a running system's metrics endpoint (metrics.listen) "
+            "and print its supervision tree and resources as a table."
+        ),
+        epilog="Exit codes: 0 the system runs, 1 it is not running or not reachable.",
+    )
+    status.add_argument(
+        "url", metavar="URL", help="the endpoint, such as http://127.0.0.1:9464 (or 9464)"
+    )
     return parser
 
 
@@ -87,8 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.path.insert(0, os.getcwd())  # actors are imported relative to the working dir
     if args.command == "validate":
         return _validate(args.topology)
+    if args.command == "status":
+        return show_status(args.url)
     configure_logging(fmt=args.log_format, level=args.log_level)
-    return trio.run(_start, args.topology, args.until_idle)
+    return trio.run(_start, args.topology, args.until_idle, args.metrics_listen)
 
 
 def _load(path: str) -> Topology | None:
@@ -115,10 +141,17 @@ def _validate(path: str) -> int:
     return EXIT_OK
 
 
-async def _start(path: str, until_idle: bool) -> int:
+async def _start(path: str, until_idle: bool, metrics_listen: str | None = None) -> int:
     topology = _load(path)
     if topology is None:
         return EXIT_INVALID
+    if metrics_listen is not None:
+        try:
+            parse_listen(metrics_listen)
+        except ValueError as exc:
+            print(f"error: --metrics-listen: {exc}", file=sys.stderr)
+            return EXIT_INVALID
+        topology = attrs.evolve(topology, metrics=MetricsSpec(listen=metrics_listen))
     started = trio.current_time()
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
     hard = trio.CancelScope()  # a second one cancels what is still stopping
@@ -136,7 +169,7 @@ async def _start(path: str, until_idle: bool) -> int:
             except TopologyError as exc:
                 _print_errors(exc)
                 code = EXIT_INVALID
-            except ActorSystemError as exc:
+            except (ActorSystemError, OSError) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 code = EXIT_FAILED
             nursery.cancel_scope.cancel()
@@ -158,6 +191,12 @@ async def _run(
             f"started {topology.system!r} from {path}; checkpoint store: {system.store_url}",
             flush=True,
         )
+        if system.endpoint_url is not None:
+            print(
+                f"metrics: {system.endpoint_url}/metrics, {system.endpoint_url}/healthz, "
+                f"{system.endpoint_url}/status",
+                flush=True,
+            )
         with run:
             if until_idle:
                 await system.wait_until_idle()
@@ -195,6 +234,9 @@ def _reload(holder: list[ActorSystem], path: str) -> None:
         print(f"received SIGHUP: {path} is invalid; nothing changed:", file=sys.stderr)
         _print_errors(exc)
         return
+    except Exception as exc:  # a reload must never end the run
+        print(f"received SIGHUP: cannot reload {path}: {exc!r}", file=sys.stderr)
+        return
     print(f"received SIGHUP: reloaded {path}", file=sys.stderr)
     for change in changes or ["no changes"]:
         print(f"  {change}", file=sys.stderr, flush=True)
@@ -219,9 +261,15 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
         print(
             f"resource {name}: {stats.requests} request(s), {stats.failures} failed, "
             f"{limiter.retries} retried, {limiter.rejected} refused by the breaker "
-            f"(now {limiter.breaker or 'none'}), {limiter.wait_seconds:.2f}s waited for admission",
+            f"(now {_breaker_now(stats)}), {limiter.wait_seconds:.2f}s waited for admission",
             file=out,
         )
+
+
+def _breaker_now(stats: ResourceStatistics) -> str:
+    if stats.circuit not in (None, "closed"):
+        return f"{stats.circuit} after crashes"
+    return stats.limiter.breaker or "none"
 
 
 def _flatten(node: TreeNode) -> list[TreeNode]:
