@@ -183,7 +183,8 @@ class RuntimeCollector(Collector):
                 for name in _BREAKER_STATES:
                     breaker.add_metric([path, name], 1.0 if cell.breaker == name else 0.0)
         for node in system.children_and_supervisors():
-            for reason, count in node.restart_reasons.items():
+            reasons = {"crash": 0, **node.restart_reasons}  # a series from the start
+            for reason, count in reasons.items():
                 restarts.add_metric([node.path, reason], count)
         yield from (handled, duration, depth, capacity, pending, status, breaker, restarts)
 
@@ -291,6 +292,18 @@ class RuntimeCollector(Collector):
                 family(
                     gauge, "runtime_pool_connections_max", "The pool's size.", ["resource"]
                 ).add_metric([name], backend.pop("max_size"))
+            responses = {
+                key: backend.pop(key) for key in list(backend) if key.startswith("responses_")
+            }
+            if responses:
+                answered = family(
+                    counter,
+                    "runtime_resource_responses",
+                    "Backend answers by class (2xx, 429, 5xx, other), for kinds that speak HTTP.",
+                    ["resource", "class"],
+                )
+                for key, count in sorted(responses.items()):
+                    answered.add_metric([name, key.removeprefix("responses_")], count)
             figures = family(
                 gauge,
                 "runtime_resource_backend",
