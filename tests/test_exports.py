@@ -32,6 +32,8 @@ PUBLIC = {
     "SupervisorSpec",
     "Topology",
     "TreeNode",
+    "add_correlation_id",
+    "correlation_id",
     "errors",
     "handler",
     "load_topology",

@@ -12,6 +12,8 @@ from ._checkpoint import MemoryStore as MemoryStore
 from ._checkpoint import PostgresStore as PostgresStore
 from ._checkpoint import SqliteStore as SqliteStore
 from ._checkpoint import open_store as open_store
+from ._correlation import add_correlation_id as add_correlation_id
+from ._correlation import correlation_id as correlation_id
 from ._limiter import Limiter as Limiter
 from ._limiter import LimiterStatistics as LimiterStatistics
 from ._resource import Resource as Resource
@@ -60,6 +62,8 @@ __all__ = [
     "SupervisorSpec",
     "Topology",
     "TreeNode",
+    "add_correlation_id",
+    "correlation_id",
     "errors",
     "handler",
     "load_topology",

@@ -22,7 +22,8 @@ import structlog
 import trio
 
 from ._checkpoint import CheckpointStore, decode_state, encode_state
-from ._mailbox import PRIORITIES, Ask, Mailbox
+from ._correlation import CURRENT, CorrelationSlot, current
+from ._mailbox import PRIORITIES, Ask, Envelope, Mailbox, unwrap
 from ._metrics import Durations
 from .errors import (
     ActorFailed,
@@ -376,7 +377,7 @@ class ActorCell:
             await mailbox.wait_not_full()
             refusal = self.refusal
             if refusal is not None and refusal is not _TRIAL:
-                self.admit(item.msg if type(item) is Ask else item, priority)
+                self.admit(unwrap(item), priority)
 
     async def deliver(self, msg: object) -> None:
         """``tell`` for the runtime's own senders (timers, topics): a refusal
@@ -389,17 +390,14 @@ class ActorCell:
     def _evicted(self, item: object) -> None:
         if type(item) is Ask:
             item.fail(MailboxFull(f"{self.path}: message dropped by a full mailbox"))
-            item = item.msg
-        self.system._dead_letter(self.path, item, "mailbox_full")
+        self.system._dead_letter(self.path, unwrap(item), "mailbox_full")
 
     def flush(self, reason: str, error: type[Exception]) -> None:
         """Turn every queued message into a dead letter; askers get ``error``."""
         for item in self.mailbox.drain():
-            message = item
             if type(item) is Ask:
                 item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
-                message = item.msg
-            self.system._dead_letter(self.path, message, reason)
+            self.system._dead_letter(self.path, unwrap(item), reason)
 
     # -- one incarnation ----------------------------------------------------
 
@@ -420,6 +418,8 @@ class ActorCell:
             self.refusal = None  # a half-open circuit keeps its trial state
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
+        # This task's correlation: on_start's own chain, then each message's.
+        CURRENT.set(CorrelationSlot())
         started = False
         phase = "start"
         error: BaseException | None = None
@@ -583,6 +583,8 @@ class ActorCell:
         # With metrics on: messages until the next timed one, and how many
         # messages that one stands for.
         countdown = weight = 1
+        slot = CURRENT.get()
+        assert slot is not None  # set by run_incarnation
         budget = _YIELD_EVERY
         while not self.stop_requested:
             item = get()
@@ -595,6 +597,15 @@ class ActorCell:
                 await trio.lowlevel.checkpoint_if_cancelled()
                 budget = _YIELD_EVERY
                 continue
+            # The message's chain (an ask's or an envelope's; 0: a new one).
+            kind = type(item)
+            if kind is Envelope:
+                slot.value = item.correlation  # type: ignore[attr-defined]
+                item = item.msg  # type: ignore[attr-defined]
+            elif kind is Ask:
+                slot.value = item.correlation  # type: ignore[attr-defined]
+            else:
+                slot.value = 0
             if durations is None:
                 await handle(actor, item)
             else:
@@ -619,6 +630,12 @@ class ActorCell:
         durations = self.durations
 
         async def handle_one(item: object, slot: object) -> None:
+            # This message's chain, in its own task.
+            if type(item) is Envelope:
+                CURRENT.set(CorrelationSlot(item.correlation))
+                item = item.msg
+            else:
+                CURRENT.set(CorrelationSlot(item.correlation if type(item) is Ask else 0))
             self.in_flight += 1
             started = perf_counter()
             try:
@@ -657,6 +674,8 @@ class ActorCell:
             self.slots = None
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
+        """Handle one mailbox item (an ``Envelope`` already unwrapped by
+        ``_take``)."""
         if type(item) is Ask:
             msg = item.msg
             try:
@@ -778,12 +797,13 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
+        item = msg if CURRENT.get() is None else Envelope(msg, current())
         try:
-            queued = cell.mailbox.put_nowait(msg, priority)
+            queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:
             raise ValueError(_PRIORITY_ERROR) from None
         if not queued:
-            await cell.put(msg, priority)
+            await cell.put(item, priority)
         elif cell.unyielded_tells < _YIELD_EVERY:
             cell.unyielded_tells += 1
         else:
@@ -800,8 +820,9 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
+        item = msg if CURRENT.get() is None else Envelope(msg, current())
         try:
-            queued = cell.mailbox.put_nowait(msg, priority)
+            queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:
             raise ValueError(_PRIORITY_ERROR) from None
         if not queued:
@@ -827,7 +848,7 @@ class ActorRef(Generic[M]):
             cell.admit(msg, priority)
         if priority not in _PRIORITIES:
             raise ValueError(_PRIORITY_ERROR)
-        request = Ask(msg, trio.lowlevel.current_task(), priority)
+        request = Ask(msg, trio.lowlevel.current_task(), priority, current())
 
         def abort(_: object) -> trio.lowlevel.Abort:
             request.waiter = None

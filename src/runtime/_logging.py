@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from ._correlation import add_correlation_id
+
 __all__ = ["configure_logging"]
 
 
@@ -30,6 +32,7 @@ def configure_logging(
     as_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_correlation_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

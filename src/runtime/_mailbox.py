@@ -18,7 +18,7 @@ import trio
 
 from .errors import MailboxFull
 
-__all__ = ["PRIORITIES", "Ask", "Mailbox", "MailboxStatistics"]
+__all__ = ["PRIORITIES", "Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
 
 PRIORITIES: Final = ("high", "normal", "low")
 _INDEX: Final = {"high": 0, "normal": 1, "low": 2}
@@ -32,12 +32,15 @@ class Ask:
     once, and never a task that is no longer waiting.
     """
 
-    __slots__ = ("msg", "priority", "waiter")
+    __slots__ = ("correlation", "msg", "priority", "waiter")
 
-    def __init__(self, msg: object, waiter: Any, priority: str = "normal") -> None:
+    def __init__(
+        self, msg: object, waiter: Any, priority: str = "normal", correlation: int = 0
+    ) -> None:
         self.msg = msg
         self.waiter = waiter
         self.priority = priority
+        self.correlation = correlation  # the asker's chain; 0: a new one
 
     def reply(self, value: object) -> None:
         """Wake the asker with ``value``, if it is still waiting."""
@@ -52,6 +55,22 @@ class Ask:
         if waiter is not None:
             self.waiter = None
             trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+
+class Envelope:
+    """A told message sent from inside a handler, with that handler's
+    correlation id (a message told from outside travels bare)."""
+
+    __slots__ = ("correlation", "msg")
+
+    def __init__(self, msg: object, correlation: int) -> None:
+        self.msg = msg
+        self.correlation = correlation
+
+
+def unwrap(item: object) -> object:
+    """The message of a mailbox item (an ``Ask``, an ``Envelope`` or bare)."""
+    return item.msg if type(item) is Ask or type(item) is Envelope else item
 
 
 @attrs.frozen

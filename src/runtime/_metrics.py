@@ -302,8 +302,8 @@ class RuntimeCollector(Collector):
                     "Backend answers by class (2xx, 429, 5xx, other), for kinds that speak HTTP.",
                     ["resource", "class"],
                 )
-                for key, count in sorted(responses.items()):
-                    answered.add_metric([name, key.removeprefix("responses_")], count)
+                for key, answers in sorted(responses.items()):
+                    answered.add_metric([name, key.removeprefix("responses_")], answers)
             figures = family(
                 gauge,
                 "runtime_resource_backend",

@@ -385,7 +385,7 @@ class ResourceCell(ActorCell):
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority is that task's.
-        _PRIORITY.set(item.priority if type(item) is Ask else "normal")
+        _PRIORITY.set(item.priority if type(item) is Ask else "normal")  # (an Envelope: normal)
         try:
             await super()._handle(actor, item)
         except Exception as exc:
