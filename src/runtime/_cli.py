@@ -1,9 +1,11 @@
-"""``python -m runtime``: start or validate a topology.
+"""``python -m runtime``: start or validate a topology, or show a running
+system's status.
 
 Exit codes:
-    0: the system ran and stopped gracefully (``start``), or the topology is
-       valid (``validate``).
-    1: the system failed: the root supervisor gave up, or starting it failed.
+    0: the system ran and stopped gracefully (``start``), the topology is
+       valid (``validate``), the system runs (``status``).
+    1: the system failed: a top supervisor gave up, or starting it failed
+       (``start``); it is not running or cannot be reached (``status``).
     2: usage error, or an invalid topology (errors on stderr).
 """
 
@@ -38,7 +40,10 @@ EXIT_INVALID = 2
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
-        description="A supervised actor runtime on trio: start or validate a topology.",
+        description=(
+            "A supervised actor runtime on trio: start or validate a topology, "
+            "or show a running system's status."
+        ),
         epilog="Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
