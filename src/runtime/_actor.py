@@ -22,7 +22,7 @@ import structlog
 import trio
 
 from ._checkpoint import CheckpointStore, decode_state, encode_state
-from ._correlation import CURRENT, CorrelationSlot, current
+from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
 from ._mailbox import PRIORITIES, Ask, Envelope, Mailbox, unwrap
 from ._metrics import Durations
 from .errors import (
@@ -270,6 +270,7 @@ class ActorCell:
         "system",
         "table",
         "task",
+        "tracer",
         "unyielded_tells",
         "version",
         "waiting",
@@ -297,6 +298,7 @@ class ActorCell:
         self.failed = 0  # messages whose handler raised
         # Handling times, kept when the system has metrics on (sampled: see _metrics).
         self.durations: Durations | None = Durations() if system.metrics else None
+        self.tracer: Any = system.tracer  # OpenTelemetry, with metrics.tracing
         # None while messages are accepted; else the exception type to raise,
         # or _TRIAL while a half-open circuit waits for its one trial message.
         self.refusal: Any = None
@@ -583,6 +585,7 @@ class ActorCell:
         # With metrics on: messages until the next timed one, and how many
         # messages that one stands for.
         countdown = weight = 1
+        tracer = self.tracer
         slot = CURRENT.get()
         assert slot is not None  # set by run_incarnation
         budget = _YIELD_EVERY
@@ -601,12 +604,17 @@ class ActorCell:
             kind = type(item)
             if kind is Envelope:
                 slot.value = item.correlation  # type: ignore[attr-defined]
+                trace = item.trace  # type: ignore[attr-defined]
                 item = item.msg  # type: ignore[attr-defined]
             elif kind is Ask:
                 slot.value = item.correlation  # type: ignore[attr-defined]
+                trace = item.trace  # type: ignore[attr-defined]
             else:
                 slot.value = 0
-            if durations is None:
+                trace = None
+            if tracer is not None:
+                await self._handle_traced(actor, item, trace)
+            elif durations is None:
                 await handle(actor, item)
             else:
                 countdown -= 1
@@ -631,15 +639,23 @@ class ActorCell:
 
         async def handle_one(item: object, slot: object) -> None:
             # This message's chain, in its own task.
+            trace = None
             if type(item) is Envelope:
                 CURRENT.set(CorrelationSlot(item.correlation))
+                trace = item.trace
                 item = item.msg
+            elif type(item) is Ask:
+                CURRENT.set(CorrelationSlot(item.correlation))
+                trace = item.trace
             else:
-                CURRENT.set(CorrelationSlot(item.correlation if type(item) is Ask else 0))
+                CURRENT.set(CorrelationSlot())
             self.in_flight += 1
             started = perf_counter()
             try:
-                await self._handle(actor, item)
+                if self.tracer is not None:
+                    await self._handle_traced(actor, item, trace, timed=False)
+                else:
+                    await self._handle(actor, item)
             finally:
                 self.in_flight -= 1
                 slots.release_on_behalf_of(slot)
@@ -672,6 +688,27 @@ class ActorCell:
                     running.start_soon(handle_one, item, slot)
         finally:
             self.slots = None
+
+    async def _handle_traced(
+        self, actor: Actor[Any], item: object, parent: Any, timed: bool = True
+    ) -> None:
+        """``_handle`` in an OpenTelemetry span, child of the sender's."""
+        msg = item.msg if type(item) is Ask else item
+        name = type(msg).__qualname__
+        attributes = {
+            "runtime.actor": self.path,
+            "runtime.message": name,
+            "runtime.correlation_id": correlation_id() or "",
+        }
+        started = perf_counter()
+        with self.tracer.start_as_current_span(
+            f"handle {name}", context=parent, attributes=attributes
+        ):
+            try:
+                await self._handle(actor, item)
+            finally:
+                if timed and self.durations is not None:
+                    self.durations.observe(perf_counter() - started)
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         """Handle one mailbox item (an ``Envelope`` already unwrapped by
@@ -797,7 +834,10 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
-        item = msg if CURRENT.get() is None else Envelope(msg, current())
+        if cell.tracer is not None:
+            item: object = Envelope(msg, current(), cell.system.trace_context())
+        else:
+            item = msg if CURRENT.get() is None else Envelope(msg, current())
         try:
             queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:
@@ -820,7 +860,10 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
-        item = msg if CURRENT.get() is None else Envelope(msg, current())
+        if cell.tracer is not None:
+            item: object = Envelope(msg, current(), cell.system.trace_context())
+        else:
+            item = msg if CURRENT.get() is None else Envelope(msg, current())
         try:
             queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:
@@ -849,6 +892,8 @@ class ActorRef(Generic[M]):
         if priority not in _PRIORITIES:
             raise ValueError(_PRIORITY_ERROR)
         request = Ask(msg, trio.lowlevel.current_task(), priority, current())
+        if cell.tracer is not None:
+            request.trace = cell.system.trace_context()
 
         def abort(_: object) -> trio.lowlevel.Abort:
             request.waiter = None

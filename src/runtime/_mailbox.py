@@ -32,7 +32,7 @@ class Ask:
     once, and never a task that is no longer waiting.
     """
 
-    __slots__ = ("correlation", "msg", "priority", "waiter")
+    __slots__ = ("correlation", "msg", "priority", "trace", "waiter")
 
     def __init__(
         self, msg: object, waiter: Any, priority: str = "normal", correlation: int = 0
@@ -41,6 +41,7 @@ class Ask:
         self.waiter = waiter
         self.priority = priority
         self.correlation = correlation  # the asker's chain; 0: a new one
+        self.trace: Any = None  # the asker's OpenTelemetry context, when tracing
 
     def reply(self, value: object) -> None:
         """Wake the asker with ``value``, if it is still waiting."""
@@ -59,13 +60,15 @@ class Ask:
 
 class Envelope:
     """A told message sent from inside a handler, with that handler's
-    correlation id (a message told from outside travels bare)."""
+    correlation id (a message told from outside travels bare, unless
+    tracing is on)."""
 
-    __slots__ = ("correlation", "msg")
+    __slots__ = ("correlation", "msg", "trace")
 
-    def __init__(self, msg: object, correlation: int) -> None:
+    def __init__(self, msg: object, correlation: int, trace: Any = None) -> None:
         self.msg = msg
         self.correlation = correlation
+        self.trace = trace  # the sender's OpenTelemetry context, when tracing
 
 
 def unwrap(item: object) -> object:

@@ -28,6 +28,7 @@ import trio
 import trio_asyncio
 
 from ._actor import _PRIORITIES, _PRIORITY_ERROR, Actor, ActorCell, ActorRef
+from ._correlation import correlation_id
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._specs import ChildSpec, ResourceSpec
@@ -318,7 +319,10 @@ class ResourceCell(ActorCell):
             with trio.move_on_after(timeout) as deadline:
                 with scope:
                     try:
-                        result = await self.table[type(msg)](actor, msg)
+                        if self.tracer is not None:
+                            result = await self._traced_call(actor, msg)
+                        else:
+                            result = await self.table[type(msg)](actor, msg)
                     except Exception:
                         self.failed += 1
                         self._served()
@@ -343,6 +347,19 @@ class ResourceCell(ActorCell):
             self.in_flight -= 1
             if not self.inline and self.inline_done is not None:
                 self.inline_done.set()
+
+    async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
+        """The handler in an OpenTelemetry span, child of the asker's."""
+        name = type(msg).__qualname__
+        with self.tracer.start_as_current_span(
+            f"handle {name}",
+            attributes={
+                "runtime.actor": self.path,
+                "runtime.message": name,
+                "runtime.correlation_id": correlation_id() or "",
+            },
+        ):
+            return await self.table[type(msg)](actor, msg)
 
     def _served(self) -> None:
         """A request was answered without crashing the resource: that is

@@ -381,9 +381,18 @@ class SupervisorSpec:
 
 @attrs.frozen
 class MetricsSpec:
-    """Where to serve metrics (``host:port``); None serves nothing."""
+    """Observability settings.
+
+    Attributes:
+        listen: where to serve ``/metrics``, ``/healthz`` and ``/status``
+            (``host:port``, or a port on 127.0.0.1); None serves nothing.
+        tracing: an OpenTelemetry span per handled message, the asker's or
+            sender's span as its parent (needs ``opentelemetry-api``; spans
+            go to the tracer provider the application set up).
+    """
 
     listen: str | None = None
+    tracing: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
 @attrs.frozen

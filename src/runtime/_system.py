@@ -35,6 +35,7 @@ from ._resource import (
 from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology
 from ._supervisor import Child, Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
+from ._tracing import context_now, make_tracer
 from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
@@ -87,6 +88,9 @@ class ActorSystem:
         self.topology = topology
         # Whether handling times are kept for the metrics (they cost a little per message).
         self.metrics = metrics
+        # OpenTelemetry, with metrics.tracing: the tracer, and the sender's context.
+        self.tracer: Any = make_tracer() if topology.metrics.tracing else None
+        self.trace_context = context_now
         self.name = topology.system
         # The store asked for: open_system's, else the topology's (None: default).
         self.store = store if store is not None else topology.store

@@ -44,6 +44,7 @@ from ._specs import (
     to_checkpoint_policy,
     to_seconds,
 )
+from ._tracing import tracing_unavailable
 from .errors import TopologyError
 
 __all__ = ["iter_children", "load_topology", "parse_topology"]
@@ -401,6 +402,9 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             "$.supervisor.name",
             "'resources' names the supervisor of the resources; give the root another name",
         )
+    why = tracing_unavailable() if topology.metrics.tracing else None
+    if why is not None:
+        yield "$.metrics.tracing", why
     if topology.metrics.listen is not None:
         try:
             parse_listen(topology.metrics.listen)
