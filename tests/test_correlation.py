@@ -149,9 +149,37 @@ async def test_concurrent_messages_keep_their_own_ids(captured: LogCapture) -> N
     assert len(set(answers.values())) == 4
 
 
+class WhichChain(runtime.Resource):
+    """A resource that answers with the correlation id it serves under."""
+
+    @runtime.handler
+    async def question(self, msg: Question) -> str | None:
+        log.info("resource", label=msg.label)
+        return runtime.correlation_id()
+
+
+class AsksResource(runtime.Actor[None]):
+    @runtime.handler
+    async def question(self, msg: Question) -> tuple[str | None, str | None]:
+        mine = runtime.correlation_id()
+        return mine, await self.ctx.resource("chain").ask(msg)
+
+
 async def test_a_resource_request_keeps_the_askers_id(captured: LogCapture) -> None:
-    """A resource serves an ask in the asker's task: its logs carry the
-    asker's id."""
+    """A resource serves an ask in the asker's task, under the asker's id."""
+    topology = Topology(
+        resources={"chain": ResourceSpec(kind=WhichChain)},
+        supervisor=SupervisorSpec(name="root", children=[ChildSpec(name="a", actor=AsksResource)]),
+    )
+    with trio.fail_after(10):
+        async with open_system(topology, store="memory://") as system:
+            mine, served = await system.ref("root/a").ask(Question("r"))
+    assert mine is not None and served == mine
+    assert _events(captured, "resource") == {"r": mine}
+
+
+async def test_uses_resource_example_still_works() -> None:
+    """The agent of the tracing tests, with the Echo resource."""
     topology = Topology(
         resources={"echo": ResourceSpec(kind=Echo, options={"backend": Backend()})},
         supervisor=SupervisorSpec(name="root", children=[ChildSpec(name="u", actor=UsesResource)]),
@@ -159,6 +187,3 @@ async def test_a_resource_request_keeps_the_askers_id(captured: LogCapture) -> N
     with trio.fail_after(10):
         async with open_system(topology, store="memory://") as system:
             assert await system.ref("root/u").ask(Question("r")) == "r"
-    assert _events(captured, "agent")["r"]
-    served = [entry for entry in captured.entries if entry.get("path") == "resources/echo"]
-    assert all("correlation_id" in entry for entry in served)

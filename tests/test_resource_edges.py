@@ -22,16 +22,8 @@ from runtime import (
     open_system,
 )
 from runtime.errors import ActorStopped, CircuitOpen, ResourceError
-from tests.resource_kinds import Backend, Break, Echo, Greeting, Ping
-
-
-def _topology(backend: Backend, *children: ChildSpec, **fields: Any) -> Topology:
-    fields.setdefault("retry", None)
-    return Topology(
-        system="res",
-        resources={"echo": ResourceSpec(kind=Echo, options={"backend": backend}, **fields)},
-        supervisor=SupervisorSpec(name="root", children=list(children)),
-    )
+from tests.resource_kinds import Backend, Break, Greeting, Ping
+from tests.test_resources import _topology
 
 
 async def _crash(ref: runtime.ActorRef[Any], reason: str = "gone") -> None:

@@ -291,7 +291,7 @@ class ActorCell:
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
-        self.restart_reasons: dict[str, int] = {}
+        self.restart_reasons: dict[str, int] | None = None  # made at the first restart
         self.pending_reason = "crash"  # why its pending restart happens
         self.pending_asks = 0
         self.handled = 0
@@ -420,8 +420,6 @@ class ActorCell:
             self.refusal = None  # a half-open circuit keeps its trial state
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
-        # This task's correlation: on_start's own chain, then each message's.
-        CURRENT.set(CorrelationSlot())
         started = False
         phase = "start"
         error: BaseException | None = None
@@ -586,8 +584,7 @@ class ActorCell:
         # messages that one stands for.
         countdown = weight = 1
         tracer = self.tracer
-        slot = CURRENT.get()
-        assert slot is not None  # set by run_incarnation
+        slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
         budget = _YIELD_EVERY
         while not self.stop_requested:
             item = get()
@@ -601,6 +598,9 @@ class ActorCell:
                 budget = _YIELD_EVERY
                 continue
             # The message's chain (an ask's or an envelope's; 0: a new one).
+            if slot is None:
+                slot = CorrelationSlot()
+                CURRENT.set(slot)
             kind = type(item)
             if kind is Envelope:
                 slot.value = item.correlation  # type: ignore[attr-defined]

@@ -60,7 +60,7 @@ def current() -> int:
 
 def correlation_id() -> str | None:
     """The correlation id of the message being handled, or None outside a
-    handler (and ``on_start``, ``on_stop`` and the tasks they start)."""
+    handler (``on_start`` and ``on_stop`` are not messages)."""
     slot = CURRENT.get()
     return None if slot is None else repr(slot)
 

@@ -170,6 +170,19 @@ class Resource(Actor[None]):
         return {}
 
 
+def _limits(spec: ResourceSpec) -> dict[str, Any]:
+    """The limiter settings of ``spec``."""
+    breaker = spec.circuit_breaker
+    return {
+        "max_concurrency": spec.concurrency,
+        "rate": spec.rate,
+        "timeout": spec.timeout,
+        "retry": spec.retry,
+        "failures": breaker.failures if breaker is not None else None,
+        "reset_timeout": breaker.reset_timeout if breaker is not None else 60.0,
+    }
+
+
 def _show(value: object) -> str:
     if attrs.has(type(value)):
         fields = ", ".join(f"{k}: {v!r}" for k, v in attrs.asdict(value).items())  # type: ignore[arg-type]
@@ -267,14 +280,8 @@ class ResourceCell(ActorCell):
         self.inline: dict[trio.CancelScope, Exception | None] = {}
         self.inline_done: trio.Event | None = None
         self.asyncio_loop: Any = None  # the system's trio-asyncio loop, for asyncio kinds
-        breaker = spec.circuit_breaker
         self.limiter = Limiter(
-            max_concurrency=spec.concurrency,
-            rate=spec.rate,
-            timeout=spec.timeout,
-            retry=spec.retry,
-            failures=breaker.failures if breaker is not None else None,
-            reset_timeout=breaker.reset_timeout if breaker is not None else 60.0,
+            **_limits(spec),
             is_transient=self._is_transient,
             should_retry=self._should_retry,
             name=path,
@@ -451,15 +458,7 @@ class ResourceCell(ActorCell):
         limits = ("max_concurrency", "rate", "timeout", "retry", "circuit_breaker")
         changed = [field for field in limits if getattr(spec, field) != getattr(old, field)]
         if changed:
-            breaker = spec.circuit_breaker
-            self.limiter.configure(
-                max_concurrency=spec.concurrency,
-                rate=spec.rate,
-                timeout=spec.timeout,
-                retry=spec.retry,
-                failures=breaker.failures if breaker is not None else None,
-                reset_timeout=breaker.reset_timeout if breaker is not None else 60.0,
-            )
+            self.limiter.configure(**_limits(spec))
             self.spec = resource_child_spec(self.resource_name, spec)
             if self.slots is not None:
                 self.slots.total_tokens = self.spec.concurrency

@@ -49,7 +49,10 @@ class _Started:
 def _restarted(child: Child, reason: str) -> None:
     """Count one restart of ``child``, and why."""
     child.restarts += 1
-    child.restart_reasons[reason] = child.restart_reasons.get(reason, 0) + 1
+    reasons = child.restart_reasons
+    if reasons is None:
+        reasons = child.restart_reasons = {}
+    reasons[reason] = reasons.get(reason, 0) + 1
 
 
 def _restart_wanted(restart: str, crashed: bool) -> bool:
@@ -87,7 +90,7 @@ class Supervisor:
         self.status = "starting"
         self.incarnation = 0
         self.restarts = 0
-        self.restart_reasons: dict[str, int] = {}
+        self.restart_reasons: dict[str, int] | None = None
         self.pending_reason = "crash"  # why its pending restart happens
         self.stopping = False
         self.stopping_for_restart = False  # the parent restarts it: keep the mailboxes
