@@ -103,6 +103,7 @@ class Source(runtime.Actor[None]):
 
     @runtime.handler
     async def start(self, msg: Start) -> None:
+        self.ctx.progress(total=self.items)  # for the progress line and the summary
         limiter = trio.Semaphore(self.parallel)
         async with trio.open_nursery() as nursery:
             for number in range(1, self.items + 1):
@@ -118,7 +119,9 @@ class Source(runtime.Actor[None]):
                     await self.worker.ask(Job(number, attempt), timeout=10)
                 except (ActorFailed, ActorStopped):
                     log.info("job_retry", job=number, attempt=attempt + 1)
+                    self.ctx.progress(retried=1)
                 else:
+                    self.ctx.progress(done=1)
                     return
             log.error("job_gave_up", job=number)
         finally:

@@ -160,6 +160,39 @@ def test_quickstart_runs_until_idle() -> None:
     handled, restarts = int(match[1]), int(match[2])
     assert handled >= 2 * items  # every job by the worker, every result by the tally
     assert restarts >= 1  # job 25 fails on its first attempt
+    assert re.search(rf"^items: {items}/{items} done, [1-9]\d* retried$", result.stdout, re.M)
+
+
+def test_progress_lines_say_items_and_who_works() -> None:
+    """While it runs, a progress line on stdout: items done out of the total
+    the actors counted, and the actors handling a message now."""
+    result = run_cli(
+        "start",
+        "supervisors/quickstart.yaml",
+        "--until-idle",
+        "--progress-interval",
+        "0.05",
+        env={"QUICKSTART_ITEMS": "200"},
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.startswith("progress: ")]
+    assert lines, result.stdout
+    assert any(
+        re.match(r"progress: \d+/200 item\(s\) done.*; working: .*root/workers/worker", line)
+        for line in lines
+    ), lines
+
+
+def test_progress_line_format() -> None:
+    from runtime import Progress
+    from runtime._cli import progress_line
+
+    assert progress_line(Progress(0, 0, 0, ())) == "progress: no items counted; idle"
+    busy = Progress(3, 10, 1, tuple((f"root/w{n}", n) for n in range(1, 9)))
+    assert progress_line(busy) == (
+        "progress: 3/10 item(s) done, 1 retried; working: root/w1, root/w2 (2), root/w3 (3), "
+        "root/w4 (4), root/w5 (5), root/w6 (6) and 2 more"
+    )
 
 
 def test_start_invalid_topology_exits_2(tmp_path: Path) -> None:

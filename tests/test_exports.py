@@ -23,6 +23,7 @@ PUBLIC = {
     "MemoryStore",
     "MetricsSpec",
     "PostgresStore",
+    "Progress",
     "RateSpec",
     "Resource",
     "ResourceSpec",

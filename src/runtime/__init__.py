@@ -30,6 +30,7 @@ from ._specs import SupervisorSpec as SupervisorSpec
 from ._specs import Topology as Topology
 from ._system import ActorSystem as ActorSystem
 from ._system import DeadLetter as DeadLetter
+from ._system import Progress as Progress
 from ._system import TreeNode as TreeNode
 from ._system import open_system as open_system
 from ._topology import load_topology as load_topology
@@ -53,6 +54,7 @@ __all__ = [
     "MemoryStore",
     "MetricsSpec",
     "PostgresStore",
+    "Progress",
     "RateSpec",
     "Resource",
     "ResourceSpec",

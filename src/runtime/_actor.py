@@ -958,6 +958,16 @@ class ActorContext:
         """
         return self._cell.system.ref(path)
 
+    def progress(self, *, total: int = 0, done: int = 0, retried: int = 0) -> None:
+        """Count work items for the progress display and the run summary:
+        ``total`` more items are expected, ``done`` more finished, ``retried``
+        more tried again. Counts add up across actors; an actor that resumes
+        from a checkpoint counts what it had done again."""
+        system = self._cell.system
+        system.items_total += total
+        system.items_done += done
+        system.items_retried += retried
+
     def resource(self, name: str) -> ActorRef[Any]:
         """The ref of the resource ``name`` (declared under ``resources:``).
 

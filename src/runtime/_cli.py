@@ -26,7 +26,7 @@ from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._specs import MetricsSpec, Topology
 from ._status import show_status
-from ._system import ActorSystem, TreeNode, open_system
+from ._system import ActorSystem, Progress, TreeNode, open_system
 from ._topology import iter_children, load_topology
 from .errors import ActorSystemError, TopologyError
 
@@ -70,6 +70,16 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "serve /metrics, /healthz and /status there (overrides the topology's "
             "metrics.listen; a port alone binds to 127.0.0.1)"
+        ),
+    )
+    start.add_argument(
+        "--progress-interval",
+        metavar="SECONDS",
+        type=float,
+        default=1.0,
+        help=(
+            "print a progress line (items done, who is working) on stdout this often, "
+            "when it changed; 0 prints none (default: 1)"
         ),
     )
     start.add_argument(
@@ -119,7 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return show_status(args.url)
     configure_logging(fmt=args.log_format, level=args.log_level)
-    return trio.run(_start, args.topology, args.until_idle, args.metrics_listen)
+    return trio.run(
+        _start, args.topology, args.until_idle, args.metrics_listen, args.progress_interval
+    )
 
 
 def _load(path: str) -> Topology | None:
@@ -146,7 +158,12 @@ def _validate(path: str) -> int:
     return EXIT_OK
 
 
-async def _start(path: str, until_idle: bool, metrics_listen: str | None = None) -> int:
+async def _start(
+    path: str,
+    until_idle: bool,
+    metrics_listen: str | None = None,
+    progress_interval: float = 1.0,
+) -> int:
     topology = _load(path)
     if topology is None:
         return EXIT_INVALID
@@ -167,7 +184,9 @@ async def _start(path: str, until_idle: bool, metrics_listen: str | None = None)
             nursery.start_soon(_watch_signals, signals, run, hard, holder, path)
             try:
                 with hard:
-                    await _run(topology, path, until_idle, run, holder)
+                    await _run(
+                        topology, path, until_idle, run, holder, progress_interval=progress_interval
+                    )
                 if hard.cancelled_caught:
                     print("error: stop interrupted by a second signal", file=sys.stderr)
                     code = EXIT_FAILED
@@ -189,8 +208,10 @@ async def _run(
     until_idle: bool,
     run: trio.CancelScope,
     holder: list[ActorSystem],
+    *,
+    progress_interval: float = 1.0,
 ) -> None:
-    async with open_system(topology) as system:
+    async with open_system(topology) as system, trio.open_nursery() as display:
         holder.append(system)
         print(
             f"started {topology.system!r} from {path}; checkpoint store: {system.store_url}",
@@ -202,11 +223,14 @@ async def _run(
                 f"{system.endpoint_url}/status",
                 flush=True,
             )
+        if progress_interval > 0:
+            display.start_soon(_show_progress, system, progress_interval)
         with run:
             if until_idle:
                 await system.wait_until_idle()
             else:
                 await trio.sleep_forever()
+        display.cancel_scope.cancel()
 
 
 async def _watch_signals(
@@ -226,6 +250,34 @@ async def _watch_signals(
         else:
             print(f"received {name} again: cancelling", file=sys.stderr, flush=True)
             hard.cancel()
+
+
+def progress_line(progress: Progress, most: int = 6) -> str:
+    """``progress: 12/50 item(s) done, 1 retried; working: a, b (4)``."""
+    parts = []
+    if progress.total or progress.done:
+        parts.append(f"{progress.done}/{progress.total} item(s) done")
+    if progress.retried:
+        parts.append(f"{progress.retried} retried")
+    line = "progress: " + (", ".join(parts) or "no items counted")
+    working = [f"{path} ({count})" if count > 1 else path for path, count in progress.working]
+    if working:
+        more = f" and {len(working) - most} more" if len(working) > most else ""
+        line += "; working: " + ", ".join(working[:most]) + more
+    else:
+        line += "; idle"
+    return line
+
+
+async def _show_progress(system: ActorSystem, interval: float) -> None:
+    """Print a progress line every ``interval`` seconds when it changed."""
+    last = ""
+    while True:
+        await trio.sleep(interval)
+        line = progress_line(system.progress())
+        if line != last:
+            print(line, flush=True)
+            last = line
 
 
 def _reload(holder: list[ActorSystem], path: str) -> None:
@@ -261,6 +313,12 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
         f"{elapsed:.2f}s elapsed",
         file=out,
     )
+    progress = system.progress()
+    if progress.total or progress.done or progress.retried:
+        print(
+            f"items: {progress.done}/{progress.total} done, {progress.retried} retried",
+            file=out,
+        )
     for name, stats in system.resource_statistics().items():
         limiter = stats.limiter
         print(

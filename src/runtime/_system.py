@@ -38,7 +38,7 @@ from ._topology import check_actor, iter_children, load_topology, unsupported
 from ._tracing import context_now, make_tracer
 from .errors import ActorNotFound, TopologyError
 
-__all__ = ["ActorSystem", "DeadLetter", "TreeNode", "open_system"]
+__all__ = ["ActorSystem", "DeadLetter", "Progress", "TreeNode", "open_system"]
 
 logger = structlog.get_logger("runtime")
 
@@ -63,6 +63,22 @@ class DeadLetter:
     path: str
     message: object
     reason: str
+
+
+@attrs.frozen
+class Progress:
+    """Work items counted by the actors (``ctx.progress``), and who works now.
+
+    Attributes:
+        done, total, retried: items finished, expected, and retried so far.
+        working: the actors handling a message now, each with how many
+            (above 1 under ``concurrency`` or for a resource).
+    """
+
+    done: int
+    total: int
+    retried: int
+    working: tuple[tuple[str, int], ...]
 
 
 @attrs.frozen
@@ -103,6 +119,7 @@ class ActorSystem:
         self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
         self.dead_letter_count = 0
         self.dead_letter_reasons: dict[str, int] = {}
+        self.items_done = self.items_total = self.items_retried = 0  # ctx.progress
         self._topics: dict[str, dict[ActorCell, set[type]]] = {}
         # Resources first: their supervisor starts before the root's and stops after it.
         self.resources: Supervisor | None = None
@@ -302,6 +319,16 @@ class ActorSystem:
         """A snapshot of the resources' supervisor and its resources (None
         when the topology declares none)."""
         return None if self.resources is None else self._node(self.resources)
+
+    def progress(self) -> Progress:
+        """Items done out of total (as the actors count them with
+        ``ctx.progress``) and the actors handling a message now."""
+        working = []
+        for cell in self._cells.values():
+            busy = cell.in_flight or (cell.status == "running" and not cell.waiting)
+            if busy:
+                working.append((cell.path, max(cell.in_flight, 1)))
+        return Progress(self.items_done, self.items_total, self.items_retried, tuple(working))
 
     def cells(self) -> list[ActorCell]:
         """Every actor cell of the system (resources included), now."""
