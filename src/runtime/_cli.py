@@ -274,7 +274,10 @@ async def _show_progress(system: ActorSystem, interval: float) -> None:
     last = ""
     while True:
         await trio.sleep(interval)
-        line = progress_line(system.progress())
+        progress = system.progress()
+        if not (progress.total or progress.done or progress.working) and not last:
+            continue  # nothing counted and nobody working yet: nothing to say
+        line = progress_line(progress)
         if line != last:
             print(line, flush=True)
             last = line
