@@ -641,3 +641,35 @@ async def test_unsubscribe_stops_delivery() -> None:
                 await system.ref("root/a").ask(Add(n))
                 await trio.testing.wait_all_tasks_blocked()
     assert seen == ["env0"]
+
+
+@attrs.frozen
+class Batch:
+    size: int
+
+
+class Batcher(runtime.Actor[None]):
+    """Works through a batch an item a second, wrapping up when asked to stop."""
+
+    def __init__(self, seen: list[int]) -> None:
+        self.seen = seen
+
+    @runtime.handler
+    async def batch(self, msg: Batch) -> None:
+        for n in range(msg.size):
+            if self.ctx.stopping:
+                return
+            self.seen.append(n)
+            await trio.sleep(1)
+
+
+async def test_a_long_handler_sees_the_stop_coming(autojump_clock: trio.abc.Clock) -> None:
+    """ctx.stopping turns true when a graceful stop is asked, so a handler
+    working through a batch can finish early instead of being cancelled."""
+    seen: list[int] = []
+    async with runtime.open_system(store="memory://") as system:
+        ref = await system.spawn(Batcher, name="b", shutdown_timeout=60, args={"seen": seen})
+        await ref.tell(Batch(1000))
+        await trio.sleep(9.5)
+    assert seen == list(range(10))  # stopped at the next item, long before 60 s
+    assert trio.current_time() < 15

@@ -162,3 +162,23 @@ async def test_a_postgres_store_object_needs_a_loop_that_outlives_it() -> None:
             async with runtime.open_system(spec, store=store) as system:
                 assert await system.ref("root/review_pg_loop").ask(Get()) == total
             await store.aclose()
+
+
+def test_dicts_with_number_keys_round_trip() -> None:
+    """JSON writes a dict[int, ...] with string keys; reading gives the
+    numbers back (and refuses a key that is not one)."""
+    import attrs
+
+    from runtime._checkpoint import decode_state, encode_state
+    from runtime.errors import StateError
+
+    @attrs.define
+    class Sections:
+        written: dict[int, str] = attrs.Factory(dict)
+        weights: dict[float, int] = attrs.Factory(dict)
+
+    state = Sections({2: "b", 10: "j"}, {0.5: 1})
+    data = encode_state("root/p", state)
+    assert decode_state("root/p", data, Sections) == state
+    with pytest.raises(StateError, match=r"does not fit .*state\.written"):
+        decode_state("root/p", '{"written": {"two": "b"}, "weights": {}}', Sections)

@@ -993,6 +993,14 @@ class ActorContext:
             raise ActorStopped(f"{cell.path}: incarnation {self._incarnation} has ended")
         await cell.save(self._actor)
 
+    @property
+    def stopping(self) -> bool:
+        """Whether this incarnation has been asked to stop (a graceful stop
+        of the system or of this actor, a restart of its group): a long
+        handler can check it and wrap up before its ``shutdown_timeout``."""
+        cell = self._cell
+        return cell.stop_requested or cell.incarnation != self._incarnation
+
     def stop(self) -> None:
         """End this actor normally once the current message is handled.
 

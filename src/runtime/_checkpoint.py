@@ -13,9 +13,11 @@ a worker thread) and ``postgresql://...`` (asyncpg through trio-asyncio).
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 import sqlite3
+import typing
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -61,6 +63,31 @@ def _make_converter() -> cattrs.Converter:
     converter.register_structure_hook(float, _strict(float, (int, float)))
     converter.register_structure_hook(str, _strict(str, (str,)))
     converter.register_structure_hook(bool, _strict(bool, (bool,)))
+
+    def number_keyed(type_: Any) -> bool:
+        args = typing.get_args(type_)
+        return (
+            typing.get_origin(type_)
+            in (dict, collections.abc.Mapping, collections.abc.MutableMapping)
+            and len(args) == 2
+            and args[0] in (int, float)
+        )
+
+    def structure_number_keyed(value: Any, type_: Any) -> dict[Any, Any]:
+        # JSON object keys are strings: a dict[int, ...] was written with "2" for 2.
+        key_type, value_type = typing.get_args(type_)
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {value!r}")
+        out = {}
+        for key, item in value.items():
+            try:
+                number = key_type(key)
+            except (TypeError, ValueError):
+                raise TypeError(f"expected a {key_type.__name__} key, got {key!r}") from None
+            out[number] = converter.structure(item, value_type)
+        return out
+
+    converter.register_structure_hook_func(number_keyed, structure_number_keyed)
     return converter
 
 
