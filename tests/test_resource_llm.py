@@ -600,3 +600,34 @@ async def test_fake_responders_may_be_async_fail_or_raise() -> None:
     assert (teapot.status_code, teapot.json()["error"]["message"]) == (418, "teapot")
     assert bug.status_code == 500 and "responder bug" in bug.json()["error"]["message"]
     assert [str(error) for error in server.errors] == ["responder bug"]
+
+
+async def test_the_fake_provider_reports_what_its_backend_saw(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """provider: fake: the backend's peak in flight and most requests in a
+    rate window are in the resource's statistics (so a CLI run shows them).
+    On virtual time: the wall-clock hop between admission and arrival would
+    otherwise blur the window by microseconds."""
+    import runtime
+    from runtime.resources.llm import Chat
+
+    topology = runtime.Topology(
+        resources={
+            "llm": runtime.ResourceSpec(
+                kind="llm",
+                max_concurrency=3,
+                rate={"requests": 5, "period": "1s"},
+                options={"provider": "fake", "fake": {"latency": 0.05}},
+            )
+        }
+    )
+    with trio.fail_after(20):
+        async with runtime.open_system(topology, store="memory://") as system:
+            llm = system.resource("llm")
+            async with trio.open_nursery() as nursery:
+                for n in range(12):
+                    nursery.start_soon(lambda n=n: llm.ask(Chat.prompt(f"q{n}"), timeout=60))
+            figures = system.resource_statistics()["llm"].backend
+    assert figures["fake_peak_in_flight"] == 3
+    assert figures["fake_most_in_rate_window"] == 5

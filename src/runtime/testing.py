@@ -286,6 +286,8 @@ class FakeLLM:
         self.api_key = api_key
         self.model = model
         self.requests: list[FakeRequest] = []
+        self.in_flight = 0  # requests received and not yet answered
+        self.peak_in_flight = 0  # the most at once so far
         self.errors: list[Exception] = []
         self._faults: deque[Fault] = deque()
         self._random = random.Random(seed)
@@ -296,6 +298,16 @@ class FakeLLM:
 
     def __repr__(self) -> str:
         return f"<FakeLLM {self._url or 'not started'}>"
+
+    def most_in_window(self, period: float) -> int:
+        """The most requests that arrived in any window ``[t, t + period)``."""
+        times = sorted(request.time for request in self.requests)
+        most = end = 0
+        for start, first in enumerate(times):
+            while end < len(times) and times[end] < first + period:
+                end += 1
+            most = max(most, end - start)
+        return most
 
     @property
     def url(self) -> str:
@@ -386,13 +398,18 @@ class FakeLLM:
             return False
         request = _request(head, bytes(body))
         self.requests.append(request)
-        answer = await self._answer(request)
-        if answer.delay:
-            await trio.sleep(answer.delay)
-        if answer.hang:
-            await _until_closed(stream)
-            return False
-        await _send(connection, stream, answer)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            answer = await self._answer(request)
+            if answer.delay:
+                await trio.sleep(answer.delay)
+            if answer.hang:
+                await _until_closed(stream)
+                return False
+            await _send(connection, stream, answer)
+        finally:
+            self.in_flight -= 1
         return connection.our_state is h11.DONE and connection.their_state is h11.DONE
 
     async def _answer(self, request: FakeRequest) -> _Answer:

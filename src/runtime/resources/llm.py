@@ -316,6 +316,7 @@ class LLM(Resource):
         self._client: httpx.AsyncClient | None = None
         self._secret: str | None = None
         self._base_url = ""
+        self.fake: FakeLLM | None = None  # the fake backend, with provider: fake
         self._usage: deque[tuple[float, int]] = deque()  # (time, tokens) in the window
         self._in_window = 0
         self._counts: Counter[str] = Counter()
@@ -346,6 +347,7 @@ class LLM(Resource):
             )
             url: str = await self.ctx.nursery.start(server.serve)
             base_url = f"{url}/v1" if fake.wire == "openai" else url
+            self.fake = server
         self._base_url = base_url
         self._secret = key
         client = httpx.AsyncClient(
@@ -568,7 +570,20 @@ class LLM(Resource):
             "transport_errors": float(counts["transport_errors"]),
             "retry_after_pauses": float(counts["retry_after_pauses"]),
             "token_budget_pauses": float(counts["token_budget_pauses"]),
+            **self._fake_statistics(),
         }
+
+    def _fake_statistics(self) -> dict[str, float]:
+        """With ``provider: fake``, what the fake backend saw: the most
+        requests in flight at once and in any rate window (if a rate is set)."""
+        server = self.fake
+        if server is None:
+            return {}
+        figures = {"fake_peak_in_flight": float(server.peak_in_flight)}
+        rate = self.limiter.rate
+        if rate is not None:
+            figures["fake_most_in_rate_window"] = float(server.most_in_window(rate.period))
+        return figures
 
 
 def _text(content: object) -> str:
