@@ -565,3 +565,25 @@ async def test_a_request_made_while_a_crash_unwinds_waits_for_the_restart(
             assert ref.statistics().incarnation == 1
             assert await ref.ask(Ping("after"), timeout=30) == "after"
             assert ref.statistics().incarnation == 2
+
+
+async def test_requests_cut_short_by_a_crash_count_as_failures(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A request in flight when the resource crashes is answered with an
+    error: the statistics count it as a request that failed."""
+    backend = Backend(delay=5.0)
+    with trio.fail_after(100):
+        async with open_system(_topology(backend), store="memory://") as system:
+            ref = system.resource("echo")
+            async with trio.open_nursery() as nursery:
+
+                async def lost() -> None:
+                    with pytest.raises(ResourceError):
+                        await ref.ask(Ping("lost"))
+
+                nursery.start_soon(lost)
+                await trio.testing.wait_all_tasks_blocked()
+                await _crash(ref)
+            stats = system.resource_statistics()["echo"]
+    assert (stats.requests, stats.failures) == (2, 2)  # the lost ping and the Break

@@ -309,7 +309,9 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
     nodes = list(_flatten(system.tree()))
     actors = [n for n in nodes if n.kind == "actor"]
     handled = sum(cell.handled for cell in system._cells.values())
-    restarts = sum(n.stats.restarts for n in nodes)
+    resources = system.resource_tree()
+    every = nodes + (_flatten(resources) if resources is not None else [])
+    restarts = sum(n.stats.restarts for n in every)
     print(
         f"summary: {len(actors)} actor(s), {handled} message(s) handled, "
         f"{restarts} restart(s), {system.dead_letter_count} dead letter(s), "

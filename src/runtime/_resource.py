@@ -338,6 +338,7 @@ class ResourceCell(ActorCell):
                     self._served()
                     return result
                 # The incarnation ended (crash, kill): why, as it was then.
+                self.failed += 1
                 raise self.inline.get(scope) or self._interrupted()
             assert deadline.cancelled_caught
             raise AskTimeout(
@@ -423,7 +424,10 @@ class ResourceCell(ActorCell):
                 )
 
     def _failure(self, msg: object, exc: BaseException) -> Exception:
-        return exc if isinstance(exc, Exception) else self._interrupted()
+        if isinstance(exc, Exception):
+            return exc
+        self.failed += 1  # cut short by the end of the incarnation
+        return self._interrupted()
 
     def _interrupted(self) -> Exception:
         """The error of a request cut short by the end of its incarnation."""
