@@ -1,0 +1,522 @@
+"""Pull request review and deployment: the agents of ``supervisors/pr_review.yaml``.
+
+``Orchestrator`` takes the open pull requests from ``PullRequestSource`` and
+drives each one through three steps, a few PRs at a time:
+
+1. ``Reviewer`` asks the ``llm`` resource to review the diff and turns the
+   answer into a verdict, ``approved`` or ``rejected``;
+2. ``CI`` runs the test suite through the ``ci`` resource (an MCP server,
+   ``actors/ci_server.py``), retrying a failed run with backoff in case the
+   failure was a flaky test: ``green`` or ``red``. Review and CI run at once;
+3. an approved and green PR goes to ``Deployer``, which rolls it out to the
+   PR's target ``Environment``. Each environment is an actor handling one
+   message at a time, so rollouts to one environment never overlap: the
+   actor is the environment's lock, and one that a crashed deployer cannot
+   leave held.
+
+The orchestrator's state says which steps of which PR are done and is
+checkpointed after every step, so a process killed mid-run and started
+again on the same store goes on from there without redoing finished steps.
+Deployments are idempotent by PR number (the environments and the deployer
+keep theirs in checkpointed state), so a deploy step repeated after a kill
+never deploys a PR twice.
+
+Each agent appends a JSON line to the file named by ``journal`` (when one
+is given) as a step completes, which is how the tests check that nothing
+was done twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import attrs
+import structlog
+import trio
+
+import runtime
+from runtime.errors import ActorFailed, ActorStopped, AskTimeout, CircuitOpen
+from runtime.resources.llm import Chat
+from runtime.resources.mcp import CallTool
+
+log = structlog.get_logger("pr_review")
+
+REJECT_MARKER = "DO NOT MERGE"
+SYSTEM_PROMPT = (
+    "You review pull requests to an order-management web service. On the first line "
+    "answer APPROVE, or REJECT followed by the reason; then explain in a few sentences. "
+    f"Reject changes marked {REJECT_MARKER}, hard-coded credentials and disabled checks."
+)
+
+# -- pull requests --------------------------------------------------------------------
+
+
+@attrs.frozen
+class PullRequest:
+    """An open pull request: what it changes and where it deploys to."""
+
+    number: int
+    title: str
+    environment: str
+    diff: str
+
+
+_SAMPLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "Retry idempotent requests in the HTTP client",
+        "staging",
+        "--- a/src/net/client.py\n+++ b/src/net/client.py\n"
+        "@@ -40,3 +40,6 @@ class Client:\n"
+        "     async def get(self, url):\n"
+        "-        return await self._send('GET', url)\n"
+        "+        for attempt in range(3):\n"
+        "+            with contextlib.suppress(ConnectError):\n"
+        "+                return await self._send('GET', url)\n",
+    ),
+    (
+        "Fix a typo in the README",
+        "staging",
+        "--- a/README.md\n+++ b/README.md\n@@ -1,2 +1,2 @@\n"
+        "-Order managment service\n+Order management service\n",
+    ),
+    (
+        "Log in as admin without a password for the demo",
+        "production",
+        "--- a/src/auth.py\n+++ b/src/auth.py\n@@ -12,2 +12,4 @@ def login(user, password):\n"
+        f"+    # {REJECT_MARKER}: demo shortcut\n"
+        "+    if user == 'admin':\n+        return Session(user)\n",
+    ),
+    (
+        "Speed up the monthly report query",
+        "production",
+        "--- a/src/reports.py\n+++ b/src/reports.py\n@@ -30,2 +30,2 @@ def monthly(db):\n"
+        "-    rows = [r for r in db.all_orders() if r.month == month]\n"
+        "+    rows = db.orders_in_month(month)\n",
+    ),
+    (
+        "Accept orders without a customer",
+        "staging",
+        "--- a/src/orders.py\n+++ b/src/orders.py\n@@ -8,4 +8,2 @@ def parse_order(data):\n"
+        "-    if data.get('customer') is None:\n"
+        "-        raise ValueError('an order needs a customer')\n"
+        "     return Order(**data)\n",
+    ),
+    (
+        "Bump the connection pool of the HTTP client to 20",
+        "production",
+        "--- a/src/net/pool.py\n+++ b/src/net/pool.py\n@@ -3,1 +3,1 @@\n"
+        "-POOL_SIZE = 10\n+POOL_SIZE = 20\n",
+    ),
+    (
+        "Paginate GET /orders",
+        "staging",
+        "--- a/src/api.py\n+++ b/src/api.py\n@@ -20,2 +20,3 @@ async def list_orders(request):\n"
+        "-    return await db.orders()\n"
+        "+    page = int(request.query.get('page', 1))\n"
+        "+    return await db.orders(offset=(page - 1) * 50, limit=50)\n",
+    ),
+    (
+        "Drop the per-customer rate limit",
+        "production",
+        "--- a/src/limits.py\n+++ b/src/limits.py\n@@ -15,3 +15,1 @@ def check(customer):\n"
+        "-    if customer.requests_this_minute > 100:\n"
+        "-        raise TooManyRequests(customer.id)\n"
+        "     return True\n",
+    ),
+)
+
+
+def sample_pull_requests(count: int) -> tuple[PullRequest, ...]:
+    """``count`` pull requests, numbered from 1, cycling through eight samples."""
+    return tuple(
+        PullRequest(number, *_SAMPLES[(number - 1) % len(_SAMPLES)])
+        for number in range(1, count + 1)
+    )
+
+
+@attrs.frozen
+class ListPullRequests:
+    """Ask the source for the open pull requests."""
+
+
+class PullRequestSource(runtime.Actor[None]):
+    """The open pull requests (a code host's API in a real system)."""
+
+    def __init__(self, *, count: int = 8) -> None:
+        self.count = int(count)
+
+    @runtime.handler
+    async def list_open(self, msg: ListPullRequests) -> tuple[PullRequest, ...]:
+        return sample_pull_requests(self.count)
+
+
+async def record_step(journal: str, **fields: object) -> None:
+    """Append one JSON line for a completed step to ``journal`` (nothing if it is "")."""
+    if not journal:
+        return
+    line = json.dumps({"time": time.time(), "pid": os.getpid(), **fields}) + "\n"
+    async with await trio.open_file(journal, "a", encoding="utf-8") as file:
+        await file.write(line)
+
+
+# -- review ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Review:
+    """Ask the reviewer for a verdict: ``approved`` or ``rejected``."""
+
+    pr: PullRequest
+
+
+def verdict_of(answer: str) -> str:
+    """The verdict in a model's answer: ``approved`` or ``rejected``.
+
+    A model following ``SYSTEM_PROMPT`` starts with APPROVE or REJECT. An
+    answer that starts with neither is rejected when it carries the
+    ``DO NOT MERGE`` marker; the fake backend of ``provider: fake`` answers
+    with the prompt itself, so offline a diff with the marker is rejected.
+    """
+    words = answer.split(maxsplit=1)
+    first = words[0].upper() if words else ""
+    if first.startswith(("APPROVE", "REJECT")):
+        return "approved" if first.startswith("APPROVE") else "rejected"
+    return "rejected" if REJECT_MARKER in answer else "approved"
+
+
+class Reviewer(runtime.Actor[None]):
+    """Reviews a diff with the ``llm`` resource.
+
+    An error from the resource (its retries spent, its breaker open) is not
+    caught: the reviewer crashes, its supervisor restarts it after a backoff,
+    and the orchestrator tries the review again later.
+    """
+
+    def __init__(self, *, journal: str = "") -> None:
+        self.journal = journal
+
+    @runtime.handler
+    async def review(self, msg: Review) -> str:
+        pr = msg.pr
+        prompt = f"Pull request #{pr.number}: {pr.title}\n\n{pr.diff}"
+        answer = await self.ctx.resource("llm").ask(
+            Chat.prompt(prompt, system=SYSTEM_PROMPT, max_tokens=300), timeout=120
+        )
+        verdict = verdict_of(answer.text)
+        await record_step(self.journal, pr=pr.number, step="review", result=verdict)
+        return verdict
+
+
+# -- CI -------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunCI:
+    """Ask the CI agent for the test result: ``green`` or ``red``."""
+
+    pr: PullRequest
+
+
+class CI(runtime.Actor[None]):
+    """Runs the tests through the ``ci`` MCP resource's ``run_tests`` tool.
+
+    A failed run is run again, up to ``attempts`` runs, waiting ``backoff``
+    seconds before the second and twice as long before each next one: a
+    flaky test passes on a retry, a broken one fails every run. The retries
+    are application-level (the tool answered; the tests failed), so they are
+    counted with ``ctx.progress(retried=1)``; transport failures are retried
+    by the resource itself.
+    """
+
+    def __init__(self, *, attempts: int = 3, backoff: float = 0.05, journal: str = "") -> None:
+        self.attempts = int(attempts)
+        self.backoff = float(backoff)
+        self.journal = journal
+
+    @runtime.handler
+    async def run_ci(self, msg: RunCI) -> str:
+        pr = msg.pr
+        ci = self.ctx.resource("ci")
+        arguments = {"pr": pr.number, "diff": pr.diff}
+        failed: list[str] = []
+        for attempt in range(1, self.attempts + 1):
+            result = await ci.ask(CallTool("run_tests", arguments, raise_on_error=True))
+            assert result.structured is not None  # run_tests returns structured content
+            failed = list(result.structured["failed"])
+            if not failed or attempt == self.attempts:
+                break
+            log.info("ci_retry", pr=pr.number, attempt=attempt, failed=failed)
+            self.ctx.progress(retried=1)
+            await trio.sleep(self.backoff * 2 ** (attempt - 1))
+        status = "red" if failed else "green"
+        await record_step(
+            self.journal, pr=pr.number, step="ci", result=status, runs=attempt, failed=failed
+        )
+        return status
+
+
+# -- deployment -----------------------------------------------------------------------
+
+
+@attrs.frozen
+class Deployment:
+    """A PR rolled out to an environment, with wall-clock times in seconds."""
+
+    pr: int
+    environment: str
+    requested: float
+    started: float
+    finished: float
+
+
+@attrs.frozen
+class Rollout:
+    """Ask an environment to roll out a PR (at once if it is already live there)."""
+
+    pr: int
+    requested: float
+
+
+@attrs.define
+class EnvironmentState:
+    live: int | None = None
+    history: list[Deployment] = attrs.Factory(list)
+
+
+class Environment(runtime.Actor[EnvironmentState]):
+    """One deployment target. Handling one message at a time, it serializes
+    the rollouts to it; its checkpointed history makes a rollout idempotent."""
+
+    def __init__(self, *, rollout_seconds: float = 0.1, journal: str = "") -> None:
+        self.rollout_seconds = float(rollout_seconds)
+        self.journal = journal
+
+    @runtime.handler
+    async def rollout(self, msg: Rollout) -> Deployment:
+        for done in self.state.history:
+            if done.pr == msg.pr:
+                return done  # already live: a repeated request deploys nothing
+        started = time.time()
+        await trio.sleep(self.rollout_seconds)  # stands in for the real rollout
+        name = self.ctx.path.rsplit("/", 1)[-1]
+        deployment = Deployment(msg.pr, name, msg.requested, started, time.time())
+        self.state.history.append(deployment)
+        self.state.live = msg.pr
+        await self.ctx.checkpoint()  # durable before it is journaled and answered
+        await record_step(self.journal, step="deploy", **attrs.asdict(deployment))
+        return deployment
+
+
+@attrs.frozen
+class Deploy:
+    """Ask the deployer to deploy a PR to its environment."""
+
+    pr: PullRequest
+
+
+@attrs.define
+class DeployerState:
+    deployments: dict[str, Deployment] = attrs.Factory(dict)  # by PR number
+
+
+class Deployer(runtime.Actor[DeployerState]):
+    """Deploys PRs: sends each to its environment's actor and records the result.
+
+    ``environments`` is the path under which the environment actors live.
+    """
+
+    def __init__(self, *, environments: str) -> None:
+        self.environments = environments
+
+    @runtime.handler
+    async def deploy(self, msg: Deploy) -> Deployment:
+        key = str(msg.pr.number)
+        if (done := self.state.deployments.get(key)) is not None:
+            return done
+        environment = self.ctx.ref(f"{self.environments}/{msg.pr.environment}")
+        deployment: Deployment = await environment.ask(
+            Rollout(msg.pr.number, requested=time.time()), timeout=120
+        )
+        self.state.deployments[key] = deployment
+        return deployment
+
+
+# -- orchestration --------------------------------------------------------------------
+
+
+@attrs.frozen
+class Resume:
+    """Load the open PRs and (re)start the unfinished ones."""
+
+
+@attrs.frozen
+class RunStep:
+    """Run one step (``review``, ``ci`` or ``deploy``) of a PR."""
+
+    number: int
+    step: str
+
+
+@attrs.define
+class PullRequestProgress:
+    """What is done for one PR; ``outcome`` is set once nothing is left to do."""
+
+    review: str | None = None  # approved, rejected
+    ci: str | None = None  # green, red
+    deployed_to: str | None = None
+    outcome: str | None = None  # deployed, rejected, red, failed
+    retries: int = 0
+
+
+@attrs.define
+class OrchestratorState:
+    prs: dict[str, PullRequestProgress] = attrs.Factory(dict)  # by PR number
+
+
+def pending_steps(track: PullRequestProgress) -> list[str]:
+    """The steps a PR still needs: review and CI (at once), then deploy if both passed."""
+    waiting = [step for step in ("review", "ci") if getattr(track, step) is None]
+    if waiting:
+        return waiting
+    if track.review == "approved" and track.ci == "green" and track.deployed_to is None:
+        return ["deploy"]
+    return []
+
+
+def outcome_of(track: PullRequestProgress) -> str:
+    """The outcome of a PR with no step pending."""
+    if track.review == "rejected":
+        return "rejected"
+    return "red" if track.ci == "red" else "deployed"
+
+
+class Orchestrator(runtime.Actor[OrchestratorState]):
+    """Drives every open PR through review, CI and deployment, ``parallel`` PRs at once.
+
+    Each step is a ``RunStep`` message to itself, handled concurrently (the
+    child's ``concurrency``), and the result is recorded in the checkpointed
+    state before the next step is sent. A step whose agent failed (crashed,
+    stopped, timed out, circuit open) is tried again after a backoff, up to
+    ``max_retries`` times per PR; then the PR is recorded as ``failed``.
+    When every PR has an outcome the orchestrator logs a report and stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        reviewer: str,
+        ci: str,
+        deployer: str,
+        parallel: int = 4,
+        max_retries: int = 5,
+        retry_delay: float = 0.2,
+    ) -> None:
+        self.source = self.ctx.ref(source)
+        self.agents = {"review": reviewer, "ci": ci, "deploy": deployer}
+        self.parallel = int(parallel)
+        self.max_retries = int(max_retries)
+        self.retry_delay = float(retry_delay)
+        self._prs: dict[int, PullRequest] = {}
+        self._active: set[int] = set()  # PRs with steps queued or running
+
+    async def on_start(self) -> None:
+        self.ctx.self_ref.tell_nowait(Resume())
+
+    @runtime.handler
+    async def resume(self, msg: Resume) -> None:
+        prs = await self.source.ask(ListPullRequests())
+        self._prs = {pr.number: pr for pr in prs}
+        for pr in prs:
+            self.state.prs.setdefault(str(pr.number), PullRequestProgress())
+        finished = sum(1 for number in self._prs if self._track(number).outcome is not None)
+        if self.ctx.self_ref.statistics().incarnation == 1:  # once per process
+            self.ctx.progress(total=len(prs), done=finished)
+        log.info("pr_review_resumed", prs=len(prs), finished=finished)
+        await self._fill()
+
+    @runtime.handler
+    async def run_step(self, msg: RunStep) -> None:
+        track = self._track(msg.number)
+        if track.outcome is not None:
+            return  # the PR failed while this step waited
+        try:
+            result = await self._perform(self._prs[msg.number], msg.step)
+        except (ActorFailed, ActorStopped, AskTimeout, CircuitOpen) as exc:
+            await self._step_failed(msg, track, exc)
+            return
+        if track.outcome is not None:
+            return
+        if msg.step == "review":
+            track.review = result
+        elif msg.step == "ci":
+            track.ci = result
+        else:
+            track.deployed_to = result
+        if track.review is None or track.ci is None:
+            return  # the other of review and CI is still running
+        if steps := pending_steps(track):
+            for step in steps:
+                await self.ctx.self_ref.tell(RunStep(msg.number, step))
+        else:
+            await self._finish(msg.number, outcome_of(track))
+
+    def _track(self, number: int) -> PullRequestProgress:
+        return self.state.prs[str(number)]
+
+    async def _perform(self, pr: PullRequest, step: str) -> str:
+        agent = self.ctx.ref(self.agents[step])
+        if step == "review":
+            verdict: str = await agent.ask(Review(pr), timeout=120)
+            return verdict
+        if step == "ci":
+            status: str = await agent.ask(RunCI(pr), timeout=300)
+            return status
+        deployment: Deployment = await agent.ask(Deploy(pr), timeout=300)
+        return deployment.environment
+
+    async def _step_failed(self, msg: RunStep, track: PullRequestProgress, exc: Exception) -> None:
+        track.retries += 1
+        if track.retries > self.max_retries:
+            log.error("pr_step_gave_up", pr=msg.number, step=msg.step, error=repr(exc))
+            await self._finish(msg.number, "failed")
+            return
+        delay = self.retry_delay * 2 ** (track.retries - 1)
+        log.warning("pr_step_retry", pr=msg.number, step=msg.step, delay=delay, error=repr(exc))
+        self.ctx.progress(retried=1)
+        self.ctx.schedule(delay, msg)
+
+    async def _finish(self, number: int, outcome: str) -> None:
+        track = self._track(number)
+        track.outcome = outcome
+        self.ctx.progress(done=1)
+        log.info("pr_finished", pr=number, outcome=outcome, deployed_to=track.deployed_to)
+        self._active.discard(number)
+        await self._fill()
+
+    async def _fill(self) -> None:
+        """Start unfinished PRs until ``parallel`` are active; stop when none is left."""
+        for number in sorted(self._prs):
+            if len(self._active) >= self.parallel:
+                break
+            track = self._track(number)
+            if track.outcome is not None or number in self._active:
+                continue
+            if steps := pending_steps(track):
+                self._active.add(number)
+                for step in steps:
+                    await self.ctx.self_ref.tell(RunStep(number, step))
+            else:  # every step was recorded before the outcome was
+                track.outcome = outcome_of(track)
+                self.ctx.progress(done=1)
+        if not self._active:
+            self._report()
+            self.ctx.stop()
+
+    def _report(self) -> None:
+        by_outcome: dict[str, list[int]] = {}
+        for number in sorted(self._prs):
+            by_outcome.setdefault(self._track(number).outcome or "", []).append(number)
+        log.info("pr_review_report", **by_outcome)
