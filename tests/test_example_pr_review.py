@@ -44,7 +44,6 @@ def expected_outcomes(count: int) -> dict[int, str]:
 def example_env(tmp_path: Path, prs: int, **more: str) -> dict[str, str]:
     return {
         **os.environ,
-        "PYTHON": sys.executable,  # the CI server runs with this interpreter
         "PR_REVIEW_PRS": str(prs),
         "PR_REVIEW_STORE": f"sqlite:///{tmp_path / 'pr_review.db'}",
         "PR_REVIEW_JOURNAL": str(tmp_path / "journal.jsonl"),

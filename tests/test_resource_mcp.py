@@ -434,3 +434,22 @@ def test_options_in_code_are_checked_too() -> None:
         ResourceSpec(kind="mcp", options={})
     spec = ResourceSpec(kind="mcp", options={"command": ("srv", "-v"), "env": {"A": "1"}})
     assert spec.options.command == ["srv", "-v"] and spec.options.env == {"A": "1"}
+
+
+async def test_python_in_a_command_is_the_interpreter_running_the_system(
+    tmp_path: Path,
+) -> None:
+    """``command: [python, ...]`` starts the server with this interpreter
+    (sys.executable), whatever ``python`` the PATH would find: here a PATH
+    whose only ``python`` exits at once."""
+    decoy = tmp_path / "python"
+    decoy.write_text("#!/bin/sh\nexit 3\n")
+    decoy.chmod(0o755)
+    options = {
+        "command": ["python", SAMPLE[1]],
+        "env": {"PATH": f"{tmp_path}:/usr/bin:/bin"},
+    }
+    with trio.fail_after(20):
+        async with open_system(_topology(options), store="memory://") as system:
+            tools = await system.resource("sample").ask(ListTools())
+    assert "echo" in {tool.name for tool in tools}

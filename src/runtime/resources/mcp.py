@@ -40,6 +40,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from importlib import metadata
@@ -147,7 +148,10 @@ class MCPOptions:
     Attributes:
         command: the server's argv; it is started as a subprocess and spoken
             to over stdio. ``command[0]`` is looked up on the ``PATH`` of the
-            server's environment (a name with a ``/`` is relative to ``cwd``).
+            server's environment (a name with a ``/`` is relative to ``cwd``);
+            ``python`` or ``python3`` means the interpreter running the
+            system, so ``[python, -m, package.server]`` finds a server
+            installed beside the project.
         url: the endpoint of a server reached over streamable HTTP.
         env: variables set for the server, over a minimal inherited
             environment (``HOME``, ``LOGNAME``, ``PATH``, ``SHELL``, ``TERM``,
@@ -382,12 +386,17 @@ class _ServerProcess:
         options = self.options
         assert options.command is not None
         env = _environment(options)
-        problem = _check_executable(options.command[0], env, options.cwd)
+        argv = list(options.command)
+        if argv[0] in ("python", "python3"):
+            # The interpreter running the system: its environment has the
+            # packages the project installed (a server module among them).
+            argv[0] = sys.executable
+        problem = _check_executable(argv[0], env, options.cwd)
         if problem is not None:
             raise FileNotFoundError(problem)
         capture = options.stderr != "inherit"
         self.process = await trio.lowlevel.open_process(
-            options.command,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE if capture else None,
