@@ -253,3 +253,45 @@ async def test_askers_get_actor_stopped_when_the_root_gives_up(
                     await trio.sleep_forever()
     assert len(outcome) == 1
     assert trio.current_time() < 10
+
+
+async def test_a_restarted_supervisor_closes_its_childrens_circuits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """When a supervisor is restarted by its parent, a child whose circuit
+    was open starts afresh: closed, crashes forgotten."""
+    from tests.actorkit import Counter, Crash, Get
+
+    spec = runtime.Topology(
+        supervisor=runtime.SupervisorSpec(
+            name="root",
+            max_restarts=5,
+            children=[
+                runtime.SupervisorSpec(
+                    name="group",
+                    max_restarts=0,
+                    children=[
+                        runtime.ChildSpec(
+                            name="a",
+                            actor=Counter,
+                            circuit_breaker=runtime.BreakerSpec(failures=1, reset_timeout=60),
+                        ),
+                        runtime.ChildSpec(name="b", actor=Counter),
+                    ],
+                )
+            ],
+        )
+    )
+    with trio.fail_after(100):
+        async with runtime.open_system(spec, store="memory://") as system:
+            a, b = system.ref("root/group/a"), system.ref("root/group/b")
+            with pytest.raises(runtime.errors.ActorFailed):
+                await a.ask(Crash())
+            await trio.sleep(0.1)
+            assert a.statistics().breaker == "open"
+            with pytest.raises(runtime.errors.ActorFailed):
+                await b.ask(Crash())  # the group gives up; root restarts it
+            await trio.sleep(0.1)
+            stats = a.statistics()
+            assert (stats.status, stats.breaker) == ("running", "closed")
+            assert await a.ask(Get()) == 0

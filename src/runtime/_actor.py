@@ -747,6 +747,13 @@ class ActorCell:
             return error
         return ActorStopped(f"{self.path} stopped before replying")
 
+    def reset_breaker(self) -> None:
+        """Close the circuit and forget the crashes (its supervisor restarted)."""
+        self.consecutive_crashes = 0
+        if self.breaker is not None:
+            self.breaker = "closed"
+            self.refusal = None
+
     def _recovered(self) -> None:
         self.consecutive_crashes = 0
         if self.breaker == "half_open":

@@ -141,6 +141,8 @@ class Supervisor:
                                     break
                                 if child.incarnation:  # this supervisor is restarting
                                     _restarted(child, "supervisor")
+                                    if isinstance(child, ActorCell):
+                                        child.reset_breaker()  # every child starts afresh
                                 await self._start_child(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
