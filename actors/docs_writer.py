@@ -140,6 +140,14 @@ class Merger(runtime.Actor[None]):
         await path.write_text(text, encoding="utf-8")
         where = str(await path.resolve())
         log.info("document_merged", path=where, sections=len(msg.sections), bytes=len(text))
+        # With the fake provider, the limits as the backend saw them.
+        seen = self.ctx.system.resource_statistics()["llm"].backend
+        if "fake_peak_in_flight" in seen:
+            log.info(
+                "llm_limits_seen",
+                peak_in_flight=int(seen["fake_peak_in_flight"]),
+                most_in_rate_window=int(seen.get("fake_most_in_rate_window", 0)),
+            )
         return where
 
 

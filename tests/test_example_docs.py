@@ -13,6 +13,7 @@ run can only be checked through the resource's statistics.)
 from __future__ import annotations
 
 import bisect
+import json
 import os
 import random
 import re
@@ -96,6 +97,15 @@ def test_cli_writes_every_section_in_order(tmp_path: Path) -> None:
     assert_document(tmp_path / "docs.md", 50)
     assert '"event": "document_merged"' in result.stderr
     assert str(tmp_path / "docs.md") in result.stderr  # the log says where the document is
+    # The backend (the fake server inside the resource) never saw more than
+    # max_concurrency at once nor more than the rate in a window.
+    seen = next(
+        json.loads(line)
+        for line in result.stderr.splitlines()
+        if '"event": "llm_limits_seen"' in line
+    )
+    assert 1 <= seen["peak_in_flight"] <= 4
+    assert 1 <= seen["most_in_rate_window"] <= 60
 
 
 def test_cli_rate_variant_waits_for_the_window(tmp_path: Path) -> None:
