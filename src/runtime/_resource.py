@@ -322,25 +322,27 @@ class ResourceCell(ActorCell):
             else None
         )
         started = perf_counter()
+        # One cancel scope for both ends: the ask's timeout (its deadline)
+        # and the end of the incarnation (which cancels it with a reason).
+        scope.deadline = trio.current_time() + timeout
         try:
-            with trio.move_on_after(timeout) as deadline:
-                with scope:
-                    try:
-                        if self.tracer is not None:
-                            result = await self._traced_call(actor, msg)
-                        else:
-                            result = await self.table[type(msg)](actor, msg)
-                    except Exception:
-                        self.failed += 1
-                        self._served()
-                        raise
-                    self.handled += 1
+            with scope:
+                try:
+                    if self.tracer is not None:
+                        result = await self._traced_call(actor, msg)
+                    else:
+                        result = await self.table[type(msg)](actor, msg)
+                except Exception:
+                    self.failed += 1
                     self._served()
-                    return result
-                # The incarnation ended (crash, kill): why, as it was then.
+                    raise
+                self.handled += 1
+                self._served()
+                return result
+            reason = self.inline.get(scope)
+            if reason is not None:  # the incarnation ended (crash, kill): why, as it was then
                 self.failed += 1
-                raise self.inline.get(scope) or self._interrupted()
-            assert deadline.cancelled_caught
+                raise reason
             raise AskTimeout(
                 f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )

@@ -205,7 +205,8 @@ class PostgresOptions:
             ``on_start`` (which then fails if the server is down). Capped at
             the pool's size, ``max_concurrency``.
         connect_timeout: how long opening one connection may take; it also
-            bounds the reset of a connection returned to the pool.
+            bounds the reset of a connection returned to the pool after a
+            failed or cancelled request.
         acquire_timeout: how long a request may wait for a pool connection,
             connecting included; past it the attempt fails with a transient
             ``ResourceError``. None: only the request's ``timeout`` bounds it.
@@ -350,23 +351,31 @@ async def _serve(pool: Any, msg: Any, progress: _Progress, limits: _Limits) -> A
 
     Cancellation (the attempt's timeout, the asker gone) interrupts the
     statement, which asyncpg then cancels on the server; the release is
-    shielded and bounded by ``connect_timeout``, and a connection it cannot
-    reset in time is closed.
+    shielded, after a failure bounded by ``connect_timeout``, and a
+    connection it cannot reset in time is closed.
     """
     con = await _acquire(pool, limits)
+    answered = False
     try:
         if type(msg) is Transaction:
-            return await _transaction(con, msg, progress)
-        progress.phase = "sent"
-        return await _RUN[type(msg)](con, msg)
+            result = await _transaction(con, msg, progress)
+        else:
+            progress.phase = "sent"
+            result = await _RUN[type(msg)](con, msg)
     except _CONNECTION_ERRORS:
         # The server may have restarted: open fresh connections from now on.
         await pool.expire_connections()
         raise
+    else:
+        answered = True
+        return result
     finally:
         # A failed reset has closed the connection; the pool opens another.
+        # After an answer the connection is idle and its reset quick: no
+        # timeout (one costs an asyncio task per request); after a failure
+        # or a cancellation the reset may hang, and connect_timeout bounds it.
         with contextlib.suppress(Exception):
-            await pool.release(con, timeout=limits.connect_timeout)
+            await pool.release(con, timeout=None if answered else limits.connect_timeout)
 
 
 _serve_from_trio = trio_asyncio.aio_as_trio(_serve)
