@@ -584,6 +584,7 @@ class ActorCell:
         # messages that one stands for.
         countdown = weight = 1
         tracer = self.tracer
+        plain = durations is None and tracer is None
         slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
         budget = _YIELD_EVERY
         while not self.stop_requested:
@@ -602,25 +603,26 @@ class ActorCell:
                 slot = CorrelationSlot()
                 CURRENT.set(slot)
             kind = type(item)
-            if kind is Envelope:
+            if kind is not Envelope and kind is not Ask:  # told from outside a handler
+                slot.value = 0
+                trace = None
+            elif kind is Envelope:
                 slot.value = item.correlation  # type: ignore[attr-defined]
                 trace = item.trace  # type: ignore[attr-defined]
                 item = item.msg  # type: ignore[attr-defined]
-            elif kind is Ask:
+            else:
                 slot.value = item.correlation  # type: ignore[attr-defined]
                 trace = item.trace  # type: ignore[attr-defined]
-            else:
-                slot.value = 0
-                trace = None
-            if tracer is not None:
-                await self._handle_traced(actor, item, trace)
-            elif durations is None:
+            if plain:
                 await handle(actor, item)
+            elif tracer is not None:
+                await self._handle_traced(actor, item, trace)
             else:
                 countdown -= 1
                 if countdown:
                     await handle(actor, item)
                 else:
+                    assert durations is not None  # not plain, not traced: timed
                     started = perf_counter()
                     await handle(actor, item)
                     countdown = weight = durations.observe(perf_counter() - started, weight)
