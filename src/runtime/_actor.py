@@ -381,6 +381,11 @@ class ActorCell:
             if refusal is not None and refusal is not _TRIAL:
                 self.admit(unwrap(item), priority)
 
+    def envelope(self, msg: object) -> Envelope:
+        """``msg`` with the sender's correlation (and trace context, when tracing)."""
+        trace = self.system.trace_context() if self.tracer is not None else None
+        return Envelope(msg, current(), trace)
+
     async def deliver(self, msg: object) -> None:
         """``tell`` for the runtime's own senders (timers, topics): a refusal
         becomes a dead letter instead of an exception in the sender."""
@@ -641,16 +646,11 @@ class ActorCell:
 
         async def handle_one(item: object, slot: object) -> None:
             # This message's chain, in its own task.
-            trace = None
+            carried = type(item) is Envelope or type(item) is Ask
+            CURRENT.set(CorrelationSlot(item.correlation if carried else 0))  # type: ignore[attr-defined]
+            trace = item.trace if carried else None  # type: ignore[attr-defined]
             if type(item) is Envelope:
-                CURRENT.set(CorrelationSlot(item.correlation))
-                trace = item.trace
                 item = item.msg
-            elif type(item) is Ask:
-                CURRENT.set(CorrelationSlot(item.correlation))
-                trace = item.trace
-            else:
-                CURRENT.set(CorrelationSlot())
             self.in_flight += 1
             started = perf_counter()
             try:
@@ -691,21 +691,26 @@ class ActorCell:
         finally:
             self.slots = None
 
+    def span(self, msg: object, parent: Any = None) -> Any:
+        """The OpenTelemetry span of handling ``msg`` (current while open),
+        child of ``parent`` (the sender's context; None: the current one)."""
+        name = type(msg).__qualname__
+        return self.tracer.start_as_current_span(
+            f"handle {name}",
+            context=parent,
+            attributes={
+                "runtime.actor": self.path,
+                "runtime.message": name,
+                "runtime.correlation_id": correlation_id() or "",
+            },
+        )
+
     async def _handle_traced(
         self, actor: Actor[Any], item: object, parent: Any, timed: bool = True
     ) -> None:
         """``_handle`` in an OpenTelemetry span, child of the sender's."""
-        msg = item.msg if type(item) is Ask else item
-        name = type(msg).__qualname__
-        attributes = {
-            "runtime.actor": self.path,
-            "runtime.message": name,
-            "runtime.correlation_id": correlation_id() or "",
-        }
         started = perf_counter()
-        with self.tracer.start_as_current_span(
-            f"handle {name}", context=parent, attributes=attributes
-        ):
+        with self.span(item.msg if type(item) is Ask else item, parent):
             try:
                 await self._handle(actor, item)
             finally:
@@ -713,8 +718,8 @@ class ActorCell:
                     self.durations.observe(perf_counter() - started)
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
-        """Handle one mailbox item (an ``Envelope`` already unwrapped by
-        ``_take``)."""
+        """Handle one mailbox item (an ``Envelope`` already unwrapped by the
+        serving loop)."""
         if type(item) is Ask:
             msg = item.msg
             try:
@@ -843,10 +848,8 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
-        if cell.tracer is not None:
-            item: object = Envelope(msg, current(), cell.system.trace_context())
-        else:
-            item = msg if CURRENT.get() is None else Envelope(msg, current())
+        # Bare from outside a handler; from inside, or when tracing, with the chain.
+        item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
         try:
             queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:
@@ -869,10 +872,8 @@ class ActorRef(Generic[M]):
         cell = self._cell
         if type(msg) not in cell.table or cell.refusal is not None:
             cell.admit(msg, priority)
-        if cell.tracer is not None:
-            item: object = Envelope(msg, current(), cell.system.trace_context())
-        else:
-            item = msg if CURRENT.get() is None else Envelope(msg, current())
+        # Bare from outside a handler; from inside, or when tracing, with the chain.
+        item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
         try:
             queued = cell.mailbox.put_nowait(item, priority)
         except KeyError:

@@ -28,7 +28,6 @@ import trio
 import trio_asyncio
 
 from ._actor import _PRIORITIES, _PRIORITY_ERROR, Actor, ActorCell, ActorRef
-from ._correlation import correlation_id
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._specs import ChildSpec, ResourceSpec
@@ -261,7 +260,6 @@ class ResourceCell(ActorCell):
         "inline",
         "inline_done",
         "limiter",
-        "resource_name",
         "resource_spec",
     )
 
@@ -270,7 +268,6 @@ class ResourceCell(ActorCell):
     ) -> None:
         super().__init__(child_spec, path, system)
         self.ref = ResourceRef(self)
-        self.resource_name = child_spec.name
         self.resource_spec = spec
         self.current: Resource | None = None
         self.broken: Exception | None = None
@@ -297,7 +294,7 @@ class ResourceCell(ActorCell):
 
     def _prepare(self, actor: Actor[Any]) -> None:
         assert isinstance(actor, Resource)
-        actor.name = self.resource_name
+        actor.name = self.name
         actor.spec = self.resource_spec
         actor.options = self.resource_spec.options
         actor.limiter = self.limiter
@@ -360,15 +357,7 @@ class ResourceCell(ActorCell):
 
     async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
         """The handler in an OpenTelemetry span, child of the asker's."""
-        name = type(msg).__qualname__
-        with self.tracer.start_as_current_span(
-            f"handle {name}",
-            attributes={
-                "runtime.actor": self.path,
-                "runtime.message": name,
-                "runtime.correlation_id": correlation_id() or "",
-            },
-        ):
+        with self.span(msg):
             return await self.table[type(msg)](actor, msg)
 
     def _served(self) -> None:
@@ -387,10 +376,7 @@ class ResourceCell(ActorCell):
         finally:
             if self.broken is None and isinstance(error, Exception):
                 self.broken = error  # a crash by a background task or on_start
-            reason = self._interrupted()
-            for scope in self.inline:
-                self.inline[scope] = reason
-                scope.cancel()
+            self._cancel_inline(self._interrupted())
 
     async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
         await super()._serve_concurrently(actor, limit)
@@ -403,12 +389,15 @@ class ResourceCell(ActorCell):
         self.inline_done = None
         if self.inline:
             self.killed = True
-            reason = ActorStopped(
-                f"{self.path} stopped before replying (its shutdown_timeout passed)"
+            self._cancel_inline(
+                ActorStopped(f"{self.path} stopped before replying (its shutdown_timeout passed)")
             )
-            for scope in self.inline:
-                self.inline[scope] = reason
-                scope.cancel()
+
+    def _cancel_inline(self, reason: Exception) -> None:
+        """Cancel the requests served in askers' tasks; each answers ``reason``."""
+        for scope in self.inline:
+            self.inline[scope] = reason
+            scope.cancel()
 
     async def _handle(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority is that task's.
@@ -435,9 +424,7 @@ class ResourceCell(ActorCell):
         """The error of a request cut short by the end of its incarnation."""
         broken = self.broken
         if broken is not None:
-            error = ResourceError(
-                f"{self.path}: {broken}", resource=self.resource_name, transient=True
-            )
+            error = ResourceError(f"{self.path}: {broken}", resource=self.name, transient=True)
             error.__cause__ = broken
             return error
         return ActorStopped(f"{self.path} stopped before replying")
@@ -465,7 +452,7 @@ class ResourceCell(ActorCell):
         changed = [field for field in limits if getattr(spec, field) != getattr(old, field)]
         if changed:
             self.limiter.configure(**_limits(spec))
-            self.spec = resource_child_spec(self.resource_name, spec)
+            self.spec = resource_child_spec(self.name, spec)
             if self.slots is not None:
                 self.slots.total_tokens = self.spec.concurrency
             changes += [
@@ -493,7 +480,7 @@ class ResourceCell(ActorCell):
         actor = self.current
         kind = self.resource_spec.kind
         return ResourceStatistics(
-            name=self.resource_name,
+            name=self.name,
             kind=f"{kind.__module__}:{kind.__qualname__}",
             status=self.status,
             circuit=self.breaker,

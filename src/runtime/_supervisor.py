@@ -296,8 +296,7 @@ class Supervisor:
         """Mark ``child`` stopped for good: queued messages become dead letters."""
         if isinstance(child, ActorCell):
             child.status = "stopped"
-            child.breaker = "closed" if child.spec.circuit_breaker else None
-            child.consecutive_crashes = 0
+            child.reset_breaker()
             child.refusal = ActorStopped
             child.flush(reason, ActorStopped)
             self.system._unsubscribe_all(child)

@@ -261,7 +261,7 @@ class ActorSystem:
     def resource_statistics(self) -> dict[str, ResourceStatistics]:
         """Each resource's limiter, counters and backend figures, by name."""
         return {
-            cell.resource_name: cell.resource_statistics()
+            cell.name: cell.resource_statistics()
             for cell in self._cells.values()
             if isinstance(cell, ResourceCell)
         }
