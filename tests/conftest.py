@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+import trio.testing
 import trio_asyncio
 
 from runtime._checkpoint import CheckpointStore, open_store
@@ -34,6 +35,15 @@ def pytest_configure(config: pytest.Config) -> None:
 POSTGRES_URL = os.environ.get(
     "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
+
+
+@pytest.fixture
+def loopback_clock() -> trio.testing.MockClock:
+    """Virtual time for tests that also talk over real loopback sockets (the
+    fake LLM server). It jumps only after 1 ms of real idleness: with
+    autojump_clock's threshold of 0 it may jump while a reply is still on
+    its way through the kernel, and time out a request that was answered."""
+    return trio.testing.MockClock(autojump_threshold=0.001)
 
 
 def postgres_reachable() -> bool:

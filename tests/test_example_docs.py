@@ -188,7 +188,7 @@ async def run_in_process(topology: Topology, store: str | MemoryStore) -> ActorS
 
 
 async def test_backend_never_sees_more_than_the_limits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_clock: trio.abc.Clock
 ) -> None:
     """130 sections, more than two minutes' worth at 60 a minute, with one
     answer in ten a 429: the fake never serves more than 4 requests at once
@@ -224,7 +224,7 @@ def sections_asked(requests: list[FakeRequest]) -> set[int]:
 
 
 async def test_a_stopped_run_resumes_from_its_checkpoint(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loopback_clock: trio.abc.Clock
 ) -> None:
     """Stopped midway (as by Ctrl-C), the planner has checkpointed the sections
     written; the next start writes only the others and merges them all in order."""

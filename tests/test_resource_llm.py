@@ -2,9 +2,10 @@
 loopback HTTP: both wire formats, Retry-After, retries, the breaker,
 permanent errors, timeouts, the token budget, key secrecy and provider: fake.
 
-The fake server and the client run in the same trio run, so under
-``autojump_clock`` a 7 s Retry-After or a 60 s answer passes at once while
-the bytes still cross a real socket.
+The fake server and the client run in the same trio run, so under virtual
+time (``loopback_clock``, which jumps only once the sockets are quiet) a 7 s
+Retry-After or a 60 s answer passes at once while the bytes still cross a
+real socket.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def backend(system: ActorSystem) -> dict[str, float]:
     return system.resource_statistics()["llm"].backend
 
 
-async def test_openai_wire_format(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_openai_wire_format(key: str, loopback_clock: trio.abc.Clock) -> None:
     """An OpenAI request carries the bearer key and the chat as OpenAI
     expects it (system prompt first, options filled in, extra fields);
     the answer's text, model, usage and finish reason are read back."""
@@ -104,7 +105,7 @@ async def test_openai_wire_format(key: str, autojump_clock: trio.abc.Clock) -> N
     }
 
 
-async def test_anthropic_wire_format(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_anthropic_wire_format(key: str, loopback_clock: trio.abc.Clock) -> None:
     """An Anthropic request carries x-api-key and anthropic-version, moves
     system messages to ``system`` and always sends max_tokens; text blocks,
     usage and stop_reason (normalized) are read back."""
@@ -138,7 +139,7 @@ async def test_anthropic_wire_format(key: str, autojump_clock: trio.abc.Clock) -
 
 
 async def test_retry_after_silences_the_resource_for_every_caller(
-    key: str, autojump_clock: trio.abc.Clock
+    key: str, loopback_clock: trio.abc.Clock
 ) -> None:
     """A 429 with Retry-After: 7 pauses the whole resource: the callers
     queued behind it, and one arriving 3 s later, all reach the API only
@@ -216,7 +217,7 @@ def _rfc3339(moment: datetime.datetime) -> str:
 async def test_retry_after_forms(
     *,
     key: str,
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: trio.abc.Clock,
     provider: str,
     status: int,
     headers: dict[str, str],
@@ -236,7 +237,7 @@ async def test_retry_after_forms(
     assert second.time - first.time == pytest.approx(pause)
 
 
-async def test_server_errors_are_retried(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_server_errors_are_retried(key: str, loopback_clock: trio.abc.Clock) -> None:
     """Two 500s, then an answer: the caller sees only the answer."""
     with trio.fail_after(60):
         async with (
@@ -253,7 +254,7 @@ async def test_server_errors_are_retried(key: str, autojump_clock: trio.abc.Cloc
 
 
 async def test_persistent_server_errors_open_the_breaker(
-    key: str, autojump_clock: trio.abc.Clock
+    key: str, loopback_clock: trio.abc.Clock
 ) -> None:
     """An API answering 503 fails the request after its retries with a
     transient ResourceError; the breaker is then open and the next caller
@@ -282,7 +283,7 @@ async def test_persistent_server_errors_open_the_breaker(
     assert len(server.requests) == 3
 
 
-async def test_client_errors_are_permanent(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_client_errors_are_permanent(key: str, loopback_clock: trio.abc.Clock) -> None:
     """A 400 is the request's fault: raised at once with the status and the
     provider's message, not retried, not counted by the breaker."""
     with trio.fail_after(60):
@@ -302,7 +303,7 @@ async def test_client_errors_are_permanent(key: str, autojump_clock: trio.abc.Cl
     assert stats.limiter.breaker == "closed" and stats.backend["responses_other"] == 2
 
 
-async def test_slow_answers_time_out_per_attempt(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_slow_answers_time_out_per_attempt(key: str, loopback_clock: trio.abc.Clock) -> None:
     """An answer that never comes and one that comes after 60 s each fail
     their attempt at ``timeout``; the caller gets TimeoutError, and the
     resource serves the next request normally."""
@@ -323,7 +324,7 @@ async def test_slow_answers_time_out_per_attempt(key: str, autojump_clock: trio.
     assert 4 <= elapsed <= 5 and third == pytest.approx(elapsed)
 
 
-async def test_connection_failures_are_transient(autojump_clock: trio.abc.Clock) -> None:
+async def test_connection_failures_are_transient(loopback_clock: trio.abc.Clock) -> None:
     """Nothing listening: each attempt fails to connect, is retried, and the
     caller gets a transient ResourceError naming the httpx error."""
     async with fake_llm() as server:
@@ -340,7 +341,7 @@ async def test_connection_failures_are_transient(autojump_clock: trio.abc.Clock)
     assert stats["transport_errors"] == 2 and stats["responses_2xx"] == 0
 
 
-async def test_token_budget_pauses_the_resource(key: str, autojump_clock: trio.abc.Clock) -> None:
+async def test_token_budget_pauses_the_resource(key: str, loopback_clock: trio.abc.Clock) -> None:
     """With 100 tokens a minute and 60 per answer, the second answer spends
     the budget: the third request waits until the first two leave the
     window, 60 s after they were counted."""
@@ -368,7 +369,7 @@ async def test_token_budget_pauses_the_resource(key: str, autojump_clock: trio.a
 
 
 async def test_the_key_never_leaks(
-    key: str, autojump_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
+    key: str, loopback_clock: trio.abc.Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The key is sent, but appears in no log line (structlog's or httpx's),
     no repr, no statistic and no error, not even when the API quotes it."""
@@ -402,7 +403,7 @@ async def test_the_key_never_leaks(
 
 
 async def test_a_missing_key_fails_the_start_naming_the_variable(
-    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+    monkeypatch: pytest.MonkeyPatch, loopback_clock: trio.abc.Clock
 ) -> None:
     """No key in the environment: the resource cannot start (each crash is
     logged naming the variable to set), its breaker opens and callers get
@@ -451,7 +452,7 @@ supervisor:
 
 
 async def test_provider_fake_runs_a_topology_offline(
-    monkeypatch: pytest.MonkeyPatch, autojump_clock: trio.abc.Clock
+    monkeypatch: pytest.MonkeyPatch, loopback_clock: trio.abc.Clock
 ) -> None:
     """``provider: fake`` from YAML: the resource serves its own fake backend
     (latency, seeded 429s) over loopback HTTP, with no key and no server."""
@@ -603,7 +604,7 @@ async def test_fake_responders_may_be_async_fail_or_raise() -> None:
 
 
 async def test_the_fake_provider_reports_what_its_backend_saw(
-    autojump_clock: trio.abc.Clock,
+    loopback_clock: trio.abc.Clock,
 ) -> None:
     """provider: fake: the backend's peak in flight and most requests in a
     rate window are in the resource's statistics (so a CLI run shows them).
