@@ -91,9 +91,7 @@ class _Waiter:
         self.admitted: object = None  # the token's borrower, once admitted
         self.error: BaseException | None = None
         self.event = trio.Event()
-        # The limiter's count of full-window pumps when it queued; at its
-        # admission, 1 if the window was full meanwhile, else 0.
-        self.rate_blocks = 0
+        self.rate_blocks = 0  # the limiter's count of full-window pumps when it queued
         self.entry: list[float] | None = None  # its place in the rate window
 
 
@@ -314,7 +312,7 @@ class Limiter:
                 return
             self._queues[head.priority].popleft()
             # It waited for the rate if the window was found full since it queued.
-            head.rate_blocks = self._rate_blocks > head.rate_blocks
+            self._rate_waits += self._rate_blocks > head.rate_blocks
             head.admitted = self._take(now)
             if self.rate is not None:
                 head.entry = self._window[-1]
@@ -392,7 +390,6 @@ class Limiter:
             waiter.entry[0] = started  # admitted at the pump, starting now
         self._waited += 1
         self._wait_seconds += started - now
-        self._rate_waits += waiter.rate_blocks  # 1 if it waited for the window
         return waiter.admitted, self._trial_running and self.breaker == "half_open"
 
     # -- calls ---------------------------------------------------------------
