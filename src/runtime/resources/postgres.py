@@ -256,7 +256,7 @@ class _Progress:
 _PROGRESS: contextvars.ContextVar[_Progress | None] = contextvars.ContextVar(
     "runtime_postgres_progress", default=None
 )
-"""The current request's last attempt; each request runs in its own task."""
+"""The current request's last attempt, set for the duration of the request."""
 
 _CONNECTION_ERRORS = (
     OSError,  # refused, reset, unreachable, DNS, TLS; the connect timeout too
@@ -473,6 +473,8 @@ class Postgres(Resource):
 
     async def _request(self, msg: Any, idempotent: bool) -> Any:
         """Run ``msg`` under the limiter; connection failures explained."""
+        # The request may run in its asker's task: its progress is undone after.
+        token = _PROGRESS.set(None)
         try:
             return await self.call(self._attempt, msg, idempotent)
         except Exception as error:
@@ -480,6 +482,8 @@ class Postgres(Resource):
             if explained is None:
                 raise
             raise explained from error
+        finally:
+            _PROGRESS.reset(token)
 
     async def _attempt(self, msg: Any, idempotent: bool) -> Any:
         progress = _Progress(idempotent)
