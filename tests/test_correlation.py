@@ -125,7 +125,9 @@ async def test_a_chain_of_tells_and_asks_shares_one_id(captured: LogCapture) -> 
     assert answered == ids["a"] | ids["b"]  # the asker's id reached the handler asked
 
 
-async def test_concurrent_messages_keep_their_own_ids(captured: LogCapture) -> None:
+async def test_concurrent_messages_keep_their_own_ids(
+    captured: LogCapture, autojump_clock: trio.abc.Clock
+) -> None:
     """Under concurrency > 1 each message is handled in its own task with its
     own id, even when the handlers interleave."""
     topology = Topology(

@@ -58,7 +58,7 @@ def _topology(backend: Backend, *children: ChildSpec, **fields: Any) -> Topology
     )
 
 
-async def test_a_scrape_counts_what_the_system_did() -> None:
+async def test_a_scrape_counts_what_the_system_did(loopback_clock: trio.abc.Clock) -> None:
     """Messages handled and failed, restarts by reason, mailbox depth and
     capacity, a saturated limiter and its waiters, dead letters, breakers:
     each as the test made them."""
@@ -115,7 +115,7 @@ async def test_a_scrape_counts_what_the_system_did() -> None:
     assert "process_cpu_seconds_total" in {name for name, _ in samples}
 
 
-async def test_metrics_go_to_the_registry_given() -> None:
+async def test_metrics_go_to_the_registry_given(loopback_clock: trio.abc.Clock) -> None:
     """With a registry and no endpoint, the system's metrics are registered
     there for the lifetime of the block, and removed after it."""
     registry = CollectorRegistry()
@@ -135,7 +135,9 @@ async def test_metrics_go_to_the_registry_given() -> None:
             pass
 
 
-async def test_healthz_follows_the_root_and_status_shows_the_tree() -> None:
+async def test_healthz_follows_the_root_and_status_shows_the_tree(
+    loopback_clock: trio.abc.Clock,
+) -> None:
     """/healthz: 200 while the root runs, 503 while the system stops;
     /status: the tree and the resources as JSON."""
     backend = Backend(delay=0.5)
@@ -174,7 +176,7 @@ async def test_healthz_follows_the_root_and_status_shows_the_tree() -> None:
         await _get(f"{url}/healthz")  # the endpoint stopped with the system
 
 
-async def test_healthz_is_503_once_the_root_has_failed() -> None:
+async def test_healthz_is_503_once_the_root_has_failed(loopback_clock: trio.abc.Clock) -> None:
     """A root that gives up: /healthz answers 503 failed while the system
     stops (a resource request keeps it stopping long enough to look)."""
     backend = Backend(delay=0.5)
@@ -206,7 +208,7 @@ async def test_healthz_is_503_once_the_root_has_failed() -> None:
     assert answers == [(503, "failed\n")]
 
 
-async def test_a_port_in_use_is_a_clear_error() -> None:
+async def test_a_port_in_use_is_a_clear_error(loopback_clock: trio.abc.Clock) -> None:
     """Nothing starts when the endpoint cannot bind; the error says where."""
     async with open_system(Topology(metrics=LOOPBACK), store="memory://") as first:
         port = (first.endpoint_url or "").rsplit(":", 1)[1]
