@@ -220,7 +220,7 @@ async def test_a_port_in_use_is_a_clear_error(loopback_clock: trio.abc.Clock) ->
 
 def test_listen_addresses() -> None:
     """A port alone binds to loopback; any other host is written out."""
-    from runtime._endpoint import parse_listen
+    from runtime._listen import parse_listen
 
     assert parse_listen(9464).bind == "127.0.0.1:9464"
     assert parse_listen(":9464").loopback

@@ -23,8 +23,8 @@ import trio
 
 from ._checkpoint import CheckpointStore, decode_state, encode_state
 from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
+from ._durations import Durations
 from ._mailbox import PRIORITIES, Ask, Envelope, Mailbox, unwrap
-from ._metrics import Durations
 from .errors import (
     ActorFailed,
     ActorStopped,

@@ -28,7 +28,7 @@ import cattrs.preconf.json
 import trio
 import trio_asyncio
 
-from ._metrics import SIZE_BUCKETS, Durations
+from ._durations import SIZE_BUCKETS, Durations
 from .errors import CheckpointConflict, StateError
 
 __all__ = [

@@ -21,7 +21,7 @@ from typing import TextIO
 import attrs
 import trio
 
-from ._endpoint import parse_listen
+from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._specs import MetricsSpec, Topology

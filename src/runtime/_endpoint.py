@@ -8,64 +8,26 @@ so ``/healthz`` answers 503 while the system starts, stops or has failed.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ._listen import Listen
+
 if TYPE_CHECKING:
     from ._system import ActorSystem, TreeNode
 
-__all__ = ["Listen", "open_endpoint", "parse_listen", "serve_endpoint", "status_document"]
-
-DEFAULT_HOST = "127.0.0.1"
+__all__ = ["open_endpoint", "serve_endpoint", "status_document"]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-
-
-@attrs.frozen
-class Listen:
-    """Where the endpoint listens."""
-
-    host: str
-    port: int
-
-    @property
-    def bind(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def loopback(self) -> bool:
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return self.host == "localhost"
-
-
-def parse_listen(value: str | int) -> Listen:
-    """``"host:port"``, ``"[v6]:port"``, ``":port"`` or a port alone (the
-    host is then 127.0.0.1: binding elsewhere is always written out).
-
-    Raises:
-        ValueError: not an address with a port from 0 to 65535.
-    """
-    text = str(value).strip()
-    host, sep, port = text.rpartition(":")
-    if not sep:
-        host, port = "", text
-    host = host.strip("[]") or DEFAULT_HOST
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port (such as 127.0.0.1:9464) or a port; got {value!r}")
-    return Listen(host, int(port))
 
 
 def _node(node: TreeNode) -> dict[str, Any]:

@@ -24,7 +24,8 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
-from ._endpoint import Listen, open_endpoint, parse_listen
+from ._endpoint import open_endpoint
+from ._listen import Listen, parse_listen
 from ._metrics import RuntimeCollector
 from ._resource import (
     RESOURCES_SUPERVISOR,

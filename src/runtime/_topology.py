@@ -23,7 +23,7 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Forbidd
 
 from ._actor import Actor
 from ._checkpoint import open_store
-from ._endpoint import parse_listen
+from ._listen import parse_listen
 from ._specs import (
     BackoffSpec,
     BreakerSpec,

@@ -41,10 +41,10 @@ import structlog
 import trio
 
 from .._actor import handler
+from .._fake_llm import FakeLLM
 from .._resource import Resource
 from .._specs import FieldError, Seconds, _at_least, _one_of, to_seconds
 from ..errors import ResourceError
-from ..testing import FakeLLM
 
 __all__ = ["LLM", "Chat", "ChatResult", "FakeOptions", "LLMOptions", "parse_retry_after"]
 
