@@ -170,7 +170,8 @@ async def test_an_ask_is_answered_only_after_its_write(store: CheckpointStore) -
         async def add(self, msg: Add) -> int:
             self.state.total += msg.n
             # Another incarnation wins the path in between.
-            await store.save(self.ctx.path, '{"total": 100}', self.ctx._cell.version)
+            version = self.ctx._cell.checkpointer.version  # type: ignore[attr-defined]
+            await store.save(self.ctx.path, '{"total": 100}', version)
             return self.state.total
 
     spec = topology(child("c", Racing, checkpoint="message"))

@@ -2,9 +2,6 @@
 
 from . import errors as errors
 from ._actor import Actor as Actor
-from ._actor import ActorContext as ActorContext
-from ._actor import ActorRef as ActorRef
-from ._actor import ActorStatistics as ActorStatistics
 from ._actor import handler as handler
 from ._checkpoint import CheckpointStatistics as CheckpointStatistics
 from ._checkpoint import CheckpointStore as CheckpointStore
@@ -12,12 +9,16 @@ from ._checkpoint import MemoryStore as MemoryStore
 from ._checkpoint import PostgresStore as PostgresStore
 from ._checkpoint import SqliteStore as SqliteStore
 from ._checkpoint import open_store as open_store
+from ._context import ActorContext as ActorContext
 from ._correlation import add_correlation_id as add_correlation_id
 from ._correlation import correlation_id as correlation_id
 from ._limiter import Limiter as Limiter
 from ._limiter import LimiterStatistics as LimiterStatistics
+from ._ref import ActorRef as ActorRef
+from ._ref import ActorStatistics as ActorStatistics
 from ._resource import Resource as Resource
 from ._resource import ResourceStatistics as ResourceStatistics
+from ._services import open_system as open_system
 from ._specs import BackoffSpec as BackoffSpec
 from ._specs import BreakerSpec as BreakerSpec
 from ._specs import ChildSpec as ChildSpec
@@ -32,7 +33,6 @@ from ._system import ActorSystem as ActorSystem
 from ._system import DeadLetter as DeadLetter
 from ._system import Progress as Progress
 from ._system import TreeNode as TreeNode
-from ._system import open_system as open_system
 from ._topology import load_topology as load_topology
 from ._topology import parse_topology as parse_topology
 

@@ -18,6 +18,7 @@ import json
 import os
 import sqlite3
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -32,7 +33,10 @@ from ._durations import SIZE_BUCKETS, Durations
 from .errors import CheckpointConflict, StateError
 
 __all__ = [
+    "CheckpointCounters",
+    "CheckpointStatistics",
     "CheckpointStore",
+    "Checkpointer",
     "MemoryStore",
     "PostgresStore",
     "SqliteStore",
@@ -489,3 +493,105 @@ def open_store(url: str) -> CheckpointStore:
     raise ValueError(
         f"unknown checkpoint store {url!r}: use memory://, sqlite:///path.db or postgresql://..."
     )
+
+
+class Checkpointer:
+    """One actor's checkpoints: its state read at every start, conditional
+    writes, and the last write of a graceful stop.
+
+    It outlives the actor's incarnations (the version it read or last wrote
+    is the one the next write is conditional on). Writes are one at a time:
+    ``save`` waits for a write in progress before starting its own.
+    """
+
+    __slots__ = ("_lock", "counters", "log", "path", "saved", "state_type", "store", "version")
+
+    def __init__(
+        self,
+        path: str,
+        store: CheckpointStore,
+        counters: CheckpointCounters,
+        state_type: type,
+        log: Any,
+    ) -> None:
+        self.path = path
+        self.store = store
+        self.counters = counters
+        self.state_type = state_type
+        self.log = log
+        self.version = 0  # read or last written
+        self.saved: str | None = None  # the JSON last read or written: unchanged state is not written
+        self._lock = trio.Lock()
+
+    async def load(self) -> object:
+        """The latest checkpoint of this path, or a fresh state if there is none.
+
+        Raises:
+            StateError: the stored checkpoint cannot be read back (the start
+                fails; it is never replaced by a fresh state).
+            What the store raises when it cannot be reached.
+        """
+        counters = self.counters
+        start = trio.current_time()
+        try:
+            row = await self.store.load(self.path)
+            counters.reads += 1
+            counters.read_seconds += trio.current_time() - start
+            if row is None:
+                self.version, self.saved = 0, None
+                return self.state_type()
+            self.version, self.saved = row
+            state = decode_state(self.path, row[1], self.state_type)
+        except Exception as exc:
+            counters.failures += 1
+            self.log.warning("checkpoint_unreadable", error=f"{type(exc).__name__}: {exc}")
+            raise
+        self.log.info("checkpoint_restored", version=row[0], size=len(row[1]))
+        return state
+
+    async def save(self, state: object) -> None:
+        """Write ``state`` if it changed since the last write.
+
+        Waits for the store. Raises what the store raises
+        (``CheckpointConflict``, ``StateError``, I/O errors); the previous
+        checkpoint is then intact and the caller crashes the actor.
+        """
+        counters = self.counters
+        async with self._lock:
+            try:
+                data = encode_state(self.path, state)
+                if data == self.saved:
+                    return
+                # What cannot be read back would fail every later start.
+                decode_state(self.path, data, self.state_type)
+                start = trio.current_time()
+                self.version = await self.store.save(self.path, data, self.version)
+            except Exception as exc:
+                counters.record_failure(exc)
+                self.log.warning(
+                    "checkpoint_failed", version=self.version, error=f"{type(exc).__name__}: {exc}"
+                )
+                raise
+            counters.writes += 1
+            counters.bytes_written += len(data)
+            counters.sizes.observe(len(data))
+            elapsed = trio.current_time() - start
+            counters.write_seconds += elapsed
+            counters.write_durations.observe(elapsed)
+            self.saved = data
+
+    async def save_every(
+        self, period: float, state: Callable[[], object], scope: trio.CancelScope
+    ) -> None:
+        """Write ``state()`` every ``period`` seconds until ``scope`` is cancelled."""
+        with scope:
+            while True:
+                await trio.sleep(period)
+                await self.save(state())
+
+    async def flush(self, state: object, deadline: float) -> bool:
+        """The last write of a graceful stop, shielded from cancellation until
+        ``deadline``; False when the deadline cut it short."""
+        with trio.move_on_at(deadline, shield=True) as scope:
+            await self.save(state)
+        return not scope.cancelled_caught

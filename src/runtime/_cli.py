@@ -24,9 +24,10 @@ import trio
 from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
+from ._services import open_system
 from ._specs import MetricsSpec, Topology
 from ._status import show_status
-from ._system import ActorSystem, Progress, TreeNode, open_system
+from ._system import ActorSystem, Progress, TreeNode
 from ._topology import iter_children, load_topology
 from .errors import ActorSystemError, TopologyError
 
@@ -308,7 +309,7 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
     out = file if file is not None else sys.stdout
     nodes = list(_flatten(system.tree()))
     actors = [n for n in nodes if n.kind == "actor"]
-    handled = sum(cell.handled for cell in system._cells.values())
+    handled = sum(cell.handled for cell in system.cells())
     resources = system.resource_tree()
     every = nodes + (_flatten(resources) if resources is not None else [])
     restarts = sum(n.stats.restarts for n in every)

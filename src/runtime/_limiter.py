@@ -22,7 +22,7 @@ import attrs
 import structlog
 import trio
 
-from ._mailbox import PRIORITIES
+from ._priority import PRIORITIES
 from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any
 
 import attrs
 import outcome
 import trio
 
+from ._priority import PRIORITIES, PRIORITY_INDEX
 from .errors import MailboxFull
 
-__all__ = ["PRIORITIES", "Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
+__all__ = ["Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
 
-PRIORITIES: Final = ("high", "normal", "low")
-_INDEX: Final = {"high": 0, "normal": 1, "low": 2}
 
 
 class Ask:
@@ -137,7 +136,7 @@ class Mailbox:
             MailboxFull: full under ``reject``, or a new ``Ask`` is dropped.
             KeyError: ``priority`` is not high, normal or low.
         """
-        index = _INDEX[priority]
+        index = PRIORITY_INDEX[priority]
         if self.size >= self.capacity and not self._make_room(item, index):
             return self.overflow != "block"
         queue = self._queues[index]

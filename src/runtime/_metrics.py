@@ -116,7 +116,7 @@ class RuntimeCollector(Collector):
                 for name in _BREAKER_STATES:
                     breaker.add_metric([path, name], 1.0 if cell.breaker == name else 0.0)
         for node in system.children_and_supervisors():
-            reasons = {"crash": 0, **(node.restart_reasons or {})}  # a series from the start
+            reasons = {"crash": 0, **(node.record.reasons or {})}  # a series from the start
             for reason, count in reasons.items():
                 restarts.add_metric([node.path, reason], count)
         yield from (handled, duration, depth, capacity, pending, status, breaker, restarts)

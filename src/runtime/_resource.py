@@ -27,14 +27,16 @@ import attrs
 import trio
 import trio_asyncio
 
-from ._actor import _PRIORITIES, _PRIORITY_ERROR, Actor, ActorCell, ActorRef
+from ._actor import Actor
+from ._cell import ActorCell, LocalRef
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
+from ._priority import check_priority
 from ._specs import ChildSpec, ResourceSpec
 from .errors import ActorStopped, AskTimeout, ResourceError
 
 if TYPE_CHECKING:
-    from ._system import ActorSystem
+    from ._host import Host
 
 __all__ = ["Resource", "ResourceCell", "ResourceStatistics", "resource_child_spec"]
 
@@ -97,6 +99,8 @@ class Resource(Actor[None]):
         limiter: the ``Limiter`` that ``call`` applies.
     """
 
+    __runtime_resource__: ClassVar[bool] = True  # how specs recognise a resource class
+
     Options: ClassVar[type] = NoOptions
     default_max_concurrency: ClassVar[int | None] = None
     uses_asyncio: ClassVar[bool] = False
@@ -107,6 +111,7 @@ class Resource(Actor[None]):
     spec: ResourceSpec
     options: Any
     limiter: Limiter
+    _resource_cell: ResourceCell
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -155,9 +160,7 @@ class Resource(Actor[None]):
         ``ResourceError`` naming it. Callable from a handler, ``on_start`` or
         a background task.
         """
-        cell = self.ctx._cell
-        assert isinstance(cell, ResourceCell)
-        cell.broken = error
+        self._resource_cell.broken = error
 
         async def crash() -> None:
             raise error
@@ -207,7 +210,7 @@ def resource_child_spec(name: str, spec: ResourceSpec) -> ChildSpec:
     )
 
 
-class ResourceRef(ActorRef[Any]):
+class ResourceRef(LocalRef):
     """The ref of a resource: an ask to a running resource is served in the
     asker's own task, under the resource's limiter, with no mailbox hop."""
 
@@ -242,8 +245,7 @@ class ResourceRef(ActorRef[Any]):
             or type(msg) not in cell.table
         ):
             return await super().ask(msg, timeout=timeout, priority=priority)
-        if priority not in _PRIORITIES:
-            raise ValueError(_PRIORITY_ERROR)
+        check_priority(priority)
         return await cell.serve_inline(actor, msg, timeout, priority)
 
 
@@ -263,10 +265,8 @@ class ResourceCell(ActorCell):
         "resource_spec",
     )
 
-    def __init__(
-        self, child_spec: ChildSpec, path: str, system: ActorSystem, spec: ResourceSpec
-    ) -> None:
-        super().__init__(child_spec, path, system)
+    def __init__(self, child_spec: ChildSpec, path: str, host: Host, spec: ResourceSpec) -> None:
+        super().__init__(child_spec, path, host)
         self.ref = ResourceRef(self)
         self.resource_spec = spec
         self.current: Resource | None = None
@@ -298,6 +298,7 @@ class ResourceCell(ActorCell):
         actor.spec = self.resource_spec
         actor.options = self.resource_spec.options
         actor.limiter = self.limiter
+        actor._resource_cell = self
         self.current = actor
         self.broken = None
         if actor.uses_asyncio:
@@ -363,7 +364,7 @@ class ResourceCell(ActorCell):
     def _served(self) -> None:
         """A request was answered without crashing the resource: that is
         recovery for its actor breaker (a half-open one closes)."""
-        if self.consecutive_crashes or self.breaker == "half_open":
+        if self.record.consecutive_crashes or self.breaker == "half_open":
             self._recovered()
 
     async def run_incarnation(

@@ -17,8 +17,6 @@ from typing import Any, Literal, NewType, Union
 
 import attrs
 
-from ._actor import Actor
-
 __all__ = [
     "BackoffSpec",
     "BreakerSpec",
@@ -103,7 +101,13 @@ def _class_name(value: object) -> str:
     return f"{value.__module__}:{value.__qualname__}" if isinstance(value, type) else repr(value)
 
 
-def import_actor(value: object) -> type[Actor[Any]]:
+def _marked(value: object, marker: str) -> bool:
+    """Whether ``value`` is a class carrying ``marker`` (set on ``runtime.Actor``
+    and ``runtime.Resource``): specs are plain data and import neither."""
+    return isinstance(value, type) and getattr(value, marker, False) is True
+
+
+def import_actor(value: object) -> type[Any]:
     """Resolve an actor class, or an import path ``"package.module:Class"`` to one.
 
     Raises:
@@ -112,8 +116,9 @@ def import_actor(value: object) -> type[Actor[Any]]:
     """
     if isinstance(value, str):
         value = _import_path(value)
-    if not (isinstance(value, type) and issubclass(value, Actor)):
+    if not _marked(value, "__runtime_actor__"):
         raise ValueError(f"{_class_name(value)} is not a subclass of runtime.Actor")
+    assert isinstance(value, type)
     return value
 
 
@@ -135,8 +140,6 @@ def import_resource(value: object) -> ResourceKind:
     Raises:
         ValueError: not a known kind, or not a subclass of ``runtime.Resource``.
     """
-    from ._resource import Resource  # noqa: PLC0415 (it imports this module)
-
     if isinstance(value, str):
         if value in RESOURCE_KINDS:
             value = RESOURCE_KINDS[value]
@@ -146,8 +149,9 @@ def import_resource(value: object) -> ResourceKind:
                 f"got {value!r}"
             )
         value = _import_path(value)
-    if not (isinstance(value, type) and issubclass(value, Resource)):
+    if not _marked(value, "__runtime_resource__"):
         raise ValueError(f"{_class_name(value)} is not a subclass of runtime.Resource")
+    assert isinstance(value, type)
     return ResourceKind(value)
 
 
@@ -313,7 +317,7 @@ class ChildSpec:
     """
 
     name: str = attrs.field(validator=_name)
-    actor: type[Actor[Any]] = attrs.field(converter=import_actor)
+    actor: type[Any] = attrs.field(converter=import_actor)
     restart: RestartType = attrs.field(
         default="permanent",
         validator=_one_of("permanent", "transient", "temporary"),

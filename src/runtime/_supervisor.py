@@ -12,24 +12,71 @@ from __future__ import annotations
 
 import math
 import random
-from collections import deque
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING
 
+import attrs
 import structlog
 import trio
 
-from ._actor import _TRIAL, ActorCell, ActorStatistics
-from ._specs import ChildSpec, SupervisorSpec
-from .errors import ActorNotFound, ActorStopped, CircuitOpen, SupervisorGaveUp
+from ._host import Child, RestartRecord
+from ._ref import ActorStatistics
+from .errors import ActorNotFound, ActorStopped, SupervisorGaveUp
 
 if TYPE_CHECKING:
-    from ._system import ActorSystem
+    from ._host import Host
+    from ._specs import ChildSpec, SupervisorSpec
 
-__all__ = ["Supervisor"]
+__all__ = ["Supervisor", "add_restart"]
 
 logger = structlog.get_logger("runtime")
 
-Child = Union[ActorCell, "Supervisor"]
+
+def add_restart(
+    times: tuple[float, ...], now: float, max_restarts: int, within: float
+) -> tuple[bool, tuple[float, ...]]:
+    """Record a restart at ``now`` in the intensity window (OTP's ``add_restart``).
+
+    Returns whether the restart is allowed, and the restart times still inside
+    the window ``(now - within, now]``: more than ``max_restarts`` of them means
+    the supervisor gives up.
+    """
+    kept = (*(t for t in times if t > now - within), now)
+    return len(kept) <= max_restarts, kept
+
+
+# -- the events of a supervisor's control loop -------------------------------
+
+
+@attrs.frozen
+class ChildExited:
+    """An incarnation of ``child`` ended: ``error`` None after a stop, else its crash."""
+
+    child: Child
+    incarnation: int
+    error: BaseException | None
+
+
+@attrs.frozen
+class RestartDue:
+    """A delayed restart of ``group`` (restart decision ``seq``) is due."""
+
+    group: tuple[Child, ...]
+    seq: int
+
+
+@attrs.frozen
+class HalfOpenDue:
+    """``child``'s circuit has been open for its ``reset_timeout``."""
+
+    child: Child
+
+
+@attrs.frozen
+class StopRequested:
+    """The supervisor is asked to stop."""
+
+
+Event = ChildExited | RestartDue | HalfOpenDue | StopRequested
 
 
 class _Started:
@@ -44,15 +91,6 @@ class _Started:
 
     def started(self, value: None = None) -> None:
         self.event.set()
-
-
-def _restarted(child: Child, reason: str) -> None:
-    """Count one restart of ``child``, and why."""
-    child.restarts += 1
-    reasons = child.restart_reasons
-    if reasons is None:
-        reasons = child.restart_reasons = {}
-    reasons[reason] = reasons.get(reason, 0) + 1
 
 
 def _restart_wanted(restart: str, crashed: bool) -> bool:
@@ -76,35 +114,30 @@ class Supervisor:
     kind = "supervisor"
     restart = "permanent"
     shutdown_timeout = math.inf
-    breaker = None
-    consecutive_crashes = 0
 
-    def __init__(self, spec: SupervisorSpec, path: str, system: ActorSystem) -> None:
+    def __init__(self, spec: SupervisorSpec, path: str, host: Host) -> None:
         self.spec = spec
         self.name = spec.name
         self.path = path
-        self.system = system
+        self.host = host
         self.log = logger.bind(path=path)
-        self.children: list[Child] = [system._build(child, f"{path}/") for child in spec.children]
+        self.children: list[Child] = [host.build(child, f"{path}/") for child in spec.children]
         self._by_name = {child.name: child for child in self.children}
         self.status = "starting"
         self.incarnation = 0
-        self.restarts = 0
-        self.restart_reasons: dict[str, int] | None = None
-        self.pending_reason = "crash"  # why its pending restart happens
+        self.record = RestartRecord()
         self.stopping = False
         self.stopping_for_restart = False  # the parent restarts it: keep the mailboxes
-        self.pending_restart = 0
         self.scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None
         self.started_at = 0.0
         self.done = trio.Event()
         self.done.set()
-        self._restart_times: deque[float] = deque()
+        self._restart_times: tuple[float, ...] = ()
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._starting: Child | None = None  # the child whose start holds the lock
-        self._events_in: trio.MemorySendChannel[tuple[Any, ...]] | None = None
+        self._events_in: trio.MemorySendChannel[Event] | None = None
         self._random = random.Random()
         self._restart_seq = 0
 
@@ -122,12 +155,12 @@ class Supervisor:
         self.status = "starting"
         self.stopping = False
         self.stopping_for_restart = False
-        self._restart_times.clear()
+        self._restart_times = ()
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         self.started_at = trio.current_time()
         started = False
-        send, receive = trio.open_memory_channel[tuple[Any, ...]](math.inf)
+        send, receive = trio.open_memory_channel[Event](math.inf)
         self._events_in = send
         error: BaseException | None = None
         try:
@@ -140,9 +173,8 @@ class Supervisor:
                                 if self.stopping:
                                     break
                                 if child.incarnation:  # this supervisor is restarting
-                                    _restarted(child, "supervisor")
-                                    if isinstance(child, ActorCell):
-                                        child.reset_breaker()  # every child starts afresh
+                                    child.record.count("supervisor")
+                                    child.reset_breaker()  # every child starts afresh
                                 await self._start_child(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
@@ -181,7 +213,7 @@ class Supervisor:
         self.stopping = True
         self.stopping_for_restart = for_restart
         if self._events_in is not None:
-            self._events_in.send_nowait(("stop",))
+            self._events_in.send_nowait(StopRequested())
         self._bound_start(for_restart)
 
     def _bound_start(self, for_restart: bool) -> None:
@@ -195,25 +227,22 @@ class Supervisor:
     async def _kill_start_after(self, child: Child, incarnation: int) -> None:
         await trio.sleep(child.shutdown_timeout)
         if self._starting is child and child.incarnation == incarnation:
-            if isinstance(child, ActorCell):
-                child.killed = True
-            if child.scope is not None:
-                child.scope.cancel()
+            child.kill()
 
-    async def _control_loop(self, events: trio.MemoryReceiveChannel[tuple[Any, ...]]) -> None:
+    async def _control_loop(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         async for event in events:
-            kind = event[0]
-            if kind == "stop":
+            if isinstance(event, StopRequested):
                 return
             async with self._lock:
                 if self.stopping:
                     return
-                if kind == "exit":
-                    await self._on_exit(event[1], event[2], event[3])
-                elif kind == "restart":
-                    await self._restart_group(event[1], event[2])
-                elif kind == "half_open":
-                    await self._half_open(event[1])
+                match event:
+                    case ChildExited(child, incarnation, error):
+                        await self._on_exit(child, incarnation, error)
+                    case RestartDue(group, seq):
+                        await self._restart_group(group, seq)
+                    case HalfOpenDue(child):
+                        await self._half_open(child)
 
     async def _stop_children(self, for_good: bool) -> None:
         """Stop every running child in reverse start order; ``for_good``: retire them."""
@@ -226,7 +255,7 @@ class Supervisor:
     def retire_children(self) -> None:
         """Mark every child stopped for good: queued messages become dead letters."""
         for child in self.children:
-            self._retire(child, "stopped")
+            child.retire("stopped")
 
     # -- starting and stopping one child -------------------------------------
 
@@ -245,8 +274,8 @@ class Supervisor:
             await started.event.wait()
         except BaseException:
             started.abandoned = True
-            if started.running and child.scope is not None:
-                child.scope.cancel()
+            if started.running:
+                child.kill()
             raise
         finally:
             self._starting = None
@@ -269,7 +298,7 @@ class Supervisor:
         incarnation = child.incarnation + 1
         error = await child.run_incarnation(started)
         if self._events_in is not None:
-            self._events_in.send_nowait(("exit", child, incarnation, error))
+            self._events_in.send_nowait(ChildExited(child, incarnation, error))
 
     async def _stop_child(self, child: Child, status: str) -> None:
         """Stop ``child`` gracefully; cancel it once its ``shutdown_timeout`` has passed.
@@ -285,24 +314,33 @@ class Supervisor:
         with trio.move_on_after(child.shutdown_timeout):
             await child.done.wait()
         if not child.done.is_set():
-            if child.scope is not None:
-                if isinstance(child, ActorCell):
-                    child.killed = True
-                child.scope.cancel()
+            child.kill()
             await child.done.wait()
         self.log.info("child_stopped", child=child.path, incarnation=child.incarnation)
 
-    def _retire(self, child: Child, reason: str) -> None:
-        """Mark ``child`` stopped for good: queued messages become dead letters."""
-        if isinstance(child, ActorCell):
-            child.status = "stopped"
-            child.reset_breaker()
-            child.refusal = ActorStopped
-            child.flush(reason, ActorStopped)
-            self.system._unsubscribe_all(child)
-        else:
-            child.status = "stopped"
-            child.retire_children()
+    # -- as a child of its own supervisor ------------------------------------
+
+    def kill(self) -> None:
+        """Cancel the running incarnation and with it every child's."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+    def retire(self, reason: str) -> None:
+        """Stopped for good, with every child below it."""
+        self.status = "stopped"
+        self.retire_children()
+
+    def reset_breaker(self) -> None:
+        """Forget its crashes (a supervisor has no circuit of its own)."""
+        self.record.consecutive_crashes = 0
+
+    def open_circuit(self, error: BaseException | None) -> float | None:
+        """A supervisor has no breaker: nothing opens."""
+        return None
+
+    def half_open(self) -> bool:
+        """A supervisor has no breaker."""
+        return False
 
     # -- reacting to a child's end -------------------------------------------
 
@@ -314,11 +352,11 @@ class Supervisor:
         crashed = error is not None
         if not _restart_wanted(child.restart, crashed):
             self.log.info("child_exited", child=child.path, crashed=crashed, restart=child.restart)
-            self._retire(child, "stopped")
+            child.retire("stopped")
             if child.restart == "temporary":
                 self._remove(child)
             return
-        if crashed and self._count_crash(child):
+        if crashed and self._count_crash(child, error):
             return  # its circuit opened: no restart
         self._count_restart(child, error)
         child.status = "restarting"
@@ -329,9 +367,9 @@ class Supervisor:
         # earlier pending restart is void: the group restarts in start order.
         self._restart_seq += 1
         for member in group:
-            member.pending_restart = self._restart_seq
-            member.pending_reason = "group"
-        child.pending_reason = "crash" if crashed else "normal_exit"
+            member.record.pending_seq = self._restart_seq
+            member.record.pending_reason = "group"
+        child.record.pending_reason = "crash" if crashed else "normal_exit"
         delay = self._backoff(child)
         self.log.info(
             "child_restarting",
@@ -347,20 +385,27 @@ class Supervisor:
         else:
             await self._restart_group(group, self._restart_seq)
 
-    def _count_crash(self, child: Child) -> bool:
+    def _count_crash(self, child: Child, error: BaseException | None) -> bool:
         """Count a consecutive crash; True when it opened the child's circuit."""
         if isinstance(child, Supervisor) and (
             trio.current_time() - child.started_at >= self.spec.within
         ):
             # A supervisor handles no messages to show it recovered: a run as
             # long as the intensity window counts as recovery.
-            child.consecutive_crashes = 0
-        child.consecutive_crashes += 1
-        breaker = getattr(child.spec, "circuit_breaker", None)
-        if breaker is not None and child.consecutive_crashes >= breaker.failures:
-            self._open_circuit(child, breaker.reset_timeout)
-            return True
-        return False
+            child.record.consecutive_crashes = 0
+        child.record.consecutive_crashes += 1
+        reset_timeout = child.open_circuit(error)
+        if reset_timeout is None:
+            return False
+        assert self._nursery is not None
+        self.log.warning(
+            "breaker_opened",
+            child=child.path,
+            failures=child.record.consecutive_crashes,
+            reset_timeout=reset_timeout,
+        )
+        self._nursery.start_soon(self._half_open_later, reset_timeout, child, self.incarnation)
+        return True
 
     async def _stop_group(self, child: Child) -> list[Child]:
         """Stop the siblings the strategy restarts with ``child``, in reverse
@@ -371,18 +416,16 @@ class Supervisor:
                 await self._stop_child(sibling, "restarting")
         for sibling in group:
             if sibling is not child and sibling.restart == "temporary":
-                self._retire(sibling, "stopped")
+                sibling.retire("stopped")
                 self._remove(sibling)
         return [c for c in group if self._has(c)]
 
     def _count_restart(self, child: Child, error: BaseException | None) -> None:
         """Record one restart; more than ``max_restarts`` within ``within`` gives up."""
-        now = trio.current_time()
-        times = self._restart_times
-        times.append(now)
-        while times and times[0] <= now - self.spec.within:
-            times.popleft()
-        if len(times) > self.spec.max_restarts:
+        allowed, self._restart_times = add_restart(
+            self._restart_times, trio.current_time(), self.spec.max_restarts, self.spec.within
+        )
+        if not allowed:
             message = (
                 f"supervisor {self.path} gave up: more than {self.spec.max_restarts} "
                 f"restart(s) within {self.spec.within:g}s; last: {child.path} "
@@ -410,52 +453,35 @@ class Supervisor:
         backoff = self.spec.backoff
         if backoff is None:
             return 0.0
-        attempt = max(child.consecutive_crashes, 1)
+        attempt = max(child.record.consecutive_crashes, 1)
         return backoff.delay(attempt, self._random.random())
 
     async def _restart_later(self, delay: float, group: list[Child], seq: int) -> None:
         await trio.sleep(delay)
         if self._events_in is not None:
-            self._events_in.send_nowait(("restart", group, seq))
+            self._events_in.send_nowait(RestartDue(tuple(group), seq))
 
-    async def _restart_group(self, group: list[Child], seq: int) -> None:
+    async def _restart_group(self, group: list[Child] | tuple[Child, ...], seq: int) -> None:
         """Start the members of restart decision ``seq`` that still wait for it, in order."""
         for child in group:
             if self.stopping:
                 return
-            if self._has(child) and child.status == "restarting" and child.pending_restart == seq:
-                _restarted(child, child.pending_reason)
+            record = child.record
+            if self._has(child) and child.status == "restarting" and record.pending_seq == seq:
+                record.count(record.pending_reason)
                 await self._start_child(child)
 
     # -- circuit breaker ------------------------------------------------------
 
-    def _open_circuit(self, child: Child, reset_timeout: float) -> None:
-        assert isinstance(child, ActorCell) and self._nursery is not None
-        child.status = "circuit_open"
-        child.breaker = "open"
-        child.refusal = CircuitOpen
-        child.flush("circuit_open", CircuitOpen)
-        self.log.warning(
-            "breaker_opened",
-            child=child.path,
-            failures=child.consecutive_crashes,
-            reset_timeout=reset_timeout,
-        )
-        self._nursery.start_soon(self._half_open_later, reset_timeout, child, self.incarnation)
-
     async def _half_open_later(self, delay: float, child: Child, incarnation: int) -> None:
         await trio.sleep(delay)
         if self._events_in is not None and incarnation == self.incarnation:
-            self._events_in.send_nowait(("half_open", child))
+            self._events_in.send_nowait(HalfOpenDue(child))
 
     async def _half_open(self, child: Child) -> None:
-        if not isinstance(child, ActorCell) or child.status != "circuit_open":
+        if not self._has(child) or not child.half_open():
             return
-        if not self._has(child):
-            return
-        child.breaker = "half_open"
-        child.refusal = _TRIAL
-        _restarted(child, "half_open")
+        child.record.count("half_open")
         self.log.info("breaker_half_open", child=child.path)
         await self._start_child(child)
 
@@ -482,14 +508,14 @@ class Supervisor:
                 if existing.status != "stopped":
                     raise ValueError(f"{self.path} already has a child named {spec.name!r}")
                 self._remove(existing)
-            child = self.system._build(spec, f"{self.path}/")
+            child = self.host.build(spec, f"{self.path}/")
             self.children.append(child)
             self._by_name[child.name] = child
             try:
                 await self._start_child(child)
             except BaseException:
                 # Cancelled while starting: leave nothing half-started behind.
-                self._retire(child, "stopped")
+                child.retire("stopped")
                 self._remove(child)
                 raise
             return child
@@ -534,14 +560,14 @@ class Supervisor:
             if not self._has(child):
                 return
             await self._stop_child(child, "stopped")
-            self._retire(child, "stopped")
+            child.retire("stopped")
             self._remove(child)
 
     def _remove(self, child: Child) -> None:
         if self._has(child):
             self.children.remove(child)
             del self._by_name[child.name]
-        self.system._forget(child)
+        self.host.forget(child)
 
     def _has(self, child: Child) -> bool:
         return self._by_name.get(child.name) is child
@@ -552,7 +578,7 @@ class Supervisor:
             path=self.path,
             status=self.status,
             incarnation=self.incarnation,
-            restarts=self.restarts,
+            restarts=self.record.restarts,
             mailbox_depth=0,
             mailbox_capacity=0,
             breaker=None,

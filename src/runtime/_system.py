@@ -1,21 +1,25 @@
-"""The actor system: the root supervisor, the path registry, dead letters and topics."""
+"""The actor system: the tree, the path registry, dead letters and topics.
+
+``ActorSystem`` is the public face of a running tree. What the tree's cells
+and supervisors need of the system (the ``Host`` protocol) is implemented by
+``SystemHost``, which the system owns: the lower layers never see the
+system's own attributes. ``open_system`` (in ``_services``) builds one and
+runs it.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import structlog
 import trio
-import trio_asyncio
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from ._actor import Actor, ActorCell, ActorRef, ActorStatistics
+from ._actor import Actor
+from ._cell import ActorCell
 from ._checkpoint import (
     CheckpointCounters,
     CheckpointStatistics,
@@ -24,9 +28,8 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
-from ._endpoint import open_endpoint
-from ._listen import Listen, parse_listen
-from ._metrics import RuntimeCollector
+from ._host import Child
+from ._ref import ActorRef, ActorStatistics
 from ._resource import (
     RESOURCES_SUPERVISOR,
     ResourceCell,
@@ -34,12 +37,12 @@ from ._resource import (
     resource_child_spec,
 )
 from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology
-from ._supervisor import Child, Supervisor
+from ._supervisor import Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
 from ._tracing import context_now, make_tracer
 from .errors import ActorNotFound, TopologyError
 
-__all__ = ["ActorSystem", "DeadLetter", "Progress", "TreeNode", "open_system"]
+__all__ = ["ActorSystem", "DeadLetter", "Progress", "SystemHost", "TreeNode"]
 
 logger = structlog.get_logger("runtime")
 
@@ -92,6 +95,118 @@ class TreeNode:
     children: tuple[TreeNode, ...] = ()
 
 
+class SystemHost:
+    """The system as its cells and supervisors see it (the ``Host`` protocol):
+    the path registry, dead letters, topics, progress counts and the store."""
+
+    def __init__(self, system: ActorSystem, *, timed: bool) -> None:
+        self.system = system
+        self.name = system.name
+        self.timed = timed  # whether handling times are kept (metrics are on)
+        # OpenTelemetry, with metrics.tracing: the tracer, and the sender's context.
+        self.tracer: Any = make_tracer() if system.topology.metrics.tracing else None
+        self.trace_context = context_now
+        self.checkpoints = CheckpointCounters()
+        self.store: CheckpointStore | None = None  # opened on first use
+        self.cells: dict[str, ActorCell] = {}
+        self.supervisors: dict[str, Supervisor] = {}
+        self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
+        self.dead_letter_count = 0
+        self.dead_letter_reasons: dict[str, int] = {}
+        self.items_done = self.items_total = self.items_retried = 0  # ctx.progress
+        self.topics: dict[str, dict[ActorCell, set[type]]] = {}
+
+    # -- the tree ----------------------------------------------------------------
+
+    def build(self, spec: ChildSpec | SupervisorSpec, prefix: str) -> Child:
+        """Make the cell or supervisor ``spec`` describes, registered at its path."""
+        path = f"{prefix}{spec.name}"
+        if isinstance(spec, SupervisorSpec):
+            supervisor = Supervisor(spec, path, self)
+            self.supervisors[path] = supervisor
+            return supervisor
+        resource = self.system.topology.resources.get(spec.name)
+        if prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
+            cell: ActorCell = ResourceCell(spec, path, self, resource)
+        else:
+            cell = ActorCell(spec, path, self)
+        self.cells[path] = cell
+        return cell
+
+    def forget(self, child: Child) -> None:
+        """Unregister a child removed from the tree, and its subtree."""
+        if isinstance(child, Supervisor):
+            self.supervisors.pop(child.path, None)
+            for grandchild in child.children:
+                self.forget(grandchild)
+        elif self.cells.get(child.path) is child:
+            del self.cells[child.path]
+
+    def ref(self, path: str) -> ActorRef[Any]:
+        return self.system.ref(path)
+
+    def resource(self, name: str) -> ActorRef[Any]:
+        return self.system.resource(name)
+
+    # -- checkpoints -------------------------------------------------------------
+
+    def checkpoint_store(self) -> CheckpointStore:
+        """The checkpoint store, made on first use (it connects on first use too)."""
+        if self.store is None:
+            wanted = self.system.store
+            self.store = (
+                wanted if isinstance(wanted, CheckpointStore) else open_store(self.system.store_url)
+            )
+        return self.store
+
+    async def close_store(self) -> None:
+        """Close the store, unless the caller passed it in (it is theirs to close)."""
+        if self.store is not None and not isinstance(self.system.store, CheckpointStore):
+            with trio.CancelScope(shield=True):
+                await self.store.aclose()
+
+    # -- dead letters, progress ----------------------------------------------------
+
+    def dead_letter(self, path: str, message: object, reason: str) -> None:
+        self.dead_letters.append(DeadLetter(path, message, reason))
+        self.dead_letter_count += 1
+        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
+        logger.warning(
+            "dead_letter", path=path, message_type=type(message).__qualname__, reason=reason
+        )
+
+    def count_progress(self, total: int, done: int, retried: int) -> None:
+        self.items_total += total
+        self.items_done += done
+        self.items_retried += retried
+
+    # -- topics ------------------------------------------------------------------
+
+    def subscribe(self, topic: str, subscriber: Any, message_type: type) -> None:
+        self.topics.setdefault(topic, {}).setdefault(subscriber, set()).add(message_type)
+
+    def unsubscribe(self, topic: str, subscriber: Any, message_type: type | None) -> None:
+        subscribers = self.topics.get(topic, {})
+        types = subscribers.get(subscriber)
+        if types is None:
+            return
+        if message_type is None:
+            types.clear()
+        else:
+            types.discard(message_type)
+        if not types:
+            del subscribers[subscriber]
+
+    def unsubscribe_all(self, subscriber: Any) -> None:
+        for subscribers in self.topics.values():
+            subscribers.pop(subscriber, None)
+
+    async def publish(self, topic: str, event: object) -> None:
+        for cell, types in list(self.topics.get(topic, {}).items()):
+            if isinstance(event, tuple(types)):
+                await cell.deliver(event)
+
+
 class ActorSystem:
     """A running supervision tree. Get one from ``open_system``."""
 
@@ -103,34 +218,21 @@ class ActorSystem:
         metrics: bool = False,
     ) -> None:
         self.topology = topology
-        # Whether handling times are kept for the metrics (they cost a little per message).
-        self.metrics = metrics
-        # OpenTelemetry, with metrics.tracing: the tracer, and the sender's context.
-        self.tracer: Any = make_tracer() if topology.metrics.tracing else None
-        self.trace_context = context_now
         self.name = topology.system
         # The store asked for: open_system's, else the topology's (None: default).
         self.store = store if store is not None else topology.store
-        self.registry: CollectorRegistry | None = None
+        self.registry: Any = None  # the prometheus registry, when metrics are on
         self.endpoint_url: str | None = None  # the metrics endpoint's, when serving
-        self._store: CheckpointStore | None = None
-        self.checkpoint_stats = CheckpointCounters()
-        self._cells: dict[str, ActorCell] = {}
-        self._supervisors: dict[str, Supervisor] = {}
-        self._dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
-        self.dead_letter_count = 0
-        self.dead_letter_reasons: dict[str, int] = {}
-        self.items_done = self.items_total = self.items_retried = 0  # ctx.progress
-        self._topics: dict[str, dict[ActorCell, set[type]]] = {}
+        self._host = host = SystemHost(self, timed=metrics)
         # Resources first: their supervisor starts before the root's and stops after it.
         self.resources: Supervisor | None = None
         if topology.resources:
-            self.resources = Supervisor(_resources_spec(topology), RESOURCES_SUPERVISOR, self)
-            self._supervisors[RESOURCES_SUPERVISOR] = self.resources
-        self.root = Supervisor(topology.supervisor, topology.supervisor.name, self)
-        self._supervisors[self.root.path] = self.root
+            self.resources = Supervisor(_resources_spec(topology), RESOURCES_SUPERVISOR, host)
+            host.supervisors[RESOURCES_SUPERVISOR] = self.resources
+        self.root = Supervisor(topology.supervisor, topology.supervisor.name, host)
+        host.supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
-        self._body = trio.CancelScope()  # open_system's block
+        self.body = trio.CancelScope()  # open_system's block
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -143,9 +245,14 @@ class ActorSystem:
             return default_store_url(self.name)
         return store if isinstance(store, str) else store.url
 
+    @property
+    def checkpoint_stats(self) -> CheckpointCounters:
+        """The running checkpoint counters (the metrics read them)."""
+        return self._host.checkpoints
+
     def checkpoint_statistics(self) -> CheckpointStatistics:
         """Checkpoint reads, writes, bytes, time, conflicts and failures so far."""
-        return self.checkpoint_stats.statistics()
+        return self._host.checkpoints.statistics()
 
     def uses_asyncio(self) -> bool:
         """Whether the store or a resource needs an asyncio loop (asyncpg,
@@ -156,44 +263,11 @@ class ActorSystem:
             ("postgresql://", "postgres://")
         )
 
-    def checkpoint_store(self) -> CheckpointStore:
-        """The checkpoint store, made on first use (it connects on first use too)."""
-        if self._store is None:
-            if isinstance(self.store, CheckpointStore):
-                self._store = self.store
-            else:
-                self._store = open_store(self.store_url)
-        return self._store
-
-    async def _close_store(self) -> None:
-        # A store passed in by the caller is the caller's to close.
-        if self._store is not None and not isinstance(self.store, CheckpointStore):
-            with trio.CancelScope(shield=True):
-                await self._store.aclose()
+    async def close_store(self) -> None:
+        """Close the checkpoint store if the system opened it."""
+        await self._host.close_store()
 
     # -- the tree -------------------------------------------------------------
-
-    def _build(self, spec: ChildSpec | SupervisorSpec, prefix: str) -> Child:
-        path = f"{prefix}{spec.name}"
-        if isinstance(spec, SupervisorSpec):
-            supervisor = Supervisor(spec, path, self)
-            self._supervisors[path] = supervisor
-            return supervisor
-        resource = self.topology.resources.get(spec.name)
-        if prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
-            cell: ActorCell = ResourceCell(spec, path, self, resource)
-        else:
-            cell = ActorCell(spec, path, self)
-        self._cells[path] = cell
-        return cell
-
-    def _forget(self, child: Child) -> None:
-        if isinstance(child, Supervisor):
-            self._supervisors.pop(child.path, None)
-            for grandchild in child.children:
-                self._forget(grandchild)
-        elif self._cells.get(child.path) is child:
-            del self._cells[child.path]
 
     def ref(self, path: str) -> ActorRef[Any]:
         """The ref of the actor at ``path`` (``root/workers/reviewer``).
@@ -201,9 +275,9 @@ class ActorSystem:
         Raises:
             ActorNotFound: no actor at that path (a supervisor is not an actor).
         """
-        cell = self._cells.get(path)
+        cell = self._host.cells.get(path)
         if cell is None:
-            what = "a supervisor, not an actor" if path in self._supervisors else "not found"
+            what = "a supervisor, not an actor" if path in self._host.supervisors else "not found"
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
 
@@ -213,8 +287,8 @@ class ActorSystem:
         Raises:
             ActorNotFound: the topology declares no resource of that name.
         """
-        cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
-        if not isinstance(cell, ResourceCell):
+        cell = self._resource_cell(name)
+        if cell is None:
             if name in self.topology.resources:
                 raise ActorNotFound(
                     f"resource {name!r} was stopped for good (system.stop); "
@@ -223,6 +297,10 @@ class ActorSystem:
             declared = ", ".join(sorted(self.topology.resources)) or "none"
             raise ActorNotFound(f"no resource named {name!r}; the topology declares: {declared}")
         return cell.ref
+
+    def _resource_cell(self, name: str) -> ResourceCell | None:
+        cell = self._host.cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
+        return cell if isinstance(cell, ResourceCell) else None
 
     def reload(self, topology: Topology | str | os.PathLike[str]) -> list[str]:
         """Apply a changed topology to the running system, as far as it can be
@@ -236,13 +314,13 @@ class ActorSystem:
         Raises:
             TopologyError: the new topology is invalid; nothing was changed.
         """
-        new = _topology_of(topology)
-        _check_runnable(new)
+        new = topology_of(topology)
+        check_runnable(new)
         changes: list[str] = []
         resources = dict(self.topology.resources)
         for name, spec in new.resources.items():
-            cell = self._cells.get(f"{RESOURCES_SUPERVISOR}/{name}")
-            if not isinstance(cell, ResourceCell):
+            cell = self._resource_cell(name)
+            if cell is None:
                 what = "stopped" if name in self.topology.resources else "added"
                 changes.append(f"resources.{name}: {what}: starts at the next start")
                 continue
@@ -263,7 +341,7 @@ class ActorSystem:
         """Each resource's limiter, counters and backend figures, by name."""
         return {
             cell.name: cell.resource_statistics()
-            for cell in self._cells.values()
+            for cell in self._host.cells.values()
             if isinstance(cell, ResourceCell)
         }
 
@@ -302,7 +380,7 @@ class ActorSystem:
             ActorNotFound: nothing at that path.
         """
         parent_path, _, name = path.rpartition("/")
-        parent = self._supervisors.get(parent_path)
+        parent = self._host.supervisors.get(parent_path)
         if parent is None:
             raise ActorNotFound(f"{path!r}: not found")
         await parent.terminate_child(name)
@@ -310,34 +388,45 @@ class ActorSystem:
     @property
     def dead_letters(self) -> Sequence[DeadLetter]:
         """The most recent dead letters (up to 1,000), oldest first."""
-        return self._dead_letters
+        return self._host.dead_letters
+
+    @property
+    def dead_letter_count(self) -> int:
+        """Dead letters since the system started."""
+        return self._host.dead_letter_count
+
+    @property
+    def dead_letter_reasons(self) -> dict[str, int]:
+        """Dead letters since the system started, by reason."""
+        return self._host.dead_letter_reasons
 
     def tree(self) -> TreeNode:
         """A snapshot of the supervision tree with each node's statistics."""
-        return self._node(self.root)
+        return _node(self.root)
 
     def resource_tree(self) -> TreeNode | None:
         """A snapshot of the resources' supervisor and its resources (None
         when the topology declares none)."""
-        return None if self.resources is None else self._node(self.resources)
+        return None if self.resources is None else _node(self.resources)
 
     def progress(self) -> Progress:
         """Items done out of total (as the actors count them with
         ``ctx.progress``) and the actors handling a message now."""
+        host = self._host
         working = []
-        for cell in self._cells.values():
+        for cell in host.cells.values():
             busy = cell.in_flight or (cell.status == "running" and not cell.waiting)
             if busy:
                 working.append((cell.path, max(cell.in_flight, 1)))
-        return Progress(self.items_done, self.items_total, self.items_retried, tuple(working))
+        return Progress(host.items_done, host.items_total, host.items_retried, tuple(working))
 
     def cells(self) -> list[ActorCell]:
         """Every actor cell of the system (resources included), now."""
-        return list(self._cells.values())
+        return list(self._host.cells.values())
 
     def children_and_supervisors(self) -> list[Child]:
         """Every actor cell and every supervisor, now."""
-        return [*self._supervisors.values(), *self._cells.values()]
+        return [*self._host.supervisors.values(), *self._host.cells.values()]
 
     def state(self) -> str:
         """``starting``, ``running`` (the root supervisor runs), ``stopping``,
@@ -351,7 +440,7 @@ class ActorSystem:
             return "stopped"
         if root.status == "stopped":
             return "stopping"  # the resources stop after the agents
-        if root.stopping or self._body.cancel_called:
+        if root.stopping or self.body.cancel_called:
             return "stopping"
         return "running" if root.status == "running" else "starting"
 
@@ -359,49 +448,9 @@ class ActorSystem:
         """Whether the root supervisor runs (not starting, stopping or failed)."""
         return self.state() == "running"
 
-    def _node(self, node: Child) -> TreeNode:
-        if isinstance(node, Supervisor):
-            children = tuple(self._node(child) for child in node.children)
-            return TreeNode(node.path, "supervisor", node.statistics(), children)
-        return TreeNode(node.path, "actor", node.statistics())
-
-    def _dead_letter(self, path: str, message: object, reason: str) -> None:
-        self._dead_letters.append(DeadLetter(path, message, reason))
-        self.dead_letter_count += 1
-        self.dead_letter_reasons[reason] = self.dead_letter_reasons.get(reason, 0) + 1
-        logger.warning(
-            "dead_letter", path=path, message_type=type(message).__qualname__, reason=reason
-        )
-
-    # -- topics ------------------------------------------------------------------
-
-    def _subscribe(self, topic: str, cell: ActorCell, message_type: type) -> None:
-        self._topics.setdefault(topic, {}).setdefault(cell, set()).add(message_type)
-
-    def _unsubscribe(self, topic: str, cell: ActorCell, message_type: type | None) -> None:
-        subscribers = self._topics.get(topic, {})
-        types = subscribers.get(cell)
-        if types is None:
-            return
-        if message_type is None:
-            types.clear()
-        else:
-            types.discard(message_type)
-        if not types:
-            del subscribers[cell]
-
-    def _unsubscribe_all(self, cell: ActorCell) -> None:
-        for subscribers in self._topics.values():
-            subscribers.pop(cell, None)
-
-    async def _publish(self, topic: str, event: object) -> None:
-        for cell, types in list(self._topics.get(topic, {}).items()):
-            if isinstance(event, tuple(types)):
-                await cell.deliver(event)
-
     # -- lifetime -----------------------------------------------------------------
 
-    async def _run_supervisor(
+    async def run_supervisor(
         self, supervisor: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the root or the resources' supervisor for the system's lifetime."""
@@ -415,14 +464,14 @@ class ActorSystem:
             # Nothing restarts the children now: their queued messages become
             # dead letters and their askers get ActorStopped.
             supervisor.retire_children()
-            self._fail(error)
+            self.fail(error)
 
-    def _fail(self, error: BaseException) -> None:
+    def fail(self, error: BaseException) -> None:
         """A top supervisor gave up: the block is cancelled and the rest of the
         tree stops gracefully."""
         if self.failure is None:
             self.failure = error
-        self._body.cancel()
+        self.body.cancel()
         self.root.request_stop()
         if self.resources is not None:
             self.resources.request_stop()
@@ -439,6 +488,13 @@ class ActorSystem:
             if self.root.done.is_set():
                 return
             streak = streak + 1 if self.is_idle() else 0
+
+
+def _node(node: Child) -> TreeNode:
+    if isinstance(node, Supervisor):
+        children = tuple(_node(child) for child in node.children)
+        return TreeNode(node.path, "supervisor", node.statistics(), children)
+    return TreeNode(node.path, "actor", node.statistics())
 
 
 def _resources_spec(topology: Topology) -> SupervisorSpec:
@@ -462,7 +518,8 @@ def _resources_spec(topology: Topology) -> SupervisorSpec:
     )
 
 
-def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology:
+def topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology:
+    """A ``Topology`` as given, loaded from a file, or the empty default."""
     if topology is None:
         return Topology()
     if isinstance(topology, Topology):
@@ -470,21 +527,7 @@ def _topology_of(topology: Topology | str | os.PathLike[str] | None) -> Topology
     return load_topology(topology)
 
 
-def _check_store(store: object) -> CheckpointStore | str | None:
-    if isinstance(store, str):
-        open_store(store)  # a bad URL fails here, before anything starts
-    elif store is not None and not isinstance(store, CheckpointStore):
-        raise TypeError(f"store must be a URL or a CheckpointStore, got {store!r}")
-    elif isinstance(store, PostgresStore) and trio_asyncio.current_loop.get() is None:
-        raise ValueError(
-            "a PostgresStore object runs on a trio-asyncio loop that must outlive it: "
-            "open the store inside `async with trio_asyncio.open_loop():` around "
-            "open_system, or pass its URL and open_system runs the loop"
-        )
-    return store
-
-
-def _check_runnable(topology: Topology) -> None:
+def check_runnable(topology: Topology) -> None:
     """What the YAML loader checks beyond types, for topologies built in code."""
     problems = [f"{path[2:]}: {message}" for path, message in unsupported(topology)]
     problems += [
@@ -496,108 +539,3 @@ def _check_runnable(topology: Topology) -> None:
         raise TopologyError(problems)
 
 
-async def _open_services(
-    stack: contextlib.AsyncExitStack,
-    system: ActorSystem,
-    registry: CollectorRegistry | None,
-    listen: Listen | None,
-) -> None:
-    """What the tree needs around it, closed after it: an asyncio loop for
-    asyncpg, the metrics in the registry, the metrics endpoint."""
-    if system.uses_asyncio() and trio_asyncio.current_loop.get() is None:
-        # asyncpg runs on asyncio: give it a loop inside this trio run,
-        # outliving the store and the resources it serves (unless the
-        # caller runs one).
-        await stack.enter_async_context(trio_asyncio.open_loop())
-    if registry is None and listen is not None:
-        registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-    system.registry = registry
-    if registry is not None:
-        collector = RuntimeCollector(system)
-        registry.register(collector)
-        stack.callback(registry.unregister, collector)
-    if listen is not None:
-        assert registry is not None
-        system.endpoint_url = await stack.enter_async_context(
-            open_endpoint(system, registry, listen)
-        )
-        logger.info("metrics_listening", url=system.endpoint_url, loopback=listen.loopback)
-
-
-@asynccontextmanager
-async def open_system(
-    topology: Topology | str | os.PathLike[str] | None = None,
-    *,
-    store: object = None,
-    registry: object = None,
-) -> AsyncIterator[ActorSystem]:
-    """Start a supervision tree; leaving the block stops it gracefully.
-
-    Children start in order before the block is entered and stop in reverse
-    order when it is left (each within its ``shutdown_timeout``). If the root
-    supervisor gives up, the block is cancelled and ``SupervisorGaveUp`` is
-    raised out of it.
-
-    Args:
-        topology: a ``Topology``, a path to a YAML file, or None for an empty
-            ``one_for_one`` root named ``root``.
-        store: where checkpoints go: a URL (``memory://``,
-            ``sqlite:///path.db``) or a ``CheckpointStore``; by default the
-            topology's ``store``, else ``sqlite:///.runtime/<system>.db``.
-            Opened on first use (by an actor whose ``checkpoint`` is not
-            ``off``) and closed when the system stops, unless it was passed
-            in as an object.
-        registry: a prometheus ``CollectorRegistry`` to register the
-            system's metrics in (for the duration of the block); with
-            ``metrics.listen`` and no registry, the endpoint serves a new
-            registry with the system's, the process's and the platform's
-            metrics.
-
-    Raises:
-        TopologyError: the topology is invalid; nothing was started.
-        ValueError: ``store`` is not a known store URL.
-        OSError: ``metrics.listen`` cannot be bound.
-        SupervisorGaveUp: the root supervisor exceeded its restart intensity.
-    """
-    spec = _topology_of(topology)
-    _check_runnable(spec)
-    listen = None if spec.metrics.listen is None else parse_listen(spec.metrics.listen)
-    if registry is not None and not isinstance(registry, CollectorRegistry):
-        raise TypeError(f"registry must be a prometheus CollectorRegistry, got {registry!r}")
-    system = ActorSystem(
-        spec, _check_store(store), metrics=registry is not None or listen is not None
-    )
-    root, resources = system.root, system.resources
-
-    body_error: BaseException | None = None
-    body = system._body
-    async with contextlib.AsyncExitStack() as stack:
-        await _open_services(stack, system, registry, listen)
-        try:
-            async with trio.open_nursery() as nursery:
-                if resources is not None:
-                    await nursery.start(system._run_supervisor, resources)
-                if system.failure is None:
-                    await nursery.start(system._run_supervisor, root)
-                with body:
-                    if system.failure is None:
-                        logger.info("system_started", system=system.name)
-                        try:
-                            yield system
-                        except trio.Cancelled:
-                            raise
-                        except BaseException as exc:
-                            # Re-raised below as itself, not wrapped in the nursery's group.
-                            body_error = exc
-                        finally:
-                            logger.info("system_stopping", system=system.name)
-                            root.request_stop()
-        finally:
-            await system._close_store()
-    if system.failure is not None:
-        raise system.failure
-    logger.info("system_stopped", system=system.name, dead_letters=system.dead_letter_count)
-    if body_error is not None:
-        raise body_error

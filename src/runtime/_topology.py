@@ -21,7 +21,7 @@ import cattrs
 import yaml
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
-from ._actor import Actor
+from ._actor import Actor, dispatch_table, init_signature, state_class
 from ._checkpoint import open_store
 from ._listen import parse_listen
 from ._specs import (
@@ -423,18 +423,18 @@ def check_actor(
 ) -> Iterator[tuple[str, str]]:
     """Check what types cannot: the handlers are well-formed, ``args`` fit
     ``__init__``, and an actor that checkpoints has a state class."""
-    if checkpoint != "off" and actor._state_class() is None:
+    if checkpoint != "off" and state_class(actor) is None:
         yield (
             "checkpoint",
             f"{actor.__qualname__} has no state class to checkpoint: declare it as "
             "Actor[YourState], or use checkpoint: off",
         )
     try:
-        actor._handler_table()
+        dispatch_table(actor)
     except TypeError as exc:
         yield "actor", str(exc)
     try:
-        actor._init_signature().bind(**args)
+        init_signature(actor).bind(**args)
     except TypeError as exc:
         yield "args", f"do not fit {actor.__qualname__}.__init__: {exc}"
 

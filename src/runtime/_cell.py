@@ -1,0 +1,748 @@
+"""Actor cells: one actor's life, across its incarnations.
+
+A cell is everything about an actor that outlives one incarnation: its path,
+mailbox, counters, breaker and checkpoints. Each incarnation is one trio
+task in its supervisor's nursery that builds a fresh ``Actor`` instance, runs
+``on_start``, then handles messages until it is asked to stop or a handler
+raises. ``LocalRef`` is the in-process transport of ``ActorRef``: it puts
+messages straight into the cell's mailbox.
+
+A cell reaches the system only through its ``Host``.
+"""
+
+from __future__ import annotations
+
+import math
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+
+from ._actor import Actor, dispatch_table, resolve_handler, state_class
+from ._checkpoint import Checkpointer
+from ._context import ActorContext
+from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
+from ._durations import Durations
+from ._host import RestartRecord
+from ._mailbox import Ask, Envelope, Mailbox, unwrap
+from ._priority import check_priority
+from ._ref import ActorRef, ActorStatistics
+from .errors import (
+    ActorFailed,
+    ActorStopped,
+    AskTimeout,
+    CircuitOpen,
+    MailboxFull,
+    StateError,
+    UnknownMessage,
+)
+
+if TYPE_CHECKING:
+    from ._host import Host
+    from ._specs import ChildSpec
+
+__all__ = ["ActorCell", "LocalRef"]
+
+logger = structlog.get_logger("runtime")
+
+# An actor whose handlers never await, and a sender whose tells never wait,
+# yield to the scheduler at least once per this many messages, so neither can
+# starve the other tasks.
+_YIELD_EVERY = 64
+
+# The ``done`` event of every cell with no incarnation running: set, shared,
+# never waited on for long (each start makes the incarnation its own).
+_DONE = trio.Event()
+_DONE.set()
+
+_TRIAL = object()  # refusal marker: half-open, the trial message not yet taken
+_REFUSAL_REASONS: dict[type[Exception], str] = {
+    MailboxFull: "mailbox_full",
+    ActorStopped: "stopped",
+    CircuitOpen: "circuit_open",
+}
+
+
+class ActorCell:
+    """Everything about one actor that outlives its incarnations."""
+
+    kind = "actor"
+    __slots__ = (
+        "actor_cls",
+        "breaker",
+        "checkpointer",
+        "done",
+        "durations",
+        "failed",
+        "handled",
+        "host",
+        "in_flight",
+        "incarnation",
+        "killed",
+        "last_crash",
+        "mailbox",
+        "name",
+        "one_shot_timers",
+        "path",
+        "pending_asks",
+        "record",
+        "ref",
+        "refusal",
+        "save_each",
+        "scope",
+        "slots",
+        "spec",
+        "status",
+        "stop_deadline",
+        "stop_requested",
+        "table",
+        "task",
+        "tracer",
+        "unyielded_tells",
+        "waiting",
+    )
+
+    def __init__(self, spec: ChildSpec, path: str, host: Host) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.path = path
+        self.host = host
+        self.actor_cls: type[Actor[Any]] = spec.actor
+        self.table = dispatch_table(self.actor_cls)
+        self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self._evicted)
+        self.ref: ActorRef[Any] = LocalRef(self)
+        self.status = "starting"
+        self.incarnation = 0
+        self.record = RestartRecord()
+        self.pending_asks = 0
+        self.handled = 0
+        self.failed = 0  # messages whose handler raised
+        # Handling times, kept when the system has metrics on (sampled: see _durations).
+        self.durations: Durations | None = Durations() if host.timed else None
+        self.tracer: Any = host.tracer  # OpenTelemetry, with metrics.tracing
+        # None while messages are accepted; else the exception type to raise,
+        # or _TRIAL while a half-open circuit waits for its one trial message.
+        self.refusal: Any = None
+        self.breaker: str | None = "closed" if spec.circuit_breaker else None
+        self.last_crash: BaseException | None = None  # the error of the last crash
+        self.stop_requested = False
+        self.stop_deadline = math.inf  # when a requested stop must be over
+        self.killed = False  # cancelled by its supervisor after shutdown_timeout
+        self.waiting = False
+        self.in_flight = 0  # handlers running under concurrency > 1
+        self.slots: trio.CapacityLimiter | None = None  # their budget, while serving
+        self.unyielded_tells = 0  # tells queued since a sender last yielded
+        self.one_shot_timers = 0
+        self.scope: trio.CancelScope | None = None
+        self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
+        self.done = _DONE  # a set event while no incarnation runs
+        self.checkpointer: Checkpointer | None = None  # made at the first start, unless off
+        self.save_each = spec.checkpoint == "message"
+
+    @property
+    def restart(self) -> str:
+        """``permanent``, ``transient`` or ``temporary``."""
+        return self.spec.restart
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds a graceful stop waits before cancelling."""
+        return self.spec.shutdown_timeout
+
+    @property
+    def log(self) -> Any:
+        """A logger bound to this actor's path (made on use: events are rare)."""
+        return logger.bind(path=self.path)
+
+    # -- sending ----------------------------------------------------------
+
+    def check_type(self, msg: object) -> None:
+        """Refuse ``msg`` if this actor has no handler for its type.
+
+        Raises:
+            UnknownMessage: no handler for ``type(msg)`` or its bases.
+        """
+        if type(msg) not in self.table and resolve_handler(self.actor_cls, type(msg)) is None:
+            raise UnknownMessage(
+                f"{self.path} ({self.actor_cls.__qualname__}) has no handler for "
+                f"{type(msg).__qualname__}"
+            )
+
+    def handles(self, message_type: type) -> bool:
+        """Whether this actor has a handler for ``message_type``."""
+        return resolve_handler(self.actor_cls, message_type) is not None
+
+    def admit(self, msg: object, priority: str) -> None:
+        """Refuse ``msg`` now, or admit it (taking the half-open trial, if open).
+
+        Raises:
+            ValueError: not a priority.
+            UnknownMessage, ActorStopped, CircuitOpen.
+        """
+        check_priority(priority)
+        self.check_type(msg)
+        refusal = self.refusal
+        if refusal is not None:
+            if refusal is _TRIAL:
+                self.refusal = CircuitOpen
+                return
+            if refusal is CircuitOpen:
+                crash = self.last_crash
+                because = f" after crashing with {crash!r}" if crash is not None else ""
+                raise CircuitOpen(
+                    f"{self.path}: circuit breaker is {self.breaker}{because}"
+                ) from crash
+            raise refusal(f"{self.path} has stopped")
+
+    async def put(self, item: object, priority: str) -> None:
+        """Queue ``item``, waiting while the mailbox is full under ``block``.
+
+        Cancellation while waiting leaves nothing queued. The actor may stop
+        while a sender waits; the sender then gets its refusal.
+        """
+        mailbox = self.mailbox
+        while not mailbox.put_nowait(item, priority):
+            await mailbox.wait_not_full()
+            refusal = self.refusal
+            if refusal is not None and refusal is not _TRIAL:
+                self.admit(unwrap(item), priority)
+
+    def envelope(self, msg: object) -> Envelope:
+        """``msg`` with the sender's correlation (and trace context, when tracing)."""
+        trace = self.host.trace_context() if self.tracer is not None else None
+        return Envelope(msg, current(), trace)
+
+    async def deliver(self, msg: object) -> None:
+        """``tell`` for the runtime's own senders (timers, topics): a refusal
+        becomes a dead letter instead of an exception in the sender."""
+        try:
+            await self.ref.tell(msg)
+        except (MailboxFull, ActorStopped, CircuitOpen) as exc:
+            self.host.dead_letter(self.path, msg, _REFUSAL_REASONS[type(exc)])
+
+    def _evicted(self, item: object) -> None:
+        if type(item) is Ask:
+            item.fail(MailboxFull(f"{self.path}: message dropped by a full mailbox"))
+        self.host.dead_letter(self.path, unwrap(item), "mailbox_full")
+
+    def flush(self, reason: str, error: type[Exception]) -> None:
+        """Turn every queued message into a dead letter; askers get ``error``."""
+        for item in self.mailbox.drain():
+            if type(item) is Ask:
+                item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
+            self.host.dead_letter(self.path, unwrap(item), reason)
+
+    # -- one incarnation ----------------------------------------------------
+
+    async def run_incarnation(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> BaseException | None:
+        """Run one incarnation until it stops (returns None) or crashes (returns the error).
+
+        ``task_status.started()`` is called once ``on_start`` has returned, or
+        when the start fails. Only cancellation from outside propagates.
+        """
+        self.incarnation += 1
+        self.status = "starting"
+        self.stop_requested = False
+        self.stop_deadline = math.inf
+        self.killed = False
+        if self.breaker != "half_open":
+            self.refusal = None  # a half-open circuit keeps its trial state
+        self.done = trio.Event()
+        self.task = trio.lowlevel.current_task()
+        started = False
+        phase = "start"
+        error: BaseException | None = None
+        try:
+            # The nursery's scope is also the incarnation's: cancelling it
+            # (after shutdown_timeout) ends the handler and background tasks.
+            async with trio.open_nursery() as nursery:
+                self.scope = nursery.cancel_scope
+                actor = self._build(nursery, await self._initial_state())
+                await actor.on_start()
+                self.status = "running"
+                self.log.info("actor_started", incarnation=self.incarnation)
+                started = True
+                phase = "running"
+                task_status.started()
+                periodic = trio.CancelScope()
+                if isinstance(self.spec.checkpoint, float):
+                    assert self.checkpointer is not None
+                    nursery.start_soon(
+                        self.checkpointer.save_every,
+                        self.spec.checkpoint,
+                        lambda: actor.state,
+                        periodic,
+                    )
+                if self.spec.concurrency == 1:
+                    await self._serve(actor)
+                else:
+                    await self._serve_concurrently(actor, self.spec.concurrency)
+                phase = "stop"
+                periodic.cancel()  # on_stop's half-done state is not written
+                await actor.on_stop()
+                if self.checkpointer is not None:
+                    await self._flush(actor)
+                nursery.cancel_scope.cancel()
+            if self.killed:
+                self.log.warning("actor_killed", incarnation=self.incarnation)
+        except Exception as exc:
+            error = self.last_crash = _unwrap(exc)
+            self.log.exception(
+                "actor_crashed",
+                incarnation=self.incarnation,
+                during=phase,
+                exc_info=error,
+            )
+        finally:
+            self.waiting = False
+            self.scope = None
+            self.task = None
+            self.done.set()
+        if not started:
+            task_status.started()
+        return error
+
+    def _build(self, nursery: trio.Nursery, state: object) -> Actor[Any]:
+        cls = self.actor_cls
+        actor = cls.__new__(cls)
+        actor.ctx = ActorContext(self, nursery, actor)
+        actor.state = state
+        self._prepare(actor)
+        actor.__init__(**self.spec.args)  # type: ignore[misc]
+        return actor
+
+    def _prepare(self, actor: Actor[Any]) -> None:
+        """Set what a subclass's actors need before their ``__init__`` runs."""
+
+    async def _initial_state(self) -> object:
+        """``S()``, or with checkpointing on, the latest checkpoint of this path.
+
+        Raises:
+            StateError: the stored checkpoint cannot be read back (the start
+                fails; it is never replaced by a fresh state).
+        """
+        state_type = state_class(self.actor_cls)
+        if self.spec.checkpoint == "off":
+            return state_type() if state_type is not None else None
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            # A checkpointing actor has a state class (checked with its spec).
+            assert state_type is not None
+            checkpointer = self.checkpointer = Checkpointer(
+                self.path, self.host.checkpoint_store(), self.host.checkpoints, state_type, self.log
+            )
+        return await checkpointer.load()
+
+    async def save(self, actor: Actor[Any]) -> None:
+        """Write the actor's state if it changed since the last write.
+
+        Waits for the store (one write at a time per actor). Raises what the
+        store raises (``CheckpointConflict``, ``StateError``, I/O errors); the
+        previous checkpoint is then intact and the caller crashes the actor.
+        """
+        checkpointer = self.checkpointer
+        if checkpointer is None:
+            raise StateError(f"{self.path}: checkpointing is off for this actor")
+        await checkpointer.save(actor.state)
+
+    async def _flush(self, actor: Actor[Any]) -> None:
+        """The last write of a graceful stop: shielded, within what is left of
+        the stop's ``shutdown_timeout``."""
+        assert self.checkpointer is not None
+        deadline = self.stop_deadline
+        if deadline == math.inf:
+            deadline = trio.current_time() + self.shutdown_timeout
+        if not await self.checkpointer.flush(actor.state, deadline):
+            self.log.warning("checkpoint_flush_timed_out", timeout=self.shutdown_timeout)
+
+    def request_stop(self, for_restart: bool = False) -> None:
+        """Ask the incarnation to stop after the message it is handling.
+
+        The mailbox is kept either way (``for_restart`` matters to supervisors).
+        """
+        self.stop_requested = True
+        self.stop_deadline = min(self.stop_deadline, trio.current_time() + self.shutdown_timeout)
+        self.mailbox.wake()
+
+    async def _serve(self, actor: Actor[Any]) -> None:
+        mailbox = self.mailbox
+        get = mailbox.get_nowait
+        handle = self._handle
+        durations = self.durations
+        # With metrics on: messages until the next timed one, and how many
+        # messages that one stands for.
+        countdown = weight = 1
+        tracer = self.tracer
+        plain = durations is None and tracer is None
+        slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
+        budget = _YIELD_EVERY
+        while not self.stop_requested:
+            item = get()
+            if item is None:
+                self.waiting = True
+                await mailbox.wait_nonempty()
+                self.waiting = False
+                # Woken by a message in the same round that a background task
+                # crashed: leave the message queued for the next incarnation.
+                await trio.lowlevel.checkpoint_if_cancelled()
+                budget = _YIELD_EVERY
+                continue
+            # The message's chain (an ask's or an envelope's; 0: a new one).
+            if slot is None:
+                slot = CorrelationSlot()
+                CURRENT.set(slot)
+            kind = type(item)
+            if kind is not Envelope and kind is not Ask:  # told from outside a handler
+                slot.value = 0
+                trace = None
+            elif kind is Envelope:
+                slot.value = item.correlation  # type: ignore[attr-defined]
+                trace = item.trace  # type: ignore[attr-defined]
+                item = item.msg  # type: ignore[attr-defined]
+            else:
+                slot.value = item.correlation  # type: ignore[attr-defined]
+                trace = item.trace  # type: ignore[attr-defined]
+            if plain:
+                await handle(actor, item)
+            elif tracer is not None:
+                await self._handle_traced(actor, item, trace)
+            else:
+                countdown -= 1
+                if countdown:
+                    await handle(actor, item)
+                else:
+                    assert durations is not None  # not plain, not traced: timed
+                    started = perf_counter()
+                    await handle(actor, item)
+                    countdown = weight = durations.observe(perf_counter() - started, weight)
+            budget -= 1
+            if not budget:
+                budget = _YIELD_EVERY
+                await trio.lowlevel.checkpoint()
+
+    async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
+        # A CapacityLimiter, not a Semaphore: its total can change while it
+        # serves (a resource's limits reloaded).
+        slots = self.slots = trio.CapacityLimiter(limit)
+        mailbox = self.mailbox
+
+        durations = self.durations
+
+        async def handle_one(item: object, slot: object) -> None:
+            # This message's chain, in its own task.
+            carried = type(item) is Envelope or type(item) is Ask
+            CURRENT.set(CorrelationSlot(item.correlation if carried else 0))  # type: ignore[attr-defined]
+            trace = item.trace if carried else None  # type: ignore[attr-defined]
+            if type(item) is Envelope:
+                item = item.msg
+            self.in_flight += 1
+            started = perf_counter()
+            try:
+                if self.tracer is not None:
+                    await self._handle_traced(actor, item, trace, timed=False)
+                else:
+                    await self._handle(actor, item)
+            finally:
+                self.in_flight -= 1
+                slots.release_on_behalf_of(slot)
+                if durations is not None:
+                    durations.observe(perf_counter() - started)
+
+        try:
+            async with trio.open_nursery() as running:
+                while True:
+                    slot = object()
+                    try:
+                        slots.acquire_on_behalf_of_nowait(slot)
+                    except trio.WouldBlock:
+                        await slots.acquire_on_behalf_of(slot)
+                    item = None
+                    while not self.stop_requested:
+                        # A handler that crashed has cancelled this nursery: a
+                        # message taken now would be lost, not kept for the next
+                        # incarnation.
+                        await trio.lowlevel.checkpoint_if_cancelled()
+                        item = mailbox.get_nowait()
+                        if item is not None:
+                            break
+                        self.waiting = True
+                        await mailbox.wait_nonempty()
+                        self.waiting = False
+                    if item is None:
+                        slots.release_on_behalf_of(slot)
+                        return
+                    running.start_soon(handle_one, item, slot)
+        finally:
+            self.slots = None
+
+    def span(self, msg: object, parent: Any = None) -> Any:
+        """The OpenTelemetry span of handling ``msg`` (current while open),
+        child of ``parent`` (the sender's context; None: the current one)."""
+        name = type(msg).__qualname__
+        return self.tracer.start_as_current_span(
+            f"handle {name}",
+            context=parent,
+            attributes={
+                "runtime.actor": self.path,
+                "runtime.message": name,
+                "runtime.correlation_id": correlation_id() or "",
+            },
+        )
+
+    async def _handle_traced(
+        self, actor: Actor[Any], item: object, parent: Any, timed: bool = True
+    ) -> None:
+        """``_handle`` in an OpenTelemetry span, child of the sender's."""
+        started = perf_counter()
+        with self.span(item.msg if type(item) is Ask else item, parent):
+            try:
+                await self._handle(actor, item)
+            finally:
+                if timed and self.durations is not None:
+                    self.durations.observe(perf_counter() - started)
+
+    async def _handle(self, actor: Actor[Any], item: object) -> None:
+        """Handle one mailbox item (an ``Envelope`` already unwrapped by the
+        serving loop)."""
+        if type(item) is Ask:
+            msg = item.msg
+            try:
+                result = await self.table[type(msg)](actor, msg)
+                if self.save_each:
+                    await self.save(actor)  # an acknowledged update is durable
+            except BaseException as exc:
+                if isinstance(exc, Exception):
+                    self.failed += 1
+                if item.waiter is not None:
+                    item.fail(self._failure(msg, exc))
+                raise
+            item.reply(result)
+        else:
+            try:
+                await self.table[type(item)](actor, item)
+                if self.save_each:
+                    await self.save(actor)
+            except Exception:
+                self.failed += 1
+                raise
+        self.handled += 1
+        if self.record.consecutive_crashes:
+            self._recovered()
+
+    def _failure(self, msg: object, exc: BaseException) -> Exception:
+        if isinstance(exc, Exception):
+            error: Exception = ActorFailed(
+                f"{self.path} failed handling {type(msg).__qualname__}: {exc!r}"
+            )
+            error.__cause__ = exc
+            return error
+        return ActorStopped(f"{self.path} stopped before replying")
+
+    def reset_breaker(self) -> None:
+        """Close the circuit and forget the crashes (its supervisor restarted)."""
+        self.record.consecutive_crashes = 0
+        if self.breaker is not None:
+            self.breaker = "closed"
+            self.refusal = None
+
+    def _recovered(self) -> None:
+        self.record.consecutive_crashes = 0
+        if self.breaker == "half_open":
+            self.breaker = "closed"
+            self.refusal = None
+            self.log.info("breaker_closed")
+
+    # -- what its supervisor does to it --------------------------------------
+
+    def kill(self) -> None:
+        """Cancel the running incarnation (its ``shutdown_timeout`` passed)."""
+        if self.scope is not None:
+            self.killed = True
+            self.scope.cancel()
+
+    def retire(self, reason: str) -> None:
+        """Stopped for good: queued messages become dead letters, askers get
+        ``ActorStopped``, and its topic subscriptions end."""
+        self.status = "stopped"
+        self.reset_breaker()
+        self.refusal = ActorStopped
+        self.flush(reason, ActorStopped)
+        self.host.unsubscribe_all(self)
+
+    def open_circuit(self, error: BaseException | None) -> float | None:
+        """Open the circuit if this crash is one too many; returns the reset
+        timeout when it opened, None when it has no breaker or is under the limit."""
+        breaker = self.spec.circuit_breaker
+        if breaker is None or self.record.consecutive_crashes < breaker.failures:
+            return None
+        self.status = "circuit_open"
+        self.breaker = "open"
+        self.refusal = CircuitOpen
+        self.flush("circuit_open", CircuitOpen)
+        return breaker.reset_timeout
+
+    def half_open(self) -> bool:
+        """Let the next incarnation take one trial message; False unless open."""
+        if self.status != "circuit_open":
+            return False
+        self.breaker = "half_open"
+        self.refusal = _TRIAL
+        return True
+
+    def statistics(self) -> ActorStatistics:
+        """The actor's status, counters and mailbox, now."""
+        return ActorStatistics(
+            path=self.path,
+            status=self.status,
+            incarnation=self.incarnation,
+            restarts=self.record.restarts,
+            mailbox_depth=self.mailbox.size,
+            mailbox_capacity=self.mailbox.capacity,
+            breaker=self.breaker,
+            pending_asks=self.pending_asks,
+            last_failure=None if self.last_crash is None else repr(self.last_crash),
+        )
+
+    def is_idle(self) -> bool:
+        """No message queued or being handled, and nothing scheduled to arrive."""
+        if self.status in ("stopped", "circuit_open"):
+            return True
+        return (
+            self.status == "running"
+            and self.waiting
+            and not self.in_flight
+            and not self.mailbox.size
+            and not self.one_shot_timers
+        )
+
+
+
+def _unwrap(exc: Exception) -> Exception:
+    while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class LocalRef(ActorRef[Any]):
+    """The ref of an actor in this process: its messages go straight into
+    the actor's mailbox, with no task and no copy in between."""
+
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: ActorCell) -> None:
+        self._cell = cell
+
+    @property
+    def path(self) -> str:
+        """The actor's path, ``root/.../name``."""
+        return self._cell.path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalRef) and other._cell is self._cell
+
+    def __hash__(self) -> int:
+        return hash(self._cell)
+
+    async def tell(self, msg: object, *, priority: str = "normal") -> None:
+        """Queue ``msg``; under ``block`` wait while the mailbox is full.
+
+        A cancellation point always. It yields to the scheduler when it has
+        to wait for space, and otherwise once every few calls: a sender
+        queues a batch of messages for the actor to drain in one turn,
+        instead of paying a task switch per message, and can still never
+        starve other tasks.
+
+        Raises:
+            UnknownMessage: no handler for the message's type.
+            MailboxFull: full under ``reject``.
+            ActorStopped, CircuitOpen: the actor does not accept messages.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.admit(msg, priority)
+        # Bare from outside a handler; from inside, or when tracing, with the chain.
+        item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
+        try:
+            queued = cell.mailbox.put_nowait(item, priority)
+        except KeyError:
+            check_priority(priority)
+            raise
+        if not queued:
+            await cell.put(item, priority)
+        elif cell.unyielded_tells < _YIELD_EVERY:
+            cell.unyielded_tells += 1
+        else:
+            cell.unyielded_tells = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
+        """Queue ``msg`` without waiting.
+
+        Raises:
+            MailboxFull: the mailbox is full under ``block`` or ``reject``.
+            UnknownMessage, ActorStopped, CircuitOpen: as ``tell``.
+        """
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.admit(msg, priority)
+        # Bare from outside a handler; from inside, or when tracing, with the chain.
+        item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
+        try:
+            queued = cell.mailbox.put_nowait(item, priority)
+        except KeyError:
+            check_priority(priority)
+            raise
+        if not queued:
+            raise MailboxFull(f"{cell.path}: mailbox full ({cell.mailbox.capacity} messages)")
+
+    async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
+        """Send ``msg`` and wait for the handler's return value.
+
+        The timeout covers waiting for mailbox space too: ``ask`` never waits
+        longer than ``timeout``. On timeout or cancellation the asker leaves
+        no waiter behind; the message, if queued, is still handled and its
+        reply discarded.
+
+        Raises:
+            AskTimeout: no reply within ``timeout`` seconds.
+            ActorFailed: the handler raised (the original is ``__cause__``).
+            ActorStopped: the actor stopped for good before replying.
+            MailboxFull, CircuitOpen, UnknownMessage: refused.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        cell = self._cell
+        if type(msg) not in cell.table or cell.refusal is not None:
+            cell.admit(msg, priority)
+        check_priority(priority)
+        request = Ask(msg, trio.lowlevel.current_task(), priority, current())
+        if cell.tracer is not None:
+            request.trace = cell.host.trace_context()
+
+        def abort(_: object) -> trio.lowlevel.Abort:
+            request.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        cell.pending_asks += 1
+        try:
+            with trio.move_on_after(timeout):
+                if not cell.mailbox.put_nowait(request, priority):
+                    await cell.put(request, priority)
+                # Nothing may yield between queueing and parking: the reply
+                # reschedules this task and must find it parked here.
+                return await trio.lowlevel.wait_task_rescheduled(abort)
+            raise AskTimeout(
+                f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+            )
+        finally:
+            request.waiter = None
+            cell.pending_asks -= 1
+
+    def statistics(self) -> ActorStatistics:
+        """The actor's status, counters and mailbox, now."""
+        return self._cell.statistics()
+
+

@@ -1,0 +1,215 @@
+"""``self.ctx``: what a running incarnation of an actor sees of the system.
+
+The context reaches its cell only through ``CellPort`` and the system only
+through the cell's ``Host``: it imports neither.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+import trio
+
+from .errors import ActorStopped, UnknownMessage
+
+if TYPE_CHECKING:
+    from ._host import Host
+    from ._ref import ActorRef
+
+__all__ = ["ActorContext", "CellPort"]
+
+
+class CellPort(Protocol):
+    """What a context needs of its actor's cell."""
+
+    path: str
+    host: Host
+    ref: ActorRef[Any]
+    incarnation: int
+    task: trio.lowlevel.Task | None
+    stop_requested: bool
+    one_shot_timers: int
+
+    def check_type(self, msg: object) -> None: ...
+
+    def handles(self, message_type: type) -> bool: ...
+
+    async def deliver(self, msg: object) -> None: ...
+
+    def request_stop(self, for_restart: bool = False) -> None: ...
+
+    async def save(self, actor: Any) -> None: ...
+
+
+class ActorContext:
+    """``self.ctx``: the running incarnation's view of the system.
+
+    ``nursery`` lives exactly as long as this incarnation: tasks started in it
+    are cancelled when the actor stops or crashes, and a task that raises
+    crashes the actor.
+    """
+
+    __slots__ = ("_actor", "_cell", "_incarnation", "nursery")
+
+    def __init__(self, cell: CellPort, nursery: trio.Nursery, actor: Any) -> None:
+        self._cell = cell
+        self._actor = actor
+        self._incarnation = cell.incarnation
+        self.nursery = nursery
+
+    @property
+    def path(self) -> str:
+        """This actor's path."""
+        return self._cell.path
+
+    @property
+    def system(self) -> Any:
+        """The ``ActorSystem`` this actor runs in."""
+        return self._cell.host.system
+
+    @property
+    def self_ref(self) -> ActorRef[Any]:
+        """A ref to this actor (valid across its restarts)."""
+        return self._cell.ref
+
+    def ref(self, path: str) -> ActorRef[Any]:
+        """The ref of the actor at ``path``.
+
+        Raises:
+            ActorNotFound: nothing at that path.
+        """
+        return self._cell.host.ref(path)
+
+    def progress(self, *, total: int = 0, done: int = 0, retried: int = 0) -> None:
+        """Count work items for the progress display and the run summary:
+        ``total`` more items are expected, ``done`` more finished, ``retried``
+        more tried again. Counts add up across actors; an actor that resumes
+        from a checkpoint counts what it had done again."""
+        self._cell.host.count_progress(total, done, retried)
+
+    def resource(self, name: str) -> ActorRef[Any]:
+        """The ref of the resource ``name`` (declared under ``resources:``).
+
+        Raises:
+            ActorNotFound: the topology declares no resource of that name.
+        """
+        return self._cell.host.resource(name)
+
+    async def checkpoint(self) -> None:
+        """Write this actor's state to the store now (if it changed).
+
+        Waits for the write. On failure the previous checkpoint is intact and
+        the error propagates: raised from a handler, it crashes the actor.
+
+        Raises:
+            StateError: checkpointing is off for this actor, or the state
+                cannot be written as JSON.
+            CheckpointConflict: another incarnation wrote this path meanwhile.
+            ActorStopped: this incarnation has ended (a context kept past it).
+        """
+        cell = self._cell
+        if cell.incarnation != self._incarnation or cell.task is None:
+            raise ActorStopped(f"{cell.path}: incarnation {self._incarnation} has ended")
+        await cell.save(self._actor)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether this incarnation has been asked to stop (a graceful stop
+        of the system or of this actor, a restart of its group): a long
+        handler can check it and wrap up before its ``shutdown_timeout``."""
+        cell = self._cell
+        return cell.stop_requested or cell.incarnation != self._incarnation
+
+    def stop(self) -> None:
+        """End this actor normally once the current message is handled.
+
+        A ``transient`` or ``temporary`` child is then not restarted; a
+        ``permanent`` one is. Callable from a handler, ``on_start`` or a task
+        in ``nursery``; an idle actor stops at once.
+        """
+        self._cell.request_stop()
+
+    def schedule(self, delay: float, msg: object) -> trio.CancelScope:
+        """Send ``msg`` to this actor after ``delay`` seconds.
+
+        Returns a cancel scope: ``.cancel()`` it to drop the timer. The timer
+        dies with this incarnation.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``msg``.
+        """
+        cell = self._cell
+        cell.check_type(msg)
+        scope = trio.CancelScope()
+
+        async def fire() -> None:
+            cell.one_shot_timers += 1
+            try:
+                with scope:
+                    await trio.sleep(delay)
+                    await cell.deliver(msg)
+            finally:
+                cell.one_shot_timers -= 1
+
+        self.nursery.start_soon(fire)
+        return scope
+
+    def schedule_every(self, period: float, msg: object) -> trio.CancelScope:
+        """Send ``msg`` to this actor every ``period`` seconds, the first after one period.
+
+        Ticks keep a fixed rate; a tick that would fall behind because the
+        mailbox was full is skipped. Returns a cancel scope to stop it.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``msg``.
+            ValueError: ``period`` is not positive.
+        """
+        if period <= 0:
+            raise ValueError(f"period must be positive, got {period!r}")
+        cell = self._cell
+        cell.check_type(msg)
+        scope = trio.CancelScope()
+
+        async def tick() -> None:
+            with scope:
+                deadline = trio.current_time() + period
+                while True:
+                    await trio.sleep_until(deadline)
+                    await cell.deliver(msg)
+                    deadline += period
+                    now = trio.current_time()
+                    if deadline <= now:
+                        deadline += period * ((now - deadline) // period + 1)
+
+        self.nursery.start_soon(tick)
+        return scope
+
+    def subscribe(self, topic: str, message_type: type) -> None:
+        """Receive every event published on ``topic`` that is a ``message_type``.
+
+        Events arrive through this actor's mailbox, so its capacity and
+        overflow policy apply to them. The subscription survives restarts
+        and ends when the actor stops for good.
+
+        Raises:
+            UnknownMessage: this actor has no handler for ``message_type``.
+        """
+        cell = self._cell
+        if not cell.handles(message_type):
+            raise UnknownMessage(
+                f"{cell.path} cannot subscribe to {message_type.__qualname__}: no handler"
+            )
+        cell.host.subscribe(topic, cell, message_type)
+
+    def unsubscribe(self, topic: str, message_type: type | None = None) -> None:
+        """Stop receiving ``topic`` (only ``message_type`` events, if given)."""
+        self._cell.host.unsubscribe(topic, self._cell, message_type)
+
+    async def publish(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to every subscriber of ``topic`` whose type it matches.
+
+        Waits while a subscriber's ``block`` mailbox is full (backpressure).
+        A subscriber that refuses the event turns it into a dead letter; the
+        publisher is never failed by a subscriber.
+        """
+        await self._cell.host.publish(topic, event)
