@@ -520,7 +520,8 @@ class Checkpointer:
         self.state_type = state_type
         self.log = log
         self.version = 0  # read or last written
-        self.saved: str | None = None  # the JSON last read or written: unchanged state is not written
+        # The JSON last read or written: an unchanged state is not written again.
+        self.saved: str | None = None
         self._lock = trio.Lock()
 
     async def load(self) -> object:
