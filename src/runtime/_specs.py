@@ -163,7 +163,7 @@ class FieldError(ValueError):
         self.field = field
 
 
-def _one_of(*choices: str) -> Any:
+def one_of(*choices: str) -> Any:
     def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
         if value not in choices:
             raise FieldError(attr.name, f"expected one of {', '.join(choices)}; got {value!r}")
@@ -171,7 +171,7 @@ def _one_of(*choices: str) -> Any:
     return check
 
 
-def _at_least(minimum: int) -> Any:
+def at_least(minimum: int) -> Any:
     def check(_inst: object, attr: attrs.Attribute[int], value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise FieldError(
@@ -200,10 +200,10 @@ class MailboxSpec:
             dead letter).
     """
 
-    capacity: int = attrs.field(default=100, validator=_at_least(1))
+    capacity: int = attrs.field(default=100, validator=at_least(1))
     overflow: Overflow = attrs.field(
         default="block",
-        validator=_one_of("block", "reject", "drop_oldest", "drop_newest"),
+        validator=one_of("block", "reject", "drop_oldest", "drop_newest"),
     )
 
 
@@ -238,7 +238,7 @@ class BreakerSpec:
     """A per-child circuit breaker: after ``failures`` consecutive crashes the
     child is not restarted until ``reset_timeout`` has passed."""
 
-    failures: int = attrs.field(default=5, validator=_at_least(1))
+    failures: int = attrs.field(default=5, validator=at_least(1))
     reset_timeout: Seconds = attrs.field(default=Seconds(60.0), converter=to_seconds)
 
 
@@ -247,7 +247,7 @@ class RateSpec:
     """At most ``requests`` admissions in every window of ``period`` seconds
     (``[t, t + period)`` for every ``t``, from the first request on)."""
 
-    requests: int = attrs.field(validator=_at_least(1))
+    requests: int = attrs.field(validator=at_least(1))
     period: Seconds = attrs.field(converter=to_seconds)
 
     @period.validator
@@ -261,7 +261,7 @@ class RetrySpec:
     """Up to ``attempts`` tries in all; the n-th retry waits a random time in
     ``[0, min(max, initial * multiplier**(n-1))]`` (full jitter)."""
 
-    attempts: int = attrs.field(default=3, validator=_at_least(1))
+    attempts: int = attrs.field(default=3, validator=at_least(1))
     initial: Seconds = attrs.field(default=Seconds(0.5), converter=to_seconds)
     multiplier: float = attrs.field(default=2.0, converter=float)
     max: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
@@ -320,7 +320,7 @@ class ChildSpec:
     actor: type[Any] = attrs.field(converter=import_actor)
     restart: RestartType = attrs.field(
         default="permanent",
-        validator=_one_of("permanent", "transient", "temporary"),
+        validator=one_of("permanent", "transient", "temporary"),
     )
     mailbox: MailboxSpec = attrs.field(
         factory=MailboxSpec,
@@ -334,7 +334,7 @@ class ChildSpec:
         validator=attrs.validators.optional(attrs.validators.instance_of(BreakerSpec)),
     )
     shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
-    concurrency: int = attrs.field(default=1, validator=_at_least(1))
+    concurrency: int = attrs.field(default=1, validator=at_least(1))
     args: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -355,9 +355,9 @@ class SupervisorSpec:
     name: str = attrs.field(validator=_name)
     strategy: Strategy = attrs.field(
         default="one_for_one",
-        validator=_one_of("one_for_one", "one_for_all", "rest_for_one"),
+        validator=one_of("one_for_one", "one_for_all", "rest_for_one"),
     )
-    max_restarts: int = attrs.field(default=3, validator=_at_least(0))
+    max_restarts: int = attrs.field(default=3, validator=at_least(0))
     within: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
     backoff: BackoffSpec | None = attrs.field(
         default=None,
@@ -428,7 +428,7 @@ class ResourceSpec:
 
     kind: ResourceKind = attrs.field(converter=import_resource)
     max_concurrency: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_at_least(1))
+        default=None, validator=attrs.validators.optional(at_least(1))
     )
     rate: RateSpec | None = attrs.field(
         default=None,

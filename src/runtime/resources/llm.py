@@ -43,7 +43,7 @@ import trio
 from .._actor import handler
 from .._fake_llm import FakeLLM
 from .._resource import Resource
-from .._specs import FieldError, Seconds, _at_least, _one_of, to_seconds
+from .._specs import FieldError, Seconds, at_least, one_of, to_seconds
 from ..errors import ResourceError
 
 __all__ = ["LLM", "Chat", "ChatResult", "FakeOptions", "LLMOptions", "parse_retry_after"]
@@ -94,7 +94,7 @@ class FakeOptions:
         seed: seeds the 429s and the jitter.
     """
 
-    wire: Wire = attrs.field(default="openai", validator=_one_of("openai", "anthropic"))
+    wire: Wire = attrs.field(default="openai", validator=one_of("openai", "anthropic"))
     latency: Seconds = attrs.field(default=Seconds(0.0), converter=to_seconds)
     latency_jitter: Seconds = attrs.field(default=Seconds(0.0), converter=to_seconds)
     rate_limit_probability: float = attrs.field(
@@ -142,17 +142,17 @@ class LLMOptions:
     """
 
     provider: Provider = attrs.field(
-        default="openai", validator=_one_of("openai", "anthropic", "fake")
+        default="openai", validator=one_of("openai", "anthropic", "fake")
     )
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = attrs.field(default=attrs.Factory(_default_key_env, takes_self=True))
     max_tokens: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_at_least(1))
+        default=None, validator=attrs.validators.optional(at_least(1))
     )
     temperature: float | None = None
     tokens_per_minute: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_at_least(1))
+        default=None, validator=attrs.validators.optional(at_least(1))
     )
     anthropic_version: str = "2023-06-01"
     headers: dict[str, str] = attrs.field(factory=dict, converter=_to_headers)
