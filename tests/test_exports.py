@@ -53,6 +53,7 @@ ERRORS = {
     "CircuitOpen",
     "MailboxFull",
     "ResourceError",
+    "StartFailed",
     "StateError",
     "SupervisorGaveUp",
     "TopologyError",

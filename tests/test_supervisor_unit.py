@@ -213,3 +213,33 @@ async def test_a_cell_opens_its_circuit_after_its_failures() -> None:
     else:
         raise AssertionError("an open circuit accepted a message")
     assert cell.half_open() and cell.statistics().breaker == "half_open"
+
+
+async def test_askers_queued_when_the_circuit_opens_get_its_cause() -> None:
+    """A queued asker failed by the circuit opening gets the same CircuitOpen,
+    naming the crash and caused by it, as a fresh asker."""
+    host = FakeHost()
+    spec = ChildSpec(name="c", actor=Counter, circuit_breaker=BreakerSpec(failures=1))
+    cell = ActorCell(spec, "root/c", host)
+    crash = RuntimeError("disk on fire")
+    cell.last_crash = crash
+    cell.record.consecutive_crashes = 1
+    outcome: list[BaseException] = []
+
+    async def ask() -> None:
+        try:
+            await cell.ref.ask(Get())
+        except runtime.errors.CircuitOpen as exc:
+            outcome.append(exc)
+
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ask)
+            await trio.testing.wait_all_tasks_blocked()
+            cell.open_circuit(crash)
+    (queued,) = outcome
+    assert "disk on fire" in str(queued) and queued.__cause__ is crash
+    try:
+        cell.ref.tell_nowait(Get())
+    except runtime.errors.CircuitOpen as fresh:
+        assert str(fresh) == str(queued) and fresh.__cause__ is crash

@@ -188,11 +188,7 @@ class ActorCell:
                 self.refusal = CircuitOpen
                 return
             if refusal is CircuitOpen:
-                crash = self.last_crash
-                because = f" after crashing with {crash!r}" if crash is not None else ""
-                raise CircuitOpen(
-                    f"{self.path}: circuit breaker is {self.breaker}{because}"
-                ) from crash
+                raise self._circuit_open()
             raise refusal(f"{self.path} has stopped")
 
     async def put(self, item: object, priority: str) -> None:
@@ -226,11 +222,23 @@ class ActorCell:
             item.fail(MailboxFull(f"{self.path}: message dropped by a full mailbox"))
         self.host.dead_letter(self.path, unwrap(item), "mailbox_full")
 
+    def _circuit_open(self) -> CircuitOpen:
+        """The refusal of an open circuit, naming the crash that opened it (its cause)."""
+        crash = self.last_crash
+        because = f" after crashing with {crash!r}" if crash is not None else ""
+        error = CircuitOpen(f"{self.path}: circuit breaker is {self.breaker}{because}")
+        error.__cause__ = crash
+        return error
+
     def flush(self, reason: str, error: type[Exception]) -> None:
-        """Turn every queued message into a dead letter; askers get ``error``."""
+        """Turn every queued message into a dead letter; askers get ``error``
+        (with an open circuit: the same ``CircuitOpen`` a new asker gets)."""
         for item in self.mailbox.drain():
             if type(item) is Ask:
-                item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
+                if error is CircuitOpen:
+                    item.fail(self._circuit_open())
+                else:
+                    item.fail(error(f"{self.path}: {reason.replace('_', ' ')}"))
             self.host.dead_letter(self.path, unwrap(item), reason)
 
     # -- one incarnation ----------------------------------------------------
@@ -240,8 +248,9 @@ class ActorCell:
     ) -> BaseException | None:
         """Run one incarnation until it stops (returns None) or crashes (returns the error).
 
-        ``task_status.started()`` is called once ``on_start`` has returned, or
-        when the start fails. Only cancellation from outside propagates.
+        ``task_status.started()`` is called once ``on_start`` has returned;
+        a start that fails returns its error without it. Only cancellation
+        from outside propagates.
         """
         self.incarnation += 1
         self.status = "starting"
@@ -301,8 +310,6 @@ class ActorCell:
             self.scope = None
             self.task = None
             self.done.set()
-        if not started:
-            task_status.started()
         return error
 
     def _build(self, nursery: trio.Nursery, state: object) -> Actor[Any]:

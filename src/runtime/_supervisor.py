@@ -20,7 +20,7 @@ import trio
 
 from ._host import Child, RestartRecord
 from ._ref import ActorStatistics
-from .errors import ActorNotFound, ActorStopped, SupervisorGaveUp
+from .errors import ActorNotFound, ActorStopped, StartFailed, SupervisorGaveUp
 
 if TYPE_CHECKING:
     from ._host import Host
@@ -82,12 +82,13 @@ Event = ChildExited | RestartDue | HalfOpenDue | StopRequested
 class _Started:
     """The ``task_status`` of a child start: ``started()`` wakes the starter."""
 
-    __slots__ = ("abandoned", "event", "running")
+    __slots__ = ("abandoned", "event", "failed", "running")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.running = False
         self.abandoned = False
+        self.failed: BaseException | None = None  # the error of a start that failed
 
     def started(self, value: None = None) -> None:
         self.event.set()
@@ -137,6 +138,8 @@ class Supervisor:
         self._lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._starting: Child | None = None  # the child whose start holds the lock
+        self._start_backoff: trio.CancelScope | None = None  # a failed first start's wait
+        self.strict_start = True
         self._events_in: trio.MemorySendChannel[Event] | None = None
         self._random = random.Random()
         self._restart_seq = 0
@@ -148,8 +151,16 @@ class Supervisor:
     ) -> BaseException | None:
         """Start the children in order, supervise them until stopped or giving up.
 
-        Returns None after a requested stop, or the ``SupervisorGaveUp`` error.
-        ``task_status.started()`` is called once every child has started.
+        Returns None after a requested stop, or the ``SupervisorGaveUp`` or
+        ``StartFailed`` error. ``task_status.started()`` is called once every
+        child has started; a start that fails returns its error without it.
+
+        A child whose first start fails is restarted under the restart policy
+        (intensity, backoff, breaker) until it runs, unless the supervisor
+        tolerates failed starts (``strict_start`` false: the resources'
+        supervisor, whose resources may come up later): then the start goes
+        on with the next child and the failed one is restarted in the
+        background.
         """
         self.incarnation += 1
         self.status = "starting"
@@ -175,13 +186,13 @@ class Supervisor:
                                 if child.incarnation:  # this supervisor is restarting
                                     child.record.count("supervisor")
                                     child.reset_breaker()  # every child starts afresh
-                                await self._start_child(child)
+                                await self._start_until_up(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
                         started = True
                         task_status.started()
                         await self._control_loop(receive)
-                    except SupervisorGaveUp as exc:
+                    except (SupervisorGaveUp, StartFailed) as exc:
                         error = exc
                     finally:
                         self.stopping = True
@@ -198,8 +209,6 @@ class Supervisor:
             self.task = None
             self._nursery = None
             self.done.set()
-        if not started:
-            task_status.started()
         return error
 
     def request_stop(self, for_restart: bool = False) -> None:
@@ -212,6 +221,8 @@ class Supervisor:
         """
         self.stopping = True
         self.stopping_for_restart = for_restart
+        if self._start_backoff is not None:
+            self._start_backoff.cancel()
         if self._events_in is not None:
             self._events_in.send_nowait(StopRequested())
         self._bound_start(for_restart)
@@ -259,8 +270,42 @@ class Supervisor:
 
     # -- starting and stopping one child -------------------------------------
 
-    async def _start_child(self, child: Child) -> None:
+    async def _start_until_up(self, child: Child) -> None:
+        """Start ``child``; a start that fails goes through the restart policy,
+        as a crash does, until the child runs.
+
+        A child whose circuit opens meanwhile is left open (it refuses
+        messages with ``CircuitOpen`` until its half-open trial), and the
+        start goes on with the next child.
+
+        Raises:
+            SupervisorGaveUp: the failed starts exceeded the restart intensity.
+            StartFailed: the child is ``temporary``: it is never restarted.
+        """
+        while True:
+            error = await self._start_child(child)
+            if error is None or not self.strict_start or self.stopping:
+                return
+            if not _restart_wanted(child.restart, crashed=True):
+                raise StartFailed(f"{child.path} failed to start: {error!r}") from error
+            if self._count_crash(child, error):
+                return  # its circuit opened: it fails fast until a trial starts it
+            self._count_restart(child, error)
+            delay = self._backoff(child)
+            self.log.info("child_restarting", child=child.path, reason="start_failed", delay=delay)
+            with trio.CancelScope() as self._start_backoff:
+                await trio.sleep(delay)
+            self._start_backoff = None
+            if self.stopping:
+                return
+            child.record.count("crash")
+
+    async def _start_child(self, child: Child) -> BaseException | None:
         """Start one incarnation of ``child`` and wait until its start is over.
+
+        Returns None once it runs (or its start was interrupted by a stop),
+        or the error its start failed with (its exit then also reaches the
+        control loop, which ignores it if a new incarnation was started).
 
         The incarnation runs in this supervisor's nursery from the first step
         (cheaper than ``nursery.start``'s hand-over). If the caller is
@@ -272,6 +317,7 @@ class Supervisor:
         try:
             self._nursery.start_soon(self._run_child, child, started)
             await started.event.wait()
+            return started.failed
         except BaseException:
             started.abandoned = True
             if started.running:
@@ -297,6 +343,9 @@ class Supervisor:
         started.running = True
         incarnation = child.incarnation + 1
         error = await child.run_incarnation(started)
+        if not started.event.is_set():  # the start failed, or a stop cut it short
+            started.failed = error
+            started.event.set()
         if self._events_in is not None:
             self._events_in.send_nowait(ChildExited(child, incarnation, error))
 
@@ -492,6 +541,8 @@ class Supervisor:
 
         Raises:
             ValueError: a running child has that name already.
+            StartFailed: its start failed (``on_start`` raised, its checkpoint
+                could not be read); it is not added.
             ActorStopped: this supervisor is not running.
             RuntimeError: called from the on_start of a child being started.
         """
@@ -512,12 +563,17 @@ class Supervisor:
             self.children.append(child)
             self._by_name[child.name] = child
             try:
-                await self._start_child(child)
+                error = await self._start_child(child)
             except BaseException:
                 # Cancelled while starting: leave nothing half-started behind.
                 child.retire("stopped")
                 self._remove(child)
                 raise
+            if error is not None:
+                # As OTP's start_child: the child is not added, nothing is restarted.
+                child.retire("stopped")
+                self._remove(child)
+                raise StartFailed(f"{child.path} failed to start: {error!r}") from error
             return child
         finally:
             self._lock.release()

@@ -228,6 +228,10 @@ class ActorSystem:
         self.resources: Supervisor | None = None
         if topology.resources:
             self.resources = Supervisor(_resources_spec(topology), RESOURCES_SUPERVISOR, host)
+            # A resource that cannot start yet (its backend is down) does not
+            # hold up the system: it is restarted in the background, and the
+            # health endpoints say so.
+            self.resources.strict_start = False
             host.supervisors[RESOURCES_SUPERVISOR] = self.resources
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, host)
         host.supervisors[self.root.path] = self.root
@@ -453,18 +457,26 @@ class ActorSystem:
     async def run_supervisor(
         self, supervisor: Supervisor, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Run the root or the resources' supervisor for the system's lifetime."""
+        """Run the root or the resources' supervisor for the system's lifetime.
+
+        ``task_status.started()`` is called once its children have started,
+        or once its start has failed (``self.failure`` then says why).
+        """
+        started = _StartSignal(task_status)
+        error: BaseException | None = None
         try:
-            error = await supervisor.run_incarnation(task_status)
+            error = await supervisor.run_incarnation(started)
         finally:
             supervisor.status = "stopped"
             if supervisor is self.root and self.resources is not None:
                 self.resources.request_stop()  # the agents have stopped: now their resources
-        if error is not None:
-            # Nothing restarts the children now: their queued messages become
-            # dead letters and their askers get ActorStopped.
-            supervisor.retire_children()
-            self.fail(error)
+            if error is not None:
+                # Nothing restarts the children now: their queued messages become
+                # dead letters and their askers get ActorStopped.
+                supervisor.retire_children()
+                self.fail(error)
+            if not started.called:
+                started.started()  # a failed start: open_system raises self.failure
 
     def fail(self, error: BaseException) -> None:
         """A top supervisor gave up: the block is cancelled and the rest of the
@@ -488,6 +500,18 @@ class ActorSystem:
             if self.root.done.is_set():
                 return
             streak = streak + 1 if self.is_idle() else 0
+
+
+class _StartSignal:
+    """Passes a ``started()`` on, and remembers whether it came."""
+
+    def __init__(self, task_status: trio.TaskStatus[None]) -> None:
+        self.task_status = task_status
+        self.called = False
+
+    def started(self, value: None = None) -> None:
+        self.called = True
+        self.task_status.started()
 
 
 def _node(node: Child) -> TreeNode:

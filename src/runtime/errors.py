@@ -8,7 +8,8 @@ the class also subclasses it, so generic handlers keep working::
     ├── MailboxFull             the target's mailbox refused the message
     ├── AskTimeout              (also TimeoutError) no reply within the timeout
     ├── ActorFailed             the handler raised; the original is __cause__
-    │   └── SupervisorGaveUp    restart intensity exceeded; the last crash is __cause__
+    │   ├── SupervisorGaveUp    restart intensity exceeded; the last crash is __cause__
+    │   └── StartFailed         an actor could not be started; the error is __cause__
     ├── ActorStopped            the target stopped for good before replying
     ├── ActorNotFound           (also LookupError) no actor at that path
     ├── UnknownMessage          (also TypeError) the target has no handler for the type
@@ -34,6 +35,7 @@ __all__ = [
     "CircuitOpen",
     "MailboxFull",
     "ResourceError",
+    "StartFailed",
     "StateError",
     "SupervisorGaveUp",
     "TopologyError",
@@ -67,6 +69,18 @@ class SupervisorGaveUp(ActorFailed):
 
     Raised out of ``open_system`` when the root supervisor gives up; the crash
     that exhausted the intensity is ``__cause__``.
+    """
+
+
+class StartFailed(ActorFailed):
+    """An actor could not be started: ``on_start`` raised, or its checkpoint
+    could not be read. ``__cause__`` is the error.
+
+    Raised by ``system.spawn`` (the actor is not added, as OTP's
+    ``start_child``), and out of ``open_system`` when a ``temporary`` child of
+    the tree fails its first start. Other children's failed first starts
+    are restarted under the policy until they run, their circuit opens, or
+    the intensity is exceeded (``SupervisorGaveUp``).
     """
 
 
