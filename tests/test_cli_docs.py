@@ -1,17 +1,27 @@
-"""docs/cli.md says what the command line accepts: every command's usage, as
-argparse prints it, is one of the page's synopsis lines, and every option of
-``start`` has a row in its table."""
+"""docs/cli.md says what the command line accepts and prints: every
+command's usage, as argparse prints it, is one of the page's synopsis lines,
+every option of ``start`` has a row in its table, and a metrics port in use
+fails the start with the line the page shows."""
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import trio
 
+import runtime
 from runtime._cli import main
 
-CLI_DOC = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+REPO = Path(__file__).resolve().parent.parent
+CLI_DOC = REPO / "docs" / "cli.md"
+SOURCE = str(Path(runtime.__file__).resolve().parent.parent)  # the runtime under test
 COMMANDS = ["start", "validate", "status"]
 
 
@@ -55,3 +65,57 @@ def test_every_start_option_has_a_row(capsys: pytest.CaptureFixture[str]) -> Non
     for option in re.findall(r"\[(--[^\]]+)\]", usage):
         assert f"`{option}`" in rows, f"docs/cli.md: no row for {option!r}"
     assert "`-h`, `--help`" in rows
+
+
+def _documented_port_in_use_line() -> str:
+    """The line docs/cli.md shows under "A metrics port in use"."""
+    section = CLI_DOC.read_text(encoding="utf-8").split("### A metrics port in use", 1)[1]
+    found = re.search(r"^```text\n(error: metrics endpoint: .*)\n```", section, re.M)
+    assert found is not None, "docs/cli.md: no example line under 'A metrics port in use'"
+    return found.group(1)
+
+
+def test_a_metrics_port_in_use_fails_with_the_documented_line(tmp_path: Path) -> None:
+    """A real socket holds the port; ``start --metrics-listen`` on it exits 1
+    with exactly the documented line on stderr (for that address) and starts
+    nothing."""
+    topology = tmp_path / "topology.yaml"
+    topology.write_text("system: taken\nsupervisor: {name: root}\n", encoding="utf-8")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        command = ["start", str(topology), "--until-idle", "--metrics-listen", address]
+        result = subprocess.run(
+            [sys.executable, "-m", "runtime", *command],
+            cwd=tmp_path,
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")]),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    documented = _documented_port_in_use_line()
+    operations = (REPO / "docs" / "operations" / "metrics.md").read_text(encoding="utf-8")
+    assert documented in operations  # the operations page shows the same line
+    expected = documented.replace("127.0.0.1:9464", address)
+    assert (result.returncode, result.stderr, result.stdout) == (1, expected + "\n", "")
+
+
+async def test_open_system_raises_the_same_line_with_the_errno() -> None:
+    """In code the port in use is an OSError whose text is the documented
+    line without ``error: `` and whose errno is EADDRINUSE."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        address = f"127.0.0.1:{holder.getsockname()[1]}"
+        topology = runtime.Topology(system="taken", metrics={"listen": address})
+        with trio.fail_after(10), pytest.raises(OSError) as info:
+            async with runtime.open_system(topology, store="memory://"):
+                pass  # pragma: no cover
+    documented = _documented_port_in_use_line().removeprefix("error: ")
+    assert str(info.value) == documented.replace("127.0.0.1:9464", address)
+    assert info.value.errno == errno.EADDRINUSE
