@@ -3,11 +3,8 @@ message`` costs a busy actor against ``checkpoint: off`` in the same run."""
 
 from __future__ import annotations
 
-import os
-import socket
 import tempfile
 import time
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import attrs
 import pytest
 import trio
 import trio_asyncio
+from tests import postgres_session
 
 import runtime
 from runtime._checkpoint import open_store
@@ -23,19 +21,12 @@ from ._measure import percentile, repeat
 from .bench_messaging import Msg, Ping
 
 STORES = ["memory", "sqlite", "postgresql"]
-POSTGRES_URL = os.environ.get(
-    "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
 
 
 def _url(kind: str, directory: Path) -> str:
     if kind == "postgresql":
-        address = urllib.parse.urlsplit(POSTGRES_URL)
-        try:
-            socket.create_connection((address.hostname, address.port or 5432), timeout=2).close()
-        except OSError:
-            pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}")
-        return POSTGRES_URL
+        postgres_session.require()  # this session's own schema on the shared server
+        return postgres_session.URL
     return "memory://" if kind == "memory" else f"sqlite:///{directory / 'bench.db'}"
 
 

@@ -13,39 +13,23 @@ from __future__ import annotations
 import asyncio
 import cProfile
 import io
-import os
 import pstats
-import socket
 import time
-import urllib.parse
 from typing import Any
 
 import asyncpg
-import pytest
 import trio
 import trio_asyncio
+from tests import postgres_session
 
 import runtime
 from runtime.resources.postgres import FetchVal
 
 from ._measure import percentile
 
-POSTGRES_URL = os.environ.get(
-    "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = postgres_session.URL  # this session's own schema on the shared server
 CONCURRENCY = 8
 TARGET = 1.25  # the resource may add at most 25%
-
-
-def _require_postgres() -> None:
-    address = urllib.parse.urlsplit(POSTGRES_URL)
-    try:
-        socket.create_connection((address.hostname, address.port or 5432), timeout=2).close()
-    except OSError:
-        reason = f"PostgreSQL is not reachable at {POSTGRES_URL}"
-        if os.environ.get("RUNTIME_REQUIRE_SERVICES") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
 
 
 async def _direct(calls: int) -> tuple[float, list[float]]:
@@ -149,7 +133,7 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
     through the resource and directly on asyncpg; also through trio-asyncio
     alone, which splits the overhead between the bridge and the actor. Runs
     are interleaved (the machine's load drifts) and the best of each kept."""
-    _require_postgres()
+    postgres_session.require()
     calls = 800 if quick else 8_000
     runs = 1 if quick else 3
     results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "bridge": [], "db": []}
@@ -198,7 +182,7 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
 def test_profile_select_1_through_the_resource(quick: bool) -> None:
     """Where a request's time goes (cProfile): the top functions by own time,
     then the runtime's and the bridge's by cumulative time. Printed, not recorded."""
-    _require_postgres()
+    postgres_session.require()
     profile = cProfile.Profile()
     trio.run(_through_resource, 400 if quick else 4_000, profile)
     out = io.StringIO()

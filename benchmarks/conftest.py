@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import structlog
+from tests import postgres_session
 
 RESULTS = Path(__file__).parent / "results"
 _records: list[dict[str, Any]] = []
@@ -146,6 +147,7 @@ def _line(entry: dict[str, Any]) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    postgres_session.drop()  # the PostgreSQL benchmarks' own schema, if they made one
     if not _records:
         return
     RESULTS.mkdir(exist_ok=True)

@@ -1,12 +1,10 @@
 """Shared fixtures: quiet structlog (tests read events with capture_logs) and
-the PostgreSQL server the store tests use (skipped when down, failed in CI)."""
+the PostgreSQL server the store tests use (skipped when down, failed in CI),
+in a schema of this session's own (see tests/postgres_session.py)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import trio.testing
 import trio_asyncio
 
 from runtime._checkpoint import CheckpointStore, open_store
+from tests import postgres_session
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -32,9 +31,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-POSTGRES_URL = os.environ.get(
-    "RUNTIME_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    postgres_session.drop()
+
+
+POSTGRES_URL = postgres_session.URL
+"""RUNTIME_TEST_POSTGRES_URL (default: database ``test`` on 127.0.0.1:5432),
+with this session's schema as its search path."""
 
 
 @pytest.fixture
@@ -46,36 +49,19 @@ def loopback_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0.001)
 
 
-def postgres_reachable() -> bool:
-    """Whether the PostgreSQL server of POSTGRES_URL accepts connections."""
-    address = urllib.parse.urlsplit(POSTGRES_URL)
-    try:
-        with socket.create_connection((address.hostname, address.port or 5432), timeout=2):
-            return True
-    except OSError:
-        return False
-
-
 def require_postgres() -> None:
-    """Skip the test when PostgreSQL is down; in CI (RUNTIME_REQUIRE_SERVICES=1) fail it."""
-    if postgres_reachable():
-        return
-    reason = (
-        f"PostgreSQL is not reachable at {POSTGRES_URL}: start it with "
-        "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
-        "or set RUNTIME_TEST_POSTGRES_URL"
-    )
-    if os.environ.get("RUNTIME_REQUIRE_SERVICES") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    """Skip the test when PostgreSQL is down; in CI (RUNTIME_REQUIRE_SERVICES=1) fail it.
+    When it is up, this session's schema is created on first use."""
+    postgres_session.require()
 
 
 @contextlib.asynccontextmanager
 async def open_test_store(kind: str, tmp_path: Path) -> AsyncIterator[CheckpointStore]:
     """An empty store of ``kind`` (memory, sqlite or postgresql), closed afterwards.
 
-    For PostgreSQL the rows of earlier tests are deleted first, and the
-    trio-asyncio loop asyncpg needs stays open around the whole use.
+    For PostgreSQL, in this session's schema, the rows of earlier tests of
+    the session are deleted first, and the trio-asyncio loop asyncpg needs
+    stays open around the whole use.
     """
     if kind == "memory":
         url = "memory://"

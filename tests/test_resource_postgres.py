@@ -6,6 +6,7 @@ comes back (through a TCP proxy the test stops and starts)."""
 from __future__ import annotations
 
 import contextlib
+import secrets
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator
@@ -284,7 +285,9 @@ async def test_killed_connections_fail_or_retry_and_the_pool_recovers() -> None:
     whose COMMIT was not sent are retried and succeed, and later requests
     succeed without a restart."""
     app = _app()
-    lock = 740_311
+    # Advisory locks are server-wide, not per schema: a key of this run's own
+    # keeps a concurrent run from queueing behind this test's lock.
+    lock = secrets.randbelow(2**31)
     wait = f"SELECT pg_advisory_xact_lock_shared({lock})::text"
     outcomes: dict[str, object] = {}
     topology = _topology(app, max_concurrency=4)

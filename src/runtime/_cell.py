@@ -261,7 +261,6 @@ class ActorCell:
             self.refusal = None  # a half-open circuit keeps its trial state
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
-        started = False
         phase = "start"
         error: BaseException | None = None
         try:
@@ -273,7 +272,6 @@ class ActorCell:
                 await actor.on_start()
                 self.status = "running"
                 self.log.info("actor_started", incarnation=self.incarnation)
-                started = True
                 phase = "running"
                 task_status.started()
                 periodic = trio.CancelScope()

@@ -8,6 +8,7 @@ so ``/healthz`` answers 503 while the system starts, stops or has failed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -176,9 +177,22 @@ async def open_endpoint(
         error = None if bound else _os_error(exc)
         if error is None:
             raise
-        raise OSError(
-            error.errno, f"metrics endpoint: cannot listen on {listen.bind}: {error.strerror}"
-        ) from None
+        raise _bind_error(listen, error) from None
+
+
+def _bind_error(listen: Listen, error: OSError) -> OSError:
+    """One line naming the address, the reason and what to do; ``errno`` kept."""
+    if error.errno == errno.EADDRINUSE:
+        hint = (
+            "free the port or choose another with metrics.listen or --metrics-listen "
+            "(port 0 picks a free one)"
+        )
+    else:
+        hint = "choose another address with metrics.listen or --metrics-listen"
+    reason = error.strerror or str(error)
+    failure = OSError(f"metrics endpoint: cannot listen on {listen.bind}: {reason}; {hint}")
+    failure.errno = error.errno  # set after: str() stays the message, without "[Errno n]"
+    return failure
 
 
 async def _serve(

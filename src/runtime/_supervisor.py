@@ -170,7 +170,6 @@ class Supervisor:
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         self.started_at = trio.current_time()
-        started = False
         send, receive = trio.open_memory_channel[Event](math.inf)
         self._events_in = send
         error: BaseException | None = None
@@ -189,7 +188,6 @@ class Supervisor:
                                 await self._start_until_up(child)
                         self.status = "running"
                         self.log.info("supervisor_started", incarnation=self.incarnation)
-                        started = True
                         task_status.started()
                         await self._control_loop(receive)
                     except (SupervisorGaveUp, StartFailed) as exc:
@@ -317,7 +315,6 @@ class Supervisor:
         try:
             self._nursery.start_soon(self._run_child, child, started)
             await started.event.wait()
-            return started.failed
         except BaseException:
             started.abandoned = True
             if started.running:
@@ -325,6 +322,7 @@ class Supervisor:
             raise
         finally:
             self._starting = None
+        return started.failed
 
     def _refuse_from_starting_child(self, action: str) -> None:
         """Refuse ``action`` from inside the child this supervisor is starting:
