@@ -18,11 +18,11 @@ from types import UnionType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, Union
 
 import attrs
-import structlog
 import trio
 
 from ._checkpoint import CheckpointStore, decode_state, encode_state
 from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
+from ._logging import get_logger
 from ._mailbox import PRIORITIES, Ask, Envelope, Mailbox, unwrap
 from ._metrics import Durations
 from .errors import (
@@ -46,7 +46,7 @@ R = TypeVar("R")
 M = TypeVar("M")
 Handler = Callable[[Any, Any], Awaitable[Any]]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 # An actor whose handlers never await, and a sender whose tells never wait,
 # yield to the scheduler at least once per this many messages, so neither can

@@ -15,10 +15,10 @@ import random
 from collections import deque
 from typing import TYPE_CHECKING, Any, Union
 
-import structlog
 import trio
 
 from ._actor import _TRIAL, ActorCell, ActorStatistics
+from ._logging import get_logger
 from ._specs import ChildSpec, SupervisorSpec
 from .errors import ActorNotFound, ActorStopped, CircuitOpen, SupervisorGaveUp
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Supervisor"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 Child = Union[ActorCell, "Supervisor"]
 

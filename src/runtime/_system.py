@@ -10,7 +10,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import attrs
-import structlog
 import trio
 import trio_asyncio
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -25,6 +24,7 @@ from ._checkpoint import (
     open_store,
 )
 from ._endpoint import Listen, open_endpoint, parse_listen
+from ._logging import get_logger
 from ._metrics import RuntimeCollector
 from ._resource import (
     RESOURCES_SUPERVISOR,
@@ -40,7 +40,7 @@ from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "Progress", "TreeNode", "open_system"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 DEAD_LETTERS_KEPT = 1000
 _IDLE_POLL = 0.05

@@ -37,10 +37,10 @@ from typing import Any, Literal
 
 import attrs
 import httpx
-import structlog
 import trio
 
 from .._actor import handler
+from .._logging import get_logger
 from .._resource import Resource
 from .._specs import FieldError, Seconds, _at_least, _one_of, to_seconds
 from ..errors import ResourceError
@@ -48,7 +48,7 @@ from ..testing import FakeLLM
 
 __all__ = ["LLM", "Chat", "ChatResult", "FakeOptions", "LLMOptions", "parse_retry_after"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 Provider = Literal["openai", "anthropic", "fake"]
 Wire = Literal["openai", "anthropic"]
