@@ -16,7 +16,6 @@ import math
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-import structlog
 import trio
 
 from ._actor import Actor, dispatch_table, resolve_handler, state_class
@@ -25,6 +24,7 @@ from ._context import ActorContext
 from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
 from ._durations import Durations
 from ._host import RestartRecord
+from ._logging import get_logger
 from ._mailbox import Ask, Envelope, Mailbox, unwrap
 from ._priority import check_priority
 from ._ref import ActorRef, ActorStatistics
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ActorCell", "LocalRef"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 # An actor whose handlers never await, and a sender whose tells never wait,
 # yield to the scheduler at least once per this many messages, so neither can

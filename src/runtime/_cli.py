@@ -87,13 +87,16 @@ def _parser() -> argparse.ArgumentParser:
         "--log-format",
         choices=("auto", "json", "console"),
         default="auto",
-        help="log format on stderr; auto is console on a terminal, JSON otherwise",
+        help=(
+            "log format on stderr; auto is console on a terminal, JSON otherwise "
+            "(on the console a crash is one line, its traceback left out)"
+        ),
     )
     start.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="info",
-        help="least severe log level written (default: info)",
+        help="least severe log level written (default: info); debug adds tracebacks on the console",
     )
     validate = commands.add_parser(
         "validate",

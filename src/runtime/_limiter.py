@@ -19,16 +19,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import attrs
-import structlog
 import trio
 
+from ._logging import get_logger
 from ._priority import PRIORITIES
 from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
 __all__ = ["KEEP", "Limiter", "LimiterStatistics"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 T = TypeVar("T")
 _INDEX = {priority: index for index, priority in enumerate(PRIORITIES)}

@@ -12,7 +12,6 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import structlog
 import trio
 import trio_asyncio
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -20,13 +19,14 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from ._checkpoint import CheckpointStore, PostgresStore, open_store
 from ._endpoint import open_endpoint
 from ._listen import Listen, parse_listen
+from ._logging import get_logger
 from ._metrics import RuntimeCollector
 from ._specs import Topology
 from ._system import ActorSystem, check_runnable, topology_of
 
 __all__ = ["open_system"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 
 def check_store(store: object) -> CheckpointStore | str | None:

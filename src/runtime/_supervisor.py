@@ -15,10 +15,10 @@ import random
 from typing import TYPE_CHECKING
 
 import attrs
-import structlog
 import trio
 
 from ._host import Child, RestartRecord
+from ._logging import get_logger
 from ._ref import ActorStatistics
 from .errors import ActorNotFound, ActorStopped, StartFailed, SupervisorGaveUp
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Supervisor", "add_restart"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 
 def add_restart(

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
-import structlog
 import trio
 
 from ._actor import Actor
@@ -29,6 +28,7 @@ from ._checkpoint import (
     open_store,
 )
 from ._host import Child
+from ._logging import get_logger
 from ._ref import ActorRef, ActorStatistics
 from ._resource import (
     RESOURCES_SUPERVISOR,
@@ -44,7 +44,7 @@ from .errors import ActorNotFound, TopologyError
 
 __all__ = ["ActorSystem", "DeadLetter", "Progress", "SystemHost", "TreeNode"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 DEAD_LETTERS_KEPT = 1000
 _IDLE_POLL = 0.05

@@ -37,18 +37,18 @@ from typing import Any, Literal
 
 import attrs
 import httpx
-import structlog
 import trio
 
 from .._actor import handler
 from .._fake_llm import FakeLLM
+from .._logging import get_logger
 from .._resource import Resource
 from .._specs import FieldError, Seconds, at_least, one_of, to_seconds
 from ..errors import ResourceError
 
 __all__ = ["LLM", "Chat", "ChatResult", "FakeOptions", "LLMOptions", "parse_retry_after"]
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 Provider = Literal["openai", "anthropic", "fake"]
 Wire = Literal["openai", "anthropic"]

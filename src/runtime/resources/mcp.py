@@ -50,7 +50,6 @@ import anyio
 import attrs
 import httpx2
 import mcp_types
-import structlog
 import trio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.client.session import ClientSession
@@ -61,6 +60,7 @@ from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from .._actor import handler
+from .._logging import get_logger
 from .._resource import Resource
 from .._specs import FieldError, Seconds, to_seconds
 from ..errors import ResourceError
@@ -85,7 +85,7 @@ _HTTP_TIMEOUT = httpx2.Timeout(30.0, read=300.0)
 """The HTTP client's timeouts: a response stream may stay open for long (the
 limiter's ``timeout`` bounds each call)."""
 
-logger = structlog.get_logger("runtime")
+logger = get_logger()
 
 
 def _to_command(value: object) -> list[str] | None:
