@@ -54,6 +54,7 @@ ERRORS = {
     "MailboxFull",
     "ResourceError",
     "StartFailed",
+    "StoreUnavailable",
     "StateError",
     "SupervisorGaveUp",
     "TopologyError",
@@ -80,3 +81,5 @@ def test_error_hierarchy() -> None:
     assert issubclass(runtime.errors.TopologyError, ValueError)
     assert issubclass(runtime.errors.StateError, ValueError)
     assert issubclass(runtime.errors.SupervisorGaveUp, runtime.errors.ActorFailed)
+    assert issubclass(runtime.errors.StartFailed, runtime.errors.ActorFailed)
+    assert issubclass(runtime.errors.StoreUnavailable, ConnectionError)

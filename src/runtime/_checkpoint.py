@@ -16,11 +16,12 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
+import random
 import sqlite3
 import typing
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import asyncpg
 import attrs
@@ -30,9 +31,12 @@ import trio
 import trio_asyncio
 
 from ._durations import SIZE_BUCKETS, Durations
-from .errors import CheckpointConflict, StateError
+from .errors import CheckpointConflict, StateError, StoreUnavailable
+
+T = TypeVar("T")
 
 __all__ = [
+    "STORE_OUTAGE_DEADLINE",
     "CheckpointCounters",
     "CheckpointStatistics",
     "CheckpointStore",
@@ -243,7 +247,11 @@ class SqliteStore:
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         async with self._lock:
-            return await trio.to_thread.run_sync(fn, *args)
+            try:
+                return await trio.to_thread.run_sync(fn, *args)
+            except (sqlite3.OperationalError, OSError) as exc:
+                # Locked, unopenable or full: the file is there, or will be, later.
+                raise StoreUnavailable(f"{self.url}: {exc}") from exc
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:
@@ -306,6 +314,25 @@ class SqliteStore:
                 await trio.to_thread.run_sync(connection.close)
 
 
+_PG_UNREACHABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
+    asyncpg.InterfaceError,  # the connection was closed under the call
+    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, not accepting
+)
+"""What asyncpg raises when the server cannot be reached (StoreUnavailable)."""
+
+
+def _redacted(url: str) -> str:
+    """``url`` without a password."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.split(':', 1)[0]}:***@{host}"
+
+
 _PG_SCHEMA_VERSION = 1
 _PG_SCHEMA = [
     "CREATE TABLE IF NOT EXISTS runtime_schema (version INTEGER NOT NULL)",
@@ -335,8 +362,11 @@ class PostgresStore:
         self._opening = trio.Lock()
 
     async def _call(self, method: str, *args: Any) -> Any:
-        pool = await self._connect()
-        return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
+        try:
+            pool = await self._connect()
+            return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
+        except _PG_UNREACHABLE as exc:
+            raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
 
     async def _connect(self) -> Any:
         async with self._opening:
@@ -495,16 +525,60 @@ def open_store(url: str) -> CheckpointStore:
     )
 
 
+STORE_OUTAGE_DEADLINE = 30.0
+"""Seconds an actor keeps retrying a read or write that meets an unreachable
+store (``StoreUnavailable``) before it gives up and crashes with it."""
+
+STORE_RETRY_INITIAL = 0.1
+STORE_RETRY_MAX = 5.0
+"""The wait before the n-th retry: ``min(MAX, INITIAL * 2**(n-1))``, with full jitter."""
+
+
+async def _retry_outage(
+    attempt: Callable[[], Awaitable[T]], log: Any, action: str, deadline: float
+) -> T:
+    """``await attempt()``, retried with backoff while the store is
+    unreachable, until ``deadline`` (trio's clock). Raises the last
+    ``StoreUnavailable`` after it, and any other error at once."""
+    retries = 0
+    while True:
+        try:
+            return await attempt()
+        except StoreUnavailable as exc:
+            now = trio.current_time()
+            if now >= deadline:
+                log.warning(f"checkpoint_{action}_gave_up", retries=retries, error=str(exc))
+                raise
+            retries += 1
+            delay = min(STORE_RETRY_MAX, STORE_RETRY_INITIAL * 2 ** (retries - 1))
+            if retries == 1:
+                log.warning(f"checkpoint_{action}_waiting_for_store", error=str(exc))
+            await trio.sleep(min(random.random() * delay, deadline - now))
+
+
 class Checkpointer:
     """One actor's checkpoints: its state read at every start, conditional
     writes, and the last write of a graceful stop.
 
     It outlives the actor's incarnations (the version it read or last wrote
     is the one the next write is conditional on). Writes are one at a time:
-    ``save`` waits for a write in progress before starting its own.
+    ``save`` waits for a write in progress before starting its own. A read
+    or write that meets an unreachable store is retried with backoff for up
+    to ``outage_deadline`` seconds (the actor's reply waits meanwhile, and it
+    handles nothing else, so its memory never runs ahead of the store).
     """
 
-    __slots__ = ("_lock", "counters", "log", "path", "saved", "state_type", "store", "version")
+    __slots__ = (
+        "_lock",
+        "counters",
+        "log",
+        "outage_deadline",
+        "path",
+        "saved",
+        "state_type",
+        "store",
+        "version",
+    )
 
     def __init__(
         self,
@@ -513,7 +587,10 @@ class Checkpointer:
         counters: CheckpointCounters,
         state_type: type,
         log: Any,
+        *,
+        outage_deadline: float = STORE_OUTAGE_DEADLINE,
     ) -> None:
+        self.outage_deadline = outage_deadline
         self.path = path
         self.store = store
         self.counters = counters
@@ -535,7 +612,12 @@ class Checkpointer:
         counters = self.counters
         start = trio.current_time()
         try:
-            row = await self.store.load(self.path)
+            row = await _retry_outage(
+                lambda: self.store.load(self.path),
+                self.log,
+                "read",
+                start + self.outage_deadline,
+            )
             counters.reads += 1
             counters.read_seconds += trio.current_time() - start
             if row is None:
@@ -566,7 +648,12 @@ class Checkpointer:
                 # What cannot be read back would fail every later start.
                 decode_state(self.path, data, self.state_type)
                 start = trio.current_time()
-                self.version = await self.store.save(self.path, data, self.version)
+                self.version = await _retry_outage(
+                    lambda: self.store.save(self.path, data, self.version),
+                    self.log,
+                    "write",
+                    start + self.outage_deadline,
+                )
             except Exception as exc:
                 counters.record_failure(exc)
                 self.log.warning(

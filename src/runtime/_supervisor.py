@@ -19,7 +19,9 @@ import trio
 
 from ._host import Child, RestartRecord
 from ._logging import get_logger
+from ._outage import is_outage
 from ._ref import ActorStatistics
+from ._specs import BackoffSpec
 from .errors import ActorNotFound, ActorStopped, StartFailed, SupervisorGaveUp
 
 if TYPE_CHECKING:
@@ -29,6 +31,12 @@ if TYPE_CHECKING:
 __all__ = ["Supervisor", "add_restart"]
 
 logger = get_logger()
+
+OUTAGE_BACKOFF = BackoffSpec(initial=0.5, max=30.0)
+"""The restart delay after an outage when the supervisor has no ``backoff``."""
+
+OUTAGE_START_DEADLINE = 60.0
+"""Seconds a first start failed by an outage is retried before the start fails."""
 
 
 def add_restart(
@@ -140,6 +148,10 @@ class Supervisor:
         self._starting: Child | None = None  # the child whose start holds the lock
         self._start_backoff: trio.CancelScope | None = None  # a failed first start's wait
         self.strict_start = True
+        # Whether a crash caused by an outage is spared the restart intensity.
+        # Not for the resources' supervisor: a resource is the dependency, and
+        # its own breaker and intensity are what bound its crash loops.
+        self.forgives_outages = True
         self._events_in: trio.MemorySendChannel[Event] | None = None
         self._random = random.Random()
         self._restart_seq = 0
@@ -270,7 +282,10 @@ class Supervisor:
 
     async def _start_until_up(self, child: Child) -> None:
         """Start ``child``; a start that fails goes through the restart policy,
-        as a crash does, until the child runs.
+        as a crash does, until the child runs. Starts failed by an outage
+        (an unreachable store, a failing resource) are retried with backoff
+        without counting toward the intensity, for ``OUTAGE_START_DEADLINE``
+        seconds from the first of them; then the start fails.
 
         A child whose circuit opens meanwhile is left open (it refuses
         messages with ``CircuitOpen`` until its half-open trial), and the
@@ -278,8 +293,10 @@ class Supervisor:
 
         Raises:
             SupervisorGaveUp: the failed starts exceeded the restart intensity.
-            StartFailed: the child is ``temporary``: it is never restarted.
+            StartFailed: the child is ``temporary`` (it is never restarted), or
+                an outage outlasted ``OUTAGE_START_DEADLINE``.
         """
+        outage_since: float | None = None
         while True:
             error = await self._start_child(child)
             if error is None or not self.strict_start or self.stopping:
@@ -288,15 +305,26 @@ class Supervisor:
                 raise StartFailed(f"{child.path} failed to start: {error!r}") from error
             if self._count_crash(child, error):
                 return  # its circuit opened: it fails fast until a trial starts it
-            self._count_restart(child, error)
-            delay = self._backoff(child)
-            self.log.info("child_restarting", child=child.path, reason="start_failed", delay=delay)
+            outage = self.forgives_outages and is_outage(error)
+            if outage:
+                now = trio.current_time()
+                outage_since = now if outage_since is None else outage_since
+                if now - outage_since >= OUTAGE_START_DEADLINE:
+                    raise StartFailed(
+                        f"{child.path} could not start for {now - outage_since:g}s "
+                        f"of outage: {error!r}"
+                    ) from error
+            else:
+                self._count_restart(child, error)
+            delay = self._backoff(child, outage)
+            reason = "outage" if outage else "crash"
+            self.log.info("child_restarting", child=child.path, reason=reason, delay=delay)
             with trio.CancelScope() as self._start_backoff:
                 await trio.sleep(delay)
             self._start_backoff = None
             if self.stopping:
                 return
-            child.record.count("crash")
+            child.record.count(reason)
 
     async def _start_child(self, child: Child) -> BaseException | None:
         """Start one incarnation of ``child`` and wait until its start is over.
@@ -405,7 +433,9 @@ class Supervisor:
             return
         if crashed and self._count_crash(child, error):
             return  # its circuit opened: no restart
-        self._count_restart(child, error)
+        outage = self.forgives_outages and is_outage(error)
+        if not outage:
+            self._count_restart(child, error)  # an outage is not the child's bug
         child.status = "restarting"
         group = await self._stop_group(child)
         if self.stopping:
@@ -416,12 +446,13 @@ class Supervisor:
         for member in group:
             member.record.pending_seq = self._restart_seq
             member.record.pending_reason = "group"
-        child.record.pending_reason = "crash" if crashed else "normal_exit"
-        delay = self._backoff(child)
+        reason = ("outage" if outage else "crash") if crashed else "normal_exit"
+        child.record.pending_reason = reason
+        delay = self._backoff(child, outage)
         self.log.info(
             "child_restarting",
             child=child.path,
-            reason="crash" if crashed else "normal_exit",
+            reason=reason,
             strategy=self.spec.strategy,
             group=[c.name for c in group],
             delay=delay,
@@ -496,10 +527,15 @@ class Supervisor:
             if c is child or c.status in ("starting", "running", "restarting")
         ]
 
-    def _backoff(self, child: Child) -> float:
+    def _backoff(self, child: Child, outage: bool = False) -> float:
+        """The delay before restarting ``child``: the spec's backoff; after an
+        outage at least ``OUTAGE_BACKOFF`` (restarting at once would only
+        meet the same outage)."""
         backoff = self.spec.backoff
         if backoff is None:
-            return 0.0
+            if not outage:
+                return 0.0
+            backoff = OUTAGE_BACKOFF
         attempt = max(child.record.consecutive_crashes, 1)
         return backoff.delay(attempt, self._random.random())
 

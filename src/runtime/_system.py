@@ -232,6 +232,7 @@ class ActorSystem:
             # hold up the system: it is restarted in the background, and the
             # health endpoints say so.
             self.resources.strict_start = False
+            self.resources.forgives_outages = False
             host.supervisors[RESOURCES_SUPERVISOR] = self.resources
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, host)
         host.supervisors[self.root.path] = self.root

@@ -17,6 +17,7 @@ the class also subclasses it, so generic handlers keep working::
     ├── ResourceError           a resource's backend refused or failed a request
     ├── TopologyError           (also ValueError) an invalid topology: file, line, field
     ├── CheckpointConflict      a checkpoint write lost against a newer version
+    ├── StoreUnavailable        (also ConnectionError) the checkpoint store cannot be reached
     └── StateError              (also ValueError) state that cannot be checkpointed,
                                 or a checkpoint that cannot be read back
 """
@@ -37,6 +38,7 @@ __all__ = [
     "ResourceError",
     "StartFailed",
     "StateError",
+    "StoreUnavailable",
     "SupervisorGaveUp",
     "TopologyError",
     "UnknownMessage",
@@ -129,6 +131,17 @@ class ResourceError(ActorSystemError):
 
 class CheckpointConflict(ActorSystemError):
     """A checkpoint write was made against a version older than the stored one."""
+
+
+class StoreUnavailable(ActorSystemError, ConnectionError):
+    """The checkpoint store cannot be reached (connection refused or lost,
+    the server shutting down, a locked or unwritable database file).
+
+    An actor whose write meets it holds its reply and retries with backoff
+    for ``STORE_OUTAGE_DEADLINE`` seconds before it crashes with it; such a
+    crash is an outage, not a bug: its restart does not count toward its
+    supervisor's restart intensity. The store's own error is ``__cause__``.
+    """
 
 
 class StateError(ActorSystemError, ValueError):
