@@ -3,7 +3,15 @@ was configured with (and its window violations), and what a call through a
 resource costs against the same call made directly under a
 ``trio.CapacityLimiter``. Backends here are in-process, so the figures are
 the runtime's own cost; bench_resource_postgres and bench_resource_mcp
-measure real backends."""
+measure real backends.
+
+The rate runs read time through a ``StepClock``: trio's clock, read once per
+task step. The limiter stamps a call's start with ``trio.current_time()``
+and the backend, later in the same step, notes the same float; so the
+windows counted here are the limiter's own, with its own arithmetic
+(``t + period``), not the limiter's plus the microseconds a real clock ticks
+between its stamp and the backend's (which once showed a "violation" of
+1.5 µs)."""
 
 from __future__ import annotations
 
@@ -34,13 +42,54 @@ class JournalOptions:
     journal: Journal = attrs.field(factory=Journal)
 
 
+class StepClock(trio.abc.Clock):
+    """trio's system clock, read once per task step (``StepTicker`` ticks it):
+    every ``trio.current_time()`` within one step returns the same float.
+    Sleeps still end on the real clock."""
+
+    def __init__(self) -> None:
+        self._now = 0.0
+
+    def tick(self) -> None:
+        self._now = time.perf_counter()
+
+    def start_clock(self) -> None:
+        self.tick()
+
+    def current_time(self) -> float:
+        return self._now
+
+    def deadline_to_sleep_time(self, deadline: float) -> float:
+        return deadline - time.perf_counter()
+
+
+class StepTicker(trio.abc.Instrument):
+    """Ticks a ``StepClock`` before each task step and after each I/O wait
+    (before trio expires deadlines)."""
+
+    def __init__(self, clock: StepClock) -> None:
+        self.clock = clock
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.clock.tick()
+
+    def after_io_wait(self, timeout: float) -> None:
+        self.clock.tick()
+
+
+def _run_on_step_clock(fn: Any, *args: Any) -> Any:
+    clock = StepClock()
+    return trio.run(fn, *args, clock=clock, instruments=[StepTicker(clock)])
+
+
 class Instant(runtime.Resource):
-    """A backend that answers at once, noting when each call was admitted."""
+    """A backend that answers at once, noting when each call started (on
+    trio's clock: under a ``StepClock``, the limiter's own stamp)."""
 
     Options = JournalOptions
 
     async def _serve(self) -> None:
-        self.options.journal.admitted.append(time.perf_counter())
+        self.options.journal.admitted.append(trio.current_time())
         await trio.lowlevel.checkpoint()
 
     @runtime.handler
@@ -65,9 +114,11 @@ def _windows(admitted: list[float], requests: int, period: float) -> tuple[float
     Share: admissions in the first ``k`` whole periods from the first
     admission, over ``k * requests`` (the callers always have more ready, so
     this is the steady state). Violations: windows ``[t, t + period)``,
-    ``t`` any admission, holding more than ``requests``. Also returns how
-    many windows were checked and the largest overshoot: how far inside its
-    window the first admission too many fell (0 without violations).
+    ``t`` any admission, holding more than ``requests``: ``u`` is inside when
+    ``u < t + period``, the limiter's rule to the bit (it admits at ``now``
+    only once ``t + period <= now``). Also returns how many windows were
+    checked and the largest overshoot: how far inside its window the first
+    admission too many fell (0 without violations).
     """
     start = admitted[0]
     periods = int((admitted[-1] - start) // period)
@@ -122,7 +173,7 @@ async def _fixed_window(requests: int, period: float, total: int, callers: int) 
                     used += 1
                     break
                 await trio.sleep_until(window_start + period)
-            journal.admitted.append(time.perf_counter())
+            journal.admitted.append(trio.current_time())
             await trio.lowlevel.checkpoint()
 
     async with trio.open_nursery() as nursery:
@@ -134,13 +185,15 @@ async def _fixed_window(requests: int, period: float, total: int, callers: int) 
 def test_rate_limit_accuracy(bench: Any, quick: bool) -> None:
     """A resource limited to R per period, driven by 10 callers that always
     have a request ready: its share of R in every full window (target >= 95%)
-    and its window violations (target 0), beside a fixed-window counter."""
+    and its window violations (target 0), beside a fixed-window counter.
+    Both run on a ``StepClock``, so starts are counted as the limiter
+    stamped them."""
     requests, period, windows, callers = (50, 0.5, 4, 10) if quick else (200, 1.0, 10, 10)
     total = requests * windows
     gc.disable()  # a collection between admission and the call would skew the start times
     try:
-        ours = trio.run(_through_resource, requests, period, total, callers)
-        fixed = trio.run(_fixed_window, requests, period, total, callers)
+        ours = _run_on_step_clock(_through_resource, requests, period, total, callers)
+        fixed = _run_on_step_clock(_fixed_window, requests, period, total, callers)
     finally:
         gc.enable()
     share, violations, checked, overshoot = _windows(ours.admitted, requests, period)

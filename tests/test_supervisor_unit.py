@@ -243,3 +243,35 @@ async def test_askers_queued_when_the_circuit_opens_get_its_cause() -> None:
         cell.ref.tell_nowait(Get())
     except runtime.errors.CircuitOpen as fresh:
         assert str(fresh) == str(queued) and fresh.__cause__ is crash
+
+
+async def test_a_trial_message_that_is_not_queued_frees_the_trial() -> None:
+    """Half-open: the message that took the trial but was refused by a full
+    mailbox leaves the trial free; the next message takes it, and later ones
+    are refused until its outcome (no wedged circuit)."""
+    host = FakeHost()
+    spec = ChildSpec(
+        name="c",
+        actor=Counter,
+        mailbox=runtime.MailboxSpec(capacity=1, overflow="reject"),
+        circuit_breaker=BreakerSpec(failures=1),
+    )
+    cell = ActorCell(spec, "root/c", host)
+    cell.record.consecutive_crashes = 1
+    assert cell.open_circuit(RuntimeError("crash")) is not None
+    assert cell.half_open()
+    cell.mailbox.put_nowait(Add(0), "normal")  # full
+    try:
+        cell.ref.tell_nowait(Add(1))
+    except runtime.errors.MailboxFull:
+        pass
+    else:
+        raise AssertionError("a full mailbox took the message")
+    assert cell.mailbox.get_nowait() == Add(0)
+    cell.ref.tell_nowait(Add(2))  # the trial, again free
+    try:
+        cell.ref.tell_nowait(Add(3))
+    except runtime.errors.CircuitOpen as refused:
+        assert "half_open" in str(refused)
+    else:
+        raise AssertionError("a second message got through while the trial runs")

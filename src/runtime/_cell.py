@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ._actor import Actor, dispatch_table, resolve_handler, state_class
+from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._checkpoint import Checkpointer
 from ._context import ActorContext
 from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
@@ -70,8 +71,8 @@ class ActorCell:
     kind = "actor"
     __slots__ = (
         "actor_cls",
-        "breaker",
         "checkpointer",
+        "circuit",
         "done",
         "durations",
         "failed",
@@ -123,8 +124,20 @@ class ActorCell:
         self.tracer: Any = host.tracer  # OpenTelemetry, with metrics.tracing
         # None while messages are accepted; else the exception type to raise,
         # or _TRIAL while a half-open circuit waits for its one trial message.
+        # (One attribute the senders' fast path checks; ``circuit`` decides.)
         self.refusal: Any = None
-        self.breaker: str | None = "closed" if spec.circuit_breaker else None
+        breaker = spec.circuit_breaker
+        self.circuit: CircuitBreaker | None = (
+            None
+            if breaker is None
+            else CircuitBreaker(
+                breaker.failures,
+                breaker.reset_timeout,
+                name=path,
+                auto_half_open=False,  # its supervisor's timer starts the trial incarnation
+                reason_format="after crashing with {error!r}",
+            )
+        )
         self.last_crash: BaseException | None = None  # the error of the last crash
         self.stop_requested = False
         self.stop_deadline = math.inf  # when a requested stop must be over
@@ -173,8 +186,15 @@ class ActorCell:
         """Whether this actor has a handler for ``message_type``."""
         return resolve_handler(self.actor_cls, message_type) is not None
 
-    def admit(self, msg: object, priority: str) -> None:
-        """Refuse ``msg`` now, or admit it (taking the half-open trial, if open).
+    @property
+    def breaker(self) -> str | None:
+        """The circuit's state: ``closed``, ``open``, ``half_open``; None without one."""
+        circuit = self.circuit
+        return None if circuit is None else circuit.state().value
+
+    def admit(self, msg: object, priority: str) -> bool:
+        """Refuse ``msg`` now, or admit it; True when it took the half-open
+        trial (the sender must then ``abandon_trial()`` if it does not queue it).
 
         Raises:
             ValueError: not a priority.
@@ -183,13 +203,60 @@ class ActorCell:
         check_priority(priority)
         self.check_type(msg)
         refusal = self.refusal
-        if refusal is not None:
-            if refusal is _TRIAL:
-                self.refusal = CircuitOpen
-                return
-            if refusal is CircuitOpen:
-                raise self._circuit_open()
-            raise refusal(f"{self.path} has stopped")
+        if refusal is None:
+            return False
+        if refusal is _TRIAL or refusal is CircuitOpen:
+            circuit = self.circuit
+            assert circuit is not None
+            if refusal is _TRIAL and circuit.try_take_trial():
+                self.refusal = CircuitOpen  # everyone else waits for the trial's outcome
+                return True
+            raise self._circuit_open()
+        raise refusal(f"{self.path} has stopped")
+
+    def _trial_item(self, msg: object, priority: str) -> tuple[object, bool]:
+        """The trial message as queued, and whether it was: a refusal by the
+        mailbox (or a bad priority) frees the trial again."""
+        item = self.envelope(msg) if self.tracer is not None or CURRENT.get() else msg
+        try:
+            check_priority(priority)
+            return item, self.mailbox.put_nowait(item, priority)
+        except BaseException:
+            self.abandon_trial()
+            raise
+
+    async def queue_trial(self, msg: object, priority: str) -> None:
+        """Queue the message that took the half-open trial (``tell``); if it
+        cannot be queued (a full mailbox, the sender cancelled while it
+        waits for room), the trial is free again for the next message."""
+        item, queued = self._trial_item(msg, priority)
+        if queued:
+            return
+        try:
+            await self.put(item, priority)
+        except BaseException:
+            self.abandon_trial()
+            raise
+
+    def queue_trial_nowait(self, msg: object, priority: str) -> None:
+        """``queue_trial`` without waiting for room (``tell_nowait``).
+
+        Raises:
+            MailboxFull: no room; the trial is free again.
+        """
+        _, queued = self._trial_item(msg, priority)
+        if not queued:
+            self.abandon_trial()
+            raise MailboxFull(f"{self.path}: mailbox full ({self.mailbox.capacity} messages)")
+
+    def abandon_trial(self) -> None:
+        """The trial message was never queued (refused by a full mailbox, its
+        sender cancelled): the next message may be the trial."""
+        circuit = self.circuit
+        if circuit is not None and circuit.trial_taken:
+            circuit.end_trial(TrialOutcome.ABANDONED)
+            if self.refusal is CircuitOpen and circuit.state() is BreakerState.HALF_OPEN:
+                self.refusal = _TRIAL
 
     async def put(self, item: object, priority: str) -> None:
         """Queue ``item``, waiting while the mailbox is full under ``block``.
@@ -224,11 +291,12 @@ class ActorCell:
 
     def _circuit_open(self) -> CircuitOpen:
         """The refusal of an open circuit, naming the crash that opened it (its cause)."""
-        crash = self.last_crash
-        because = f" after crashing with {crash!r}" if crash is not None else ""
-        error = CircuitOpen(f"{self.path}: circuit breaker is {self.breaker}{because}")
-        error.__cause__ = crash
-        return error
+        circuit = self.circuit
+        refusal = None if circuit is None else circuit.refusal()
+        if refusal is None:  # half-open: the trial was taken, its outcome not known yet
+            refusal = CircuitOpen(f"{self.path}: circuit breaker is half_open (trial running)")
+            refusal.__cause__ = self.last_crash
+        return refusal
 
     def flush(self, reason: str, error: type[Exception]) -> None:
         """Turn every queued message into a dead letter; askers get ``error``
@@ -257,7 +325,8 @@ class ActorCell:
         self.stop_requested = False
         self.stop_deadline = math.inf
         self.killed = False
-        if self.breaker != "half_open":
+        circuit = self.circuit
+        if circuit is None or circuit.state() is not BreakerState.HALF_OPEN:
             self.refusal = None  # a half-open circuit keeps its trial state
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
@@ -549,14 +618,23 @@ class ActorCell:
     def reset_breaker(self) -> None:
         """Close the circuit and forget the crashes (its supervisor restarted)."""
         self.record.consecutive_crashes = 0
-        if self.breaker is not None:
-            self.breaker = "closed"
+        if self.circuit is not None:
+            self.circuit.reset()
             self.refusal = None
 
     def _recovered(self) -> None:
+        """A message was handled: the crashes in a row are over, a half-open
+        circuit's trial succeeded."""
         self.record.consecutive_crashes = 0
-        if self.breaker == "half_open":
-            self.breaker = "closed"
+        circuit = self.circuit
+        if circuit is None:
+            return
+        closed = (
+            circuit.end_trial(TrialOutcome.SUCCEEDED)
+            if circuit.trial_taken
+            else circuit.record_success()
+        )
+        if closed:
             self.refusal = None
             self.log.info("breaker_closed")
 
@@ -578,22 +656,29 @@ class ActorCell:
         self.host.unsubscribe_all(self)
 
     def open_circuit(self, error: BaseException | None) -> float | None:
-        """Open the circuit if this crash is one too many; returns the reset
-        timeout when it opened, None when it has no breaker or is under the limit."""
-        breaker = self.spec.circuit_breaker
-        if breaker is None or self.record.consecutive_crashes < breaker.failures:
+        """Count this crash on the circuit; returns the reset timeout when that
+        opened it, None when it has no breaker or is under its limit."""
+        circuit = self.circuit
+        if circuit is None:
+            return None
+        crash = error if error is not None else ActorFailed(f"{self.path} exited")
+        opened = (
+            circuit.end_trial(TrialOutcome.FAILED, crash)
+            if circuit.trial_taken
+            else circuit.record_failure(crash)
+        )
+        if not opened:
             return None
         self.status = "circuit_open"
-        self.breaker = "open"
         self.refusal = CircuitOpen
         self.flush("circuit_open", CircuitOpen)
-        return breaker.reset_timeout
+        return circuit.reset_timeout
 
     def half_open(self) -> bool:
         """Let the next incarnation take one trial message; False unless open."""
-        if self.status != "circuit_open":
+        circuit = self.circuit
+        if self.status != "circuit_open" or circuit is None or not circuit.half_open():
             return False
-        self.breaker = "half_open"
         self.refusal = _TRIAL
         return True
 
@@ -667,8 +752,11 @@ class LocalRef(ActorRef[Any]):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
-        if type(msg) not in cell.table or cell.refusal is not None:
-            cell.admit(msg, priority)
+        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
+            msg, priority
+        ):
+            await cell.queue_trial(msg, priority)
+            return
         # Bare from outside a handler; from inside, or when tracing, with the chain.
         item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
         try:
@@ -692,8 +780,11 @@ class LocalRef(ActorRef[Any]):
             UnknownMessage, ActorStopped, CircuitOpen: as ``tell``.
         """
         cell = self._cell
-        if type(msg) not in cell.table or cell.refusal is not None:
-            cell.admit(msg, priority)
+        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
+            msg, priority
+        ):
+            cell.queue_trial_nowait(msg, priority)
+            return
         # Bare from outside a handler; from inside, or when tracing, with the chain.
         item = msg if cell.tracer is None and CURRENT.get() is None else cell.envelope(msg)
         try:
@@ -720,8 +811,9 @@ class LocalRef(ActorRef[Any]):
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
+        trial = False  # while True: this message took the half-open trial, not yet queued
         if type(msg) not in cell.table or cell.refusal is not None:
-            cell.admit(msg, priority)
+            trial = cell.admit(msg, priority)
         check_priority(priority)
         request = Ask(msg, trio.lowlevel.current_task(), priority, current())
         if cell.tracer is not None:
@@ -736,6 +828,7 @@ class LocalRef(ActorRef[Any]):
             with trio.move_on_after(timeout):
                 if not cell.mailbox.put_nowait(request, priority):
                     await cell.put(request, priority)
+                trial = False  # queued: its handling is the trial
                 # Nothing may yield between queueing and parking: the reply
                 # reschedules this task and must find it parked here.
                 return await trio.lowlevel.wait_task_rescheduled(abort)
@@ -745,6 +838,8 @@ class LocalRef(ActorRef[Any]):
         finally:
             request.waiter = None
             cell.pending_asks -= 1
+            if trial:
+                cell.abandon_trial()
 
     def statistics(self) -> ActorStatistics:
         """The actor's status, counters and mailbox, now."""

@@ -5,9 +5,11 @@ timeout, retries and a circuit breaker, on trio's clock.
 ``await fn(*args)`` under the per-request timeout, retries transient failures
 with exponential backoff and full jitter, and keeps the breaker's count.
 Admission needs a free concurrency token, room in the rate window (at most
-``rate.requests`` admissions in every window ``[t, t + rate.period)``), no
-pause in force (``pause()``, for ``Retry-After``) and a breaker that lets the
-call through. Waiters are admitted highest priority first, FIFO within one.
+``rate.requests`` admissions in every window ``[t, t + rate.period)``, ``t``
+the start of a call), no pause in force (``pause()``, for ``Retry-After``) and
+a breaker that lets the call through (a ``CircuitBreaker``, whose half-open
+trial every way a call can end gives back). Waiters are admitted highest
+priority first, FIFO within one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, TypeVar
 import attrs
 import trio
 
+from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._logging import get_logger
 from ._priority import PRIORITIES
 from ._specs import RateSpec, RetrySpec
@@ -84,15 +87,15 @@ KEEP = _Keep()
 
 
 class _Waiter:
-    __slots__ = ("admitted", "entry", "error", "event", "priority", "rate_blocks")
+    __slots__ = ("admitted", "error", "event", "priority", "rate_blocks", "trial")
 
     def __init__(self, priority: int) -> None:
         self.priority = priority
         self.admitted: object = None  # the token's borrower, once admitted
+        self.trial: CircuitBreaker | None = None  # admitted as this breaker's trial
         self.error: BaseException | None = None
         self.event = trio.Event()
         self.rate_blocks = 0  # the limiter's count of full-window pumps when it queued
-        self.entry: list[float] | None = None  # its place in the rate window
 
 
 def _is_transient(error: BaseException) -> bool:
@@ -111,8 +114,10 @@ class Limiter:
         retry: how transient failures are retried; None: no retry.
         failures, reset_timeout: the circuit breaker: after ``failures``
             consecutive transient failures calls fail fast with
-            ``CircuitOpen``; after ``reset_timeout`` one trial call is let
-            through. None: no breaker.
+            ``CircuitOpen`` (naming the last failure); after
+            ``reset_timeout`` one trial call is let through, whose success
+            closes the circuit and whose failure opens it again. None: no
+            breaker.
         is_transient: which exceptions are the backend's failures (counted
             by the breaker, and retried); by default ``TimeoutError`` and
             ``OSError``.
@@ -121,6 +126,10 @@ class Limiter:
         name: shown in errors and logs.
 
     Every limit can be changed while calls run, with ``configure``.
+
+    Raises:
+        ValueError: ``max_concurrency`` or ``failures`` below 1, or a
+            negative ``reset_timeout``.
     """
 
     def __init__(
@@ -152,10 +161,12 @@ class Limiter:
         self.is_transient = is_transient
         self.should_retry = should_retry
         self._queues: tuple[deque[_Waiter], ...] = (deque(), deque(), deque())
-        # When each call in the last period started: one-item lists, so a
-        # waiter admitted by another task's release can move its own entry
-        # to when it actually starts (the backend sees starts, not admissions).
-        self._window: deque[list[float]] = deque()
+        # When each call in the last period started, in order (the backend
+        # sees starts: a waiter admitted by another task's release is counted
+        # in _reserved until its own task runs and starts it).
+        self._window: deque[float] = deque()
+        self._reserved = 0  # waiters admitted by another task's pump, not started yet
+        self._awaiting_starts = False  # the head waits for those to start to time the window
         self._paused_until = -math.inf
         self._timed: _Waiter | None = None  # the head waiter, which times the next slot
         self._admitted = 0
@@ -167,9 +178,7 @@ class Limiter:
         self._retries = 0
         self._timeouts = 0
         self._failed = 0
-        self._consecutive = 0
-        self._opened_at: float | None = None  # breaker open since
-        self._trial_running = False
+        self._breaker = self._new_breaker()
         self._random = random.Random()
 
     def configure(
@@ -189,9 +198,27 @@ class Limiter:
         effect as they finish. Admissions already made stay in the rate
         window. A breaker that is removed closes; one that is added starts
         closed. Waiters are admitted at once if the new limits allow.
+
+        Raises:
+            ValueError: a limit out of range (nothing is then changed).
         """
         if not isinstance(max_concurrency, _Keep):
             _check_concurrency(max_concurrency)
+        new_failures = self.failures if isinstance(failures, _Keep) else failures
+        new_reset = self.reset_timeout if isinstance(reset_timeout, _Keep) else reset_timeout
+        breaker = self._breaker
+        if new_failures is None:
+            breaker = None
+        elif breaker is None:
+            breaker = CircuitBreaker(new_failures, new_reset, name=self.name)
+        else:
+            breaker.configure(failures=new_failures, reset_timeout=new_reset)
+        # A call still holding a removed breaker's trial ends it on that
+        # breaker, never on one added later.
+        self._breaker = breaker
+        self.failures = new_failures
+        self.reset_timeout = new_reset
+        if not isinstance(max_concurrency, _Keep):
             self.max_concurrency = max_concurrency
             self._tokens.total_tokens = max_concurrency if max_concurrency is not None else math.inf
         if not isinstance(rate, _Keep):
@@ -202,63 +229,62 @@ class Limiter:
             self.timeout = timeout
         if not isinstance(retry, _Keep):
             self.retry = retry
-        if not isinstance(failures, _Keep):
-            if failures is None:
-                self._consecutive = 0
-                self._opened_at = None
-                self._trial_running = False
-            self.failures = failures
-        if not isinstance(reset_timeout, _Keep):
-            self.reset_timeout = reset_timeout
         self._timed = None
         self._pump()
 
     # -- the breaker ---------------------------------------------------------
 
+    def _new_breaker(self) -> CircuitBreaker | None:
+        if self.failures is None:
+            return None
+        return CircuitBreaker(self.failures, self.reset_timeout, name=self.name)
+
     @property
     def breaker(self) -> str | None:
         """``closed``, ``open`` or ``half_open`` (None without a breaker)."""
-        if self.failures is None:
-            return None
-        if self._opened_at is None:
-            return "closed"
-        if trio.current_time() < self._opened_at + self.reset_timeout:
-            return "open"
-        return "half_open"
+        breaker = self._breaker
+        return breaker.state().value if breaker is not None else None
 
-    def _refuse(self) -> CircuitOpen | None:
-        state = self.breaker
-        if state == "open" or (state == "half_open" and self._trial_running):
-            return CircuitOpen(f"{self.name}: circuit breaker is {state}")
-        return None
+    def _succeeded(self, trial: CircuitBreaker | None) -> None:
+        """An attempt succeeded: the trial's success, or one more in a row."""
+        if trial is not None:
+            closed = trial.end_trial(TrialOutcome.SUCCEEDED)
+        else:
+            closed = self._breaker is not None and self._breaker.record_success()
+        if closed and (trial is None or trial is self._breaker):
+            logger.info("breaker_closed", resource=self.name)
 
-    def _record(self, failed: bool, trial: bool) -> None:
-        if trial:
-            self._trial_running = False
-        if self.failures is None:
+    def _failed_attempt(
+        self, trial: CircuitBreaker | None, error: Exception, transient: bool
+    ) -> None:
+        """An attempt failed with ``error``: a trial's failure (whatever the
+        error) opens the circuit again; otherwise a transient one counts."""
+        breaker = self._breaker
+        if trial is not None:
+            opened = trial.end_trial(TrialOutcome.FAILED, error)
+        elif breaker is not None and transient:
+            opened = breaker.record_failure(error)
+        else:
             return
-        if not failed:
-            self._consecutive = 0
-            if self._opened_at is not None:
-                self._opened_at = None
-                logger.info("breaker_closed", resource=self.name)
-            return
-        self._consecutive += 1
-        if trial or self._consecutive >= self.failures:
-            self._opened_at = trio.current_time()
+        if opened and breaker is not None and (trial is None or trial is breaker):
+            stats = breaker.statistics()
             logger.warning(
                 "breaker_opened",
                 resource=self.name,
-                failures=self._consecutive,
-                reset_timeout=self.reset_timeout,
+                failures=stats.consecutive_failures,
+                reset_timeout=stats.reset_timeout,
+                error=repr(error),
             )
-            self._fail_waiters()
+            self._fail_waiters(breaker)
 
-    def _fail_waiters(self) -> None:
+    def _fail_waiters(self, breaker: CircuitBreaker) -> None:
+        """Refuse every waiter: the circuit is open."""
         for queue in self._queues:
             while queue:
                 waiter = queue.popleft()
-                waiter.error = CircuitOpen(f"{self.name}: circuit breaker opened")
+                waiter.error = breaker.refusal() or CircuitOpen(
+                    f"{self.name}: circuit breaker is open"
+                )
                 self._rejected += 1
                 waiter.event.set()
         self._timed = None
@@ -272,18 +298,40 @@ class Limiter:
         return None
 
     def _rate_full(self, now: float) -> float | None:
-        """When the rate window has room again, or None if it has room now."""
-        if self.rate is None:
+        """When the rate window has room again, or None if it has room now.
+
+        The window holds the start times of the last period, in order, and
+        counts the waiters admitted but not started yet (``_reserved``). A
+        start ``t`` leaves it when ``t + period <= now``: the same float
+        expression a checker of "at most ``requests`` in every window ``[t,
+        t + period)``" evaluates, so the rule and its accounting agree
+        exactly, boundaries included.
+        """
+        rate = self.rate
+        if rate is None:
             return None
         window = self._window
-        period = self.rate.period
-        while window and window[0][0] + period <= now:
+        period = rate.period
+        while window and window[0] + period <= now:
             window.popleft()
-        if len(window) >= self.rate.requests:
-            # Entries are in admission order; a start moved later can only
-            # make this wait longer than needed, never shorter.
-            return window[0][0] + period
-        return None
+        over = len(window) + self._reserved - rate.requests
+        if over < 0:
+            return None
+        if over >= len(window):
+            # Full of admitted calls yet to start: the next time room comes
+            # is known once they start (_unreserve wakes the head then).
+            self._awaiting_starts = True
+            return math.inf
+        # Room comes when the start at `over` (and every earlier one) leaves.
+        return window[over] + period
+
+    def _in_window(self, now: float) -> int:
+        """Admissions in the rate window at ``now`` (reads only)."""
+        if self.rate is None:
+            return 0
+        period = self.rate.period
+        gone = next((i for i, t in enumerate(self._window) if t + period > now), len(self._window))
+        return len(self._window) - gone + self._reserved
 
     def _blocked_until(self, now: float) -> float | None:
         """None if one more call may be admitted now, else when that may change
@@ -298,24 +346,32 @@ class Limiter:
         return None
 
     def _pump(self) -> None:
-        """Admit waiters, best first, while everything allows; wake the new head."""
+        """Admit waiters, best first, while everything allows; wake the new head.
+
+        An open breaker refuses every waiter; a half-open one admits the
+        first as its trial, and the others wait for the trial's outcome.
+        """
         now = trio.current_time()
+        breaker = self._breaker
         while (head := self._head()) is not None:
+            if breaker is not None and breaker.state(now) is BreakerState.OPEN:
+                self._fail_waiters(breaker)
+                return
             if self._blocked_until(now) is not None:
                 if self._rate_full(now) is not None:
                     self._rate_blocks += 1
                 break
-            if self._refuse() is not None:
-                if self.breaker == "half_open":
+            trial = None
+            if breaker is not None and breaker.state(now) is BreakerState.HALF_OPEN:
+                if not breaker.try_take_trial(now):
                     break  # the trial is running: the others wait for its outcome
-                self._fail_waiters()
-                return
+                trial = breaker
             self._queues[head.priority].popleft()
             # It waited for the rate if the window was found full since it queued.
             self._rate_waits += self._rate_blocks > head.rate_blocks
-            head.admitted = self._take(now)
-            if self.rate is not None:
-                head.entry = self._window[-1]
+            head.admitted = self._take()
+            head.trial = trial
+            self._reserved += 1  # until its own task runs and starts it (in _wait)
             head.event.set()
         head = self._head()
         if head is not self._timed:
@@ -323,42 +379,59 @@ class Limiter:
             if head is not None:
                 head.event.set()  # let the new head time the next slot
 
-    def _take(self, now: float) -> object:
-        """Take a token and a place in the rate window; returns the borrower."""
+    def _take(self) -> object:
+        """Take a token; returns the borrower."""
         borrower = object()
         self._tokens.acquire_on_behalf_of_nowait(borrower)
         self._admitted += 1
-        if self.rate is not None:
-            self._window.append([now])
-        if self.breaker == "half_open":
-            self._trial_running = True
         return borrower
+
+    def _unreserve(self) -> None:
+        """A waiter admitted by a pump started, or gave its admission back."""
+        self._reserved -= 1
+        if self._awaiting_starts:
+            self._awaiting_starts = False
+            if self._timed is not None:
+                self._timed.event.set()  # its deadline can be known now: time it again
 
     def _release(self, borrower: object) -> None:
         self._tokens.release_on_behalf_of(borrower)
         self._pump()
 
-    async def _admit(self, priority: str) -> tuple[object, bool]:
-        """Wait for admission; returns the token's borrower and whether this
-        call is the half-open trial.
+    async def _admit(self, priority: str) -> tuple[object, CircuitBreaker | None]:
+        """Wait for admission; returns the token's borrower and, if this call
+        is the half-open trial, the breaker whose trial it holds (it must end
+        it: see ``call``).
 
-        Cancellation while waiting leaves no waiter and holds no token.
+        Cancellation while waiting leaves no waiter, holds no token and no
+        trial.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
-        refusal = self._refuse()
-        if refusal is not None:
-            self._rejected += 1
-            raise refusal
         now = trio.current_time()
+        breaker = self._breaker
+        if breaker is not None:
+            refusal = breaker.refusal(now)
+            if refusal is not None:
+                self._rejected += 1
+                raise refusal
         if self._head() is None and self._blocked_until(now) is None:
             # The fast path: nobody waits and nothing blocks. No schedule
-            # point here: the call that follows is the caller's.
-            borrower = self._take(now)
-            return borrower, self._trial_running and self.breaker == "half_open"
+            # point from here to the call: it starts now.
+            trial = breaker if breaker is not None and breaker.try_take_trial(now) else None
+            borrower = self._take()
+            if self.rate is not None:
+                self._window.append(now)
+            return borrower, trial
         return await self._wait(_Waiter(_INDEX[priority]), now)
 
-    async def _wait(self, waiter: _Waiter, now: float) -> tuple[object, bool]:
-        """Queue ``waiter`` and wait for its admission (``now``: when it came)."""
+    async def _wait(self, waiter: _Waiter, now: float) -> tuple[object, CircuitBreaker | None]:
+        """Queue ``waiter`` and wait for its admission (``now``: when it came).
+
+        Another task's pump may admit it (token, place reserved in the rate
+        window, maybe the trial) in the same scheduling round in which it is
+        cancelled: it then gives all three back before the cancellation
+        propagates.
+        """
         self._queues[waiter.priority].append(waiter)
         waiter.rate_blocks = self._rate_blocks
         try:
@@ -376,6 +449,9 @@ class Limiter:
                     break
         except BaseException:
             if waiter.admitted is not None:
+                self._unreserve()  # it never started: it takes no place in the window
+                if waiter.trial is not None:
+                    waiter.trial.end_trial(TrialOutcome.ABANDONED)
                 self._release(waiter.admitted)
             else:
                 self._queues[waiter.priority].remove(waiter)
@@ -386,11 +462,13 @@ class Limiter:
         if waiter.error is not None:
             raise waiter.error
         started = trio.current_time()
-        if waiter.entry is not None:
-            waiter.entry[0] = started  # admitted at the pump, starting now
+        if self.rate is not None:
+            # Every start in the window came at or before `started`: it stays in order.
+            self._window.append(started)
+        self._unreserve()
         self._waited += 1
         self._wait_seconds += started - now
-        return waiter.admitted, self._trial_running and self.breaker == "half_open"
+        return waiter.admitted, waiter.trial
 
     # -- calls ---------------------------------------------------------------
 
@@ -410,7 +488,10 @@ class Limiter:
 
         Waits for admission (strict priority, FIFO within one), then for the
         call; between retries it holds no token. Cancellation at any point
-        releases what was taken and never counts as a failure.
+        releases what was taken and never counts as a failure. A call that
+        is the half-open trial ends it however the call ends: a success
+        closes the circuit, a failure (transient or not) opens it again, a
+        cancellation frees the trial for the next call.
 
         Raises:
             CircuitOpen: the breaker is open (or half-open with its trial running).
@@ -429,26 +510,32 @@ class Limiter:
             except Exception as exc:
                 self._failed += 1
                 transient = self.is_transient(exc)
-                if transient or trial:
-                    self._record(failed=True, trial=trial)
-                attempts = self.retry.attempts if self.retry is not None else 1
-                retry = transient and (self.should_retry is None or self.should_retry(exc))
-                if not retry or attempt >= attempts or self._refuse() is not None:
+                ended, trial = trial, None
+                self._failed_attempt(ended, exc, transient)
+                if not self._retry_wanted(exc, transient, attempt):
                     raise
-            except BaseException:
-                # Cancelled (alone, or in a group from the call's own
-                # nursery): never a failure, but the trial is over.
-                if trial:
-                    self._trial_running = False
-                raise
             else:
-                self._record(failed=False, trial=trial)
+                ended, trial = trial, None
+                self._succeeded(ended)
                 return result
             finally:
+                # Cancelled (alone, or in a group from the call's own
+                # nursery), or a callback raised: never a failure, but the
+                # trial is over, without a verdict: the next call may take it.
+                if trial is not None:
+                    trial.end_trial(TrialOutcome.ABANDONED)
                 self._release(borrower)
             assert self.retry is not None
             self._retries += 1
             await trio.sleep(self.retry.delay(attempt, self._random.random()))
+
+    def _retry_wanted(self, error: Exception, transient: bool, attempt: int) -> bool:
+        """Whether a failed attempt is tried again (its token is released first)."""
+        if not transient or attempt >= (self.retry.attempts if self.retry is not None else 1):
+            return False
+        if self.should_retry is not None and not self.should_retry(error):
+            return False
+        return self._breaker is None or self._breaker.refusal() is None
 
     async def _attempt(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
         timeout = self.timeout
@@ -463,14 +550,13 @@ class Limiter:
     def statistics(self) -> LimiterStatistics:
         """Tokens, waiters, admissions, rejections, window, breaker and counters, now."""
         now = trio.current_time()
-        self._rate_full(now)  # drops admissions older than the window
         return LimiterStatistics(
             tokens_in_use=self._tokens.borrowed_tokens,
             max_concurrency=self.max_concurrency,
             waiting={p: len(self._queues[i]) for p, i in _INDEX.items()},
             admitted=self._admitted,
             rejected=self._rejected,
-            in_window=len(self._window),
+            in_window=self._in_window(now),
             rate=self.rate,
             paused_for=max(0.0, self._paused_until - now),
             breaker=self.breaker,
