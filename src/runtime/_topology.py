@@ -1,23 +1,29 @@
 """Loading ``topology.yaml`` into specs, with errors that name file, line and field.
 
-The YAML is read with ``yaml.safe_load`` only, ``${VAR}`` and
+The YAML is read as plain data (``yaml.safe_load``'s types) by ``_yaml``,
+which bounds its size and refuses cycles and duplicate keys; ``${VAR}`` and
 ``${VAR:-default}`` are replaced in string values, and the result is
 structured with cattrs into the frozen attrs specs of ``_specs``. Every
-problem found is reported, each as ``file:line: field.path: message``.
+problem found is reported, each as ``file:line: field.path: message``, in
+words a user of the file can act on: no Python type names or tracebacks.
 """
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import math
 import os
 import re
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import attrs
 import cattrs
+import cattrs.cols
 import yaml
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
@@ -45,11 +51,16 @@ from ._specs import (
     to_seconds,
 )
 from ._tracing import tracing_unavailable
+from ._yaml import Refused, load
 from .errors import TopologyError
 
 __all__ = ["iter_children", "load_topology", "parse_topology"]
 
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# A reference runs from ${ to the first }; _VARIABLE is what a well-formed one holds.
+_REFERENCE = re.compile(r"\$\{(?P<body>[^}]*)(?P<end>\}?)")
+_VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+_NAME_START = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_MESSAGE_MAX = 400  # characters of one error message; the rest is elided
 _ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
 _SPECS = (
     Topology,
@@ -65,15 +76,38 @@ _SPECS = (
 _S = TypeVar("_S")
 
 
+def _show(value: object) -> str:
+    """``value`` as a message quotes it: its repr, cut short, and a date as YAML wrote it."""
+    if isinstance(value, datetime.date):
+        return f"{value.isoformat()} (YAML reads it as a date: quote it for a string)"
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:56]} ..."
+
+
+def _did_you_mean(key: object, known: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the known key nearest ``key``, or nothing."""
+    close = difflib.get_close_matches(str(key), list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _structure_entry(value: Any, _type: object) -> ChildSpec | SupervisorSpec:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping with name and actor (or children); got {value!r}")
+        raise ValueError(
+            f"expected a mapping with name and actor (or children); got {_show(value)}"
+        )
     if "children" in value:
         if "actor" in value:
             raise ValueError("an entry has either actor: (an actor) or children: (a supervisor)")
         return _converter.structure(value, SupervisorSpec)
     if "actor" not in value:
-        raise ValueError("an entry needs actor: (an actor) or children: (a supervisor)")
+        raise ValueError(
+            "an entry needs actor: (an actor) or children: (a supervisor)"
+            + "".join(
+                f"; it has {key!r}{hint}"
+                for key in value
+                if (hint := _did_you_mean(key, ("actor", "children")))
+            )
+        )
     return _converter.structure(value, ChildSpec)
 
 
@@ -85,18 +119,113 @@ def _structure_int(value: Any, _type: object) -> int:
     # cattrs' own hook is int(value), which reads 2.5 as 2 and true as 1.
     # Strings stay accepted: ${VAR} interpolation yields them.
     if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError(f"expected a whole number; got {value!r}")
+        raise ValueError(f"expected a whole number; got {_show(value)}")
     try:
         return int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a whole number; got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"expected a whole number; got {_show(value)}") from None
+
+
+def _structure_float(value: Any, _type: object) -> float:
+    # cattrs' own hook is float(value): true is 1.0, and a list names Python types.
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a number; got {_show(value)}")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"expected a number; got {_show(value)}") from None
+    if math.isnan(number):  # NaN passes every comparison a validator makes
+        raise ValueError(f"expected a number; got {_show(value)}")
+    return number
+
+
+_BOOLEANS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _structure_bool(value: Any, _type: object) -> bool:
+    # Without this hook cattrs takes bool for an int (its subclass). Strings
+    # are YAML's boolean words, as ${VAR} interpolation yields them.
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in _BOOLEANS:
+        return _BOOLEANS[value.lower()]
+    raise ValueError(f"expected true or false; got {_show(value)}")
 
 
 def _structure_str(value: Any, _type: object) -> str:
     # cattrs' own hook is str(value), which reads a list or a mapping as text.
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ValueError(f"expected a string; got {value!r}")
+    if isinstance(value, bool):
+        raise ValueError(
+            f"expected a string; got {value!r} (YAML reads a bare yes, no, on, off, true "
+            "or false as a boolean: quote it)"
+        )
+    if not isinstance(value, (str, int, float)):
+        raise ValueError(f"expected a string; got {_show(value)}")
     return str(value)
+
+
+def _scalar(
+    convert: Callable[[Any], _S], expected: str, *accepted: type
+) -> Callable[[Any, Any], _S]:
+    """A hook calling ``convert`` on an instance of ``accepted``, and refusing
+    anything else with ``expected`` and the value (which ``convert`` would
+    quote whole, or read as a class)."""
+
+    def structure(value: Any, _type: object) -> _S:
+        if not isinstance(value, accepted):
+            raise ValueError(f"{expected} {_show(value)}")
+        return convert(value)
+
+    return structure
+
+
+def _is_list(type_: Any) -> bool:
+    return typing.get_origin(type_) is list
+
+
+def _is_dict(type_: Any) -> bool:
+    return typing.get_origin(type_) is dict
+
+
+def _list_hook(type_: Any, converter: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
+    """Structure a list from a YAML list only (cattrs takes any iterable)."""
+    items = cattrs.cols.list_structure_factory(type_, converter)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list; got {_show(value)}")
+        return items(value, type_)
+
+    return structure
+
+
+def _dict_hook(type_: Any, converter: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
+    """Structure a dict from a YAML mapping only (cattrs calls ``.items()`` on anything)."""
+    entries = cattrs.cols.mapping_structure_factory(type_, converter)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping; got {_show(value)}")
+        return entries(value, type_)
+
+    return structure
+
+
+# Fields whose shape is worth a sentence of its own when it is wrong.
+_SHAPES: dict[tuple[type, str], tuple[type, str]] = {
+    (ChildSpec, "args"): (dict, "a mapping of keyword arguments for the actor (name: value)"),
+    (SupervisorSpec, "children"): (
+        list,
+        "a list of entries, each a mapping with name and actor (or children)",
+    ),
+}
+
+
+def _structure_field(value: Any, cl: type, name: str, type_: Any) -> Any:
+    shape = _SHAPES.get((cl, name))
+    if shape is not None and not isinstance(value, shape[0]):
+        raise ValueError(f"expected {shape[1]}; got {_show(value)}")
+    return _converter.structure(value, type_)
 
 
 def _structure_spec(value: Any, cl: type[_S]) -> _S:
@@ -117,7 +246,7 @@ def _structure_spec(value: Any, cl: type[_S]) -> _S:
 def _structure_fields(value: Any, cl: type) -> tuple[types.SimpleNamespace, list[Exception]]:
     """The fields of ``cl`` structured from ``value`` (as attributes), and the errors."""
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping of {cl.__name__} fields; got {value!r}")
+        raise TypeError(f"expected a mapping of {cl.__name__} fields; got {_show(value)}")
     fields = attrs.fields_dict(cl)
     errors: list[Exception] = [
         _noted(ForbiddenExtraKeysError("", cl, {key}), cl, key, None)
@@ -132,7 +261,7 @@ def _structure_fields(value: Any, cl: type) -> tuple[types.SimpleNamespace, list
                 errors.append(_noted(KeyError(name), cl, name, type_))
             continue
         try:
-            setattr(done, name, _converter.structure(value[name], type_))
+            setattr(done, name, _structure_field(value[name], cl, name, type_))
         except Exception as exc:
             errors.append(_noted(exc, cl, name, type_))
             continue
@@ -143,7 +272,7 @@ def _structure_fields(value: Any, cl: type) -> tuple[types.SimpleNamespace, list
 def _structure_resources(value: Any, _type: object) -> dict[str, ResourceSpec]:
     """``resources:``: each entry's common fields and its kind's own options."""
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping of resource names to resources; got {value!r}")
+        raise TypeError(f"expected a mapping of resource names to resources; got {_show(value)}")
     resources: dict[str, ResourceSpec] = {}
     errors: list[Exception] = []
     for name, entry in value.items():
@@ -161,7 +290,9 @@ _COMMON = frozenset(attrs.fields_dict(ResourceSpec)) - {"options"}
 
 def _structure_resource(value: Any) -> ResourceSpec:
     if not isinstance(value, dict):
-        raise TypeError(f"expected a mapping with kind: and the resource's settings; got {value!r}")
+        raise TypeError(
+            f"expected a mapping with kind: and the resource's settings; got {_show(value)}"
+        )
     common = {key: item for key, item in value.items() if key in _COMMON}
     done, errors = _structure_fields(common, ResourceSpec)
     kind = getattr(done, "kind", None)
@@ -173,10 +304,11 @@ def _structure_resource(value: Any) -> ResourceSpec:
         for key in extra:
             if key not in known:
                 own = ", ".join(known) or "none"
+                hint = _did_you_mean(key, [*_COMMON, *known])
                 errors.append(
                     FieldError(
                         str(key),
-                        f"unknown key {key!r}; known keys: {', '.join(sorted(_COMMON))}; "
+                        f"unknown key {key!r}{hint}; known keys: {', '.join(sorted(_COMMON))}; "
                         f"and for this kind: {own}",
                     )
                 )
@@ -243,13 +375,42 @@ def _validate(field: attrs.Attribute[Any], done: types.SimpleNamespace) -> list[
 
 def _make_converter() -> cattrs.Converter:
     converter = cattrs.Converter(forbid_extra_keys=True)
+    # Later registrations take precedence: the generic list and dict hooks first.
+    converter.register_structure_hook_factory(_is_list, _list_hook)
+    converter.register_structure_hook_factory(_is_dict, _dict_hook)
     converter.register_structure_hook(int, _structure_int)
+    converter.register_structure_hook(float, _structure_float)
+    converter.register_structure_hook(bool, _structure_bool)
     converter.register_structure_hook(str, _structure_str)
-    converter.register_structure_hook(Seconds, lambda v, _t: to_seconds(v))
-    converter.register_structure_hook_func(_is_class_type, lambda v, _t: import_actor(v))
-    converter.register_structure_hook(CheckpointPolicy, lambda v, _t: to_checkpoint_policy(v))
+    # The wording of each refusal is that of the converter's own.
+    converter.register_structure_hook(
+        Seconds,
+        _scalar(to_seconds, "expected a duration such as 5, 500ms, 5s or 2m, got", int, float, str),
+    )
+    converter.register_structure_hook_func(
+        _is_class_type,
+        _scalar(import_actor, "expected an import path 'package.module:Class', got", str, type),
+    )
+    converter.register_structure_hook(
+        CheckpointPolicy,
+        _scalar(
+            to_checkpoint_policy,
+            "expected off, message, manual or a period such as 30s, got",
+            int,
+            float,
+            str,
+        ),
+    )
     converter.register_structure_hook(_ENTRY, _structure_entry)
-    converter.register_structure_hook(ResourceKind, lambda v, _t: import_resource(v))
+    converter.register_structure_hook(
+        ResourceKind,
+        _scalar(
+            import_resource,
+            "expected postgres, llm, mcp or an import path 'package.module:Class'; got",
+            str,
+            type,
+        ),
+    )
     converter.register_structure_hook_func(
         lambda t: t == dict[str, ResourceSpec], _structure_resources
     )
@@ -264,62 +425,65 @@ def _make_converter() -> cattrs.Converter:
 _converter = _make_converter()
 
 
-def _line_map(text: str) -> dict[str, int]:
-    """Map each field path (``$.supervisor.children[0].name``) to its 1-based line."""
-    lines: dict[str, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return lines
-
-    def walk(node: yaml.Node, path: str) -> None:
-        lines.setdefault(path, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                sub = f"{path}.{key.value}"
-                lines[sub] = key.start_mark.line + 1
-                walk(value, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                walk(item, f"{path}[{index}]")
-
-    if root is not None:
-        walk(root, "$")
-    return lines
-
-
-def _interpolate(value: Any, path: str, missing: list[str]) -> Any:
+def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
+    """``value`` with ``${...}`` replaced in its strings; each bad reference in ``problems``."""
     if isinstance(value, dict):
-        return {k: _interpolate(v, f"{path}.{k}", missing) for k, v in value.items()}
+        return {k: _interpolate(v, f"{path}.{k}", problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+        return [_interpolate(v, f"{path}[{i}]", problems) for i, v in enumerate(value)]
     if not isinstance(value, str) or "${" not in value:
         return value
 
     def replace(match: re.Match[str]) -> str:
-        name, default = match[1], match[2]
+        variable = _VARIABLE.fullmatch(match["body"])
+        why = _malformed(match, variable)
+        if why is not None or variable is None:
+            reference = _show(match[0]) if len(match[0]) <= 40 else repr(f"{match[0][:36]} ...")
+            problems.append(
+                (
+                    path,
+                    f"malformed environment variable reference {reference}: {why}; "
+                    "write ${NAME} or ${NAME:-default}",
+                )
+            )
+            return match[0]
+        name, default = variable["name"], variable["default"]
         value = os.environ.get(name)
         if value or (value is not None and default is None):
             return value
         if default is not None:  # as in the shell, :- also replaces an empty value
             return default
-        missing.append(f"{path}\0environment variable {name} is not set and has no default")
+        problems.append((path, f"environment variable {name} is not set and has no default"))
         return match[0]
 
-    return _ENV.sub(replace, value)
+    return _REFERENCE.sub(replace, value)
+
+
+def _malformed(reference: re.Match[str], variable: re.Match[str] | None) -> str | None:
+    """Why a ``${...}`` reference is not ``${NAME}`` nor ``${NAME:-default}``, if it is not."""
+    body = reference["body"]
+    if not reference["end"]:
+        return "it has no closing '}'"
+    if variable is None:
+        start = _NAME_START.match(body)
+        if start is None:
+            return "a variable name is a letter or '_', then letters, digits or '_'"
+        return f"after the name {start[0]}, only :-default may follow"
+    if "${" in (variable["default"] or ""):
+        return "a default cannot hold another reference, and ends at the first '}'"
+    return None
 
 
 def _format_leaf(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
-        known = ", ".join(a.name for a in attrs.fields(exc.cl))
-        keys = ", ".join(repr(key) for key in sorted(exc.extra_fields))
-        return f"unknown key {keys}; known keys: {known}"
+        known = [a.name for a in attrs.fields(exc.cl)]
+        keys = ", ".join(repr(key) for key in sorted(exc.extra_fields, key=str))
+        hint = _did_you_mean(next(iter(exc.extra_fields)), known)
+        return f"unknown key {keys}{hint}; known keys: {', '.join(known)}"
     if isinstance(exc, KeyError):
         return "required field is missing"
     if typing.get_origin(type_) is typing.Literal:
-        return f"expected one of {', '.join(typing.get_args(type_))}"
-    if isinstance(exc, (ValueError, TypeError)) and type_ in (float, str, bool):
-        return f"expected {type_.__name__}; {exc}"
+        return f"expected one of {', '.join(map(str, typing.get_args(type_)))}"
     return str(exc) or type(exc).__name__
 
 
@@ -336,6 +500,8 @@ def _leaves(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
         note = next((n for n in notes if hasattr(n, "name") or hasattr(n, "index")), None)
         if note is not None and hasattr(note, "name"):
             sub_path, type_ = f"{path}.{note.name}", note.type
+        elif note is not None and isinstance(note.index, str):  # a mapping's key
+            sub_path, type_ = f"{path}.{note.index}", note.type
         elif note is not None:
             sub_path, type_ = f"{path}[{note.index}]", note.type
         else:
@@ -356,9 +522,44 @@ def _locate(lines: dict[str, int], path: str) -> int:
     return lines.get(probe, 1)
 
 
+def _field(path: str) -> str:
+    return path[2:] if path.startswith("$.") else "(top level)"
+
+
 def _report(source: str, lines: dict[str, int], path: str, message: str) -> str:
-    field = path[2:] if path.startswith("$.") else "(top level)"
-    return f"{source}:{_locate(lines, path)}: {field}: {message}"
+    if len(message) > _MESSAGE_MAX:
+        message = f"{message[: _MESSAGE_MAX - 4]} ..."
+    return f"{source}:{_locate(lines, path)}: {_field(path)}: {message}"
+
+
+def _read(text: str, source: str) -> tuple[Any, dict[str, int]]:
+    """The YAML data of ``text`` and the line of each field path in it."""
+    try:
+        document = load(text)
+    except Refused as exc:
+        raise TopologyError(
+            [f"{source}:{p.line}: {_field(p.path)}: {p.message}" for p in exc.problems]
+        ) from None
+    except yaml.YAMLError as exc:
+        line, problem = _yaml_problem(exc, text)
+        raise TopologyError([f"{source}:{line}: (yaml): {problem}"]) from None
+    return document.data, document.lines
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
+    """The line and the words of a YAML syntax error, without PyYAML's snippet."""
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        line = text.count("\n", 0, exc.position) + 1
+        return line, f"character #x{exc.character:04x} is not allowed in YAML text"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return 1, str(exc)
+    line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 1
+    problem = exc.problem or str(exc)
+    if problem == "but found another document":
+        return line, "found a second document (after ---); a topology is one document"
+    if exc.context and exc.context_mark is not None:
+        problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return line, problem
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
@@ -368,22 +569,15 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
         TopologyError: every problem found, each naming ``source``, the line
             and the field path.
     """
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise TopologyError([f"{source}:{line}: (yaml): {problem}"]) from None
-    lines = _line_map(text)
+    data, lines = _read(text, source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise TopologyError([f"{source}:1: (top level): expected a mapping of topology fields"])
-    missing: list[str] = []
-    data = _interpolate(data, "$", missing)
-    if missing:
-        raise TopologyError([_report(source, lines, *entry.split("\0", 1)) for entry in missing])
+    references: list[tuple[str, str]] = []
+    data = _interpolate(data, "$", references)
+    if references:
+        raise TopologyError([_report(source, lines, *problem) for problem in references])
     try:
         topology = _converter.structure(data, Topology)
     except Exception as exc:  # every failure, as one group
