@@ -18,7 +18,7 @@ PACKAGE = Path(runtime.__file__).parent
 # Lowest first. A module may import only modules of a strictly lower layer.
 LAYERS: list[set[str]] = [
     # Leaves: plain data and helpers that know nothing of actors.
-    {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen"},
+    {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen", "_yaml"},
     {"_logging", "_specs", "_breaker", "_outage"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
     {"_mailbox", "_checkpoint", "_fake_llm"},
