@@ -12,6 +12,7 @@ A cell reaches the system only through its ``Host``.
 
 from __future__ import annotations
 
+import functools
 import math
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -70,10 +71,10 @@ class ActorCell:
 
     kind = "actor"
     __slots__ = (
+        "_done",
         "actor_cls",
         "checkpointer",
         "circuit",
-        "done",
         "durations",
         "failed",
         "handled",
@@ -149,9 +150,20 @@ class ActorCell:
         self.one_shot_timers = 0
         self.scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
-        self.done = _DONE  # a set event while no incarnation runs
+        self._done: trio.Event | None = None  # made when someone waits for the running one
         self.checkpointer: Checkpointer | None = None  # made at the first start, unless off
         self.save_each = spec.checkpoint == "message"
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once the running incarnation has ended (already set when none
+        runs). Made on first use: most incarnations are never waited for."""
+        if self.task is None:
+            return _DONE
+        done = self._done
+        if done is None:
+            done = self._done = trio.Event()
+        return done
 
     @property
     def restart(self) -> str:
@@ -328,7 +340,6 @@ class ActorCell:
         circuit = self.circuit
         if circuit is None or circuit.state() is not BreakerState.HALF_OPEN:
             self.refusal = None  # a half-open circuit keeps its trial state
-        self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         phase = "start"
         error: BaseException | None = None
@@ -340,34 +351,29 @@ class ActorCell:
                 actor = self._build(nursery, await self._initial_state())
                 await actor.on_start()
                 self.status = "running"
-                self.log.info("actor_started", incarnation=self.incarnation)
+                logger.info("actor_started", path=self.path, incarnation=self.incarnation)
                 phase = "running"
                 task_status.started()
-                periodic = trio.CancelScope()
-                if isinstance(self.spec.checkpoint, float):
-                    assert self.checkpointer is not None
-                    nursery.start_soon(
-                        self.checkpointer.save_every,
-                        self.spec.checkpoint,
-                        lambda: actor.state,
-                        periodic,
-                    )
+                task_status = trio.TASK_STATUS_IGNORED  # the starter's objects can go now
+                periodic = self._save_periodically(nursery, actor)
                 if self.spec.concurrency == 1:
                     await self._serve(actor)
                 else:
                     await self._serve_concurrently(actor, self.spec.concurrency)
                 phase = "stop"
-                periodic.cancel()  # on_stop's half-done state is not written
+                if periodic is not None:
+                    periodic.cancel()  # on_stop's half-done state is not written
                 await actor.on_stop()
                 if self.checkpointer is not None:
                     await self._flush(actor)
                 nursery.cancel_scope.cancel()
             if self.killed:
-                self.log.warning("actor_killed", incarnation=self.incarnation)
+                logger.warning("actor_killed", path=self.path, incarnation=self.incarnation)
         except Exception as exc:
             error = self.last_crash = _unwrap(exc)
-            self.log.exception(
+            logger.exception(
                 "actor_crashed",
+                path=self.path,
                 incarnation=self.incarnation,
                 during=phase,
                 exc_info=error,
@@ -376,8 +382,24 @@ class ActorCell:
             self.waiting = False
             self.scope = None
             self.task = None
-            self.done.set()
+            done, self._done = self._done, None
+            if done is not None:
+                done.set()
         return error
+
+    def _save_periodically(
+        self, nursery: trio.Nursery, actor: Actor[Any]
+    ) -> trio.CancelScope | None:
+        """With ``checkpoint: <period>``, start the periodic writes; returns
+        their cancel scope."""
+        period = self.spec.checkpoint
+        if not isinstance(period, float):
+            return None
+        assert self.checkpointer is not None
+        scope = trio.CancelScope()
+        state = functools.partial(getattr, actor, "state")  # the state as it is at each write
+        nursery.start_soon(self.checkpointer.save_every, period, state, scope)
+        return scope
 
     def _build(self, nursery: trio.Nursery, state: object) -> Actor[Any]:
         cls = self.actor_cls
@@ -457,7 +479,7 @@ class ActorCell:
             item = get()
             if item is None:
                 self.waiting = True
-                await mailbox.wait_nonempty()
+                await trio.lowlevel.wait_task_rescheduled(mailbox.park_receiver())
                 self.waiting = False
                 # Woken by a message in the same round that a background task
                 # crashed: leave the message queued for the next incarnation.

@@ -57,8 +57,12 @@ class Child(Protocol):
     status: str
     incarnation: int
     record: RestartRecord
-    done: trio.Event
     task: trio.lowlevel.Task | None
+
+    @property
+    def done(self) -> trio.Event:
+        """Set once the running incarnation has ended (set when none runs)."""
+        ...
 
     @property
     def restart(self) -> str: ...

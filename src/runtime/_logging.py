@@ -178,6 +178,43 @@ _STDLIB = structlog.stdlib.BoundLogger(logging.getLogger(LOGGER_NAME), PROCESSOR
 _STRUCTLOG = structlog.get_logger(LOGGER_NAME)  # a lazy proxy: reads the configuration per use
 
 
+def _configuration_key() -> object:
+    """What identifies structlog's global configuration now (None if its
+    private state is not where this structlog version keeps it)."""
+    config = getattr(structlog._config, "_CONFIG", None)
+    if config is None:
+        return None
+    return (
+        config.is_configured,
+        tuple(map(id, config.default_processors)),  # capture_logs edits the list in place
+        id(config.logger_factory),
+        id(config.default_wrapper_class),
+        id(config.default_context_class),
+    )
+
+
+class _Route:
+    """The logger events go to, worked out once per configuration: a
+    lifecycle event costs a lookup, not a reading of structlog's settings."""
+
+    __slots__ = ("base", "key")
+
+    def __init__(self) -> None:
+        self.key: object = ()
+        self.base: Any = None
+
+    def current(self) -> Any:
+        key = _configuration_key()
+        if key is None or key != self.key or self.base is None:
+            # A concrete logger of the host's configuration, or the stdlib one.
+            self.base = _STRUCTLOG.bind() if host_configured() else _STDLIB
+            self.key = key if key is not None else ()
+        return self.base
+
+
+_ROUTE = _Route()
+
+
 class RuntimeLogger:
     """The runtime's logger: structlog's event API, routed per event as the
     module docstring says. ``bind`` keeps its values here, so a logger bound
@@ -192,7 +229,7 @@ class RuntimeLogger:
         return RuntimeLogger({**self._context, **values})
 
     def _target(self) -> Any:
-        base = _STRUCTLOG if host_configured() else _STDLIB
+        base = _ROUTE.current()
         return base.bind(**self._context) if self._context else base
 
     def debug(self, event: str, *args: Any, **kw: Any) -> None:

@@ -193,13 +193,20 @@ class Mailbox:
 
     async def wait_nonempty(self) -> None:
         """Wait until an item is queued or ``wake()`` is called (a checkpoint)."""
+        await trio.lowlevel.wait_task_rescheduled(self.park_receiver())
+
+    def park_receiver(self) -> Callable[[Any], trio.lowlevel.Abort]:
+        """Register the calling task as the waiting consumer; returns the abort
+        function for ``trio.lowlevel.wait_task_rescheduled``.
+
+        ``wait_nonempty`` without its own coroutine: an idle actor's loop
+        parks on this directly, so a parked actor holds fewer objects."""
         self._receiver = trio.lowlevel.current_task()
+        return self._abort_receive
 
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self._receiver = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
+    def _abort_receive(self, _: object) -> trio.lowlevel.Abort:
+        self._receiver = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     def wake(self) -> None:
         """Wake the consumer waiting in ``wait_nonempty`` (for example to stop)."""

@@ -276,6 +276,9 @@ class RetrySpec:
         return random_fraction * min(self.max, self.initial * self.multiplier ** (retry - 1))
 
 
+DEFAULT_MAILBOX = MailboxSpec()
+"""The default mailbox (frozen, so every spec without one shares it)."""
+
 # Code may give a nested spec as a dict of its fields, as YAML does.
 
 
@@ -323,7 +326,7 @@ class ChildSpec:
         validator=one_of("permanent", "transient", "temporary"),
     )
     mailbox: MailboxSpec = attrs.field(
-        factory=MailboxSpec,
+        default=DEFAULT_MAILBOX,
         converter=_to_mailbox,
         validator=attrs.validators.instance_of(MailboxSpec),
     )
@@ -449,7 +452,7 @@ class ResourceSpec:
         validator=attrs.validators.optional(attrs.validators.instance_of(BreakerSpec)),
     )
     mailbox: MailboxSpec = attrs.field(
-        factory=MailboxSpec,
+        default=DEFAULT_MAILBOX,
         converter=_to_mailbox,
         validator=attrs.validators.instance_of(MailboxSpec),
     )

@@ -87,6 +87,10 @@ class StopRequested:
 Event = ChildExited | RestartDue | HalfOpenDue | StopRequested
 
 
+_STARTED = trio.Event()
+_STARTED.set()
+
+
 class _Started:
     """The ``task_status`` of a child start: ``started()`` wakes the starter."""
 
@@ -343,6 +347,7 @@ class Supervisor:
         try:
             self._nursery.start_soon(self._run_child, child, started)
             await started.event.wait()
+            started.event = _STARTED  # the incarnation's task keeps `started`: not its event
         except BaseException:
             started.abandoned = True
             if started.running:
