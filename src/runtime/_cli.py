@@ -6,7 +6,9 @@ Exit codes:
        valid (``validate``), the system runs (``status``).
     1: the system failed: a top supervisor gave up, or starting it failed
        (``start``); it is not running or cannot be reached (``status``).
-    2: usage error, or an invalid topology (errors on stderr).
+    2: usage error, or an invalid topology (errors on stderr); for
+       ``validate`` also what this machine's environment lacks for a
+       resource to start (an API key's variable, a server command).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import TextIO
 import attrs
 import trio
 
+from ._envcheck import environment_problems
+from ._health import Problem, health_of
 from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
@@ -69,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         metavar="HOST:PORT",
         help=(
-            "serve /metrics, /healthz and /status there (overrides the topology's "
+            "serve /metrics, /healthz, /readyz and /status there (overrides the topology's "
             "metrics.listen; a port alone binds to 127.0.0.1)"
         ),
     )
@@ -98,16 +102,34 @@ def _parser() -> argparse.ArgumentParser:
         default="info",
         help="least severe log level written (default: info); debug adds tracebacks on the console",
     )
+    start.add_argument(
+        "--no-env-checks",
+        action="store_true",
+        help=(
+            "do not warn about what the environment lacks for a resource to start "
+            "(an unset api_key_env variable, an MCP command not on PATH)"
+        ),
+    )
     validate = commands.add_parser(
         "validate",
         help="check a topology without starting it",
         description=(
             "Check TOPOLOGY: YAML syntax, every field, and that each actor class imports, "
-            "is a runtime.Actor, has well-formed handlers and accepts its args."
+            "is a runtime.Actor, has well-formed handlers and accepts its args; then that "
+            "this machine's environment has what each resource needs to start (an "
+            "api_key_env variable set, an MCP command on PATH)."
         ),
-        epilog="Exit codes: 0 valid, 2 invalid (one line per problem on stderr).",
+        epilog=(
+            "Exit codes: 0 valid, 2 invalid or the environment lacks something "
+            "(one line per problem on stderr)."
+        ),
     )
     validate.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
+    validate.add_argument(
+        "--no-env-checks",
+        action="store_true",
+        help="check the file only, not this machine's environment (to validate for another one)",
+    )
     status = commands.add_parser(
         "status",
         help="show a running system's supervision tree from its /status endpoint",
@@ -129,12 +151,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # actors are imported relative to the working dir
     if args.command == "validate":
-        return _validate(args.topology)
+        return _validate(args.topology, env_checks=not args.no_env_checks)
     if args.command == "status":
         return show_status(args.url)
     configure_logging(fmt=args.log_format, level=args.log_level)
     return trio.run(
-        _start, args.topology, args.until_idle, args.metrics_listen, args.progress_interval
+        _start,
+        args.topology,
+        args.until_idle,
+        args.metrics_listen,
+        args.progress_interval,
+        not args.no_env_checks,
     )
 
 
@@ -152,9 +179,14 @@ def _print_errors(error: TopologyError) -> None:
         print(line, file=sys.stderr)
 
 
-def _validate(path: str) -> int:
+def _validate(path: str, *, env_checks: bool = True) -> int:
     topology = _load(path)
     if topology is None:
+        return EXIT_INVALID
+    problems = environment_problems(topology, path) if env_checks else []
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
         return EXIT_INVALID
     actors = sum(1 for _ in iter_children(topology.supervisor))
     resources = f", {len(topology.resources)} resource(s)" if topology.resources else ""
@@ -167,10 +199,14 @@ async def _start(
     until_idle: bool,
     metrics_listen: str | None = None,
     progress_interval: float = 1.0,
+    env_checks: bool = True,
 ) -> int:
     topology = _load(path)
     if topology is None:
         return EXIT_INVALID
+    if env_checks:
+        for line in environment_problems(topology, path):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
     if metrics_listen is not None:
         try:
             parse_listen(metrics_listen)
@@ -182,6 +218,7 @@ async def _start(
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
     hard = trio.CancelScope()  # a second one cancels what is still stopping
     holder: list[ActorSystem] = []
+    ends: list[RunEnd] = []  # the system as the run ended, before it stopped
     code = EXIT_OK
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
@@ -189,7 +226,13 @@ async def _start(
             try:
                 with hard:
                     await _run(
-                        topology, path, until_idle, run, holder, progress_interval=progress_interval
+                        topology,
+                        path,
+                        until_idle,
+                        run,
+                        holder,
+                        progress_interval=progress_interval,
+                        ends=ends,
                     )
                 if hard.cancelled_caught:
                     print("error: stop interrupted by a second signal", file=sys.stderr)
@@ -202,7 +245,8 @@ async def _start(
                 code = EXIT_FAILED
             nursery.cancel_scope.cancel()
     if holder:
-        _summary(holder[0], trio.current_time() - started, sys.stdout if code == 0 else sys.stderr)
+        out = sys.stdout if code == 0 else sys.stderr
+        _summary(holder[0], trio.current_time() - started, out, ends[-1] if ends else None)
     return code
 
 
@@ -214,9 +258,12 @@ async def _run(
     holder: list[ActorSystem],
     *,
     progress_interval: float = 1.0,
+    ends: list[RunEnd] | None = None,
 ) -> None:
     async with open_system(topology) as system, trio.open_nursery() as display:
         holder.append(system)
+        if ends is not None:
+            display.start_soon(_remember_end, system, ends)
         print(
             f"started {topology.system!r} from {path}; checkpoint store: {system.store_url}",
             flush=True,
@@ -287,6 +334,34 @@ async def _show_progress(system: ActorSystem, interval: float) -> None:
             last = line
 
 
+@attrs.frozen
+class RunEnd:
+    """The system as the run ended, before stopping it closed every circuit.
+
+    Attributes:
+        problems: its health problems then.
+        circuits: each resource's actor breaker then, by name.
+    """
+
+    problems: tuple[Problem, ...]
+    circuits: dict[str, str | None]
+
+    @classmethod
+    def of(cls, system: ActorSystem) -> RunEnd:
+        """The snapshot of ``system`` now."""
+        circuits = {name: s.circuit for name, s in system.resource_statistics().items()}
+        return cls(health_of(system).problems, circuits)
+
+
+async def _remember_end(system: ActorSystem, into: list[RunEnd]) -> None:
+    """When the run ends (cancelled, before the system stops), append its
+    snapshot to ``into``, for the summary."""
+    try:
+        await trio.sleep_forever()
+    finally:
+        into.append(RunEnd.of(system))
+
+
 def _reload(holder: list[ActorSystem], path: str) -> None:
     """SIGHUP: apply the topology file's changes that can be applied live."""
     if not holder:
@@ -306,7 +381,14 @@ def _reload(holder: list[ActorSystem], path: str) -> None:
         print(f"  {change}", file=sys.stderr, flush=True)
 
 
-def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = None) -> None:
+def _summary(
+    system: ActorSystem | None,
+    elapsed: float,
+    file: TextIO | None = None,
+    end: RunEnd | None = None,
+) -> None:
+    """The summary lines; ``end``: the system as the run ended (by default
+    as it is now: its circuits closed, the resources that never came up)."""
     if system is None:
         return
     out = file if file is not None else sys.stdout
@@ -333,14 +415,21 @@ def _summary(system: ActorSystem | None, elapsed: float, file: TextIO | None = N
         print(
             f"resource {name}: {stats.requests} request(s), {stats.failures} failed, "
             f"{limiter.retries} retried, {limiter.rejected} refused by the breaker "
-            f"(now {_breaker_now(stats)}), {limiter.wait_seconds:.2f}s waited for admission",
+            f"(now {_breaker_now(stats, end)}), {limiter.wait_seconds:.2f}s waited for admission",
             file=out,
         )
+    if end is None:
+        problems = [p for p in health_of(system).problems if p.condition == "never_came_up"]
+    else:
+        problems = list(end.problems)
+    for problem in problems:
+        print(problem.line, file=out)
 
 
-def _breaker_now(stats: ResourceStatistics) -> str:
-    if stats.circuit not in (None, "closed"):
-        return f"{stats.circuit} after crashes"
+def _breaker_now(stats: ResourceStatistics, end: RunEnd | None) -> str:
+    circuit = end.circuits.get(stats.name, stats.circuit) if end is not None else stats.circuit
+    if circuit not in (None, "closed"):
+        return f"{circuit} after crashes"
     return stats.limiter.breaker or "none"
 
 

@@ -1,8 +1,13 @@
-"""The metrics endpoint: ``/metrics``, ``/healthz`` and ``/status`` over HTTP.
+"""The metrics endpoint: ``/metrics``, ``/healthz``, ``/readyz`` and
+``/status`` over HTTP.
 
 A small ASGI application served by hypercorn's trio worker inside the
 system's nursery: it starts before the supervision tree and stops after it,
 so ``/healthz`` answers 503 while the system starts, stops or has failed.
+While it runs, ``/healthz`` answers 200: ``running`` when all is well, a
+JSON document naming each problem (an open circuit, a resource that is not
+up) and its reason when it is degraded. ``/readyz`` answers 503 until the
+system runs with no problem.
 """
 
 from __future__ import annotations
@@ -19,12 +24,19 @@ from hypercorn.config import Config
 from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from ._health import Health, health_of
 from ._listen import Listen
 
 if TYPE_CHECKING:
     from ._system import ActorSystem, TreeNode
 
-__all__ = ["open_endpoint", "serve_endpoint", "status_document"]
+__all__ = [
+    "health_answer",
+    "open_endpoint",
+    "ready_answer",
+    "serve_endpoint",
+    "status_document",
+]
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -43,16 +55,19 @@ def _node(node: TreeNode) -> dict[str, Any]:
         "mailbox_capacity": stats.mailbox_capacity,
         "breaker": stats.breaker,
         "pending_asks": stats.pending_asks,
+        "last_failure": stats.last_failure,
         "children": [_node(child) for child in node.children],
     }
 
 
 def status_document(system: ActorSystem) -> dict[str, Any]:
-    """What ``/status`` serves: the system's state, its trees and resources."""
+    """What ``/status`` serves: the system's state and health, its trees
+    and resources."""
     resources = system.resource_tree()
     return {
         "system": system.name,
         "state": system.state(),
+        "health": health_of(system).as_dict(),
         "tree": _node(system.tree()),
         "resources": None if resources is None else _node(resources),
         "limiters": {
@@ -64,6 +79,11 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
                 "paused_for": stats.limiter.paused_for,
                 "requests": stats.requests,
                 "failures": stats.failures,
+                "status": stats.status,
+                "up": stats.up,
+                "came_up": stats.came_up,
+                "last_failure": stats.last_failure,
+                "backend_failure": stats.backend_failure,
             }
             for name, stats in system.resource_statistics().items()
         },
@@ -71,8 +91,43 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
     }
 
 
+def health_answer(health: Health, *, json_asked: bool) -> tuple[int, str | None]:
+    """``/healthz``: the status code, and the one word to answer in plain
+    text (None: answer the JSON document).
+
+    200 while the system runs, 503 while it starts, stops or has failed.
+    The word is the state (``running``, ``stopping``, ...); a degraded system
+    (running, with problems) answers the document, which names them.
+    """
+    code = 200 if health.live else 503
+    if json_asked or (health.live and health.problems):
+        return code, None
+    return code, health.state
+
+
+def ready_answer(health: Health, *, json_asked: bool) -> tuple[int, str | None]:
+    """``/readyz``: 200 ``ready`` once the system runs with no problem;
+    else 503 and the JSON document, which says why."""
+    if health.ready:
+        return 200, None if json_asked else "ready"
+    return 503, None
+
+
+def _health_body(health: Health, system: str) -> bytes:
+    document = {"system": system, **health.as_dict()}
+    return json.dumps(document, indent=2).encode() + b"\n"
+
+
+def _asks_json(scope: Scope) -> bool:
+    """Whether the request's ``Accept`` header names ``application/json``."""
+    return any(
+        name == b"accept" and b"application/json" in value.lower()
+        for name, value in scope.get("headers", ())
+    )
+
+
 class EndpointApp:
-    """The ASGI application: three read-only routes."""
+    """The ASGI application: four read-only routes."""
 
     def __init__(self, system: ActorSystem, registry: CollectorRegistry) -> None:
         self.system = system
@@ -95,17 +150,27 @@ class EndpointApp:
         path = scope["path"]
         if path == "/metrics":
             await _answer(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
-        elif path == "/healthz":
-            state = self.system.state()
-            status = 200 if state == "running" else 503
-            await _answer(send, status, f"{state}\n".encode(), "text/plain; charset=utf-8")
+        elif path in ("/healthz", "/readyz"):
+            await self._health(path, _asks_json(scope), send)
         elif path == "/status":
             body = json.dumps(status_document(self.system), indent=2).encode() + b"\n"
             await _answer(send, 200, body, "application/json")
         else:
             await _answer(
-                send, 404, b"not found: try /metrics, /healthz or /status\n", "text/plain"
+                send, 404, b"not found: try /metrics, /healthz, /readyz or /status\n", "text/plain"
             )
+
+    async def _health(self, path: str, json_asked: bool, send: Send) -> None:
+        health = health_of(self.system)
+        if path == "/healthz":
+            status, word = health_answer(health, json_asked=json_asked)
+        else:
+            status, word = ready_answer(health, json_asked=json_asked)
+        if word is not None:
+            await _answer(send, status, f"{word}\n".encode(), "text/plain; charset=utf-8")
+        else:
+            body = _health_body(health, self.system.name)
+            await _answer(send, status, body, "application/json")
 
 
 async def _answer(send: Send, status: int, body: bytes, content_type: str) -> None:

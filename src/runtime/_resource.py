@@ -71,6 +71,15 @@ class ResourceStatistics:
         requests: requests answered so far.
         failures: requests answered with an error.
         backend: the kind's own figures (pool connections, tokens used, ...).
+        last_failure: the error of the resource actor's last crash, a failed
+            start included (``ResourceError('llm: the environment variable
+            OPENAI_API_KEY (api_key_env) is not set')``); None if it never
+            crashed.
+        up: whether it runs now (``status`` is ``running``).
+        came_up: whether it ever ran: False for a resource whose every
+            start failed so far.
+        backend_failure: why the limiter's breaker opened (the backend's
+            last failure), when the limiter records it; None otherwise.
     """
 
     name: str
@@ -81,6 +90,10 @@ class ResourceStatistics:
     requests: int
     failures: int
     backend: dict[str, float]
+    last_failure: str | None = None
+    up: bool = False
+    came_up: bool = False
+    backend_failure: str | None = None
 
 
 class Resource(Actor[None]):
@@ -115,7 +128,14 @@ class Resource(Actor[None]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for name in ("call", "fail", "is_transient", "should_retry", "backend_statistics"):
+        for name in (
+            "call",
+            "fail",
+            "is_transient",
+            "should_retry",
+            "backend_statistics",
+            "check_environment",
+        ):
             if getattr(cls, name) is not getattr(Resource, name) and hasattr(
                 getattr(cls, name), "__runtime_handler__"
             ):
@@ -123,6 +143,21 @@ class Resource(Actor[None]):
                     f"{cls.__qualname__}.{name} is a handler, but Resource.{name} is "
                     "used by the runtime: give the handler another name"
                 )
+
+    @classmethod
+    def check_environment(cls, options: Any) -> list[tuple[str, str]]:
+        """What in this machine's environment would keep a resource with
+        ``options`` from starting: ``(field, message)`` pairs, none if all
+        looks well.
+
+        Called before the system starts, on the class: by ``runtime
+        validate`` (as errors) and ``runtime start`` (as warnings), unless
+        ``--no-env-checks``. ``field`` names the option at fault (its line
+        is reported), such as ``api_key_env`` for a variable that is not
+        set. Only look, never act: no connection, no process. By default
+        nothing is checked.
+        """
+        return []
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run ``await fn(*args)`` under this resource's limits, at the
@@ -258,6 +293,7 @@ class ResourceCell(ActorCell):
     __slots__ = (
         "asyncio_loop",
         "broken",
+        "came_up",
         "current",
         "inline",
         "inline_done",
@@ -271,6 +307,7 @@ class ResourceCell(ActorCell):
         self.resource_spec = spec
         self.current: Resource | None = None
         self.broken: Exception | None = None
+        self.came_up = False  # some incarnation reached running (for health)
         # Requests served in their askers' tasks, by cancel scope, with the
         # error to answer if the incarnation cuts them short: an ended
         # incarnation cancels them; a graceful stop waits for them.
@@ -372,7 +409,7 @@ class ResourceCell(ActorCell):
     ) -> BaseException | None:
         error: BaseException | None = None
         try:
-            error = await super().run_incarnation(task_status)
+            error = await super().run_incarnation(_CameUp(self, task_status))
             return error
         finally:
             if self.broken is None and isinstance(error, Exception):
@@ -480,13 +517,46 @@ class ResourceCell(ActorCell):
         """The resource's limiter, counters and backend figures, now."""
         actor = self.current
         kind = self.resource_spec.kind
+        limiter = self.limiter.statistics()
         return ResourceStatistics(
             name=self.name,
             kind=f"{kind.__module__}:{kind.__qualname__}",
             status=self.status,
             circuit=self.breaker,
-            limiter=self.limiter.statistics(),
+            limiter=limiter,
             requests=self.handled + self.failed,
             failures=self.failed,
             backend=actor.backend_statistics() if actor is not None else {},
+            last_failure=None if self.last_crash is None else repr(self.last_crash),
+            up=self.status == "running",
+            came_up=self.came_up,
+            backend_failure=_breaker_failure(limiter),
         )
+
+
+class _CameUp:
+    """The ``task_status`` of one incarnation: passes ``started()`` on, and
+    notes that the resource came up."""
+
+    __slots__ = ("cell", "task_status")
+
+    def __init__(self, cell: ResourceCell, task_status: trio.TaskStatus[None]) -> None:
+        self.cell = cell
+        self.task_status = task_status
+
+    def started(self, value: None = None) -> None:
+        self.cell.came_up = True
+        self.task_status.started(value)
+
+
+def _breaker_failure(limiter: LimiterStatistics) -> str | None:
+    """Why the limiter's breaker opened, if its statistics say.
+
+    The hook for a limiter that keeps its last failure: read as
+    ``LimiterStatistics.last_failure`` (an exception or its repr) when that
+    field exists; until then None.
+    """
+    failure = getattr(limiter, "last_failure", None)
+    if failure is None or isinstance(failure, str):
+        return failure
+    return repr(failure)

@@ -50,10 +50,46 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _failures(node: dict[str, Any], shown: set[str]) -> list[str]:
+    """``  root/worker (running, 2 restart(s)): ValueError('boom')`` for each
+    node below ``node`` with a last failure, unless its path is in ``shown``."""
+    lines = []
+    failure = node.get("last_failure")
+    if failure is not None and node["path"] not in shown:
+        lines.append(
+            f"  {node['path']} ({node['status']}, {node['restarts']} restart(s)): {failure}"
+        )
+    for child in node["children"]:
+        lines.extend(_failures(child, shown))
+    return lines
+
+
+def _health_lines(document: dict[str, Any]) -> list[str]:
+    """The problems, one line each, and the other nodes' last failures."""
+    problems = (document.get("health") or {}).get("problems") or []
+    lines = []
+    if problems:
+        lines += ["", "problems:"] + [f"  {problem['message']}" for problem in problems]
+    # A failing node's reason is on its problem line already.
+    shown = {
+        problem["name"] if problem["kind"] == "actor" else f"resources/{problem['name']}"
+        for problem in problems
+    }
+    failures = _failures(document["tree"], shown)
+    if document.get("resources"):
+        failures += _failures(document["resources"], shown)
+    if failures:
+        lines += ["", "last failures:", *failures]
+    return lines
+
+
 def format_status(document: dict[str, Any]) -> str:
-    """The ``/status`` document as text: a header line, the tree, the resources."""
+    """The ``/status`` document as text: a header line, the tree, the
+    resources, then what is wrong and each node's last failure."""
+    health = document.get("health") or {}
+    degraded = ", degraded" if health.get("status") == "degraded" else ""
     lines = [
-        f"system {document['system']!r}: {document['state']} "
+        f"system {document['system']!r}: {document['state']}{degraded} "
         f"({document['dead_letters']} dead letter(s))",
         "",
     ]
@@ -92,6 +128,7 @@ def format_status(document: dict[str, Any]) -> str:
             ],
             resource_rows,
         )
+    lines += _health_lines(document)
     return "\n".join(lines) + "\n"
 
 

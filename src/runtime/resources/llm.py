@@ -363,6 +363,21 @@ class LLM(Resource):
         await self.ctx.nursery.start(self._hold_client, client)
         self._client = client
 
+    @classmethod
+    def check_environment(cls, options: LLMOptions) -> list[tuple[str, str]]:
+        """``api_key_env`` names a variable that is not set (or empty): the
+        resource could not start."""
+        env = options.api_key_env
+        if env is None or os.environ.get(env):
+            return []
+        return [
+            (
+                "api_key_env",
+                f"the environment variable {env} is not set, so the resource cannot start: "
+                "set it, or api_key_env: null for a server that takes no key",
+            )
+        ]
+
     def _read_key(self) -> str | None:
         env = self.options.api_key_env
         if env is None:

@@ -571,6 +571,35 @@ class MCP(Resource):
     def _label(self) -> str:
         return f"mcp {self.name!r}"
 
+    @classmethod
+    def check_environment(cls, options: MCPOptions) -> list[tuple[str, str]]:
+        """A ``command`` not found on the server's ``PATH`` (``python`` and
+        ``python3`` are the interpreter running the system: always found),
+        and ``pass_env`` or ``headers_from_env`` variables that are not set:
+        each would fail the start."""
+        problems = []
+        for field, names in (
+            ("pass_env", options.pass_env),
+            ("headers_from_env", list(options.headers_from_env.values())),
+        ):
+            missing = [name for name in names if name not in os.environ]
+            if missing:
+                problems.append(
+                    (
+                        field,
+                        f"environment variable(s) not set: {', '.join(missing)}, "
+                        "so the resource cannot start",
+                    )
+                )
+        if options.command is not None and options.command[0] not in ("python", "python3"):
+            base = dict(os.environ) if options.inherit_env else get_default_environment()
+            passed = {name: os.environ[name] for name in options.pass_env if name in os.environ}
+            env = base | passed | options.env
+            problem = _check_executable(options.command[0], env, options.cwd)
+            if problem is not None:
+                problems.append(("command", f"{problem}, so the resource cannot start"))
+        return problems
+
     # -- lifetime ---------------------------------------------------------------
 
     async def on_start(self) -> None:
