@@ -112,7 +112,7 @@ class ActorCell:
         self.host = host
         self.actor_cls: type[Actor[Any]] = spec.actor
         self.table = dispatch_table(self.actor_cls)
-        self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self._evicted)
+        self.mailbox = Mailbox(spec.mailbox.capacity, spec.mailbox.overflow, self)
         self.ref: ActorRef[Any] = LocalRef(self)
         self.status = "starting"
         self.incarnation = 0
@@ -296,7 +296,8 @@ class ActorCell:
         except (MailboxFull, ActorStopped, CircuitOpen) as exc:
             self.host.dead_letter(self.path, msg, _REFUSAL_REASONS[type(exc)])
 
-    def _evicted(self, item: object) -> None:
+    def evicted(self, item: object) -> None:
+        """An item the mailbox's drop policy evicted: a dead letter (its asker fails)."""
         if type(item) is Ask:
             item.fail(MailboxFull(f"{self.path}: message dropped by a full mailbox"))
         self.host.dead_letter(self.path, unwrap(item), "mailbox_full")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import outcome
@@ -86,6 +86,12 @@ class MailboxStatistics:
     blocked_senders: int
 
 
+class EvictionOwner(Protocol):
+    """Who hears of the items a drop policy evicts."""
+
+    def evicted(self, item: object) -> None: ...
+
+
 class Mailbox:
     """A bounded queue with three strict priorities, FIFO within each.
 
@@ -101,11 +107,13 @@ class Mailbox:
     Args:
         capacity: the most messages it holds, over all priorities.
         overflow: ``block``, ``reject``, ``drop_oldest`` or ``drop_newest``.
-        on_evict: called with each item evicted by a drop policy.
+        owner: whose ``evicted(item)`` is called with each item evicted by a
+            drop policy (an object, not a callback: an idle actor's mailbox
+            then holds no bound method of its own).
     """
 
     __slots__ = (
-        "_evict",
+        "_owner",
         "_queues",
         "_receiver",
         "_senders",
@@ -114,12 +122,12 @@ class Mailbox:
         "size",
     )
 
-    def __init__(self, capacity: int, overflow: str, on_evict: Callable[[object], None]) -> None:
+    def __init__(self, capacity: int, overflow: str, owner: EvictionOwner) -> None:
         self.capacity = capacity
         self.overflow = overflow
         self.size = 0
         self._queues: list[deque[object] | None] = [None, None, None]
-        self._evict = on_evict
+        self._owner = owner
         self._receiver: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self._senders: trio.lowlevel.ParkingLot | None = None
 
@@ -166,9 +174,9 @@ class Mailbox:
         if victim is None:
             if type(item) is Ask:
                 raise MailboxFull(f"mailbox full ({self.capacity} messages); ask dropped")
-            self._evict(item)
+            self._owner.evicted(item)
             return False
-        self._evict(victim.popleft())
+        self._owner.evicted(victim.popleft())
         self.size -= 1
         return True
 
