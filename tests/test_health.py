@@ -283,10 +283,12 @@ async def test_a_backend_breaker_degrades_health_until_it_closes(
             healed_ready = await _get(f"{url}/readyz")
     assert health.status_code == 200
     assert [p["message"] for p in health.json()["problems"]] == [
-        "resource echo: backend breaker open"
+        "resource echo: backend breaker open: ConnectionResetError('backend reset the connection')"
     ]
     assert ready.status_code == 503
-    assert summary.getvalue().splitlines()[-1] == "resource echo: backend breaker open"
+    assert summary.getvalue().splitlines()[-1] == (
+        "resource echo: backend breaker open: ConnectionResetError('backend reset the connection')"
+    )
     assert [p["condition"] for p in half_open["problems"]] == ["backend_breaker_half_open"]
     assert (healed.status_code, healed.text) == (200, "running\n")
     assert (healed_ready.status_code, healed_ready.text) == (200, "ready\n")

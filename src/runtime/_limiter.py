@@ -57,6 +57,8 @@ class LimiterStatistics:
         retries: attempts after a transient failure.
         timeouts: attempts that ran past ``timeout``.
         failures: attempts that failed (transient or not).
+        last_failure: the last failure the breaker counted (``repr``), also
+            after it closed; None without a breaker or before any.
     """
 
     tokens_in_use: int
@@ -74,6 +76,7 @@ class LimiterStatistics:
     retries: int = 0
     timeouts: int = 0
     failures: int = 0
+    last_failure: str | None = None
 
 
 class _Keep:
@@ -566,6 +569,11 @@ class Limiter:
             retries=self._retries,
             timeouts=self._timeouts,
             failures=self._failed,
+            last_failure=(
+                None
+                if self._breaker is None or self._breaker.last_failure is None
+                else repr(self._breaker.last_failure)
+            ),
         )
 
 

@@ -550,13 +550,5 @@ class _CameUp:
 
 
 def _breaker_failure(limiter: LimiterStatistics) -> str | None:
-    """Why the limiter's breaker opened, if its statistics say.
-
-    The hook for a limiter that keeps its last failure: read as
-    ``LimiterStatistics.last_failure`` (an exception or its repr) when that
-    field exists; until then None.
-    """
-    failure = getattr(limiter, "last_failure", None)
-    if failure is None or isinstance(failure, str):
-        return failure
-    return repr(failure)
+    """Why the limiter's breaker opened: the last failure it counted."""
+    return limiter.last_failure
