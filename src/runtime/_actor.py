@@ -22,6 +22,7 @@ __all__ = [
     "dispatch_table",
     "handler",
     "init_signature",
+    "needs_args",
     "resolve_handler",
     "state_class",
 ]
@@ -92,6 +93,7 @@ class Actor(Generic[S]):
     _own: ClassVar[dict[type, Handler]]
     _state: ClassVar[type | None]
     _signature: ClassVar[inspect.Signature]
+    _needs_args: ClassVar[bool]
 
     def __init__(self) -> None:
         pass
@@ -197,3 +199,19 @@ def state_class(cls: type[Actor[Any]]) -> type | None:
 def init_signature(cls: type[Actor[Any]]) -> inspect.Signature:
     """The signature the child spec's ``args`` must fit."""
     return cls._init_signature()
+
+
+_NOT_REQUIRED = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def needs_args(cls: type[Actor[Any]]) -> bool:
+    """Whether ``__init__`` has a parameter without a default (cached per class):
+    if not, empty ``args`` fit it without binding them."""
+    cached: bool | None = cls.__dict__.get("_needs_args")
+    if cached is None:
+        cached = any(
+            parameter.default is inspect.Parameter.empty and parameter.kind not in _NOT_REQUIRED
+            for parameter in cls._init_signature().parameters.values()
+        )
+        cls._needs_args = cached
+    return cached

@@ -87,23 +87,41 @@ class StopRequested:
 Event = ChildExited | RestartDue | HalfOpenDue | StopRequested
 
 
-_STARTED = trio.Event()
-_STARTED.set()
-
-
 class _Started:
-    """The ``task_status`` of a child start: ``started()`` wakes the starter."""
+    """The ``task_status`` of a child start: ``started()`` wakes the starter.
 
-    __slots__ = ("abandoned", "event", "failed", "running")
+    A one-shot event without an ``Event``: it reschedules the one waiting
+    task itself (a start is the hot path of spawning many actors)."""
+
+    __slots__ = ("abandoned", "done", "failed", "running", "waiter")
 
     def __init__(self) -> None:
-        self.event = trio.Event()
+        self.done = False
+        self.waiter: trio.lowlevel.Task | None = None  # the starter, while it waits
         self.running = False
         self.abandoned = False
         self.failed: BaseException | None = None  # the error of a start that failed
 
     def started(self, value: None = None) -> None:
-        self.event.set()
+        """The start is over (it ran, failed or was cut short): wake the starter."""
+        if self.done:
+            return
+        self.done = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            trio.lowlevel.reschedule(waiter)
+
+    async def wait(self) -> None:
+        """Wait until ``started()``; a checkpoint. Cancellation leaves no waiter."""
+        if self.done:
+            await trio.lowlevel.checkpoint()
+            return
+        self.waiter = trio.lowlevel.current_task()
+        await trio.lowlevel.wait_task_rescheduled(self._abort)
+
+    def _abort(self, _: object) -> trio.lowlevel.Abort:
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
 
 def _restart_wanted(restart: str, crashed: bool) -> bool:
@@ -346,8 +364,7 @@ class Supervisor:
         self._starting = child
         try:
             self._nursery.start_soon(self._run_child, child, started)
-            await started.event.wait()
-            started.event = _STARTED  # the incarnation's task keeps `started`: not its event
+            await started.wait()
         except BaseException:
             started.abandoned = True
             if started.running:
@@ -374,9 +391,9 @@ class Supervisor:
         started.running = True
         incarnation = child.incarnation + 1
         error = await child.run_incarnation(started)
-        if not started.event.is_set():  # the start failed, or a stop cut it short
+        if not started.done:  # the start failed, or a stop cut it short
             started.failed = error
-            started.event.set()
+            started.started()
         if self._events_in is not None:
             self._events_in.send_nowait(ChildExited(child, incarnation, error))
 

@@ -27,7 +27,7 @@ import cattrs.cols
 import yaml
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
-from ._actor import Actor, dispatch_table, init_signature, state_class
+from ._actor import Actor, dispatch_table, init_signature, needs_args, state_class
 from ._checkpoint import open_store
 from ._listen import parse_listen
 from ._specs import (
@@ -628,7 +628,8 @@ def check_actor(
     except TypeError as exc:
         yield "actor", str(exc)
     try:
-        init_signature(actor).bind(**args)
+        if args or needs_args(actor):
+            init_signature(actor).bind(**args)
     except TypeError as exc:
         yield "args", f"do not fit {actor.__qualname__}.__init__: {exc}"
 
