@@ -68,6 +68,9 @@ class ActorCell:
     """Everything about one actor that outlives its incarnations."""
 
     kind = "actor"
+    # Whether tasks in ctx.nursery are counted as pending work (is_idle). A
+    # resource's run there for its whole life (connections, servers): not counted.
+    nursery_tasks_are_work = True
     __slots__ = (
         "actor_cls",
         "breaker",
@@ -83,9 +86,9 @@ class ActorCell:
         "last_crash",
         "mailbox",
         "name",
-        "one_shot_timers",
         "path",
         "pending_asks",
+        "pending_tasks",
         "record",
         "ref",
         "refusal",
@@ -133,7 +136,9 @@ class ActorCell:
         self.in_flight = 0  # handlers running under concurrency > 1
         self.slots: trio.CapacityLimiter | None = None  # their budget, while serving
         self.unyielded_tells = 0  # tells queued since a sender last yielded
-        self.one_shot_timers = 0
+        # Work outside the mailbox: ctx.schedule timers not fired yet, and
+        # tasks running in ctx.nursery (not the runtime's own; an actor's only).
+        self.pending_tasks = 0
         self.scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self.done = _DONE  # a set event while no incarnation runs
@@ -612,7 +617,13 @@ class ActorCell:
         )
 
     def is_idle(self) -> bool:
-        """No message queued or being handled, and nothing scheduled to arrive."""
+        """No message queued or being handled, no one-shot timer pending and
+        no task running in ``ctx.nursery``; or stopped for good; or with its
+        circuit open (nothing runs until its supervisor's half-open trial).
+
+        Not counted: ``schedule_every`` timers, the runtime's own tasks, and
+        a resource's tasks.
+        """
         if self.status in ("stopped", "circuit_open"):
             return True
         return (
@@ -620,7 +631,7 @@ class ActorCell:
             and self.waiting
             and not self.in_flight
             and not self.mailbox.size
-            and not self.one_shot_timers
+            and not self.pending_tasks
         )
 
 

@@ -489,11 +489,22 @@ class ActorSystem:
             self.resources.request_stop()
 
     def is_idle(self) -> bool:
-        """Every mailbox empty, no handler running, no restart or one-shot timer pending."""
+        """Whether nothing is left to do now: every mailbox empty, no handler
+        running, no start or restart pending (backoffs included), no
+        ``ctx.schedule`` timer pending and no task running in an actor's
+        ``ctx.nursery``. It does not wait.
+
+        Not work: ``schedule_every`` timers, the runtime's own tasks, a
+        resource's tasks, and an open circuit (its half-open trial is not
+        waited for: the actor counts as idle, see ``ActorStatistics.breaker``).
+        """
         return self.root.is_idle() and (self.resources is None or self.resources.is_idle())
 
     async def wait_until_idle(self, poll: float = _IDLE_POLL) -> None:
-        """Return once the system has been idle at two polls in a row, or the root stopped."""
+        """Return once ``is_idle()`` was true at two checks in a row, ``poll``
+        seconds apart (the first one ``poll`` after the call), or once the
+        root supervisor has ended. Stops nothing; waits with ``trio.sleep``
+        (virtual time under ``autojump_clock``). Cancellation ends the wait."""
         streak = 0
         while streak < 2:
             await trio.sleep(poll)
