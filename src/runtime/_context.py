@@ -202,9 +202,35 @@ class ActorContext:
     def progress(self, *, total: int = 0, done: int = 0, retried: int = 0) -> None:
         """Count work items for the progress display and the run summary:
         ``total`` more items are expected, ``done`` more finished, ``retried``
-        more tried again. Counts add up across actors; an actor that resumes
-        from a checkpoint counts what it had done again."""
+        more tried again.
+
+        Counts add up, across actors and across this actor's incarnations: a
+        restarted actor that declares its ``total`` again in ``on_start``, or
+        resumes from a checkpoint and counts what it had done, counts it
+        twice. Use ``set_progress`` for counts that an incarnation declares
+        afresh."""
         self._cell.host.count_progress(total, done, retried)
+
+    def set_progress(
+        self, *, total: int | None = None, done: int | None = None, retried: int | None = None
+    ) -> None:
+        """Set this actor's own counts of work items: ``total`` expected,
+        ``done`` finished, ``retried`` tried again (None leaves one as it was).
+
+        The counts are the actor's, kept by its path across restarts: an
+        incarnation that sets them replaces what an earlier one set, so a
+        restarted actor can declare them again from its state. The system's
+        counts (``system.progress()``) are the sum of every actor's own counts
+        and of everything added with ``progress``.
+
+        Raises:
+            ValueError: a count is negative.
+        """
+        for field, value in (("total", total), ("done", done), ("retried", retried)):
+            if value is not None and value < 0:
+                raise ValueError(f"{field} must be zero or more, got {value!r}")
+        cell = self._cell
+        cell.host.set_progress(cell.path, total, done, retried)
 
     def resource(self, name: str) -> ActorRef[Any]:
         """The ref of the resource ``name`` (declared under ``resources:``).
