@@ -222,7 +222,8 @@ class Planner(runtime.Actor[PlanState]):
         if self.state.job != job or self.state.document is not None:
             self.state = PlanState(job=job)  # a new job, not the rest of an earlier one
         missing = self._missing()
-        self.ctx.progress(total=self.sections, done=self.sections - len(missing))
+        # Set, not added: a restarted planner counts its sections once.
+        self.ctx.set_progress(total=self.sections, done=self.sections - len(missing))
         writers = self._writers()
         log.info(
             "plan", job=job, sections=self.sections, to_write=len(missing), writers=len(writers)
@@ -271,7 +272,7 @@ class Planner(runtime.Actor[PlanState]):
                 continue
             idle_send.send_nowait(writer)
             self.state.written[str(number)] = text
-            self.ctx.progress(done=1)
+            self.ctx.set_progress(done=len(self.state.written))
             await self.ctx.checkpoint()  # a killed run resumes after this section
             return
         log.error("section_gave_up", section=number, attempts=self.attempts)

@@ -431,9 +431,9 @@ class Orchestrator(runtime.Actor[OrchestratorState]):
         self._prs = {pr.number: pr for pr in prs}
         for pr in prs:
             self.state.prs.setdefault(str(pr.number), PullRequestProgress())
-        finished = sum(1 for number in self._prs if self._track(number).outcome is not None)
-        if self.ctx.self_ref.statistics().incarnation == 1:  # once per process
-            self.ctx.progress(total=len(prs), done=finished)
+        finished = self._finished()
+        # Set, not added: after a restart the counts follow the checkpointed state.
+        self.ctx.set_progress(total=len(prs), done=finished)
         log.info("pr_review_resumed", prs=len(prs), finished=finished)
         await self._fill()
 
@@ -466,6 +466,10 @@ class Orchestrator(runtime.Actor[OrchestratorState]):
     def _track(self, number: int) -> PullRequestProgress:
         return self.state.prs[str(number)]
 
+    def _finished(self) -> int:
+        """How many of the PRs have an outcome."""
+        return sum(1 for number in self._prs if self._track(number).outcome is not None)
+
     async def _perform(self, pr: PullRequest, step: str) -> str:
         agent = self.ctx.ref(self.agents[step])
         if step == "review":
@@ -491,7 +495,7 @@ class Orchestrator(runtime.Actor[OrchestratorState]):
     async def _finish(self, number: int, outcome: str) -> None:
         track = self._track(number)
         track.outcome = outcome
-        self.ctx.progress(done=1)
+        self.ctx.set_progress(done=self._finished())
         log.info("pr_finished", pr=number, outcome=outcome, deployed_to=track.deployed_to)
         self._active.discard(number)
         await self._fill()
@@ -510,7 +514,7 @@ class Orchestrator(runtime.Actor[OrchestratorState]):
                     await self.ctx.self_ref.tell(RunStep(number, step))
             else:  # every step was recorded before the outcome was
                 track.outcome = outcome_of(track)
-                self.ctx.progress(done=1)
+                self.ctx.set_progress(done=self._finished())
         if not self._active:
             self._report()
             self.ctx.stop()

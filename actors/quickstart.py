@@ -97,13 +97,16 @@ class Source(runtime.Actor[None]):
         self.worker = self.ctx.ref(worker)
         self.items = int(items)
         self.parallel = int(parallel)
+        self.finished = 0
 
     async def on_start(self) -> None:
         self.ctx.self_ref.tell_nowait(Start())
 
     @runtime.handler
     async def start(self, msg: Start) -> None:
-        self.ctx.progress(total=self.items)  # for the progress line and the summary
+        # For the progress line and the summary. Set, not added: a restarted
+        # source sends every job again and counts them once.
+        self.ctx.set_progress(total=self.items, done=0)
         limiter = trio.Semaphore(self.parallel)
         async with trio.open_nursery() as nursery:
             for number in range(1, self.items + 1):
@@ -121,7 +124,8 @@ class Source(runtime.Actor[None]):
                     log.info("job_retry", job=number, attempt=attempt + 1)
                     self.ctx.progress(retried=1)
                 else:
-                    self.ctx.progress(done=1)
+                    self.finished += 1
+                    self.ctx.set_progress(done=self.finished)
                     return
             log.error("job_gave_up", job=number)
         finally:

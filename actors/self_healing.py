@@ -436,8 +436,8 @@ class Monitor(runtime.Actor[MonitorState]):
             self.state = MonitorState(drill=self.state.drill + 1)
         elif self.state.tick:
             log.info("drill_resumed", drill=self.state.drill, tick=self.state.tick)
-        closed = sum(1 for i in self.state.incidents if not self._is_open(i))
-        self.ctx.progress(total=len(self.state.incidents), done=closed)
+        # Set, not added: a restarted monitor counts its incident log once.
+        self._count_incidents()
         self.timer = self.ctx.schedule_every(self.period, Tick())
         # A pending one-shot timer also tells `--until-idle` that the drill
         # is not over: it does not wait for `schedule_every` timers.
@@ -492,7 +492,7 @@ class Monitor(runtime.Actor[MonitorState]):
                 return
             incident = Incident(len(self.state.incidents) + 1, name, symptom, self.state.tick)
             self.state.incidents.append(incident)
-            self.ctx.progress(total=1)
+            self._count_incidents()
             log.warning(
                 "incident_opened", incident=incident.number, component=name, symptom=symptom
             )
@@ -574,7 +574,7 @@ class Monitor(runtime.Actor[MonitorState]):
     def _close(self, incident: Incident, status: str) -> None:
         incident.status = status
         incident.closed_tick = self.state.tick
-        self.ctx.progress(done=1)
+        self._count_incidents()
         log.info(
             "incident_closed",
             incident=incident.number,
@@ -583,6 +583,12 @@ class Monitor(runtime.Actor[MonitorState]):
             attempts=incident.attempts,
             trials=incident.trials,
         )
+
+    def _count_incidents(self) -> None:
+        """Each incident is an item, done once closed."""
+        incidents = self.state.incidents
+        closed = sum(1 for i in incidents if not self._is_open(i))
+        self.ctx.set_progress(total=len(incidents), done=closed)
 
     def _finish(self) -> None:
         self.finishing = True

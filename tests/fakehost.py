@@ -25,7 +25,8 @@ class FakeHost:
         self.system: Any = None
         self.store = MemoryStore()
         self.dead_letters: list[tuple[str, object, str]] = []
-        self.progress = [0, 0, 0]
+        self.progress = [0, 0, 0]  # added with ctx.progress: total, done, retried
+        self.progress_by_path: dict[str, tuple[int, int, int]] = {}  # ctx.set_progress
         self.built: dict[str, Child] = {}
         self.forgotten: list[str] = []
         self.topics: dict[str, dict[Any, set[type]]] = {}
@@ -68,6 +69,16 @@ class FakeHost:
             self.progress[1] + done,
             self.progress[2] + retried,
         ]
+
+    def set_progress(
+        self, path: str, total: int | None, done: int | None, retried: int | None
+    ) -> None:
+        old = self.progress_by_path.get(path, (0, 0, 0))
+        self.progress_by_path[path] = (
+            old[0] if total is None else total,
+            old[1] if done is None else done,
+            old[2] if retried is None else retried,
+        )
 
     def build(self, spec: ChildSpec | SupervisorSpec, prefix: str) -> Child:
         path = f"{prefix}{spec.name}"

@@ -27,7 +27,7 @@ import trio.testing
 
 import runtime
 from runtime import ChildSpec, ResourceSpec, SupervisorSpec, Topology, open_system
-from runtime._cli import RunEnd, _summary, main
+from runtime._cli import EndSnapshot, _summary, main
 from runtime._endpoint import health_answer, ready_answer
 from runtime._health import Health, Problem, resource_problems
 from runtime._limiter import LimiterStatistics
@@ -274,7 +274,7 @@ async def test_a_backend_breaker_degrades_health_until_it_closes(
             health = await _get(f"{url}/healthz")
             ready = await _get(f"{url}/readyz")
             summary = io.StringIO()
-            _summary(system, 1.0, summary, RunEnd.of(system))
+            _summary(system, 1.0, summary, EndSnapshot.of(system))
             backend.failing = None
             await trio.sleep(61)
             half_open = (await _get(f"{url}/healthz")).json()
@@ -560,22 +560,23 @@ def test_start_warns_and_summarises_a_resource_that_never_came_up(
 ) -> None:
     """``start`` warns on stderr about the unset key (unless
     ``--no-env-checks``), runs anyway, and its summary says the resource
-    never came up, and why."""
+    never came up, and why. Idle with that circuit open is not a success
+    (exit 3: the summary goes to stderr)."""
     path = _write(tmp_path, NO_KEY)
     result = _start(path, *([] if checks else ["--no-env-checks"]), "--log-level", "error")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     warning = (
         f"warning: {path}:3: resources.llm.api_key_env: the environment variable {UNSET} "
         "is not set, so the resource cannot start"
     )
     assert (warning in result.stderr) is checks, result.stderr
-    assert f"resource llm: never came up: {NO_KEY_ERROR}" in result.stdout.splitlines()
+    assert f"resource llm: never came up: {NO_KEY_ERROR}" in result.stderr.splitlines()
 
 
 def test_start_summary_names_a_resource_whose_circuit_opened(tmp_path: Path) -> None:
     """A resource that comes up and crashes until its circuit opens: the
     summary, printed after the stop (which closes circuits), says it was
-    open when the run ended, and why."""
+    open when the run ended, and why; idle with it open, the run exits 3."""
     path = _write(
         tmp_path,
         """
@@ -589,10 +590,11 @@ def test_start_summary_names_a_resource_whose_circuit_opened(tmp_path: Path) -> 
         """,
     )
     result = _start(path, "--log-level", "error")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 3, result.stderr
     assert "warning:" not in result.stderr  # nothing to say about the environment
-    lines = result.stdout.splitlines()
-    assert "refused by the breaker (now open after crashes)" in lines[-2]
-    assert lines[-1] == (
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert lines[-1].startswith("idle with 1 circuit(s) open: resources/flaky (open)")
+    assert "refused by the breaker (now open after crashes)" in lines[-3]
+    assert lines[-2] == (
         "resource flaky: circuit open: ConnectionResetError('the backend dropped the connection')"
     )

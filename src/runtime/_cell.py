@@ -70,6 +70,9 @@ class ActorCell:
     """Everything about one actor that outlives its incarnations."""
 
     kind = "actor"
+    # Whether tasks in ctx.nursery are counted as pending work (is_idle). A
+    # resource's run there for its whole life (connections, servers): not counted.
+    nursery_tasks_are_work = True
     __slots__ = (
         "_done",
         "actor_cls",
@@ -85,9 +88,9 @@ class ActorCell:
         "last_crash",
         "mailbox",
         "name",
-        "one_shot_timers",
         "path",
         "pending_asks",
+        "pending_tasks",
         "record",
         "ref",
         "refusal",
@@ -147,7 +150,9 @@ class ActorCell:
         self.in_flight = 0  # handlers running under concurrency > 1
         self.slots: trio.CapacityLimiter | None = None  # their budget, while serving
         self.unyielded_tells = 0  # tells queued since a sender last yielded
-        self.one_shot_timers = 0
+        # Work outside the mailbox: ctx.schedule timers not fired yet, and
+        # tasks running in ctx.nursery (not the runtime's own; an actor's only).
+        self.pending_tasks = 0
         self.scope: trio.CancelScope | None = None
         self.task: trio.lowlevel.Task | None = None  # the running incarnation's task
         self._done: trio.Event | None = None  # made when someone waits for the running one
@@ -720,7 +725,13 @@ class ActorCell:
         )
 
     def is_idle(self) -> bool:
-        """No message queued or being handled, and nothing scheduled to arrive."""
+        """No message queued or being handled, no one-shot timer pending and
+        no task running in ``ctx.nursery``; or stopped for good; or with its
+        circuit open (nothing runs until its supervisor's half-open trial).
+
+        Not counted: ``schedule_every`` timers, the runtime's own tasks, and
+        a resource's tasks.
+        """
         if self.status in ("stopped", "circuit_open"):
             return True
         return (
@@ -728,7 +739,7 @@ class ActorCell:
             and self.waiting
             and not self.in_flight
             and not self.mailbox.size
-            and not self.one_shot_timers
+            and not self.pending_tasks
         )
 
 

@@ -2,18 +2,25 @@
 system's status.
 
 Exit codes:
-    0: the system ran and stopped gracefully (``start``), the topology is
-       valid (``validate``), the system runs (``status``).
+    0: the system ran and stopped gracefully (``start``; with ``--until-idle``,
+       once idle with every counted item done and no circuit left open), the
+       topology is valid (``validate``), the system runs (``status``).
     1: the system failed: a top supervisor gave up, or starting it failed
        (``start``); it is not running or cannot be reached (``status``).
     2: usage error, or an invalid topology (errors on stderr); for
        ``validate`` also what this machine's environment lacks for a
        resource to start (an API key's variable, a server command).
+    3: ``start --until-idle``: the system went idle with work left undone:
+       fewer items done than counted (``ctx.progress``), or a circuit left
+       open. It was stopped gracefully.
+    4: ``start --max-time``: the time ran out; the system was stopped gracefully.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
 import os
 import signal
 import sys
@@ -29,7 +36,7 @@ from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._services import open_system
-from ._specs import MetricsSpec, Topology
+from ._specs import MetricsSpec, Topology, to_seconds
 from ._status import show_status
 from ._system import ActorSystem, Progress, TreeNode
 from ._topology import iter_children, load_topology
@@ -40,6 +47,24 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
+EXIT_UNFINISHED = 3
+EXIT_TIME_UP = 4
+
+
+@attrs.frozen
+class RunEnd:
+    """How ``start`` ended its run by itself (not on a signal).
+
+    Attributes:
+        reason: ``idle`` (``--until-idle``) or ``time`` (``--max-time`` passed).
+        circuits: with ``idle``, the actors whose circuit was open or
+            half-open then, each as ``path (state)``.
+        limit: with ``time``, the ``--max-time`` in seconds.
+    """
+
+    reason: str
+    circuits: tuple[str, ...] = ()
+    limit: float = 0.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,7 +74,11 @@ def _parser() -> argparse.ArgumentParser:
             "A supervised actor runtime on trio: start or validate a topology, "
             "or show a running system's status."
         ),
-        epilog="Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology.",
+        epilog=(
+            "Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology, "
+            "3 idle with work left undone (start --until-idle), "
+            "4 the time ran out (start --max-time)."
+        ),
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     start = commands.add_parser(
@@ -61,13 +90,27 @@ def _parser() -> argparse.ArgumentParser:
             "cancels whatever is still stopping. SIGHUP re-reads TOPOLOGY and applies "
             "resource limits live."
         ),
-        epilog="Exit codes: 0 stopped gracefully, 1 the system failed, 2 invalid topology.",
+        epilog=(
+            "Exit codes: 0 stopped gracefully (with --until-idle: idle, every counted "
+            "item done, no circuit open), 1 the system failed, 2 invalid topology, "
+            "3 idle with items not done or a circuit left open, 4 --max-time passed."
+        ),
     )
     start.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
     start.add_argument(
         "--until-idle",
         action="store_true",
-        help="stop once every mailbox is empty and no handler, restart or timer is pending",
+        help=(
+            "stop once the system is idle: every mailbox empty, and no handler, restart, "
+            "one-shot timer or ctx.nursery task pending (exit 3 if items counted with "
+            "ctx.progress are not all done, or a circuit is left open)"
+        ),
+    )
+    start.add_argument(
+        "--max-time",
+        metavar="DURATION",
+        type=_max_time,
+        help="stop gracefully once DURATION (90s, 5m, 1h) has passed, and exit 4",
     )
     start.add_argument(
         "--metrics-listen",
@@ -156,13 +199,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return show_status(args.url)
     configure_logging(fmt=args.log_format, level=args.log_level)
     return trio.run(
-        _start,
-        args.topology,
-        args.until_idle,
-        args.metrics_listen,
-        args.progress_interval,
-        not args.no_env_checks,
+        functools.partial(
+            _start,
+            args.topology,
+            args.until_idle,
+            args.metrics_listen,
+            args.progress_interval,
+            env_checks=not args.no_env_checks,
+            max_time=args.max_time,
+        )
     )
+
+
+def _max_time(text: str) -> float:
+    """``--max-time``'s value in seconds: a positive duration such as 90s or 5m."""
+    try:
+        seconds = float(to_seconds(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than zero, got {text!r}")
+    return seconds
 
 
 def _load(path: str) -> Topology | None:
@@ -199,7 +256,9 @@ async def _start(
     until_idle: bool,
     metrics_listen: str | None = None,
     progress_interval: float = 1.0,
+    *,
     env_checks: bool = True,
+    max_time: float | None = None,
 ) -> int:
     topology = _load(path)
     if topology is None:
@@ -218,14 +277,15 @@ async def _start(
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
     hard = trio.CancelScope()  # a second one cancels what is still stopping
     holder: list[ActorSystem] = []
-    ends: list[RunEnd] = []  # the system as the run ended, before it stopped
+    ends: list[EndSnapshot] = []  # the system as the run ended, before it stopped
     code = EXIT_OK
+    ended: RunEnd | None = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, signals, run, hard, holder, path)
             try:
                 with hard:
-                    await _run(
+                    ended = await _run(
                         topology,
                         path,
                         until_idle,
@@ -233,6 +293,7 @@ async def _start(
                         holder,
                         progress_interval=progress_interval,
                         ends=ends,
+                        max_time=max_time,
                     )
                 if hard.cancelled_caught:
                     print("error: stop interrupted by a second signal", file=sys.stderr)
@@ -245,8 +306,13 @@ async def _start(
                 code = EXIT_FAILED
             nursery.cancel_scope.cancel()
     if holder:
+        verdict: list[str] = []
+        if code == EXIT_OK:
+            code, verdict = judge(ended, holder[0].progress())
         out = sys.stdout if code == 0 else sys.stderr
         _summary(holder[0], trio.current_time() - started, out, ends[-1] if ends else None)
+        for line in verdict:
+            print(line, file=out)
     return code
 
 
@@ -258,8 +324,18 @@ async def _run(
     holder: list[ActorSystem],
     *,
     progress_interval: float = 1.0,
-    ends: list[RunEnd] | None = None,
-) -> None:
+    ends: list[EndSnapshot] | None = None,
+    max_time: float | None = None,
+) -> RunEnd | None:
+    """Run the system until a signal (returns None), until it is idle with
+    ``until_idle``, or for ``max_time`` seconds at most; then stop it gracefully.
+    ``ends`` receives the system's snapshot as the run ended, before the stop.
+
+    A signal or the time limit that comes while the tree is starting stops
+    it once it has started.
+    """
+    deadline = math.inf if max_time is None else trio.current_time() + max_time
+    ended: RunEnd | None = None
     async with open_system(topology) as system, trio.open_nursery() as display:
         holder.append(system)
         if ends is not None:
@@ -277,11 +353,23 @@ async def _run(
         if progress_interval > 0:
             display.start_soon(_show_progress, system, progress_interval)
         with run:
-            if until_idle:
-                await system.wait_until_idle()
-            else:
-                await trio.sleep_forever()
+            with trio.move_on_at(deadline) as timer:
+                if until_idle:
+                    await system.wait_until_idle()
+                    # Before the stop: retiring an actor closes its circuit.
+                    ended = RunEnd("idle", circuits=_open_circuits(system))
+                else:
+                    await trio.sleep_forever()
+            if timer.cancelled_caught:
+                assert max_time is not None
+                print(
+                    f"--max-time {_seconds(max_time)} passed: stopping gracefully",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                ended = RunEnd("time", limit=max_time)
         display.cancel_scope.cancel()
+    return ended
 
 
 async def _watch_signals(
@@ -301,6 +389,49 @@ async def _watch_signals(
         else:
             print(f"received {name} again: cancelling", file=sys.stderr, flush=True)
             hard.cancel()
+
+
+def _open_circuits(system: ActorSystem) -> tuple[str, ...]:
+    """The actors and resources whose circuit is open or half-open, as ``path (state)``."""
+    return tuple(
+        f"{stats.path} ({stats.breaker.replace('_', '-')})"
+        for stats in (cell.statistics() for cell in system.cells())
+        if stats.breaker in ("open", "half_open")
+    )
+
+
+def judge(ended: RunEnd | None, progress: Progress) -> tuple[int, list[str]]:
+    """The exit code of a run that stopped gracefully, and the lines that say why
+    it is not 0: a signal (None) or an idle system with every counted item done
+    and no circuit open is 0; idle with work left undone is 3; time up is 4."""
+    if ended is None:
+        return EXIT_OK, []
+    left = progress.total - progress.done
+    counted = f"{progress.done}/{progress.total} item(s) done"
+    if left > 0:
+        counted += f": {left} item(s) were never finished"
+    if ended.reason == "time":
+        line = f"time ran out after {_seconds(ended.limit)} (--max-time)"
+        if progress.total or progress.done:
+            line += f" with {counted}"
+        return EXIT_TIME_UP, [line]
+    lines = []
+    if left > 0:
+        lines.append(f"idle with {counted}")
+    if ended.circuits:
+        lines.append(
+            f"idle with {len(ended.circuits)} circuit(s) open: {', '.join(ended.circuits)}; "
+            "they refuse messages until a half-open trial succeeds"
+        )
+    return (EXIT_UNFINISHED if lines else EXIT_OK), lines
+
+
+def _seconds(seconds: float) -> str:
+    """``90s``, ``5m``, ``2h``, ``1.5s``: a duration as a user would write it."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
 
 
 def progress_line(progress: Progress, most: int = 6) -> str:
@@ -335,7 +466,7 @@ async def _show_progress(system: ActorSystem, interval: float) -> None:
 
 
 @attrs.frozen
-class RunEnd:
+class EndSnapshot:
     """The system as the run ended, before stopping it closed every circuit.
 
     Attributes:
@@ -347,19 +478,19 @@ class RunEnd:
     circuits: dict[str, str | None]
 
     @classmethod
-    def of(cls, system: ActorSystem) -> RunEnd:
+    def of(cls, system: ActorSystem) -> EndSnapshot:
         """The snapshot of ``system`` now."""
         circuits = {name: s.circuit for name, s in system.resource_statistics().items()}
         return cls(health_of(system).problems, circuits)
 
 
-async def _remember_end(system: ActorSystem, into: list[RunEnd]) -> None:
+async def _remember_end(system: ActorSystem, into: list[EndSnapshot]) -> None:
     """When the run ends (cancelled, before the system stops), append its
     snapshot to ``into``, for the summary."""
     try:
         await trio.sleep_forever()
     finally:
-        into.append(RunEnd.of(system))
+        into.append(EndSnapshot.of(system))
 
 
 def _reload(holder: list[ActorSystem], path: str) -> None:
@@ -385,7 +516,7 @@ def _summary(
     system: ActorSystem | None,
     elapsed: float,
     file: TextIO | None = None,
-    end: RunEnd | None = None,
+    end: EndSnapshot | None = None,
 ) -> None:
     """The summary lines; ``end``: the system as the run ended (by default
     as it is now: its circuits closed, the resources that never came up)."""
@@ -426,7 +557,7 @@ def _summary(
         print(problem.line, file=out)
 
 
-def _breaker_now(stats: ResourceStatistics, end: RunEnd | None) -> str:
+def _breaker_now(stats: ResourceStatistics, end: EndSnapshot | None) -> str:
     circuit = end.circuits.get(stats.name, stats.circuit) if end is not None else stats.circuit
     if circuit not in (None, "closed"):
         return f"{circuit} after crashes"

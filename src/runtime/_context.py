@@ -6,7 +6,8 @@ through the cell's ``Host``: it imports neither.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVarTuple
 
 import trio
 
@@ -16,7 +17,9 @@ if TYPE_CHECKING:
     from ._host import Host
     from ._ref import ActorRef
 
-__all__ = ["ActorContext", "CellPort"]
+__all__ = ["ActorContext", "CellPort", "TaskNursery"]
+
+PosArgT = TypeVarTuple("PosArgT")
 
 
 class CellPort(Protocol):
@@ -28,7 +31,8 @@ class CellPort(Protocol):
     incarnation: int
     task: trio.lowlevel.Task | None
     stop_requested: bool
-    one_shot_timers: int
+    pending_tasks: int
+    nursery_tasks_are_work: bool
 
     def check_type(self, msg: object) -> None: ...
 
@@ -41,6 +45,103 @@ class CellPort(Protocol):
     async def save(self, actor: Any) -> None: ...
 
 
+class TaskNursery:
+    """``ctx.nursery``: the incarnation's trio nursery, counting the tasks
+    started in it.
+
+    It has a ``trio.Nursery``'s API (``start_soon``, ``start``,
+    ``cancel_scope``, ``child_tasks``, ``parent_task``) and passes every
+    call on to it; a task started here counts as work in progress for
+    ``ActorSystem.is_idle()`` until it returns. The runtime's own tasks
+    (periodic checkpoints, the tasks behind timers) run in the same nursery
+    without it. A resource's cell does not count its tasks: they are its
+    connections and servers, there for its whole life.
+    """
+
+    __slots__ = ("_cell", "_nursery")
+
+    def __init__(self, cell: CellPort, nursery: trio.Nursery) -> None:
+        self._cell = cell
+        self._nursery = nursery
+
+    @property
+    def cancel_scope(self) -> trio.CancelScope:
+        """The nursery's cancel scope: cancelling it ends the incarnation."""
+        return self._nursery.cancel_scope
+
+    @property
+    def child_tasks(self) -> frozenset[trio.lowlevel.Task]:
+        """The tasks running in the nursery, the runtime's own included."""
+        return self._nursery.child_tasks
+
+    @property
+    def parent_task(self) -> trio.lowlevel.Task:
+        """The incarnation's task."""
+        return self._nursery.parent_task
+
+    def start_soon(
+        self,
+        async_fn: Callable[[*PosArgT], Awaitable[object]],
+        *args: *PosArgT,
+        name: object = None,
+    ) -> None:
+        """Start ``async_fn(*args)`` as a task of this incarnation, as
+        ``trio.Nursery.start_soon``; it counts as work until it returns.
+
+        Raises:
+            RuntimeError: the incarnation has ended (the nursery is closed).
+        """
+        cell = self._cell
+        if not cell.nursery_tasks_are_work:
+            self._nursery.start_soon(async_fn, *args, name=name)
+            return
+        self._nursery.start_soon(
+            _counted, cell, async_fn, *args, name=async_fn if name is None else name
+        )
+        # Counted from the call, not from the task's first step: no check of
+        # is_idle() can fall in between.
+        cell.pending_tasks += 1
+
+    async def start(
+        self, async_fn: Callable[..., Awaitable[object]], *args: object, name: object = None
+    ) -> Any:
+        """Start ``async_fn(*args, task_status=...)`` and wait until it calls
+        ``task_status.started()``, as ``trio.Nursery.start``; returns the
+        value it passed. It counts as work until it returns.
+
+        Raises:
+            RuntimeError: the incarnation has ended (the nursery is closed).
+        """
+        cell = self._cell
+        if not cell.nursery_tasks_are_work:
+            return await self._nursery.start(async_fn, *args, name=name)
+        return await self._nursery.start(
+            _counted_start, cell, async_fn, *args, name=async_fn if name is None else name
+        )
+
+
+async def _counted(
+    cell: CellPort, async_fn: Callable[..., Awaitable[object]], *args: object
+) -> None:
+    try:
+        await async_fn(*args)
+    finally:
+        cell.pending_tasks -= 1
+
+
+async def _counted_start(
+    cell: CellPort,
+    async_fn: Callable[..., Awaitable[object]],
+    *args: object,
+    task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    cell.pending_tasks += 1
+    try:
+        await async_fn(*args, task_status=task_status)
+    finally:
+        cell.pending_tasks -= 1
+
+
 class ActorContext:
     """``self.ctx``: the running incarnation's view of the system.
 
@@ -49,13 +150,31 @@ class ActorContext:
     crashes the actor.
     """
 
-    __slots__ = ("_actor", "_cell", "_incarnation", "nursery")
+    # _nursery: the incarnation's trio nursery, until ``nursery`` is first
+    # read; then its TaskNursery (made on use: most actors never start a task).
+    __slots__ = ("_actor", "_cell", "_incarnation", "_nursery")
 
     def __init__(self, cell: CellPort, nursery: trio.Nursery, actor: Any) -> None:
         self._cell = cell
         self._actor = actor
         self._incarnation = cell.incarnation
-        self.nursery = nursery
+        self._nursery: trio.Nursery | TaskNursery = nursery
+
+    @property
+    def nursery(self) -> TaskNursery:
+        """A nursery that lives exactly as long as this incarnation, with a
+        ``trio.Nursery``'s API. A task still running in it is work in
+        progress: the system is not idle until it returns."""
+        nursery = self._nursery
+        if isinstance(nursery, TaskNursery):
+            return nursery
+        counting = self._nursery = TaskNursery(self._cell, nursery)
+        return counting
+
+    def _runtime_nursery(self) -> trio.Nursery:
+        """The nursery itself, for the runtime's own tasks (not counted as the user's)."""
+        nursery = self._nursery
+        return nursery._nursery if isinstance(nursery, TaskNursery) else nursery
 
     @property
     def path(self) -> str:
@@ -83,9 +202,35 @@ class ActorContext:
     def progress(self, *, total: int = 0, done: int = 0, retried: int = 0) -> None:
         """Count work items for the progress display and the run summary:
         ``total`` more items are expected, ``done`` more finished, ``retried``
-        more tried again. Counts add up across actors; an actor that resumes
-        from a checkpoint counts what it had done again."""
+        more tried again.
+
+        Counts add up, across actors and across this actor's incarnations: a
+        restarted actor that declares its ``total`` again in ``on_start``, or
+        resumes from a checkpoint and counts what it had done, counts it
+        twice. Use ``set_progress`` for counts that an incarnation declares
+        afresh."""
         self._cell.host.count_progress(total, done, retried)
+
+    def set_progress(
+        self, *, total: int | None = None, done: int | None = None, retried: int | None = None
+    ) -> None:
+        """Set this actor's own counts of work items: ``total`` expected,
+        ``done`` finished, ``retried`` tried again (None leaves one as it was).
+
+        The counts are the actor's, kept by its path across restarts: an
+        incarnation that sets them replaces what an earlier one set, so a
+        restarted actor can declare them again from its state. The system's
+        counts (``system.progress()``) are the sum of every actor's own counts
+        and of everything added with ``progress``.
+
+        Raises:
+            ValueError: a count is negative.
+        """
+        for field, value in (("total", total), ("done", done), ("retried", retried)):
+            if value is not None and value < 0:
+                raise ValueError(f"{field} must be zero or more, got {value!r}")
+        cell = self._cell
+        cell.host.set_progress(cell.path, total, done, retried)
 
     def resource(self, name: str) -> ActorRef[Any]:
         """The ref of the resource ``name`` (declared under ``resources:``).
@@ -143,15 +288,16 @@ class ActorContext:
         scope = trio.CancelScope()
 
         async def fire() -> None:
-            cell.one_shot_timers += 1
             try:
                 with scope:
                     await trio.sleep(delay)
                     await cell.deliver(msg)
             finally:
-                cell.one_shot_timers -= 1
+                cell.pending_tasks -= 1
 
-        self.nursery.start_soon(fire)
+        self._runtime_nursery().start_soon(fire)
+        # Pending from the call on, not from the task's first step.
+        cell.pending_tasks += 1
         return scope
 
     def schedule_every(self, period: float, msg: object) -> trio.CancelScope:
@@ -181,7 +327,7 @@ class ActorContext:
                     if deadline <= now:
                         deadline += period * ((now - deadline) // period + 1)
 
-        self.nursery.start_soon(tick)
+        self._runtime_nursery().start_soon(tick)
         return scope
 
     def subscribe(self, topic: str, message_type: type) -> None:

@@ -139,7 +139,16 @@ class Host(Protocol):
 
     async def publish(self, topic: str, event: object) -> None: ...
 
-    def count_progress(self, total: int, done: int, retried: int) -> None: ...
+    def count_progress(self, total: int, done: int, retried: int) -> None:
+        """Add to the system's counts of work items (``ctx.progress``)."""
+        ...
+
+    def set_progress(
+        self, path: str, total: int | None, done: int | None, retried: int | None
+    ) -> None:
+        """Set the counts of the actor at ``path`` (``ctx.set_progress``);
+        None keeps a count as it was."""
+        ...
 
     def build(self, spec: ChildSpec | SupervisorSpec, prefix: str) -> Child:
         """Make the child ``spec`` describes, registered at ``prefix + name``."""

@@ -290,6 +290,7 @@ class ResourceCell(ActorCell):
     instead of crashing."""
 
     kind = "resource"
+    nursery_tasks_are_work = False  # its connections and servers run there
     __slots__ = (
         "asyncio_loop",
         "broken",

@@ -698,5 +698,6 @@ class Supervisor:
         )
 
     def is_idle(self) -> bool:
-        """True when no restart is pending below this supervisor."""
+        """True when this supervisor runs (or stopped), no start or restart
+        is pending below it, and every child is idle."""
         return self.status in ("running", "stopped") and all(c.is_idle() for c in self.children)

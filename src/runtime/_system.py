@@ -71,10 +71,12 @@ class DeadLetter:
 
 @attrs.frozen
 class Progress:
-    """Work items counted by the actors (``ctx.progress``), and who works now.
+    """Work items counted by the actors, and who works now.
 
     Attributes:
-        done, total, retried: items finished, expected, and retried so far.
+        done, total, retried: items finished, expected, and retried so far:
+            what ``ctx.progress`` added, plus each actor's own counts as it
+            last set them with ``ctx.set_progress``.
         working: the actors handling a message now, each with how many
             (above 1 under ``concurrency`` or for a resource).
     """
@@ -113,7 +115,10 @@ class SystemHost:
         self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
         self.dead_letter_count = 0
         self.dead_letter_reasons: dict[str, int] = {}
-        self.items_done = self.items_total = self.items_retried = 0  # ctx.progress
+        # Work items: the sums of what ctx.progress added and of each actor's
+        # own counts, which ctx.set_progress sets (by path: total, done, retried).
+        self.items_done = self.items_total = self.items_retried = 0
+        self.progress_by_path: dict[str, tuple[int, int, int]] = {}
         self.topics: dict[str, dict[ActorCell, set[type]]] = {}
 
     # -- the tree ----------------------------------------------------------------
@@ -179,6 +184,19 @@ class SystemHost:
         self.items_total += total
         self.items_done += done
         self.items_retried += retried
+
+    def set_progress(
+        self, path: str, total: int | None, done: int | None, retried: int | None
+    ) -> None:
+        old_total, old_done, old_retried = self.progress_by_path.get(path, (0, 0, 0))
+        new = (
+            old_total if total is None else total,
+            old_done if done is None else done,
+            old_retried if retried is None else retried,
+        )
+        self.progress_by_path[path] = new
+        # The sums change by the difference: system.progress() stays O(1).
+        self.count_progress(new[0] - old_total, new[1] - old_done, new[2] - old_retried)
 
     # -- topics ------------------------------------------------------------------
 
@@ -416,7 +434,8 @@ class ActorSystem:
 
     def progress(self) -> Progress:
         """Items done out of total (as the actors count them with
-        ``ctx.progress``) and the actors handling a message now."""
+        ``ctx.progress`` and ``ctx.set_progress``) and the actors handling a
+        message now."""
         host = self._host
         working = []
         for cell in host.cells.values():
@@ -490,11 +509,22 @@ class ActorSystem:
             self.resources.request_stop()
 
     def is_idle(self) -> bool:
-        """Every mailbox empty, no handler running, no restart or one-shot timer pending."""
+        """Whether nothing is left to do now: every mailbox empty, no handler
+        running, no start or restart pending (backoffs included), no
+        ``ctx.schedule`` timer pending and no task running in an actor's
+        ``ctx.nursery``. It does not wait.
+
+        Not work: ``schedule_every`` timers, the runtime's own tasks, a
+        resource's tasks, and an open circuit (its half-open trial is not
+        waited for: the actor counts as idle, see ``ActorStatistics.breaker``).
+        """
         return self.root.is_idle() and (self.resources is None or self.resources.is_idle())
 
     async def wait_until_idle(self, poll: float = _IDLE_POLL) -> None:
-        """Return once the system has been idle at two polls in a row, or the root stopped."""
+        """Return once ``is_idle()`` was true at two checks in a row, ``poll``
+        seconds apart (the first one ``poll`` after the call), or once the
+        root supervisor has ended. Stops nothing; waits with ``trio.sleep``
+        (virtual time under ``autojump_clock``). Cancellation ends the wait."""
         streak = 0
         while streak < 2:
             await trio.sleep(poll)
