@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {"_limiter", "_ref"},
     # The tree's view of the system, and an incarnation's view of its cell.
     {"_host"},
-    {"_context"},
+    {"_context", "_serving"},
     {"_actor"},
     {"_cell"},
     {"_resource", "_supervisor"},

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import math
-from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -23,13 +22,14 @@ from ._actor import Actor, dispatch_table, resolve_handler, state_class
 from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._checkpoint import Checkpointer
 from ._context import ActorContext
-from ._correlation import CURRENT, CorrelationSlot, correlation_id, current
+from ._correlation import CURRENT, current
 from ._durations import Durations
 from ._host import RestartRecord
 from ._logging import get_logger
 from ._mailbox import Ask, Envelope, Mailbox, unwrap
 from ._priority import check_priority
 from ._ref import ActorRef, ActorStatistics
+from ._serving import YIELD_EVERY, serve, serve_concurrently
 from .errors import (
     ActorFailed,
     ActorStopped,
@@ -48,10 +48,6 @@ __all__ = ["ActorCell", "LocalRef"]
 
 logger = get_logger()
 
-# An actor whose handlers never await, and a sender whose tells never wait,
-# yield to the scheduler at least once per this many messages, so neither can
-# starve the other tasks.
-_YIELD_EVERY = 64
 
 # The ``done`` event of every cell with no incarnation running: set, shared,
 # never waited on for long (each start makes the incarnation its own).
@@ -470,143 +466,14 @@ class ActorCell:
         self.mailbox.wake()
 
     async def _serve(self, actor: Actor[Any]) -> None:
-        mailbox = self.mailbox
-        get = mailbox.get_nowait
-        handle = self._handle
-        durations = self.durations
-        # With metrics on: messages until the next timed one, and how many
-        # messages that one stands for.
-        countdown = weight = 1
-        tracer = self.tracer
-        plain = durations is None and tracer is None
-        slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
-        budget = _YIELD_EVERY
-        while not self.stop_requested:
-            item = get()
-            if item is None:
-                self.waiting = True
-                await trio.lowlevel.wait_task_rescheduled(mailbox.park_receiver())
-                self.waiting = False
-                # Woken by a message in the same round that a background task
-                # crashed: leave the message queued for the next incarnation.
-                await trio.lowlevel.checkpoint_if_cancelled()
-                budget = _YIELD_EVERY
-                continue
-            # The message's chain (an ask's or an envelope's; 0: a new one).
-            if slot is None:
-                slot = CorrelationSlot()
-                CURRENT.set(slot)
-            kind = type(item)
-            if kind is not Envelope and kind is not Ask:  # told from outside a handler
-                slot.value = 0
-                trace = None
-            elif kind is Envelope:
-                slot.value = item.correlation  # type: ignore[attr-defined]
-                trace = item.trace  # type: ignore[attr-defined]
-                item = item.msg  # type: ignore[attr-defined]
-            else:
-                slot.value = item.correlation  # type: ignore[attr-defined]
-                trace = item.trace  # type: ignore[attr-defined]
-            if plain:
-                await handle(actor, item)
-            elif tracer is not None:
-                await self._handle_traced(actor, item, trace)
-            else:
-                countdown -= 1
-                if countdown:
-                    await handle(actor, item)
-                else:
-                    assert durations is not None  # not plain, not traced: timed
-                    started = perf_counter()
-                    await handle(actor, item)
-                    countdown = weight = durations.observe(perf_counter() - started, weight)
-            budget -= 1
-            if not budget:
-                budget = _YIELD_EVERY
-                await trio.lowlevel.checkpoint()
+        """Handle messages one at a time until asked to stop (``_serving.serve``)."""
+        await serve(self, actor)
 
     async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
-        # A CapacityLimiter, not a Semaphore: its total can change while it
-        # serves (a resource's limits reloaded).
-        slots = self.slots = trio.CapacityLimiter(limit)
-        mailbox = self.mailbox
+        """Handle up to ``limit`` messages at once until asked to stop."""
+        await serve_concurrently(self, actor, limit)
 
-        durations = self.durations
-
-        async def handle_one(item: object, slot: object) -> None:
-            # This message's chain, in its own task.
-            carried = type(item) is Envelope or type(item) is Ask
-            CURRENT.set(CorrelationSlot(item.correlation if carried else 0))  # type: ignore[attr-defined]
-            trace = item.trace if carried else None  # type: ignore[attr-defined]
-            if type(item) is Envelope:
-                item = item.msg
-            self.in_flight += 1
-            started = perf_counter()
-            try:
-                if self.tracer is not None:
-                    await self._handle_traced(actor, item, trace, timed=False)
-                else:
-                    await self._handle(actor, item)
-            finally:
-                self.in_flight -= 1
-                slots.release_on_behalf_of(slot)
-                if durations is not None:
-                    durations.observe(perf_counter() - started)
-
-        try:
-            async with trio.open_nursery() as running:
-                while True:
-                    slot = object()
-                    try:
-                        slots.acquire_on_behalf_of_nowait(slot)
-                    except trio.WouldBlock:
-                        await slots.acquire_on_behalf_of(slot)
-                    item = None
-                    while not self.stop_requested:
-                        # A handler that crashed has cancelled this nursery: a
-                        # message taken now would be lost, not kept for the next
-                        # incarnation.
-                        await trio.lowlevel.checkpoint_if_cancelled()
-                        item = mailbox.get_nowait()
-                        if item is not None:
-                            break
-                        self.waiting = True
-                        await mailbox.wait_nonempty()
-                        self.waiting = False
-                    if item is None:
-                        slots.release_on_behalf_of(slot)
-                        return
-                    running.start_soon(handle_one, item, slot)
-        finally:
-            self.slots = None
-
-    def span(self, msg: object, parent: Any = None) -> Any:
-        """The OpenTelemetry span of handling ``msg`` (current while open),
-        child of ``parent`` (the sender's context; None: the current one)."""
-        name = type(msg).__qualname__
-        return self.tracer.start_as_current_span(
-            f"handle {name}",
-            context=parent,
-            attributes={
-                "runtime.actor": self.path,
-                "runtime.message": name,
-                "runtime.correlation_id": correlation_id() or "",
-            },
-        )
-
-    async def _handle_traced(
-        self, actor: Actor[Any], item: object, parent: Any, timed: bool = True
-    ) -> None:
-        """``_handle`` in an OpenTelemetry span, child of the sender's."""
-        started = perf_counter()
-        with self.span(item.msg if type(item) is Ask else item, parent):
-            try:
-                await self._handle(actor, item)
-            finally:
-                if timed and self.durations is not None:
-                    self.durations.observe(perf_counter() - started)
-
-    async def _handle(self, actor: Actor[Any], item: object) -> None:
+    async def handle_item(self, actor: Actor[Any], item: object) -> None:
         """Handle one mailbox item (an ``Envelope`` already unwrapped by the
         serving loop)."""
         if type(item) is Ask:
@@ -800,7 +667,7 @@ class LocalRef(ActorRef[Any]):
             raise
         if not queued:
             await cell.put(item, priority)
-        elif cell.unyielded_tells < _YIELD_EVERY:
+        elif cell.unyielded_tells < YIELD_EVERY:
             cell.unyielded_tells += 1
         else:
             cell.unyielded_tells = 0

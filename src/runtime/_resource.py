@@ -32,6 +32,7 @@ from ._cell import ActorCell, LocalRef
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._priority import check_priority
+from ._serving import span
 from ._specs import ChildSpec, ResourceSpec
 from .errors import ActorStopped, AskTimeout, ResourceError
 
@@ -396,7 +397,7 @@ class ResourceCell(ActorCell):
 
     async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
         """The handler in an OpenTelemetry span, child of the asker's."""
-        with self.span(msg):
+        with span(self, msg):
             return await self.table[type(msg)](actor, msg)
 
     def _served(self) -> None:
@@ -438,11 +439,11 @@ class ResourceCell(ActorCell):
             self.inline[scope] = reason
             scope.cancel()
 
-    async def _handle(self, actor: Actor[Any], item: object) -> None:
+    async def handle_item(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority is that task's.
         _PRIORITY.set(item.priority if type(item) is Ask else "normal")  # (an Envelope: normal)
         try:
-            await super()._handle(actor, item)
+            await super().handle_item(actor, item)
         except Exception as exc:
             # The asker has its error (``_failure``); the resource goes on.
             self._served()
