@@ -3,6 +3,7 @@ and the restart-intensity window as a pure function (OTP's add_restart)."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
@@ -56,34 +57,37 @@ def _supervisor(
     return Supervisor(spec, "root", host), children
 
 
-async def test_one_for_all_stops_in_reverse_and_restarts_in_order() -> None:
-    """A crash of b under one_for_all stops c, a (reverse order), then starts a, b, c."""
+@pytest.mark.parametrize(
+    ("strategy", "expected", "restarts"),
+    [
+        (
+            "one_for_all",
+            ["stop b", "stop c", "stop a", "start a", "start b", "start c"],
+            [1, 1, 1],
+        ),
+        ("rest_for_one", ["stop b", "stop c", "start b", "start c"], [0, 1, 1]),
+        ("one_for_one", ["stop b", "start b"], [0, 1, 0]),
+    ],
+)
+async def test_a_crash_restarts_the_strategys_group_in_order(
+    strategy: str, expected: list[str], restarts: list[int]
+) -> None:
+    """A crash of b: one_for_all stops c, a (reverse order) then starts a, b,
+    c; rest_for_one leaves a running; one_for_one restarts b alone. The
+    crashed child's restart counts as a crash, the others' as the group's."""
     journal: list[str] = []
-    supervisor, kids = _supervisor(FakeHost(), journal, ["a", "b", "c"], strategy="one_for_all")
+    supervisor, kids = _supervisor(FakeHost(), journal, ["a", "b", "c"], strategy=strategy)
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run_incarnation)
             journal.clear()
             kids["b"].crash()
             await trio.testing.wait_all_tasks_blocked()
-            assert journal == ["stop b", "stop c", "stop a", "start a", "start b", "start c"]
-            assert [kids[n].record.restarts for n in "abc"] == [1, 1, 1]
+            assert journal == expected
+            assert [kids[n].record.restarts for n in "abc"] == restarts
             assert kids["b"].record.reasons == {"crash": 1}
-            assert kids["a"].record.reasons == {"group": 1}
-            supervisor.request_stop()
-
-
-async def test_rest_for_one_restarts_the_failed_child_and_those_after_it() -> None:
-    """A crash of b under rest_for_one leaves a running."""
-    journal: list[str] = []
-    supervisor, kids = _supervisor(FakeHost(), journal, ["a", "b", "c"], strategy="rest_for_one")
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run_incarnation)
-            journal.clear()
-            kids["b"].crash()
-            await trio.testing.wait_all_tasks_blocked()
-            assert journal == ["stop b", "stop c", "start b", "start c"]
+            if strategy == "one_for_all":
+                assert kids["a"].record.reasons == {"group": 1}
             supervisor.request_stop()
 
 

@@ -628,7 +628,6 @@ class LocalRef(ActorRef[Any]):
 
     @property
     def path(self) -> str:
-        """The actor's path, ``root/.../name``."""
         return self._cell.path
 
     def __eq__(self, other: object) -> bool:
@@ -638,19 +637,7 @@ class LocalRef(ActorRef[Any]):
         return hash(self._cell)
 
     async def tell(self, msg: object, *, priority: str = "normal") -> None:
-        """Queue ``msg``; under ``block`` wait while the mailbox is full.
-
-        A cancellation point always. It yields to the scheduler when it has
-        to wait for space, and otherwise once every few calls: a sender
-        queues a batch of messages for the actor to drain in one turn,
-        instead of paying a task switch per message, and can still never
-        starve other tasks.
-
-        Raises:
-            UnknownMessage: no handler for the message's type.
-            MailboxFull: full under ``reject``.
-            ActorStopped, CircuitOpen: the actor does not accept messages.
-        """
+        """``ActorRef.tell``: straight into the mailbox, a yield every few calls."""
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
         if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
@@ -674,12 +661,8 @@ class LocalRef(ActorRef[Any]):
             await trio.lowlevel.cancel_shielded_checkpoint()
 
     def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
-        """Queue ``msg`` without waiting.
-
-        Raises:
-            MailboxFull: the mailbox is full under ``block`` or ``reject``.
-            UnknownMessage, ActorStopped, CircuitOpen: as ``tell``.
-        """
+        """``ActorRef.tell_nowait``; the same steps as ``tell`` without a wait
+        (kept apart rather than shared: each is one call per message)."""
         cell = self._cell
         if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
             msg, priority
@@ -697,19 +680,8 @@ class LocalRef(ActorRef[Any]):
             raise MailboxFull(f"{cell.path}: mailbox full ({cell.mailbox.capacity} messages)")
 
     async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
-        """Send ``msg`` and wait for the handler's return value.
-
-        The timeout covers waiting for mailbox space too: ``ask`` never waits
-        longer than ``timeout``. On timeout or cancellation the asker leaves
-        no waiter behind; the message, if queued, is still handled and its
-        reply discarded.
-
-        Raises:
-            AskTimeout: no reply within ``timeout`` seconds.
-            ActorFailed: the handler raised (the original is ``__cause__``).
-            ActorStopped: the actor stopped for good before replying.
-            MailboxFull, CircuitOpen, UnknownMessage: refused.
-        """
+        """``ActorRef.ask``: the asker parks until the handler's reply
+        reschedules it, with no event or channel in between."""
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
         trial = False  # while True: this message took the half-open trial, not yet queued
@@ -743,7 +715,6 @@ class LocalRef(ActorRef[Any]):
                 cell.abandon_trial()
 
     def statistics(self) -> ActorStatistics:
-        """The actor's status, counters and mailbox, now."""
         return self._cell.statistics()
 
 
