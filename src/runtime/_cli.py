@@ -347,7 +347,7 @@ async def _run(
         if system.endpoint_url is not None:
             print(
                 f"metrics: {system.endpoint_url}/metrics, {system.endpoint_url}/healthz, "
-                f"{system.endpoint_url}/status",
+                f"{system.endpoint_url}/readyz, {system.endpoint_url}/status",
                 flush=True,
             )
         if progress_interval > 0:

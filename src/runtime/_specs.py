@@ -391,7 +391,7 @@ class MetricsSpec:
     """Observability settings.
 
     Attributes:
-        listen: where to serve ``/metrics``, ``/healthz`` and ``/status``
+        listen: where to serve ``/metrics``, ``/healthz``, ``/readyz`` and ``/status``
             (``host:port``, or a port on 127.0.0.1); None serves nothing.
         tracing: an OpenTelemetry span per handled message, the asker's or
             sender's span as its parent (needs ``opentelemetry-api``; spans
