@@ -25,7 +25,7 @@ import trio
 
 from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._logging import get_logger
-from ._priority import PRIORITIES
+from ._priority import PRIORITY_INDEX, check_priority
 from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
@@ -34,7 +34,6 @@ __all__ = ["KEEP", "Limiter", "LimiterStatistics"]
 logger = get_logger()
 
 T = TypeVar("T")
-_INDEX = {priority: index for index, priority in enumerate(PRIORITIES)}
 
 
 @attrs.frozen
@@ -425,7 +424,7 @@ class Limiter:
             if self.rate is not None:
                 self._window.append(now)
             return borrower, trial
-        return await self._wait(_Waiter(_INDEX[priority]), now)
+        return await self._wait(_Waiter(PRIORITY_INDEX[priority]), now)
 
     async def _wait(self, waiter: _Waiter, now: float) -> tuple[object, CircuitBreaker | None]:
         """Queue ``waiter`` and wait for its admission (``now``: when it came).
@@ -502,8 +501,7 @@ class Limiter:
             ValueError: ``priority`` is not high, normal or low.
             Whatever ``fn`` raised on its last attempt.
         """
-        if priority not in _INDEX:
-            raise ValueError("priority must be 'high', 'normal' or 'low'")
+        check_priority(priority)
         attempt = 0
         while True:
             attempt += 1
@@ -556,7 +554,7 @@ class Limiter:
         return LimiterStatistics(
             tokens_in_use=self._tokens.borrowed_tokens,
             max_concurrency=self.max_concurrency,
-            waiting={p: len(self._queues[i]) for p, i in _INDEX.items()},
+            waiting={p: len(self._queues[i]) for p, i in PRIORITY_INDEX.items()},
             admitted=self._admitted,
             rejected=self._rejected,
             in_window=self._in_window(now),
