@@ -286,6 +286,10 @@ class ActorSystem:
             ("postgresql://", "postgres://")
         )
 
+    def checkpoint_store(self) -> CheckpointStore:
+        """The checkpoint store, made on first use (it connects on first use too)."""
+        return self._host.checkpoint_store()
+
     async def close_store(self) -> None:
         """Close the checkpoint store if the system opened it."""
         await self._host.close_store()
