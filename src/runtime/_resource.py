@@ -403,7 +403,9 @@ class ResourceCell(ActorCell):
     def _served(self) -> None:
         """A request was answered without crashing the resource: that is
         recovery for its actor breaker (a half-open one closes)."""
-        if self.record.consecutive_crashes or self.breaker == "half_open":
+        # A half-open circuit is one whose refusal is set (the trial marker, or
+        # CircuitOpen while its trial runs): one attribute, read per request.
+        if self.record.consecutive_crashes or self.refusal is not None:
             self._recovered()
 
     async def run_incarnation(
