@@ -359,7 +359,7 @@ class ActorCell:
                 task_status = trio.TASK_STATUS_IGNORED  # the starter's objects can go now
                 periodic = self._save_periodically(nursery, actor)
                 if self.spec.concurrency == 1:
-                    await self._serve(actor)
+                    await serve(self, actor)  # directly: one coroutine less per idle actor
                 else:
                     await self._serve_concurrently(actor, self.spec.concurrency)
                 phase = "stop"
@@ -464,10 +464,6 @@ class ActorCell:
         self.stop_requested = True
         self.stop_deadline = min(self.stop_deadline, trio.current_time() + self.shutdown_timeout)
         self.mailbox.wake()
-
-    async def _serve(self, actor: Actor[Any]) -> None:
-        """Handle messages one at a time until asked to stop (``_serving.serve``)."""
-        await serve(self, actor)
 
     async def _serve_concurrently(self, actor: Actor[Any], limit: int) -> None:
         """Handle up to ``limit`` messages at once until asked to stop."""

@@ -86,6 +86,9 @@ class MailboxStatistics:
     blocked_senders: int
 
 
+_NO_QUEUES: tuple[None, None, None] = (None, None, None)
+
+
 class EvictionOwner(Protocol):
     """Who hears of the items a drop policy evicts."""
 
@@ -126,7 +129,10 @@ class Mailbox:
         self.capacity = capacity
         self.overflow = overflow
         self.size = 0
-        self._queues: list[deque[object] | None] = [None, None, None]
+        # One queue per priority, made at its first message; until the first
+        # message at all, a shared placeholder (an idle actor's mailbox holds
+        # no list of its own).
+        self._queues: list[deque[object] | None] | tuple[None, None, None] = _NO_QUEUES
         self._owner = owner
         self._receiver: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self._senders: trio.lowlevel.ParkingLot | None = None
@@ -149,7 +155,7 @@ class Mailbox:
             return self.overflow != "block"
         queue = self._queues[index]
         if queue is None:
-            queue = self._queues[index] = deque()
+            queue = self._new_queue(index)
         queue.append(item)
         self.size += 1
         receiver = self._receiver
@@ -157,6 +163,15 @@ class Mailbox:
             self._receiver = None
             trio.lowlevel.reschedule(receiver)
         return True
+
+    def _new_queue(self, index: int) -> deque[object]:
+        """The queue of priority ``index``, made at its first message."""
+        queues = self._queues
+        if isinstance(queues, tuple):
+            queues = self._queues = [None, None, None]
+        queue: deque[object] = deque()
+        queues[index] = queue
+        return queue
 
     def _make_room(self, item: object, index: int) -> bool:
         """Apply the overflow policy to a full mailbox; True if ``item`` may be queued."""
