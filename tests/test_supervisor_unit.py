@@ -279,3 +279,32 @@ async def test_a_trial_message_that_is_not_queued_frees_the_trial() -> None:
         assert "half_open" in str(refused)
     else:
         raise AssertionError("a second message got through while the trial runs")
+
+
+async def test_a_trial_ask_that_times_out_waiting_for_room_frees_the_trial(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Half-open, the trial ask waits for room in a full ``block`` mailbox
+    and times out there: it was never queued, so the trial is free again."""
+    host = FakeHost()
+    spec = ChildSpec(
+        name="c",
+        actor=Counter,
+        mailbox=runtime.MailboxSpec(capacity=1, overflow="block"),
+        circuit_breaker=BreakerSpec(failures=1),
+    )
+    cell = ActorCell(spec, "root/c", host)
+    cell.record.consecutive_crashes = 1
+    assert cell.open_circuit(RuntimeError("crash")) is not None
+    assert cell.half_open()
+    cell.mailbox.put_nowait(Add(0), "normal")  # full
+    with trio.fail_after(60):
+        try:
+            await cell.ref.ask(Get(), timeout=5)
+        except runtime.errors.AskTimeout:
+            pass
+        else:
+            raise AssertionError("the ask got through a full mailbox")
+    assert cell.mailbox.get_nowait() == Add(0)
+    cell.ref.tell_nowait(Add(2))  # the trial, free again
+    assert cell.mailbox.get_nowait() == Add(2)
