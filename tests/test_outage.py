@@ -154,3 +154,19 @@ async def test_an_outage_crash_does_not_count_toward_intensity(
             stats = ref.statistics()
             assert stats.restarts == 10 and stats.status == "running"
             assert system.state() == "running"
+
+
+def _store_down() -> None:
+    raise StoreUnavailable("down")
+
+
+def test_a_bug_raised_while_handling_an_outage_is_a_bug() -> None:
+    """Implicit chaining (``__context__``) does not make a bug an outage."""
+    try:
+        try:
+            _store_down()
+        except StoreUnavailable:
+            raise KeyError("typo")  # noqa: B904
+    except KeyError as bug:
+        assert bug.__context__ is not None
+        assert not is_outage(bug)

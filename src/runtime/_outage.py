@@ -16,11 +16,14 @@ from .errors import CircuitOpen, ResourceError, StoreUnavailable
 
 __all__ = ["is_outage"]
 
-_DEPTH = 8  # how far along __cause__ / __context__ a cause is looked for
+_DEPTH = 8  # how far along __cause__ a cause is looked for
 
 
 def is_outage(error: BaseException | None) -> bool:
-    """Whether ``error`` (or an error it was raised from) is an outage."""
+    """Whether ``error``, or an error it was raised from (``raise ... from``,
+    as ``ActorFailed`` carries a handler's error), is an outage. An error
+    raised while handling an outage without ``from`` is not: a bug in an
+    ``except`` block is still a bug."""
     seen = 0
     while error is not None and seen < _DEPTH:
         if isinstance(error, (StoreUnavailable, CircuitOpen)):
@@ -30,6 +33,6 @@ def is_outage(error: BaseException | None) -> bool:
         if isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
             error = error.exceptions[0]
         else:
-            error = error.__cause__ or error.__context__
+            error = error.__cause__
         seen += 1
     return False
