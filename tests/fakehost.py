@@ -126,8 +126,15 @@ class ScriptedChild:
     def shutdown_timeout(self) -> float:
         return 1.0
 
+    @property
+    def starts_at_once(self) -> bool:
+        return False
+
+    def begin(self) -> None:
+        raise AssertionError("scripted children are started and waited for")
+
     async def run_incarnation(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
     ) -> BaseException | None:
         self.incarnation += 1
         self.status = "running"

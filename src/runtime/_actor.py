@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from types import UnionType
 from typing import Any, ClassVar, Generic, TypeVar, Union
 
+import attrs
+
 from ._context import ActorContext
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "init_signature",
     "needs_args",
     "resolve_handler",
+    "starts_trivially",
     "state_class",
 ]
 
@@ -94,6 +97,7 @@ class Actor(Generic[S]):
     _state: ClassVar[type | None]
     _signature: ClassVar[inspect.Signature]
     _needs_args: ClassVar[bool]
+    _starts_trivially: ClassVar[bool]
 
     def __init__(self) -> None:
         pass
@@ -202,6 +206,30 @@ def init_signature(cls: type[Actor[Any]]) -> inspect.Signature:
 
 
 _NOT_REQUIRED = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def starts_trivially(cls: type[Actor[Any]]) -> bool:
+    """Whether an incarnation's start and graceful stop run no code of the
+    class's own: it keeps ``Actor``'s ``on_start``, ``on_stop`` and
+    ``__init__``, and its state class (if any) is an attrs class whose
+    fields all have defaults (cached per class)."""
+    cached: bool | None = cls.__dict__.get("_starts_trivially")
+    if cached is None:
+        state = cls._state_class()
+        cached = (
+            cls.on_start is Actor.on_start
+            and cls.on_stop is Actor.on_stop
+            and cls.__init__ is Actor.__init__
+            and (
+                state is None
+                or (
+                    attrs.has(state)
+                    and all(f.default is not attrs.NOTHING for f in attrs.fields(state))
+                )
+            )
+        )
+        cls._starts_trivially = cached
+    return cached
 
 
 def needs_args(cls: type[Actor[Any]]) -> bool:

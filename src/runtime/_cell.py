@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._actor import Actor, dispatch_table, resolve_handler, state_class
+from ._actor import Actor, dispatch_table, resolve_handler, starts_trivially, state_class
 from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._checkpoint import Checkpointer
 from ._context import ActorContext
@@ -165,6 +165,18 @@ class ActorCell:
         if done is None:
             done = self._done = trio.Event()
         return done
+
+    @property
+    def starts_at_once(self) -> bool:
+        """Whether a start runs no code of the actor's own and reads nothing:
+        its class keeps ``Actor``'s ``on_start``, ``on_stop`` and
+        ``__init__``, its state class needs no arguments, and it does not
+        checkpoint. Such a start cannot fail or wait (see ``begin``)."""
+        return (
+            self.spec.checkpoint == "off"
+            and type(self) is ActorCell
+            and starts_trivially(self.actor_cls)
+        )
 
     @property
     def restart(self) -> str:
@@ -325,17 +337,27 @@ class ActorCell:
 
     # -- one incarnation ----------------------------------------------------
 
+    def begin(self) -> None:
+        """Start an incarnation whose start runs no code of the actor's own
+        (``starts_at_once``), in the caller's task: it is running from now
+        on, and ``run_incarnation(begun=True)`` serves it once its task runs
+        (messages sent meanwhile wait in the mailbox)."""
+        self.incarnation += 1
+        self.status = "running"
+        logger.info("actor_started", path=self.path, incarnation=self.incarnation)
+
     async def run_incarnation(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
     ) -> BaseException | None:
         """Run one incarnation until it stops (returns None) or crashes (returns the error).
 
         ``task_status.started()`` is called once ``on_start`` has returned;
         a start that fails returns its error without it. Only cancellation
-        from outside propagates.
+        from outside propagates. ``begun``: ``begin()`` already started it.
         """
-        self.incarnation += 1
-        self.status = "starting"
+        if not begun:
+            self.incarnation += 1
+            self.status = "starting"
         self.stop_requested = False
         self.stop_deadline = math.inf
         self.killed = False
@@ -351,9 +373,10 @@ class ActorCell:
             async with trio.open_nursery() as nursery:
                 self.scope = nursery.cancel_scope
                 actor = self._build(nursery, await self._initial_state())
-                await actor.on_start()
-                self.status = "running"
-                logger.info("actor_started", path=self.path, incarnation=self.incarnation)
+                if not begun:
+                    await actor.on_start()
+                    self.status = "running"
+                    logger.info("actor_started", path=self.path, incarnation=self.incarnation)
                 phase = "running"
                 task_status.started()
                 task_status = trio.TASK_STATUS_IGNORED  # the starter's objects can go now

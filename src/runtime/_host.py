@@ -70,8 +70,19 @@ class Child(Protocol):
     @property
     def shutdown_timeout(self) -> float: ...
 
+    @property
+    def starts_at_once(self) -> bool:
+        """Whether nothing of its start can fail or wait (no code of the
+        actor's own, nothing read): ``begin()`` then starts it at once."""
+        ...
+
+    def begin(self) -> None:
+        """Start an incarnation in the caller's task (``starts_at_once`` only);
+        ``run_incarnation(begun=True)`` then serves it."""
+        ...
+
     async def run_incarnation(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
     ) -> BaseException | None:
         """Run one incarnation; None after a stop, else the crash's error."""
         ...

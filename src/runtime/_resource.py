@@ -409,11 +409,11 @@ class ResourceCell(ActorCell):
             self._recovered()
 
     async def run_incarnation(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
     ) -> BaseException | None:
         error: BaseException | None = None
         try:
-            error = await super().run_incarnation(_CameUp(self, task_status))
+            error = await super().run_incarnation(_CameUp(self, task_status), begun=begun)
             return error
         finally:
             if self.broken is None and isinstance(error, Exception):

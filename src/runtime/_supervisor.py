@@ -184,7 +184,7 @@ class Supervisor:
     # -- lifecycle ----------------------------------------------------------
 
     async def run_incarnation(
-        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
     ) -> BaseException | None:
         """Start the children in order, supervise them until stopped or giving up.
 
@@ -400,6 +400,20 @@ class Supervisor:
         if self._events_in is not None:
             self._events_in.send_nowait(ChildExited(child, incarnation, error))
 
+    async def _run_begun(self, child: Child, incarnation: int) -> None:
+        """Serve incarnation ``incarnation`` of ``child``, begun by ``begin()``,
+        unless it was stopped or replaced before this task ran."""
+        if (
+            not self._has(child)
+            or child.incarnation != incarnation
+            or child.status != "running"
+            or child.task is not None
+        ):
+            return
+        error = await child.run_incarnation(begun=True)
+        if self._events_in is not None:
+            self._events_in.send_nowait(ChildExited(child, incarnation, error))
+
     async def _stop_child(self, child: Child, status: str) -> None:
         """Stop ``child`` gracefully; cancel it once its ``shutdown_timeout`` has passed.
 
@@ -441,6 +455,15 @@ class Supervisor:
     def half_open(self) -> bool:
         """A supervisor has no breaker."""
         return False
+
+    @property
+    def starts_at_once(self) -> bool:
+        """A supervisor's start starts its children: it is waited for."""
+        return False
+
+    def begin(self) -> None:
+        """Never called: a supervisor does not start at once."""
+        raise AssertionError("a supervisor's start is waited for")
 
     # -- reacting to a child's end -------------------------------------------
 
@@ -621,6 +644,13 @@ class Supervisor:
             child = self.host.build(spec, f"{self.path}/")
             self.children.append(child)
             self._by_name[child.name] = child
+            if child.starts_at_once:
+                # Nothing of its start can fail or wait: it runs from now on,
+                # and its task is not waited for (a scheduling round less).
+                child.begin()
+                self._nursery.start_soon(self._run_begun, child, child.incarnation)
+                await trio.lowlevel.checkpoint_if_cancelled()
+                return child
             try:
                 error = await self._start_child(child)
             except BaseException:
