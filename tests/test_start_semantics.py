@@ -5,12 +5,13 @@ nothing (OTP's start_child)."""
 from __future__ import annotations
 
 import pytest
+import structlog
 import trio
 import trio.testing
 
 import runtime
 from runtime.errors import ActorNotFound, StartFailed, SupervisorGaveUp
-from tests.actorkit import Add, Counter, child, topology
+from tests.actorkit import Add, Counter, Crash, child, topology
 
 
 class NeverStarts(Counter):
@@ -73,3 +74,55 @@ async def test_spawn_of_an_actor_that_cannot_start_raises_and_adds_nothing() -> 
             ref = await system.spawn(Counter, name="n")
             assert await ref.ask(Add(1)) == 1
             assert system.root.statistics().restarts == 0
+
+
+class Plain(runtime.Actor[None]):
+    """No on_start, on_stop or __init__ of its own: spawn starts it at once."""
+
+    @runtime.handler
+    async def add(self, msg: Add) -> int:
+        return msg.n
+
+
+async def test_an_actor_with_nothing_to_start_runs_when_spawn_returns() -> None:
+    """Running, incarnation 1, its start logged, before its task has run;
+    a message sent at once is handled once it does."""
+    with trio.fail_after(5):
+        async with runtime.open_system() as system:
+            with structlog.testing.capture_logs() as logs:
+                ref = await system.spawn(Plain, name="p")
+            stats = ref.statistics()
+            assert (stats.status, stats.incarnation) == ("running", 1)
+            assert [e["event"] for e in logs] == ["actor_started"]
+            assert await ref.ask(Add(3)) == 3
+            assert ref.statistics().incarnation == 1
+
+
+async def test_an_actor_stopped_before_its_task_ran_never_runs() -> None:
+    """spawn then stop in the same scheduling round: the pending task does
+    nothing; the actor is stopped for good and the name is free again."""
+    with trio.fail_after(5):
+        async with runtime.open_system() as system:
+            ref = await system.spawn(Plain, name="p")
+            ref.tell_nowait(Add(1))
+            await system.stop("root/p")
+            assert ref.statistics().status == "stopped"
+            await trio.testing.wait_all_tasks_blocked()
+            assert ref.statistics().status == "stopped"
+            assert [d.reason for d in system.dead_letters] == ["stopped"]
+            again = await system.spawn(Plain, name="p")
+            assert await again.ask(Add(2)) == 2
+
+
+async def test_an_actor_restarted_before_its_task_ran_runs_once() -> None:
+    """Under one_for_all, a sibling's crash before the new actor's task ran
+    restarts it: exactly one incarnation (the second) serves it."""
+    spec = topology(child("c", Counter), strategy="one_for_all", max_restarts=5)
+    with trio.fail_after(5):
+        async with runtime.open_system(spec) as system:
+            ref = await system.spawn(Plain, name="p")
+            system.ref("root/c").tell_nowait(Crash())
+            await trio.testing.wait_all_tasks_blocked()
+            assert ref.statistics().incarnation == 2
+            assert await ref.ask(Add(5)) == 5
+            assert ref.statistics().incarnation == 2  # the first never served
