@@ -126,3 +126,19 @@ async def test_an_actor_restarted_before_its_task_ran_runs_once() -> None:
             assert ref.statistics().incarnation == 2
             assert await ref.ask(Add(5)) == 5
             assert ref.statistics().incarnation == 2  # the first never served
+
+
+async def test_spawning_one_class_again_checks_the_name_only_and_keeps_the_rest() -> None:
+    """The second spawn of a class reuses its checked spec under the new
+    name: a bad name is still refused; the spec is otherwise the first's."""
+    with trio.fail_after(5):
+        async with runtime.open_system() as system:
+            await system.spawn(Plain, name="a")
+            b = await system.spawn(Plain, name="b")
+            assert b.path == "root/b" and await b.ask(Add(1)) == 1
+            with pytest.raises(ValueError, match="a name is letters"):
+                await system.spawn(Plain, name="no/slash")
+            c = await system.spawn(Plain, name="c", mailbox={"capacity": 3})
+            assert c.statistics().mailbox_capacity == 3
+            d = await system.spawn(Plain, name="d")
+            assert d.statistics().mailbox_capacity == 100

@@ -28,6 +28,7 @@ __all__ = [
     "RetrySpec",
     "SupervisorSpec",
     "Topology",
+    "renamed",
 ]
 
 Seconds = NewType("Seconds", float)
@@ -341,6 +342,22 @@ class ChildSpec:
     args: dict[str, Any] = attrs.field(factory=dict)
 
 
+def renamed(spec: ChildSpec, name: str) -> ChildSpec:
+    """``spec`` under another ``name``, only the name checked: the other
+    fields were checked when ``spec`` was made (``attrs.evolve`` would
+    check them all again; ``spawn`` of many actors of one class uses this).
+
+    Raises:
+        FieldError: not a valid name.
+    """
+    _name(spec, _NAME_FIELD, name)
+    copy = object.__new__(ChildSpec)
+    for field in _CHILD_FIELDS:
+        object.__setattr__(copy, field, getattr(spec, field))
+    object.__setattr__(copy, "name", name)
+    return copy
+
+
 @attrs.frozen
 class SupervisorSpec:
     """A supervisor and its children, started in order and stopped in reverse.
@@ -533,3 +550,6 @@ class Topology:
 
 
 attrs.resolve_types(SupervisorSpec)
+
+_CHILD_FIELDS = tuple(field.name for field in attrs.fields(ChildSpec))
+_NAME_FIELD = attrs.fields(ChildSpec).name

@@ -36,7 +36,7 @@ from ._resource import (
     ResourceStatistics,
     resource_child_spec,
 )
-from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology
+from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology, renamed
 from ._supervisor import Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
 from ._tracing import context_now, make_tracer
@@ -256,6 +256,9 @@ class ActorSystem:
         host.supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
         self.body = trio.CancelScope()  # open_system's block
+        # The spec of the first plain spawn(cls, name=...) of each class: later
+        # ones reuse it under their own name instead of checking it again.
+        self._spawned: dict[type, ChildSpec] = {}
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -385,13 +388,21 @@ class ActorSystem:
                 it (a ``ValueError``, as are bad field values).
             ValueError: a running child has that name already.
         """
-        spec = ChildSpec(name=name, actor=actor_cls, **fields)
-        problems = [
-            f"{field}: {message}"
-            for field, message in check_actor(spec.actor, spec.args, spec.checkpoint)
-        ]
-        if problems:
-            raise TopologyError([f"spawn {name!r}: {problem}" for problem in problems])
+        template = (
+            self._spawned.get(actor_cls) if not fields and isinstance(actor_cls, type) else None
+        )
+        if template is not None:
+            spec = renamed(template, name)  # the same class, checked already
+        else:
+            spec = ChildSpec(name=name, actor=actor_cls, **fields)
+            problems = [
+                f"{field}: {message}"
+                for field, message in check_actor(spec.actor, spec.args, spec.checkpoint)
+            ]
+            if problems:
+                raise TopologyError([f"spawn {name!r}: {problem}" for problem in problems])
+            if not fields and isinstance(actor_cls, type):
+                self._spawned[actor_cls] = spec
         child = await self.root.add_child(spec)
         assert isinstance(child, ActorCell)
         return child.ref
