@@ -201,7 +201,7 @@ class ActorCell:
         Raises:
             UnknownMessage: no handler for ``type(msg)`` or its bases.
         """
-        if type(msg) not in self.table and resolve_handler(self.actor_cls, type(msg)) is None:
+        if type(msg) not in self.table and not self.handles(type(msg)):
             raise UnknownMessage(
                 f"{self.path} ({self.actor_cls.__qualname__}) has no handler for "
                 f"{type(msg).__qualname__}"
@@ -240,11 +240,10 @@ class ActorCell:
         raise refusal(f"{self.path} has stopped")
 
     def _trial_item(self, msg: object, priority: str) -> tuple[object, bool]:
-        """The trial message as queued, and whether it was: a refusal by the
-        mailbox (or a bad priority) frees the trial again."""
-        item = self.envelope(msg) if self.tracer is not None or CURRENT.get() else msg
+        """The trial message as queued, and whether it was (``admit`` checked
+        the priority): a refusal by the mailbox frees the trial again."""
+        item = msg if self.tracer is None and CURRENT.get() is None else self.envelope(msg)
         try:
-            check_priority(priority)
             return item, self.mailbox.put_nowait(item, priority)
         except BaseException:
             self.abandon_trial()
@@ -316,12 +315,11 @@ class ActorCell:
         self.host.dead_letter(self.path, unwrap(item), "mailbox_full")
 
     def _circuit_open(self) -> CircuitOpen:
-        """The refusal of an open circuit, naming the crash that opened it (its cause)."""
+        """The refusal of an open circuit (or a half-open one whose trial is
+        taken), naming the crash that opened it, its cause."""
         circuit = self.circuit
         refusal = None if circuit is None else circuit.refusal()
-        if refusal is None:  # half-open: the trial was taken, its outcome not known yet
-            refusal = CircuitOpen(f"{self.path}: circuit breaker is half_open (trial running)")
-            refusal.__cause__ = self.last_crash
+        assert refusal is not None  # only asked while the refusal is CircuitOpen
         return refusal
 
     def flush(self, reason: str, error: type[Exception]) -> None:

@@ -187,28 +187,26 @@ def _is_dict(type_: Any) -> bool:
     return typing.get_origin(type_) is dict
 
 
-def _list_hook(type_: Any, converter: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
-    """Structure a list from a YAML list only (cattrs takes any iterable)."""
-    items = cattrs.cols.list_structure_factory(type_, converter)
+def _only(kind: type, noun: str, factory: Any) -> Callable[[Any, cattrs.BaseConverter], Any]:
+    """A hook factory: cattrs' own ``factory``, but only for a YAML ``kind``
+    (cattrs takes any iterable for a list and calls ``.items()`` on
+    anything for a dict)."""
 
-    def structure(value: Any, type_: Any) -> Any:
-        if not isinstance(value, list):
-            raise ValueError(f"expected a list; got {_show(value)}")
-        return items(value, type_)
+    def hook(type_: Any, converter: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
+        structure_items = factory(type_, converter)
 
-    return structure
+        def structure(value: Any, type_: Any) -> Any:
+            if not isinstance(value, kind):
+                raise ValueError(f"expected {noun}; got {_show(value)}")
+            return structure_items(value, type_)
+
+        return structure
+
+    return hook
 
 
-def _dict_hook(type_: Any, converter: cattrs.BaseConverter) -> Callable[[Any, Any], Any]:
-    """Structure a dict from a YAML mapping only (cattrs calls ``.items()`` on anything)."""
-    entries = cattrs.cols.mapping_structure_factory(type_, converter)
-
-    def structure(value: Any, type_: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(f"expected a mapping; got {_show(value)}")
-        return entries(value, type_)
-
-    return structure
+_list_hook = _only(list, "a list", cattrs.cols.list_structure_factory)
+_dict_hook = _only(dict, "a mapping", cattrs.cols.mapping_structure_factory)
 
 
 # Fields whose shape is worth a sentence of its own when it is wrong.
