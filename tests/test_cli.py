@@ -7,7 +7,6 @@ repository root as a user would, so the examples cannot rot.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import signal
@@ -20,12 +19,11 @@ from pathlib import Path
 import pytest
 
 from runtime._cli import main
+from tests.clikit import REPO, SUBPROCESS_TIMEOUT, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 SUPERVISORS = sorted(
     path for path in (REPO / "supervisors").iterdir() if path.suffix in (".yaml", ".yml")
 )
-SUBPROCESS_TIMEOUT = 60.0
 
 VALID = """
 system: cli-test
@@ -55,19 +53,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "topology.yaml"
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
     return path
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m runtime ARGS`` from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *args],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=SUBPROCESS_TIMEOUT,
-        check=False,
-    )
 
 
 def test_validate_valid_topology_exits_0(

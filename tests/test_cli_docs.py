@@ -6,11 +6,8 @@ fails the start with the line the page shows."""
 from __future__ import annotations
 
 import errno
-import os
 import re
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +15,9 @@ import trio
 
 import runtime
 from runtime._cli import main
+from tests.clikit import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 CLI_DOC = REPO / "docs" / "cli.md"
-SOURCE = str(Path(runtime.__file__).resolve().parent.parent)  # the runtime under test
 COMMANDS = ["start", "validate", "status"]
 
 
@@ -86,18 +82,7 @@ def test_a_metrics_port_in_use_fails_with_the_documented_line(tmp_path: Path) ->
         holder.listen()
         address = f"127.0.0.1:{holder.getsockname()[1]}"
         command = ["start", str(topology), "--until-idle", "--metrics-listen", address]
-        result = subprocess.run(
-            [sys.executable, "-m", "runtime", *command],
-            cwd=tmp_path,
-            env={
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")]),
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_cli(*command, cwd=tmp_path)
     documented = _documented_port_in_use_line()
     operations = (REPO / "docs" / "operations" / "metrics.md").read_text(encoding="utf-8")
     assert documented in operations  # the operations page shows the same line

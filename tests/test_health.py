@@ -37,6 +37,7 @@ from runtime.errors import ActorFailed, CircuitOpen
 from runtime.resources.llm import LLM, LLMOptions
 from runtime.resources.mcp import MCP, MCPOptions
 from tests.actorkit import Add, Counter, Crash
+from tests.clikit import run_cli
 from tests.resource_kinds import Backend, Echo, Ping
 
 REPO = Path(__file__).resolve().parent.parent
@@ -531,16 +532,7 @@ class Flaky(runtime.Resource):
 
 def _start(path: Path, *options: str) -> subprocess.CompletedProcess[str]:
     """``python -m runtime start PATH --until-idle OPTIONS`` from the repository root."""
-    env = {key: value for key, value in os.environ.items() if key != UNSET}
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", "start", str(path), "--until-idle", *options],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_cli("start", str(path), "--until-idle", *options, unset=[UNSET])
 
 
 NO_KEY = f"""

@@ -9,9 +9,6 @@ one test runs the real command to check the exit code a shell sees.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,11 +21,9 @@ from runtime import BreakerSpec, ResourceSpec, Topology, open_system
 from runtime._cli import RunEnd, _start, judge, main
 from tests import idle_actors
 from tests.actorkit import child, topology
+from tests.clikit import run_cli
 from tests.fakehost import FakeHost
 from tests.idle_actors import Busy, Connected, Counting, Crash, Later, Work
-
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = str(Path(runtime.__file__).resolve().parent.parent)  # the runtime under test
 
 
 @pytest.fixture(autouse=True)
@@ -393,17 +388,6 @@ def test_the_command_exits_3_when_idle_with_items_left(tmp_path: Path) -> None:
         tmp_path,
         "- {name: counting, actor: tests.idle_actors:Counting, args: {total: 2, done: 1}}",
     )
-    result = subprocess.run(
-        [sys.executable, "-m", "runtime", "start", path, "--until-idle"],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([SOURCE, os.environ.get("PYTHONPATH", "")]),
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("start", path, "--until-idle")
     assert result.returncode == 3, result.stderr
     assert "idle with 1/2 item(s) done: 1 item(s) were never finished" in result.stderr

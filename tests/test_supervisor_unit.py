@@ -249,36 +249,34 @@ async def test_askers_queued_when_the_circuit_opens_get_its_cause() -> None:
         assert str(fresh) == str(queued) and fresh.__cause__ is crash
 
 
+def _half_open_full_cell(overflow: str) -> ActorCell:
+    """A cell whose circuit is half-open with its trial free, and whose
+    one-message mailbox (``overflow``) is full."""
+    spec = ChildSpec(
+        name="c",
+        actor=Counter,
+        mailbox=runtime.MailboxSpec(capacity=1, overflow=overflow),
+        circuit_breaker=BreakerSpec(failures=1),
+    )
+    cell = ActorCell(spec, "root/c", FakeHost())
+    cell.record.consecutive_crashes = 1
+    assert cell.open_circuit(RuntimeError("crash")) is not None
+    assert cell.half_open()
+    cell.mailbox.put_nowait(Add(0), "normal")
+    return cell
+
+
 async def test_a_trial_message_that_is_not_queued_frees_the_trial() -> None:
     """Half-open: the message that took the trial but was refused by a full
     mailbox leaves the trial free; the next message takes it, and later ones
     are refused until its outcome (no wedged circuit)."""
-    host = FakeHost()
-    spec = ChildSpec(
-        name="c",
-        actor=Counter,
-        mailbox=runtime.MailboxSpec(capacity=1, overflow="reject"),
-        circuit_breaker=BreakerSpec(failures=1),
-    )
-    cell = ActorCell(spec, "root/c", host)
-    cell.record.consecutive_crashes = 1
-    assert cell.open_circuit(RuntimeError("crash")) is not None
-    assert cell.half_open()
-    cell.mailbox.put_nowait(Add(0), "normal")  # full
-    try:
+    cell = _half_open_full_cell("reject")
+    with pytest.raises(runtime.errors.MailboxFull):
         cell.ref.tell_nowait(Add(1))
-    except runtime.errors.MailboxFull:
-        pass
-    else:
-        raise AssertionError("a full mailbox took the message")
     assert cell.mailbox.get_nowait() == Add(0)
     cell.ref.tell_nowait(Add(2))  # the trial, again free
-    try:
+    with pytest.raises(runtime.errors.CircuitOpen, match="half_open"):
         cell.ref.tell_nowait(Add(3))
-    except runtime.errors.CircuitOpen as refused:
-        assert "half_open" in str(refused)
-    else:
-        raise AssertionError("a second message got through while the trial runs")
 
 
 async def test_a_trial_ask_that_times_out_waiting_for_room_frees_the_trial(
@@ -286,25 +284,9 @@ async def test_a_trial_ask_that_times_out_waiting_for_room_frees_the_trial(
 ) -> None:
     """Half-open, the trial ask waits for room in a full ``block`` mailbox
     and times out there: it was never queued, so the trial is free again."""
-    host = FakeHost()
-    spec = ChildSpec(
-        name="c",
-        actor=Counter,
-        mailbox=runtime.MailboxSpec(capacity=1, overflow="block"),
-        circuit_breaker=BreakerSpec(failures=1),
-    )
-    cell = ActorCell(spec, "root/c", host)
-    cell.record.consecutive_crashes = 1
-    assert cell.open_circuit(RuntimeError("crash")) is not None
-    assert cell.half_open()
-    cell.mailbox.put_nowait(Add(0), "normal")  # full
-    with trio.fail_after(60):
-        try:
-            await cell.ref.ask(Get(), timeout=5)
-        except runtime.errors.AskTimeout:
-            pass
-        else:
-            raise AssertionError("the ask got through a full mailbox")
+    cell = _half_open_full_cell("block")
+    with trio.fail_after(60), pytest.raises(runtime.errors.AskTimeout):
+        await cell.ref.ask(Get(), timeout=5)
     assert cell.mailbox.get_nowait() == Add(0)
     cell.ref.tell_nowait(Add(2))  # the trial, free again
     assert cell.mailbox.get_nowait() == Add(2)

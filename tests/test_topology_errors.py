@@ -11,10 +11,7 @@ misspelt keys (which get a suggestion).
 from __future__ import annotations
 
 import copy
-import os
 import re
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -29,8 +26,8 @@ from runtime._cli import main
 from runtime._topology import iter_children
 from runtime._yaml import MAX_DEPTH, MAX_NODES
 from runtime.errors import TopologyError
+from tests.clikit import REPO, run_cli
 
-REPO = Path(__file__).resolve().parent.parent
 LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>\S+): (?P<message>.+)$", re.DOTALL)
 PYTHON_WORDS = (
     "object has no attribute",
@@ -61,19 +58,6 @@ def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "topology.yaml"
     path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
     return path
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m runtime ARGS`` from the repository root."""
-    return subprocess.run(
-        [sys.executable, "-m", "runtime", *args],
-        cwd=REPO,
-        env=dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 RECURSIVE = """
