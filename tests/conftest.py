@@ -15,15 +15,23 @@ import trio_asyncio
 
 from runtime._checkpoint import CheckpointStore, open_store
 from tests import postgres_session
+from tests.servers import private_nats, private_postgres, require_nats  # noqa: F401 (fixtures for every test)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("postgres"):
         require_postgres()
+    if item.get_closest_marker("nats"):
+        require_nats()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the PostgreSQL test server")
+    config.addinivalue_line("markers", "nats: needs the NATS (JetStream) test server")
+    config.addinivalue_line(
+        "markers",
+        "multiprocess: runs several OS processes (skip locally with -m 'not multiprocess')",
+    )
     structlog.configure(
         processors=[structlog.processors.add_log_level],
         logger_factory=structlog.ReturnLoggerFactory(),

@@ -8,6 +8,7 @@ from typing import Any
 import trio
 
 from runtime import ActorRef, ActorStatistics, ChildSpec, MemoryStore, SupervisorSpec
+from runtime._backends import Backends
 from runtime._cell import ActorCell
 from runtime._checkpoint import CheckpointCounters, CheckpointStore
 from runtime._host import Child, RestartRecord
@@ -22,6 +23,7 @@ class FakeHost:
         self.tracer: Any = None
         self.timed = False
         self.checkpoints = CheckpointCounters()
+        self.backends = Backends(name="fakehost")
         self.system: Any = None
         self.store = MemoryStore()
         self.dead_letters: list[tuple[str, object, str]] = []

@@ -19,7 +19,7 @@ PACKAGE = Path(runtime.__file__).parent
 LAYERS: list[set[str]] = [
     # Leaves: plain data and helpers that know nothing of actors.
     {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen", "_yaml"},
-    {"_logging", "_specs", "_breaker", "_outage"},
+    {"_logging", "_specs", "_breaker", "_outage", "_backends"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
     {"_mailbox", "_checkpoint", "_fake_llm"},
     {"_limiter", "_ref"},

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 if TYPE_CHECKING:
+    from ._backends import Backends
     from ._checkpoint import CheckpointCounters, CheckpointStore
     from ._ref import ActorRef, ActorStatistics
     from ._specs import ChildSpec, SupervisorSpec
@@ -124,6 +125,7 @@ class Host(Protocol):
     tracer: Any  # OpenTelemetry's tracer, with metrics.tracing; else None
     timed: bool  # whether handling times are kept (metrics are on)
     checkpoints: CheckpointCounters
+    backends: Backends  # connections to the coordination engines (PostgreSQL, NATS)
 
     @property
     def system(self) -> Any:

@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from ._actor import Actor
+from ._backends import Backends
 from ._cell import ActorCell
 from ._checkpoint import (
     CheckpointCounters,
@@ -109,6 +110,9 @@ class SystemHost:
         self.tracer: Any = make_tracer() if system.topology.metrics.tracing else None
         self.trace_context = context_now
         self.checkpoints = CheckpointCounters()
+        # Connections to PostgreSQL and NATS for locks and shared limits,
+        # made on first use; the name tells this process apart on the server.
+        self.backends = Backends(name=f"{system.name}-{os.getpid()}")
         self.store: CheckpointStore | None = None  # opened on first use
         self.cells: dict[str, ActorCell] = {}
         self.supervisors: dict[str, Supervisor] = {}
@@ -165,10 +169,12 @@ class SystemHost:
         return self.store
 
     async def close_store(self) -> None:
-        """Close the store, unless the caller passed it in (it is theirs to close)."""
-        if self.store is not None and not isinstance(self.system.store, CheckpointStore):
-            with trio.CancelScope(shield=True):
+        """Close the store, unless the caller passed it in (it is theirs to
+        close), and the connections to the coordination engines."""
+        with trio.CancelScope(shield=True):
+            if self.store is not None and not isinstance(self.system.store, CheckpointStore):
                 await self.store.aclose()
+            await self.backends.aclose()
 
     # -- dead letters, progress ----------------------------------------------------
 

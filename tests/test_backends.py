@@ -1,0 +1,126 @@
+"""The coordination engines reached from trio: JetStream KV compare-and-set,
+PostgreSQL through a pool, and each one stopped and started again (a
+private server): calls fail fast as BackendUnavailable, then work again."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio_asyncio
+
+from runtime._backends import (
+    Backends,
+    BackendUnavailable,
+    NatsBackend,
+    PostgresBackend,
+    backend_kind,
+    redacted,
+)
+from tests.conftest import POSTGRES_URL
+from tests.servers import NATS_URL, PrivateNats, PrivatePostgres, unique
+
+
+def test_backend_kinds_and_redaction() -> None:
+    assert backend_kind("memory://") == "memory"
+    assert backend_kind("sqlite:///x.db") == "sqlite"
+    assert backend_kind("postgres://h/db") == "postgresql"
+    assert backend_kind("nats://127.0.0.1:4222") == "nats"
+    with pytest.raises(ValueError, match="not a backend URL"):
+        backend_kind("redis://127.0.0.1")
+    assert redacted("postgresql://u:secret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redacted("nats://token@h:4222") == "nats://***@h:4222"
+    assert redacted("nats://h:4222") == "nats://h:4222"
+
+
+@pytest.mark.nats
+async def test_kv_compare_and_set() -> None:
+    bucket = unique("kv")
+    async with trio_asyncio.open_loop():
+        backend = NatsBackend(NATS_URL)
+        try:
+            with trio.fail_after(20):
+                kv = await backend.kv(bucket, ttl=60)
+                first = await kv.create("a.b", {"owner": "one"})
+                assert first is not None
+                assert await kv.create("a.b", {"owner": "two"}) is None  # taken
+                assert await kv.get("a.b") == ({"owner": "one"}, first)
+                second = await kv.update("a.b", {"owner": "three"}, first)
+                assert second is not None and second > first
+                assert await kv.update("a.b", {"owner": "four"}, first) is None  # stale
+                assert await kv.keys() == ["a.b"]
+                assert not await kv.delete("a.b", first)  # stale revision
+                assert await kv.delete("a.b", second)
+                assert await kv.get("a.b") is None
+                third = await kv.create("a.b", {"owner": "five"})  # over the tombstone
+                assert third is not None and third > second
+        finally:
+            await backend.delete_bucket(bucket)
+            await backend.aclose()
+
+
+@pytest.mark.postgres
+async def test_postgres_runs_on_a_pooled_connection() -> None:
+    async with trio_asyncio.open_loop():
+        backends = Backends()
+        table = unique("t")
+
+        async def migrate(connection: object) -> None:
+            await connection.execute(f"CREATE TABLE IF NOT EXISTS {table} (n int)")  # type: ignore[attr-defined]
+
+        try:
+            backend = backends.postgres(POSTGRES_URL)
+            assert backends.postgres(POSTGRES_URL) is backend
+            backend.migrate_with(migrate)
+
+            async def insert(connection: object) -> int:
+                await connection.execute(f"INSERT INTO {table} VALUES (1), (2)")  # type: ignore[attr-defined]
+                return int(await connection.fetchval(f"SELECT sum(n) FROM {table}"))  # type: ignore[attr-defined]
+
+            with trio.fail_after(20):
+                assert await backend.run(insert) == 3
+
+                async def drop(connection: object) -> None:
+                    await connection.execute(f"DROP TABLE {table}")  # type: ignore[attr-defined]
+
+                await backend.run(drop)
+        finally:
+            await backends.aclose()
+
+
+async def _sum(connection: object) -> int:
+    return int(await connection.fetchval("SELECT 1 + 1"))  # type: ignore[attr-defined]
+
+
+async def test_postgres_outage_fails_fast_then_recovers(private_postgres: PrivatePostgres) -> None:
+    async with trio_asyncio.open_loop():
+        backend = PostgresBackend(private_postgres.url, op_timeout=2.0)
+        try:
+            with trio.fail_after(30):
+                assert await backend.run(_sum) == 2
+                await trio.to_thread.run_sync(private_postgres.stop)
+                with pytest.raises(BackendUnavailable, match="PostgreSQL at"):
+                    await backend.run(_sum)
+                await trio.to_thread.run_sync(private_postgres.start)
+                assert await backend.run(_sum) == 2  # the pool makes new connections
+        finally:
+            await backend.aclose()
+
+
+async def test_nats_outage_fails_fast_then_recovers(private_nats: PrivateNats) -> None:
+    async with trio_asyncio.open_loop():
+        backend = NatsBackend(private_nats.url, op_timeout=1.0)
+        try:
+            with trio.fail_after(30):
+                kv = await backend.kv("outage", ttl=60)
+                revision = await kv.create("k", {"n": 1})
+                assert revision is not None
+                await trio.to_thread.run_sync(private_nats.stop)
+                with pytest.raises(BackendUnavailable, match="NATS at"):
+                    await kv.get("k")
+                with pytest.raises(BackendUnavailable):
+                    await backend.kv("outage")
+                await trio.to_thread.run_sync(private_nats.start)
+                kv = await backend.kv("outage", ttl=60)  # a new connection
+                assert await kv.get("k") == ({"n": 1}, revision)  # kept on disk
+        finally:
+            await backend.aclose()
