@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
+import socket
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -36,6 +39,7 @@ __all__ = [
     "NatsKV",
     "PostgresBackend",
     "backend_kind",
+    "process_identity",
     "redacted",
 ]
 
@@ -90,6 +94,21 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 class BackendUnavailable(Exception):
     """A coordination engine (PostgreSQL, NATS) could not be reached in time."""
+
+
+def process_identity() -> tuple[str, int, str]:
+    """This process as other processes see it: ``(node, pid, member)``,
+    ``node`` the host's name, ``member`` unique to this process's life
+    (``node-pid-random``: a pid reused after a crash is another member)."""
+    pid = os.getpid()
+    found = _IDENTITY.get(pid)  # keyed by pid: a forked child makes its own
+    if found is None:
+        node = socket.gethostname()
+        found = _IDENTITY[pid] = (node, pid, f"{node}-{pid}-{secrets.token_hex(3)}")
+    return found
+
+
+_IDENTITY: dict[int, tuple[str, int, str]] = {}
 
 
 def backend_kind(url: str) -> str:
