@@ -4,6 +4,9 @@ private server): calls fail fast as BackendUnavailable, then work again."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import trio
 import trio_asyncio
@@ -124,3 +127,20 @@ async def test_nats_outage_fails_fast_then_recovers(private_nats: PrivateNats) -
                 assert await kv.get("k") == ({"n": 1}, revision)  # kept on disk
         finally:
             await backend.aclose()
+
+
+def test_nats_is_not_imported_by_a_system_that_does_not_use_it() -> None:
+    """A system that coordinates through nothing, or PostgreSQL only, never
+    loads nats-py: a fresh interpreter runs one and looks."""
+    code = (
+        "import sys, trio, runtime\n"
+        "async def main():\n"
+        "    async with runtime.open_system(None, store='memory://'):\n"
+        "        pass\n"
+        "trio.run(main)\n"
+        "assert 'nats' not in sys.modules, sorted(m for m in sys.modules if 'nats' in m)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr

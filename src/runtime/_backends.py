@@ -17,6 +17,7 @@ A connection that was lost is made again by the next call.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -26,9 +27,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
-import nats
-import nats.errors
-import nats.js.errors
 import trio
 import trio_asyncio
 
@@ -67,25 +65,42 @@ PG_UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 """What asyncpg raises when the server cannot be reached."""
 
-NATS_UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    nats.errors.Error,  # no servers, connection closed, timeout, ...
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,
-)
-"""What nats-py raises when the server or JetStream cannot be reached."""
-
-
-_NATS_DOWN: tuple[type[BaseException], ...] = (*NATS_UNREACHABLE, trio.TooSlowError)
 _PG_DOWN: tuple[type[BaseException], ...] = (*PG_UNREACHABLE, trio.TooSlowError)
 
-_NATS_ANSWERS: tuple[type[BaseException], ...] = (
-    nats.js.errors.NotFoundError,  # no such key, bucket or stream
-    nats.js.errors.BadRequestError,  # a compare-and-set that lost, among others
-    nats.js.errors.NoKeysError,
-)
-"""What nats-py raises for an answer the engine gave (passed on as it is)."""
+
+@functools.cache
+def _nats() -> Any:
+    """nats-py, imported on first use: a process that coordinates through
+    nothing, or through PostgreSQL only, never loads it."""
+    import nats.errors  # noqa: PLC0415 (on first use only)
+    import nats.js.errors  # noqa: PLC0415
+
+    return nats
+
+
+@functools.cache
+def nats_unreachable() -> tuple[type[BaseException], ...]:
+    """What nats-py raises when the server or JetStream cannot be reached."""
+    nats = _nats()
+    return (
+        OSError,
+        TimeoutError,
+        trio.TooSlowError,
+        nats.errors.Error,  # no servers, connection closed, timeout, ...
+        nats.js.errors.ServiceUnavailableError,
+        nats.js.errors.NoStreamResponseError,
+    )
+
+
+@functools.cache
+def _nats_answers() -> tuple[type[BaseException], ...]:
+    """What nats-py raises for an answer the engine gave (passed on as it is)."""
+    errors = _nats().js.errors
+    return (
+        errors.NotFoundError,  # no such key, bucket or stream
+        errors.BadRequestError,  # a compare-and-set that lost, among others
+        errors.NoKeysError,
+    )
 
 
 _WRONG_LAST_SEQUENCE = (10071, 10164)
@@ -157,7 +172,7 @@ class NatsKV:
         """The value of ``key`` and its revision; None if it has none."""
         try:
             entry = await self.backend.call(self._kv.get, key)
-        except nats.js.errors.KeyNotFoundError:
+        except _nats().js.errors.KeyNotFoundError:
             return None
         if entry.value is None or not entry.value:
             return None
@@ -167,7 +182,7 @@ class NatsKV:
         """Set ``key`` if it has no value; its revision, or None if it has one."""
         try:
             return int(await self.backend.call(self._kv.create, key, _encode(value)))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except _nats().js.errors.KeyWrongLastSequenceError:
             return None
 
     async def update(self, key: str, value: dict[str, Any], revision: int) -> int | None:
@@ -175,7 +190,7 @@ class NatsKV:
         or None if another write came first."""
         try:
             return int(await self.backend.call(self._kv.update, key, _encode(value), revision))
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except _nats().js.errors.KeyWrongLastSequenceError:
             return None
 
     async def put(self, key: str, value: dict[str, Any]) -> int:
@@ -187,7 +202,7 @@ class NatsKV:
         write came first."""
         try:
             await self.backend.call(self._kv.delete, key, revision)
-        except nats.js.errors.BadRequestError as exc:
+        except _nats().js.errors.BadRequestError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
                 return False
             raise
@@ -197,7 +212,7 @@ class NatsKV:
         """Every key with a value now."""
         try:
             return list(await self.backend.call(self._kv.keys))
-        except nats.js.errors.NoKeysError:
+        except _nats().js.errors.NoKeysError:
             return []
 
 
@@ -235,7 +250,7 @@ class NatsBackend:
             await self._close_client()
             try:
                 with trio.fail_after(self.op_timeout * 2):
-                    client = await trio_asyncio.aio_as_trio(nats.connect)(
+                    client = await trio_asyncio.aio_as_trio(_nats().connect)(
                         self.url,
                         name=self.name,
                         connect_timeout=self.op_timeout,
@@ -245,7 +260,7 @@ class NatsBackend:
                         disconnected_cb=_quiet_event,
                         closed_cb=_quiet_event,
                     )
-            except _NATS_DOWN as exc:
+            except nats_unreachable() as exc:
                 raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
             self._client = client
             self._js = client.jetstream(timeout=self.op_timeout)
@@ -258,9 +273,9 @@ class NatsBackend:
             with trio.fail_after(self.op_timeout):
                 result: T = await trio_asyncio.aio_as_trio(fn)(*args)
                 return result
-        except _NATS_ANSWERS:
+        except _nats_answers():
             raise  # the engine answered: not an outage
-        except _NATS_DOWN as exc:
+        except nats_unreachable() as exc:
             raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
 
     async def kv(self, bucket: str, *, ttl: float | None = None, history: int = 1) -> NatsKV:
@@ -278,7 +293,7 @@ class NatsBackend:
             return found
         try:
             kv = await self.call(js.key_value, bucket)
-        except nats.js.errors.BucketNotFoundError:
+        except _nats().js.errors.BucketNotFoundError:
             kv = await self._create_bucket(js, bucket, ttl, history)
         handle = NatsKV(self, bucket, kv)
         self._buckets[bucket] = handle
@@ -294,7 +309,7 @@ class NatsBackend:
         """Remove ``bucket`` and every key in it (tests and tools)."""
         js = await self._connected()
         self._buckets.pop(bucket, None)
-        with contextlib.suppress(nats.js.errors.NotFoundError):
+        with contextlib.suppress(_nats().js.errors.NotFoundError):
             await self.call(js.delete_key_value, bucket)
 
     async def _close_client(self) -> None:
