@@ -193,6 +193,21 @@ class NatsKV:
             raise
         return True
 
+    async def delete_at(self, key: str, revision: int) -> int | None:
+        """Delete ``key`` only at ``revision``; the delete marker's revision
+        (a later ``update(key, value, marker)`` writes over it in one round
+        trip), or None if another write came first."""
+        js = self.backend.jetstream()
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
+        subject = f"$KV.{self.bucket}.{key}"
+        try:
+            ack = await self.backend.call(js.publish, subject, b"", None, None, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return int(ack.seq)
+
     async def keys(self) -> list[str]:
         """Every key with a value now."""
         try:
@@ -251,6 +266,12 @@ class NatsBackend:
             self._js = client.jetstream(timeout=self.op_timeout)
             self._buckets.clear()
             return self._js
+
+    def jetstream(self) -> Any:
+        """The JetStream context of the current connection (after ``kv()``)."""
+        if self._js is None:
+            raise BackendUnavailable(f"NATS at {redacted(self.url)}: not connected")
+        return self._js
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)`` on asyncio, within ``op_timeout``."""
