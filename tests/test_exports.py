@@ -51,6 +51,8 @@ ERRORS = {
     "AskTimeout",
     "CheckpointConflict",
     "CircuitOpen",
+    "LockHeld",
+    "LockLost",
     "MailboxFull",
     "ResourceError",
     "StartFailed",
@@ -83,3 +85,4 @@ def test_error_hierarchy() -> None:
     assert issubclass(runtime.errors.SupervisorGaveUp, runtime.errors.ActorFailed)
     assert issubclass(runtime.errors.StartFailed, runtime.errors.ActorFailed)
     assert issubclass(runtime.errors.StoreUnavailable, ConnectionError)
+    assert issubclass(runtime.errors.LockHeld, TimeoutError)
