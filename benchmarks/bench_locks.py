@@ -25,7 +25,7 @@ import pytest
 import trio
 import trio_asyncio
 from tests import postgres_session
-from tests.servers import NATS_URL, require_nats, unique
+from tests.servers import require_nats, unique
 
 import runtime
 from runtime._backends import NatsBackend

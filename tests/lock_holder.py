@@ -20,7 +20,9 @@ async def main(url: str, system: str, name: str, ttl: float, hold: float) -> Non
     async with open_system(Topology(system=system, locks=url), store="memory://") as running:
         async with running.lock(name, ttl=ttl) as lease:
             print(f"held {lease.token}", flush=True)
-            await (trio.sleep_forever() if math.isinf(hold) else trio.sleep(hold))
+            if math.isinf(hold):
+                await trio.sleep_forever()
+            await trio.sleep(hold)
         print("released", flush=True)
 
 

@@ -29,7 +29,7 @@ from runtime._backends import NatsBackend, PostgresBackend
 from runtime._lock_backends import nats_bucket, nats_key
 from runtime.errors import LockHeld, LockLost
 from tests.conftest import POSTGRES_URL, require_postgres
-from tests.servers import NATS_URL, PrivateNats, require_nats, unique
+from tests.servers import PrivateNats, require_nats, unique
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ["sqlite", "postgresql", "nats"]
@@ -189,9 +189,7 @@ async def test_renewal_keeps_a_long_holder_across_processes(
     the lock with a greater token."""
     _, url, system_name = engine
     hold = 3.5 * TTL
-    process, token = await trio.to_thread.run_sync(
-        _holder, url, system_name, "long", str(hold)
-    )
+    process, token = await trio.to_thread.run_sync(_holder, url, system_name, "long", str(hold))
     started = time.monotonic()
     try:
         with trio.fail_after(30):
