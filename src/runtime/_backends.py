@@ -21,8 +21,10 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -38,6 +40,7 @@ __all__ = [
     "NatsBackend",
     "NatsKV",
     "PostgresBackend",
+    "SqliteFile",
     "backend_kind",
     "process_identity",
     "redacted",
@@ -432,6 +435,59 @@ class PostgresBackend:
                 with trio.move_on_after(self.op_timeout):
                     await trio_asyncio.aio_as_trio(pool.close)()
                 pool.terminate()
+
+
+class SqliteFile:
+    """A SQLite file in WAL mode (``synchronous=NORMAL``), on one connection
+    used from worker threads one call at a time (a trio lock orders them),
+    so the trio thread never waits on the disk.
+
+    Args:
+        file: the file; it and its directory are made on first use.
+        schema: statements run once when the connection is made
+            (``CREATE TABLE IF NOT EXISTS``).
+        busy_timeout: seconds a call waits for another process's write
+            transaction before ``sqlite3.OperationalError``.
+    """
+
+    def __init__(
+        self, file: str | os.PathLike[str], schema: Sequence[str], *, busy_timeout: float = 30.0
+    ) -> None:
+        self.file = Path(file)
+        self.schema = tuple(schema)
+        self.busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._lock = trio.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection, made on first use (call it in the worker thread)."""
+        if self._connection is None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.file,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=self.busy_timeout,
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            for statement in self.schema:
+                connection.execute(statement)
+            self._connection = connection
+        return self._connection
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, after the calls before it. The
+        thread is not cancelled: cancellation waits for it to return."""
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    async def aclose(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        async with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await trio.to_thread.run_sync(connection.close)
 
 
 class Backends:

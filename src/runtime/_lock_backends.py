@@ -38,6 +38,7 @@ from ._backends import (
     NatsBackend,
     NatsKV,
     PostgresBackend,
+    SqliteFile,
     backend_kind,
     redacted,
 )
@@ -266,31 +267,16 @@ class SqliteLocks:
         self.file = Path(file)
         self.url = f"sqlite:///{self.file}"
         self.system = system
-        self._connection: sqlite3.Connection | None = None
-        self._lock = trio.Lock()
+        self._file = SqliteFile(self.file, _SQLITE_SCHEMA, busy_timeout=SQLITE_BUSY_TIMEOUT)
 
     def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.file,
-                check_same_thread=False,
-                isolation_level=None,
-                timeout=SQLITE_BUSY_TIMEOUT,
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SQLITE_SCHEMA:
-                connection.execute(statement)
-            self._connection = connection
-        return self._connection
+        return self._file.connection()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(fn, *args)
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise BackendUnavailable(f"{self.url}: {exc}") from exc
+        try:
+            return await self._file.run(fn, *args)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise BackendUnavailable(f"{self.url}: {exc}") from exc
 
     def _read(self, connection: sqlite3.Connection, name: str, now: float) -> Holding | None:
         row = connection.execute(_SQLITE_HOLDER, (self.system, name)).fetchone()
@@ -369,10 +355,7 @@ class SqliteLocks:
         return swept
 
     async def aclose(self) -> None:
-        async with self._lock:
-            if self._connection is not None:
-                connection, self._connection = self._connection, None
-                await trio.to_thread.run_sync(connection.close)
+        await self._file.aclose()
 
 
 # -- PostgreSQL ----------------------------------------------------------------------
