@@ -447,13 +447,22 @@ class SqliteFile:
         schema: statements run once when the connection is made
             (``CREATE TABLE IF NOT EXISTS``).
         busy_timeout: seconds a call waits for another process's write
-            transaction before ``sqlite3.OperationalError``.
+            transaction before it fails.
+        unavailable: the exception a call that fails on the file raises
+            (locked, unopenable, full: it is there, or will be, later), made
+            from a message; the error is its ``__cause__``.
     """
 
     def __init__(
-        self, file: str | os.PathLike[str], schema: Sequence[str], *, busy_timeout: float = 30.0
+        self,
+        file: str | os.PathLike[str],
+        schema: Sequence[str],
+        *,
+        busy_timeout: float = 30.0,
+        unavailable: Callable[[str], Exception] = BackendUnavailable,
     ) -> None:
         self.file = Path(file)
+        self.unavailable = unavailable
         self.schema = tuple(schema)
         self.busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
@@ -480,7 +489,10 @@ class SqliteFile:
         """``fn(*args)`` in a worker thread, after the calls before it. The
         thread is not cancelled: cancellation waits for it to return."""
         async with self._lock:
-            return await trio.to_thread.run_sync(fn, *args)
+            try:
+                return await trio.to_thread.run_sync(fn, *args)
+            except (sqlite3.OperationalError, OSError) as exc:
+                raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
 
     async def aclose(self) -> None:
         """Close the connection (the next call opens it again)."""

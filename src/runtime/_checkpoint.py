@@ -17,7 +17,6 @@ import collections.abc
 import json
 import os
 import random
-import sqlite3
 import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -231,17 +230,9 @@ class SqliteStore:
     def __init__(self, file: str | os.PathLike[str]) -> None:
         self.file = Path(file)
         self.url = f"sqlite:///{self.file}"
-        self._file = SqliteFile(self.file, (_SCHEMA,))
-
-    def _connect(self) -> sqlite3.Connection:
-        return self._file.connection()
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await self._file.run(fn, *args)
-        except (sqlite3.OperationalError, OSError) as exc:
-            # Locked, unopenable or full: the file is there, or will be, later.
-            raise StoreUnavailable(f"{self.url}: {exc}") from exc
+        self._file = SqliteFile(self.file, (_SCHEMA,), unavailable=StoreUnavailable)
+        self._connect = self._file.connection
+        self._run = self._file.run
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:

@@ -34,7 +34,6 @@ import trio
 
 from ._backends import (
     Backends,
-    BackendUnavailable,
     NatsBackend,
     NatsKV,
     PostgresBackend,
@@ -268,15 +267,8 @@ class SqliteLocks:
         self.url = f"sqlite:///{self.file}"
         self.system = system
         self._file = SqliteFile(self.file, _SQLITE_SCHEMA, busy_timeout=SQLITE_BUSY_TIMEOUT)
-
-    def _connect(self) -> sqlite3.Connection:
-        return self._file.connection()
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await self._file.run(fn, *args)
-        except (sqlite3.OperationalError, OSError) as exc:
-            raise BackendUnavailable(f"{self.url}: {exc}") from exc
+        self._connect = self._file.connection
+        self._run = self._file.run
 
     def _read(self, connection: sqlite3.Connection, name: str, now: float) -> Holding | None:
         row = connection.execute(_SQLITE_HOLDER, (self.system, name)).fetchone()
