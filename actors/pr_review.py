@@ -10,9 +10,10 @@ drives each one through three steps, a few PRs at a time:
    failure was a flaky test: ``green`` or ``red``. Review and CI run at once;
 3. an approved and green PR goes to ``Deployer``, which rolls it out to the
    PR's target ``Environment``. Each environment is an actor handling one
-   message at a time, so rollouts to one environment never overlap: the
-   actor is the environment's lock, and one that a crashed deployer cannot
-   leave held.
+   message at a time, and each rollout holds the lock ``deploy:<env>``
+   (``ctx.lock``), so rollouts to one environment never overlap, also with
+   another process deploying to it on the same store; a crashed deployer
+   cannot leave the lock held past its ttl.
 
 The orchestrator's state says which steps of which PR are done and is
 checkpointed after every step, so a process killed mid-run and started
@@ -298,13 +299,15 @@ class Environment(runtime.Actor[EnvironmentState]):
         for done in self.state.history:
             if done.pr == msg.pr:
                 return done  # already live: a repeated request deploys nothing
-        started = time.time()
-        await trio.sleep(self.rollout_seconds)  # stands in for the real rollout
         name = self.ctx.path.rsplit("/", 1)[-1]
-        deployment = Deployment(msg.pr, name, msg.requested, started, time.time())
-        self.state.history.append(deployment)
-        self.state.live = msg.pr
-        await self.ctx.checkpoint()  # durable before it is journaled and answered
+        # One rollout per environment at a time, whoever deploys to it.
+        async with self.ctx.lock(f"deploy:{name}", ttl=30.0):
+            started = time.time()
+            await trio.sleep(self.rollout_seconds)  # stands in for the real rollout
+            deployment = Deployment(msg.pr, name, msg.requested, started, time.time())
+            self.state.history.append(deployment)
+            self.state.live = msg.pr
+            await self.ctx.checkpoint()  # durable before it is journaled and answered
         await record_step(self.journal, step="deploy", **attrs.asdict(deployment))
         return deployment
 

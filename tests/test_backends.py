@@ -56,6 +56,13 @@ async def test_kv_compare_and_set() -> None:
                 assert await kv.get("a.b") is None
                 third = await kv.create("a.b", {"owner": "five"})  # over the tombstone
                 assert third is not None and third > second
+                assert await kv.delete_at("a.b", second) is None  # stale revision
+                marker = await kv.delete_at("a.b", third)
+                assert marker is not None and marker > third
+                assert await kv.get("a.b") is None
+                fourth = await kv.update("a.b", {"owner": "six"}, marker)  # one round trip
+                assert fourth is not None and fourth > marker
+                assert await kv.get("a.b") == ({"owner": "six"}, fourth)
         finally:
             await backend.delete_bucket(bucket)
             await backend.aclose()

@@ -303,8 +303,11 @@ async def test_an_environment_serializes_concurrent_deployments() -> None:
                 for pr in prs:
                     nursery.start_soon(deploy_one, deployer, pr)
             again = await deployer.ask(Deploy(prs[0]))
+            locks = system.lock_statistics()
 
     assert sorted(deployment.pr for deployment in deployments) == [1, 2, 3, 4]
+    # Each rollout held the environment's lock (deploy:staging); the repeat took none.
+    assert (locks.acquired, locks.held, locks.lost) == (4, (), 0)
     assert again == next(deployment for deployment in deployments if deployment.pr == 1)
     ordered = sorted(deployments, key=lambda deployment: deployment.started)
     for before, after in itertools.pairwise(ordered):

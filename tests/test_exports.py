@@ -17,8 +17,11 @@ PUBLIC = {
     "CheckpointStore",
     "ChildSpec",
     "DeadLetter",
+    "HeldLock",
+    "Lease",
     "Limiter",
     "LimiterStatistics",
+    "LockStatistics",
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
@@ -51,6 +54,8 @@ ERRORS = {
     "AskTimeout",
     "CheckpointConflict",
     "CircuitOpen",
+    "LockHeld",
+    "LockLost",
     "MailboxFull",
     "ResourceError",
     "StartFailed",
@@ -83,3 +88,4 @@ def test_error_hierarchy() -> None:
     assert issubclass(runtime.errors.SupervisorGaveUp, runtime.errors.ActorFailed)
     assert issubclass(runtime.errors.StartFailed, runtime.errors.ActorFailed)
     assert issubclass(runtime.errors.StoreUnavailable, ConnectionError)
+    assert issubclass(runtime.errors.LockHeld, TimeoutError)

@@ -21,8 +21,8 @@ LAYERS: list[set[str]] = [
     {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen", "_yaml"},
     {"_logging", "_specs", "_breaker", "_outage", "_backends"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
-    {"_mailbox", "_checkpoint", "_fake_llm"},
-    {"_limiter", "_ref"},
+    {"_mailbox", "_checkpoint", "_fake_llm", "_lock_backends"},
+    {"_limiter", "_ref", "_locks"},
     # The tree's view of the system, and an incarnation's view of its cell.
     {"_host"},
     {"_context", "_serving"},

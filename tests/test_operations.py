@@ -50,7 +50,7 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 10 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 def _rule_expressions() -> list[str]:
@@ -77,6 +77,8 @@ def test_the_alerts_cover_what_operators_need() -> None:
         "RuntimeRestartStorm",
         "RuntimeMailboxNearlyFull",
         "RuntimeDeadLettersRising",
+        "RuntimeLockContention",
+        "RuntimeLockLost",
     } <= names
 
 
@@ -126,6 +128,8 @@ async def _live_sample_names() -> set[str]:
     async with open_system(topology, store="memory://") as system:
         await system.ref("root/counter").ask(Add(1))
         await system.resource("db").ask(Touch())
+        async with system.lock("ops:check", wait_timeout=0):
+            pass
         async with httpx.AsyncClient() as client:
             text = (await client.get(f"{system.endpoint_url}/metrics")).text
     return {

@@ -14,6 +14,9 @@ from ._correlation import add_correlation_id as add_correlation_id
 from ._correlation import correlation_id as correlation_id
 from ._limiter import Limiter as Limiter
 from ._limiter import LimiterStatistics as LimiterStatistics
+from ._locks import HeldLock as HeldLock
+from ._locks import Lease as Lease
+from ._locks import LockStatistics as LockStatistics
 from ._ref import ActorRef as ActorRef
 from ._ref import ActorStatistics as ActorStatistics
 from ._resource import Resource as Resource
@@ -48,8 +51,11 @@ __all__ = [
     "CheckpointStore",
     "ChildSpec",
     "DeadLetter",
+    "HeldLock",
+    "Lease",
     "Limiter",
     "LimiterStatistics",
+    "LockStatistics",
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",

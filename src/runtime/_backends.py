@@ -22,8 +22,10 @@ import json
 import os
 import secrets
 import socket
+import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
@@ -36,6 +38,7 @@ __all__ = [
     "NatsBackend",
     "NatsKV",
     "PostgresBackend",
+    "SqliteFile",
     "backend_kind",
     "process_identity",
     "redacted",
@@ -208,6 +211,21 @@ class NatsKV:
             raise
         return True
 
+    async def delete_at(self, key: str, revision: int) -> int | None:
+        """Delete ``key`` only at ``revision``; the delete marker's revision
+        (a later ``update(key, value, marker)`` writes over it in one round
+        trip), or None if another write came first."""
+        js = self.backend.jetstream()
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)}
+        subject = f"$KV.{self.bucket}.{key}"
+        try:
+            ack = await self.backend.call(js.publish, subject, b"", None, None, headers)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return None
+            raise
+        return int(ack.seq)
+
     async def keys(self) -> list[str]:
         """Every key with a value now."""
         try:
@@ -266,6 +284,12 @@ class NatsBackend:
             self._js = client.jetstream(timeout=self.op_timeout)
             self._buckets.clear()
             return self._js
+
+    def jetstream(self) -> Any:
+        """The JetStream context of the current connection (after ``kv()``)."""
+        if self._js is None:
+            raise BackendUnavailable(f"NATS at {redacted(self.url)}: not connected")
+        return self._js
 
     async def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """``await fn(*args)`` on asyncio, within ``op_timeout``."""
@@ -426,6 +450,71 @@ class PostgresBackend:
                 with trio.move_on_after(self.op_timeout):
                     await trio_asyncio.aio_as_trio(pool.close)()
                 pool.terminate()
+
+
+class SqliteFile:
+    """A SQLite file in WAL mode (``synchronous=NORMAL``), on one connection
+    used from worker threads one call at a time (a trio lock orders them),
+    so the trio thread never waits on the disk.
+
+    Args:
+        file: the file; it and its directory are made on first use.
+        schema: statements run once when the connection is made
+            (``CREATE TABLE IF NOT EXISTS``).
+        busy_timeout: seconds a call waits for another process's write
+            transaction before it fails.
+        unavailable: the exception a call that fails on the file raises
+            (locked, unopenable, full: it is there, or will be, later), made
+            from a message; the error is its ``__cause__``.
+    """
+
+    def __init__(
+        self,
+        file: str | os.PathLike[str],
+        schema: Sequence[str],
+        *,
+        busy_timeout: float = 30.0,
+        unavailable: Callable[[str], Exception] = BackendUnavailable,
+    ) -> None:
+        self.file = Path(file)
+        self.unavailable = unavailable
+        self.schema = tuple(schema)
+        self.busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._lock = trio.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        """The connection, made on first use (call it in the worker thread)."""
+        if self._connection is None:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                self.file,
+                check_same_thread=False,
+                isolation_level=None,
+                timeout=self.busy_timeout,
+            )
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            for statement in self.schema:
+                connection.execute(statement)
+            self._connection = connection
+        return self._connection
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in a worker thread, after the calls before it. The
+        thread is not cancelled: cancellation waits for it to return."""
+        async with self._lock:
+            try:
+                return await trio.to_thread.run_sync(fn, *args)
+            except (sqlite3.OperationalError, OSError) as exc:
+                raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        """Close the connection (the next call opens it again)."""
+        async with self._lock:
+            if self._connection is not None:
+                connection, self._connection = self._connection, None
+                await trio.to_thread.run_sync(connection.close)
 
 
 class Backends:

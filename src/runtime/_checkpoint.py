@@ -17,7 +17,6 @@ import collections.abc
 import json
 import os
 import random
-import sqlite3
 import typing
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ import cattrs.preconf.json
 import trio
 import trio_asyncio
 
+from ._backends import SqliteFile
 from ._durations import SIZE_BUCKETS, Durations
 from .errors import CheckpointConflict, StateError, StoreUnavailable
 
@@ -230,28 +230,9 @@ class SqliteStore:
     def __init__(self, file: str | os.PathLike[str]) -> None:
         self.file = Path(file)
         self.url = f"sqlite:///{self.file}"
-        self._connection: sqlite3.Connection | None = None
-        self._lock = trio.Lock()
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is None:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(
-                self.file, check_same_thread=False, isolation_level=None, timeout=30
-            )
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(_SCHEMA)
-            self._connection = connection
-        return self._connection
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(fn, *args)
-            except (sqlite3.OperationalError, OSError) as exc:
-                # Locked, unopenable or full: the file is there, or will be, later.
-                raise StoreUnavailable(f"{self.url}: {exc}") from exc
+        self._file = SqliteFile(self.file, (_SCHEMA,), unavailable=StoreUnavailable)
+        self._connect = self._file.connection
+        self._run = self._file.run
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:
@@ -308,10 +289,7 @@ class SqliteStore:
         return result
 
     async def aclose(self) -> None:
-        async with self._lock:
-            if self._connection is not None:
-                connection, self._connection = self._connection, None
-                await trio.to_thread.run_sync(connection.close)
+        await self._file.aclose()
 
 
 _PG_UNREACHABLE = (

@@ -7,6 +7,7 @@ through the cell's ``Host``: it imports neither.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVarTuple
 
 import trio
@@ -15,6 +16,7 @@ from .errors import ActorStopped, UnknownMessage
 
 if TYPE_CHECKING:
     from ._host import Host
+    from ._locks import Lease
     from ._ref import ActorRef
 
 __all__ = ["ActorContext", "CellPort", "TaskNursery"]
@@ -239,6 +241,45 @@ class ActorContext:
             ActorNotFound: the topology declares no resource of that name.
         """
         return self._cell.host.resource(name)
+
+    def lock(
+        self, name: str, ttl: float = 30.0, wait_timeout: float | None = None
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Hold the lock ``name`` for an ``async with`` block, against every
+        holder using the system's lock backend (the topology's ``locks:``,
+        by default the checkpoint store's): other actors, ``system.lock``,
+        other processes.
+
+        ``async with self.ctx.lock("deploy:prod", ttl=30) as lease:`` waits
+        until the lock is free and takes it; ``lease.token`` is its fencing
+        token, greater than every token granted for the name before. While
+        the block runs the lease is renewed every ``ttl / 3``; if this process
+        dies, the lock frees ``ttl`` seconds after its last renewal. Leaving
+        the block releases it (also when the block raises or is cancelled).
+        Locks are not re-entrant: taking one already held by the same actor
+        waits for itself.
+
+        Args:
+            name: the lock's name; the part before the first ``:`` is its
+                ``prefix`` in the metrics.
+            ttl: seconds the lease lasts without renewal.
+            wait_timeout: seconds to wait for the lock; None waits for as
+                long as it takes, 0 tries once.
+
+        Raises:
+            LockHeld: another holder kept it past ``wait_timeout``; the
+                message names the holder (path, node, pid) and when its
+                lease ends.
+            LockLost: the lease could not be renewed before it expired (or
+                was taken over): the block was cancelled, and this is raised
+                out of it.
+            StoreUnavailable: the lock backend could not be reached before
+                ``wait_timeout``.
+            ValueError: ``ttl`` is not positive or ``wait_timeout`` negative.
+        """
+        return self._cell.host.locks.lock(
+            name, holder=self._cell.path, ttl=ttl, wait_timeout=wait_timeout
+        )
 
     async def checkpoint(self) -> None:
         """Write this actor's state to the store now (if it changed).

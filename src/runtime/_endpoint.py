@@ -19,6 +19,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
@@ -88,7 +89,15 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
             for name, stats in system.resource_statistics().items()
         },
         "dead_letters": system.dead_letter_count,
+        "locks": _locks(system),
     }
+
+
+def _locks(system: ActorSystem) -> dict[str, Any]:
+    stats = system.lock_statistics()
+    document = attrs.asdict(stats)
+    document["held"] = [attrs.asdict(lock) for lock in stats.held]
+    return document
 
 
 def health_answer(health: Health, *, json_asked: bool) -> tuple[int, str | None]:

@@ -21,6 +21,7 @@ import trio
 if TYPE_CHECKING:
     from ._backends import Backends
     from ._checkpoint import CheckpointCounters, CheckpointStore
+    from ._locks import LockManager
     from ._ref import ActorRef, ActorStatistics
     from ._specs import ChildSpec, SupervisorSpec
 
@@ -126,6 +127,7 @@ class Host(Protocol):
     timed: bool  # whether handling times are kept (metrics are on)
     checkpoints: CheckpointCounters
     backends: Backends  # connections to the coordination engines (PostgreSQL, NATS)
+    locks: LockManager  # ctx.lock
 
     @property
     def system(self) -> Any:

@@ -23,6 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from ._locks import OUTCOMES
+
 if TYPE_CHECKING:
     from ._system import ActorSystem
 
@@ -46,6 +48,7 @@ class RuntimeCollector(Collector):
         yield from self._actors(system)
         yield from self._resources(system)
         yield from self._checkpoints(system)
+        yield from self._locks(system)
         dead = CounterMetricFamily(
             "runtime_dead_letters",
             "Messages accepted but never handled, by reason.",
@@ -246,6 +249,46 @@ class RuntimeCollector(Collector):
             for figure, reading in sorted(backend.items()):
                 figures.add_metric([name, figure], float(reading))
         yield from families.values()
+
+    # -- locks ---------------------------------------------------------------------------
+
+    def _locks(self, system: ActorSystem) -> Iterator[Metric]:
+        manager = system.lock_manager
+        counters = manager.counters
+        acquisitions = CounterMetricFamily(
+            "runtime_lock_acquisitions",
+            "Lock acquisitions by outcome (acquired, timeout, tried: refused at once "
+            "under wait_timeout=0, lost: lost while held, error: backend unreachable), "
+            "by the lock name's prefix.",
+            labels=["prefix", "outcome"],
+        )
+        wait = HistogramMetricFamily(
+            "runtime_lock_wait_seconds",
+            "Time from asking for a lock to its grant or refusal, by prefix.",
+            labels=["prefix"],
+        )
+        contentions = CounterMetricFamily(
+            "runtime_lock_contentions",
+            "Acquisitions that found the lock held (they waited or were refused), by prefix.",
+            labels=["prefix"],
+        )
+        held = GaugeMetricFamily(
+            "runtime_locks_held", "Locks this system holds now, by prefix.", labels=["prefix"]
+        )
+        waiting = GaugeMetricFamily(
+            "runtime_locks_waiting", "Acquisitions waiting now, by prefix.", labels=["prefix"]
+        )
+        held_now = manager.held_by_prefix()
+        for prefix, durations in sorted(counters.waits.items()):
+            for outcome in OUTCOMES:
+                acquisitions.add_metric(
+                    [prefix, outcome], counters.outcomes.get((prefix, outcome), 0)
+                )
+            wait.add_metric([prefix], durations.cumulative(), durations.sum)
+            contentions.add_metric([prefix], counters.contentions.get(prefix, 0))
+            held.add_metric([prefix], held_now.get(prefix, 0))
+            waiting.add_metric([prefix], counters.waiting.get(prefix, 0))
+        yield from (acquisitions, wait, contentions, held, waiting)
 
     # -- checkpoints -----------------------------------------------------------------
 

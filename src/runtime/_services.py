@@ -58,6 +58,9 @@ async def _open_services(
         # outliving the store and the resources it serves (unless the
         # caller runs one).
         await stack.enter_async_context(trio_asyncio.open_loop())
+    # Lock renewals run beside the tree and outlive it: a holder's release
+    # on its way out still reaches the backend.
+    await stack.enter_async_context(system.lock_manager.open())
     if registry is None and listen is not None:
         registry = CollectorRegistry()
         ProcessCollector(registry=registry)

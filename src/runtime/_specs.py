@@ -530,6 +530,9 @@ class Topology:
         resources: resource actors by name (reached with ``ctx.resource(name)``
             and at the path ``resources/<name>``).
         metrics: the metrics endpoint.
+        locks: where ``ctx.lock``/``system.lock`` keep their leases:
+            ``memory://``, ``sqlite:///path``, ``postgresql://...`` or
+            ``nats://...``; None means the checkpoint store's URL.
     """
 
     system: str = attrs.field(default="runtime", validator=_name)
@@ -547,6 +550,7 @@ class Topology:
         converter=_to_metrics,
         validator=attrs.validators.instance_of(MetricsSpec),
     )
+    locks: str | None = None
 
 
 attrs.resolve_types(SupervisorSpec)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from collections import deque
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import attrs
 import trio
 
 from ._actor import Actor
-from ._backends import Backends
+from ._backends import Backends, backend_kind
 from ._cell import ActorCell
 from ._checkpoint import (
     CheckpointCounters,
@@ -29,6 +30,8 @@ from ._checkpoint import (
     open_store,
 )
 from ._host import Child
+from ._lock_backends import open_lock_backend
+from ._locks import Lease, LockManager, LockStatistics
 from ._logging import get_logger
 from ._ref import ActorRef, ActorStatistics
 from ._resource import (
@@ -114,6 +117,9 @@ class SystemHost:
         # made on first use; the name tells this process apart on the server.
         self.backends = Backends(name=f"{system.name}-{os.getpid()}")
         self.store: CheckpointStore | None = None  # opened on first use
+        # Leases of ctx.lock/system.lock; the backend connects on first use.
+        backend = open_lock_backend(system.locks_url, system.name, self.backends)
+        self.locks = LockManager(backend, system=system.name)
         self.cells: dict[str, ActorCell] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -287,9 +293,11 @@ class ActorSystem:
         return self._host.checkpoints.statistics()
 
     def uses_asyncio(self) -> bool:
-        """Whether the store or a resource needs an asyncio loop (asyncpg,
-        through trio-asyncio)."""
+        """Whether the store, the lock backend or a resource needs an asyncio
+        loop (asyncpg, nats-py, through trio-asyncio)."""
         if any(spec.kind.uses_asyncio for spec in self.topology.resources.values()):  # type: ignore[attr-defined]
+            return True
+        if backend_kind(self.locks_url) in ("postgresql", "nats"):
             return True
         return isinstance(self.store, PostgresStore) or self.store_url.startswith(
             ("postgresql://", "postgres://")
@@ -298,6 +306,44 @@ class ActorSystem:
     def checkpoint_store(self) -> CheckpointStore:
         """The checkpoint store, made on first use (it connects on first use too)."""
         return self._host.checkpoint_store()
+
+    # -- locks -------------------------------------------------------------------
+
+    @property
+    def locks_url(self) -> str:
+        """Where locks keep their leases: the topology's ``locks``, else the
+        checkpoint store's URL."""
+        return self.topology.locks if self.topology.locks is not None else self.store_url
+
+    @property
+    def lock_manager(self) -> LockManager:
+        """The system's locks (``open_system`` runs their renewals)."""
+        return self._host.locks
+
+    def lock(
+        self, name: str, ttl: float = 30.0, wait_timeout: float | None = None
+    ) -> AbstractAsyncContextManager[Lease]:
+        """Hold the lock ``name`` for an ``async with`` block, as
+        ``ActorContext.lock`` does, with the system's name as the holder's path.
+
+        Raises:
+            LockHeld: another holder kept it past ``wait_timeout``.
+            LockLost: the lease could not be renewed: the block was cancelled.
+            StoreUnavailable: the lock backend could not be reached in time.
+        """
+        return self._host.locks.lock(name, holder=self.name, ttl=ttl, wait_timeout=wait_timeout)
+
+    async def is_locked(self, name: str) -> bool:
+        """Whether any holder, in any process, holds ``name`` now.
+
+        Raises:
+            StoreUnavailable: the lock backend could not be reached.
+        """
+        return await self._host.locks.is_locked(name)
+
+    def lock_statistics(self) -> LockStatistics:
+        """The locks this system holds now, and its acquisitions so far by outcome."""
+        return self._host.locks.statistics()
 
     async def close_store(self) -> None:
         """Close the checkpoint store if the system opened it."""
@@ -366,7 +412,7 @@ class ActorSystem:
             f"resources.{name}: removed: runs until the next start"
             for name in self.topology.resources.keys() - new.resources.keys()
         ]
-        for field in ("system", "supervisor", "store", "metrics"):
+        for field in ("system", "supervisor", "store", "metrics", "locks"):
             if getattr(new, field) != getattr(self.topology, field):
                 changes.append(f"{field}: changed: not applied until the next start")
         self.topology = attrs.evolve(self.topology, resources=resources)

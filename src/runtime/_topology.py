@@ -30,6 +30,7 @@ from cattrs.errors import AttributeValidationNote, ClassValidationError, Forbidd
 from ._actor import Actor, dispatch_table, init_signature, needs_args, state_class
 from ._checkpoint import open_store
 from ._listen import parse_listen
+from ._lock_backends import check_locks_url
 from ._specs import (
     BackoffSpec,
     BreakerSpec,
@@ -608,6 +609,11 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             open_store(topology.store)
         except ValueError as exc:
             yield "$.store", str(exc)
+    if topology.locks is not None:
+        try:
+            check_locks_url(topology.locks)
+        except ValueError as exc:
+            yield "$.locks", str(exc)
 
 
 def check_actor(

@@ -17,7 +17,12 @@ the class also subclasses it, so generic handlers keep working::
     ├── ResourceError           a resource's backend refused or failed a request
     ├── TopologyError           (also ValueError) an invalid topology: file, line, field
     ├── CheckpointConflict      a checkpoint write lost against a newer version
-    ├── StoreUnavailable        (also ConnectionError) the checkpoint store cannot be reached
+    ├── StoreUnavailable        (also ConnectionError) the checkpoint store (or the
+    │                           lock backend) cannot be reached
+    ├── LockHeld                (also TimeoutError) another holder kept the lock past
+    │                           wait_timeout: names it and when its lease ends
+    ├── LockLost                a held lock's lease could not be renewed: the body
+    │                           was cancelled
     └── StateError              (also ValueError) state that cannot be checkpointed,
                                 or a checkpoint that cannot be read back
 """
@@ -34,6 +39,8 @@ __all__ = [
     "AskTimeout",
     "CheckpointConflict",
     "CircuitOpen",
+    "LockHeld",
+    "LockLost",
     "MailboxFull",
     "ResourceError",
     "StartFailed",
@@ -135,13 +142,66 @@ class CheckpointConflict(ActorSystemError):
 
 class StoreUnavailable(ActorSystemError, ConnectionError):
     """The checkpoint store cannot be reached (connection refused or lost,
-    the server shutting down, a locked or unwritable database file).
+    the server shutting down, a locked or unwritable database file). Also
+    raised by ``ctx.lock``/``system.lock`` when the lock backend could not
+    be reached before ``wait_timeout`` ran out.
 
     An actor whose write meets it holds its reply and retries with backoff
     for ``STORE_OUTAGE_DEADLINE`` seconds before it crashes with it; such a
     crash is an outage, not a bug: its restart does not count toward its
     supervisor's restart intensity. The store's own error is ``__cause__``.
     """
+
+
+class LockHeld(ActorSystemError, TimeoutError):
+    """``ctx.lock``/``system.lock`` gave up: another holder kept the lock
+    past ``wait_timeout`` (at once for ``wait_timeout=0``).
+
+    The message names the holder and when its lease ends.
+
+    Attributes:
+        name: the lock's name.
+        holder: the holder's path (an actor path, or the system's name for
+            ``system.lock``); None when the backend could not say.
+        node, pid: the holder's host name and process id (None if unknown).
+        expires_in: seconds until the holder's lease ends unless it is
+            renewed (None if unknown).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        name: str,
+        holder: str | None = None,
+        node: str | None = None,
+        pid: int | None = None,
+        expires_in: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.name = name
+        self.holder = holder
+        self.node = node
+        self.pid = pid
+        self.expires_in = expires_in
+
+
+class LockLost(ActorSystemError):
+    """A lock was lost while held: its lease could not be renewed before it
+    expired (the backend was unreachable), or another holder took it over
+    after it expired. The body of the ``async with`` was cancelled and this
+    is raised out of it; work done under the lock may have overlapped with
+    the next holder's (fencing tokens guard against that, see docs/locks.md).
+
+    Attributes:
+        name: the lock's name.
+        token: the fencing token of the lost lease.
+    """
+
+    def __init__(self, message: str, *, name: str, token: int) -> None:
+        super().__init__(message)
+        self.name = name
+        self.token = token
 
 
 class StateError(ActorSystemError, ValueError):

@@ -1,0 +1,508 @@
+"""Locks with leases: ``ctx.lock`` and ``system.lock``.
+
+``LockManager`` serves the locks of one system over one backend
+(``_lock_backends``): it waits for a lock (polling the backend with a short
+backoff, and woken at once when a holder in this process releases it),
+renews a held lease every ttl/3 in a task of its own, cancels the holder's
+body when the lease cannot be renewed before it expires, and counts what
+happens for ``lock_statistics()`` and the metrics.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from ._backends import BackendUnavailable, process_identity
+from ._durations import Durations
+from ._lock_backends import Grant, Holding, LockBackend, Owner
+from ._logging import get_logger
+from .errors import LockHeld, LockLost, StoreUnavailable
+
+__all__ = [
+    "LOCK_WAIT_BUCKETS",
+    "OUTCOMES",
+    "HeldLock",
+    "Lease",
+    "LockCounters",
+    "LockManager",
+    "LockStatistics",
+    "prefix_of",
+]
+
+logger = get_logger()
+
+OUTCOMES = ("acquired", "timeout", "tried", "lost", "error")
+"""How an acquisition ends: granted; ``LockHeld`` after waiting; ``LockHeld``
+at once (``wait_timeout=0``); granted, then lost while held; the backend
+could not be reached (or failed) before ``wait_timeout``."""
+
+LOCK_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""Wait-time buckets in seconds: from an uncontended grant to minutes behind a holder."""
+
+PREFIXES_KEPT = 100
+"""Distinct ``prefix`` label values; names with further prefixes count as ``other``."""
+
+PREFIX_LENGTH = 64
+"""Characters of a prefix kept as its label value."""
+
+FIRST_POLL = 0.005
+"""The first wait of a waiter between two tries of the backend; it doubles
+up to the backend's ``poll`` (0.2 s for SQLite, PostgreSQL and NATS)."""
+
+SWEEP_EVERY = 60.0
+"""Seconds between two sweeps of expired leases from the backend."""
+
+RELEASE_TIMEOUT = 5.0
+"""Seconds a release may take (shielded from cancellation) before the lease
+is left to expire."""
+
+
+def prefix_of(name: str) -> str:
+    """The part of ``name`` before its first ``:`` (the whole name without
+    one), cut to ``PREFIX_LENGTH`` characters."""
+    return name.partition(":")[0][:PREFIX_LENGTH]
+
+
+@attrs.frozen
+class HeldLock:
+    """A lock held by this system now.
+
+    Attributes:
+        name: the lock's name.
+        holder: the holder's path.
+        token: the lease's fencing token.
+        expires_in: seconds until the lease ends unless renewed.
+    """
+
+    name: str
+    holder: str
+    token: int
+    expires_in: float
+
+
+@attrs.frozen
+class LockStatistics:
+    """A snapshot of a system's locks.
+
+    Attributes:
+        backend: ``memory``, ``sqlite``, ``postgresql`` or ``nats``.
+        url: the backend's URL (without a password).
+        held: the locks this system holds now, by name.
+        waiting: acquisitions waiting now.
+        acquired: grants so far.
+        timeouts: acquisitions that waited past ``wait_timeout`` (``LockHeld``).
+        tried: ``wait_timeout=0`` acquisitions refused at once (``LockHeld``).
+        lost: leases lost while held (``LockLost``).
+        errors: acquisitions that failed on the backend (unreachable, or an error).
+        contentions: acquisitions that found the lock held (they waited or were refused).
+        wait_seconds: the time acquisitions spent waiting, in all.
+    """
+
+    backend: str
+    url: str
+    held: tuple[HeldLock, ...]
+    waiting: int
+    acquired: int
+    timeouts: int
+    tried: int
+    lost: int
+    errors: int
+    contentions: int
+    wait_seconds: float
+
+
+class Lease:
+    """A held lock, as ``async with ctx.lock(...) as lease`` gives it.
+
+    Attributes:
+        name: the lock's name.
+        token: the fencing token: greater than every token granted for this
+            name before (in every process using the backend). Pass it to
+            what the lock protects, which refuses a token lower than the
+            greatest it has seen.
+        holder: the holder's path.
+        ttl: the lease's length; it is renewed every ``ttl / 3``.
+        expires_at: when the lease ends unless renewed, on trio's clock
+            (``trio.current_time()``): measured from before the last grant
+            or renewal was sent, so never later than the backend's own expiry.
+    """
+
+    __slots__ = ("expires_at", "holder", "lost", "name", "released", "revision", "token", "ttl")
+
+    def __init__(  # noqa: PLR0917 (made by the manager only)
+        self, name: str, token: int, revision: int, holder: str, ttl: float, expires_at: float
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.revision = revision
+        self.holder = holder
+        self.ttl = ttl
+        self.expires_at = expires_at
+        self.lost: str | None = None  # why, once lost
+        self.released = False
+
+    @property
+    def expires_in(self) -> float:
+        """Seconds until the lease ends unless renewed (0 once lost or released)."""
+        if not self.held:
+            return 0.0
+        return max(0.0, self.expires_at - trio.current_time())
+
+    @property
+    def held(self) -> bool:
+        """Whether the lock is still held: not released, not lost, and its
+        lease not past ``expires_at``."""
+        return self.lost is None and not self.released and trio.current_time() < self.expires_at
+
+    def __repr__(self) -> str:
+        return f"<Lease {self.name!r} token={self.token} holder={self.holder!r}>"
+
+
+class LockCounters:
+    """What the metrics read, per prefix: outcomes, contentions, wait times,
+    and the waiters now. Prefixes beyond ``PREFIXES_KEPT`` count as ``other``."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[tuple[str, str], int] = {}
+        self.contentions: dict[str, int] = {}
+        self.waits: dict[str, Durations] = {}
+        self.waiting: dict[str, int] = {}
+
+    def label(self, name: str) -> str:
+        """The ``prefix`` label of the lock ``name``."""
+        prefix = prefix_of(name)
+        if prefix in self.waits or len(self.waits) < PREFIXES_KEPT:
+            return prefix
+        return "other"
+
+    def count(self, prefix: str, outcome: str, waited: float | None = None) -> None:
+        key = (prefix, outcome)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        durations = self.waits.get(prefix)
+        if durations is None:
+            durations = self.waits[prefix] = Durations(LOCK_WAIT_BUCKETS)
+        if waited is not None:
+            durations.observe(waited)
+
+    def total(self, outcome: str) -> int:
+        return sum(count for (_, kind), count in self.outcomes.items() if kind == outcome)
+
+
+@attrs.define
+class _Acquisition:
+    """One call waiting for a lock, and what its tries found."""
+
+    name: str
+    owner: Owner
+    ttl: float
+    prefix: str
+    start: float
+    deadline: float
+    tries: int = 0
+    found: Holding | None = None
+    outage: BackendUnavailable | None = None
+
+
+class LockManager:
+    """The locks of one system over one backend.
+
+    ``open()`` runs the tasks that renew held leases and sweep expired ones:
+    locks can be taken while it is open.
+    """
+
+    def __init__(self, backend: LockBackend, *, system: str) -> None:
+        self.backend = backend
+        self.system = system
+        self.counters = LockCounters()
+        self.held: dict[str, Lease] = {}
+        self._nursery: trio.Nursery | None = None
+        self._released: dict[str, trio.Event] = {}  # local waiters, woken on release
+        self._wait_seconds = 0.0
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[LockManager]:
+        """Run the renewals and the sweeper until the block ends; then close
+        the backend."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._sweep_every, SWEEP_EVERY)
+                try:
+                    yield self
+                finally:
+                    self._nursery = None
+                    nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.backend.aclose()
+
+    # -- taking and holding ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def lock(
+        self, name: str, *, holder: str, ttl: float = 30.0, wait_timeout: float | None = None
+    ) -> AsyncIterator[Lease]:
+        """Hold the lock ``name`` for the block (see ``ActorContext.lock``).
+
+        Raises:
+            LockHeld: another holder kept it past ``wait_timeout``.
+            LockLost: the lease could not be renewed; the block was cancelled.
+            StoreUnavailable: the backend could not be reached in time.
+            ValueError: a bad ``ttl`` or ``wait_timeout``.
+        """
+        _check(name, ttl, wait_timeout)
+        nursery = self._nursery
+        if nursery is None:
+            raise RuntimeError("locks are served only while the system runs")
+        lease = await self.acquire(name, holder, ttl, wait_timeout)
+        body = trio.CancelScope()
+        renewal = trio.CancelScope()
+        nursery.start_soon(self._renew, lease, body, renewal)
+        try:
+            with body:
+                yield lease
+        finally:
+            renewal.cancel()
+            await self._release(lease)
+        if lease.lost is not None:
+            raise LockLost(
+                f"lock {name!r} (token {lease.token}) was lost by {holder}: {lease.lost}; "
+                "the block was cancelled",
+                name=name,
+                token=lease.token,
+            )
+
+    async def acquire(
+        self, name: str, holder: str, ttl: float, wait_timeout: float | None
+    ) -> Lease:
+        """Wait for the lock and take it; the caller releases it (``lock``
+        does). Cancellation while waiting takes nothing."""
+        owner = Owner(holder, *process_identity())
+        start = trio.current_time()
+        deadline = math.inf if wait_timeout is None else start + wait_timeout
+        ask = _Acquisition(name, owner, ttl, self.counters.label(name), start, deadline)
+        waiting = self.counters.waiting
+        waiting[ask.prefix] = waiting.get(ask.prefix, 0) + 1
+        try:
+            return await self._wait_for(ask)
+        finally:
+            waiting[ask.prefix] -= 1
+
+    async def _wait_for(self, ask: _Acquisition) -> Lease:
+        # Waiters in process need no polling: a release wakes them.
+        delay = FIRST_POLL if math.isfinite(self.backend.poll) else math.inf
+        while True:
+            sent = trio.current_time()
+            try:
+                result = await self.backend.try_acquire(ask.name, ask.owner, ask.ttl)
+            except BackendUnavailable as exc:
+                result, ask.outage = None, exc
+                if ask.tries == 0:
+                    logger.warning("lock_backend_unavailable", lock=ask.name, error=str(exc))
+            except Exception:
+                self.counters.count(ask.prefix, "error", trio.current_time() - ask.start)
+                raise
+            else:
+                ask.outage = None
+            ask.tries += 1
+            if isinstance(result, Grant):
+                return self._granted(ask, result, sent)
+            if isinstance(result, Holding):
+                ask.found = result
+            now = trio.current_time()
+            if now >= ask.deadline:
+                raise await self._refused(ask, now - ask.start)
+            wait = min(delay * random.uniform(0.5, 1.0), ask.deadline - now)
+            if ask.found is not None:
+                wait = min(wait, ask.found.expires_in)
+            await self._sleep_unless_released(ask.name, max(wait, 0.0))
+            delay = min(delay * 2, self.backend.poll)
+
+    def _granted(self, ask: _Acquisition, grant: Grant, sent: float) -> Lease:
+        counters = self.counters
+        waited = sent - ask.start if ask.tries > 1 else 0.0
+        if ask.tries > 1:
+            counters.contentions[ask.prefix] = counters.contentions.get(ask.prefix, 0) + 1
+            self._wait_seconds += waited
+        counters.count(ask.prefix, "acquired", waited)
+        owner = ask.owner
+        lease = Lease(ask.name, grant.token, grant.revision, owner.path, ask.ttl, sent + ask.ttl)
+        self.held[ask.name] = lease
+        return lease
+
+    async def _refused(self, ask: _Acquisition, waited: float) -> Exception:
+        """The error for an acquisition that ends without the lock, counted."""
+        counters = self.counters
+        if ask.outage is not None:
+            counters.count(ask.prefix, "error", waited)
+            return StoreUnavailable(
+                f"lock {ask.name!r}: the lock backend {self.backend.url} "
+                f"could not be reached: {ask.outage}"
+            )
+        counters.contentions[ask.prefix] = counters.contentions.get(ask.prefix, 0) + 1
+        outcome = "tried" if ask.deadline == ask.start else "timeout"
+        counters.count(ask.prefix, outcome, waited)
+        self._wait_seconds += waited
+        found = ask.found
+        if found is None:
+            try:
+                found = await self.backend.holder(ask.name)
+            except BackendUnavailable:
+                found = None
+        return _lock_held(ask.name, found, outcome, waited)
+
+    async def _sleep_unless_released(self, name: str, seconds: float) -> None:
+        event = self._released.get(name)
+        if event is None:
+            event = self._released[name] = trio.Event()
+        with trio.move_on_after(seconds):
+            await event.wait()
+        if not event.is_set() and event.statistics().tasks_waiting == 0:
+            self._released.pop(name, None)  # nobody waits on it now: keep nothing
+
+    def _wake(self, name: str) -> None:
+        event = self._released.pop(name, None)
+        if event is not None:
+            event.set()
+
+    async def _renew(self, lease: Lease, body: trio.CancelScope, renewal: trio.CancelScope) -> None:
+        """Renew ``lease`` every ttl/3 until ``renewal`` is cancelled; cancel
+        ``body`` once it cannot be renewed before it expires."""
+        with renewal:
+            why = await self._keep(lease)
+            lease.lost = why
+            self.held.pop(lease.name, None)
+            self.counters.count(self.counters.label(lease.name), "lost")
+            logger.warning("lock_lost", lock=lease.name, token=lease.token, holder=lease.holder,
+                           reason=why)  # fmt: skip
+            body.cancel()
+            self._wake(lease.name)
+
+    async def _keep(self, lease: Lease) -> str:
+        """Renew ``lease`` until that fails; why it failed."""
+        owner = Owner(lease.holder, *process_identity())
+        interval = lease.ttl / 3
+        retry = min(interval, 1.0) / 3
+        next_at = lease.expires_at - lease.ttl + interval
+        while True:
+            await trio.sleep_until(next_at)
+            sent = trio.current_time()
+            if sent >= lease.expires_at:
+                return "the lease expired before it could be renewed"
+            revision: int | None = -1  # -1: no answer before the lease expired
+            try:
+                with trio.move_on_after(lease.expires_at - sent):
+                    revision = await self.backend.renew(
+                        lease.name, owner, lease.token, lease.revision, lease.ttl
+                    )
+            except Exception as exc:  # unreachable, or failing: try again until it expires
+                logger.warning("lock_renewal_failed", lock=lease.name, error=repr(exc))
+                next_at = min(trio.current_time() + retry, lease.expires_at)
+                continue
+            if revision is None:
+                return "the lease was taken over or removed on the backend"
+            if revision == -1:
+                return "the lease expired before it could be renewed"
+            lease.revision = revision
+            lease.expires_at = sent + lease.ttl
+            next_at = sent + interval
+
+    async def _release(self, lease: Lease) -> None:
+        """Release the lease on the backend (shielded: a cancelled holder
+        releases too); a failure leaves it to expire."""
+        if self.held.get(lease.name) is lease:
+            del self.held[lease.name]
+        lease.released = True
+        if lease.lost is None:
+            with trio.CancelScope(shield=True), trio.move_on_after(RELEASE_TIMEOUT):
+                try:
+                    await self.backend.release(lease.name, lease.token, lease.revision)
+                except Exception as exc:  # the lease expires by itself
+                    logger.warning("lock_release_failed", lock=lease.name, error=repr(exc))
+        self._wake(lease.name)
+
+    # -- reading ---------------------------------------------------------------------
+
+    async def is_locked(self, name: str) -> bool:
+        """Whether anyone holds ``name`` now (a lease that has not expired).
+
+        Raises:
+            StoreUnavailable: the backend could not be reached.
+        """
+        try:
+            return await self.backend.holder(name) is not None
+        except BackendUnavailable as exc:
+            raise StoreUnavailable(f"lock {name!r}: {exc}") from exc
+
+    def statistics(self) -> LockStatistics:
+        """A snapshot: the locks held now and the counts so far."""
+        counters = self.counters
+        now = trio.current_time()
+        held = tuple(
+            HeldLock(name, lease.holder, lease.token, max(0.0, lease.expires_at - now))
+            for name, lease in sorted(self.held.items())
+        )
+        return LockStatistics(
+            backend=self.backend.kind,
+            url=self.backend.url,
+            held=held,
+            waiting=sum(counters.waiting.values()),
+            acquired=counters.total("acquired"),
+            timeouts=counters.total("timeout"),
+            tried=counters.total("tried"),
+            lost=counters.total("lost"),
+            errors=counters.total("error"),
+            contentions=sum(counters.contentions.values()),
+            wait_seconds=self._wait_seconds,
+        )
+
+    def held_by_prefix(self) -> dict[str, int]:
+        """Locks held now, by ``prefix`` label."""
+        found: dict[str, int] = {}
+        for name in self.held:
+            prefix = self.counters.label(name)
+            found[prefix] = found.get(prefix, 0) + 1
+        return found
+
+    async def _sweep_every(self, period: float) -> None:
+        while True:
+            await trio.sleep(period)
+            try:
+                swept = await self.backend.sweep()
+            except Exception as exc:  # the next sweep tries again
+                logger.warning("locks_sweep_failed", error=repr(exc))
+                continue
+            if swept:
+                logger.info("locks_swept", expired=swept)
+
+
+def _check(name: str, ttl: float, wait_timeout: float | None) -> None:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a lock's name is a non-empty string, got {name!r}")
+    if not (isinstance(ttl, int | float) and 0 < ttl < math.inf):
+        raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
+    if wait_timeout is not None and not (
+        isinstance(wait_timeout, int | float) and wait_timeout >= 0
+    ):
+        raise ValueError(f"wait_timeout must be None or seconds >= 0, got {wait_timeout!r}")
+
+
+def _lock_held(name: str, found: Holding | None, outcome: str, waited: float) -> LockHeld:
+    how = "tried once" if outcome == "tried" else f"waited {waited:.3g} s"
+    if found is None:
+        return LockHeld(f"lock {name!r} is held by another holder ({how})", name=name)
+    return LockHeld(
+        f"lock {name!r} is held by {found.path} (node {found.node}, pid {found.pid}); "
+        f"its lease ends in {found.expires_in:.3g} s unless renewed ({how})",
+        name=name,
+        holder=found.path,
+        node=found.node,
+        pid=found.pid,
+        expires_in=found.expires_in,
+    )
