@@ -220,7 +220,7 @@ class NatsKV:
         subject = f"$KV.{self.bucket}.{key}"
         try:
             ack = await self.backend.call(js.publish, subject, b"", None, None, headers)
-        except nats.js.errors.APIError as exc:
+        except _nats().js.errors.APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
                 return None
             raise
