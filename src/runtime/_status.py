@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 import httpx
 
-__all__ = ["format_status", "show_status", "status_url"]
+__all__ = ["format_status", "show_status", "status_url", "table"]
 
 
 def status_url(url: str) -> str:
@@ -41,7 +41,7 @@ def _rows(node: dict[str, Any], depth: int = 0) -> list[list[str]]:
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in [header, *rows]:
@@ -97,7 +97,7 @@ def format_status(document: dict[str, Any]) -> str:
     if document.get("resources"):
         rows += _rows(document["resources"])
     header = ["PATH", "KIND", "STATUS", "INCARNATION", "RESTARTS", "MAILBOX", "BREAKER", "ASKS"]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     limiters = document.get("limiters") or {}
     if limiters:
         resource_rows = []
@@ -116,7 +116,7 @@ def format_status(document: dict[str, Any]) -> str:
                 ]
             )
         lines.append("")
-        lines += _table(
+        lines += table(
             [
                 "RESOURCE",
                 "IN USE",

@@ -402,7 +402,7 @@ def _structure(value: Any, type_: Any, where: str) -> Any:
         return _converter.structure(value, type_)
     except Exception as exc:
         problems = "; ".join(cattrs.transform_error(exc, path=where))
-        raise ValueError(problems or f"{where}: cannot take {value!r}") from None
+        raise ValueError(f"{problems or where}: cannot take {value!r}") from None
 
 
 def substitute(raw: Any, inputs: Mapping[str, Any], results: Mapping[str, StepResult]) -> Any:
