@@ -559,8 +559,12 @@ def progress_line(progress: Progress, most: int = 6) -> str:
     if working:
         more = f" and {len(working) - most} more" if len(working) > most else ""
         line += "; working: " + ", ".join(working[:most]) + more
-    else:
+    elif not progress.runs:
         line += "; idle"
+    if progress.runs:
+        runs = [f"{run} ({ended}/{steps} steps)" for run, ended, steps in progress.runs]
+        more = f" and {len(runs) - most} more" if len(runs) > most else ""
+        line += "; runs: " + ", ".join(runs[:most]) + more
     return line
 
 
@@ -570,7 +574,7 @@ async def _show_progress(system: ActorSystem, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         progress = system.progress()
-        if not (progress.total or progress.done or progress.working) and not last:
+        if not (progress.total or progress.done or progress.working or progress.runs) and not last:
             continue  # nothing counted and nobody working yet: nothing to say
         line = progress_line(progress)
         if line != last:

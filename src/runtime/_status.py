@@ -128,8 +128,25 @@ def format_status(document: dict[str, Any]) -> str:
             ],
             resource_rows,
         )
+    lines += _run_lines(document.get("workflows") or {})
     lines += _health_lines(document)
     return "\n".join(lines) + "\n"
+
+
+def _run_lines(workflows: dict[str, Any]) -> list[str]:
+    """The workflow runs in flight and the last ones, a row each with its steps."""
+    runs = [*workflows.get("running", []), *reversed(workflows.get("recent", []))]
+    if not runs:
+        return []
+    rows = [
+        [
+            f"{run['workflow']}/{run['run_id']}",
+            run["status"],
+            ", ".join(f"{step} {status}" for step, status in run["steps"].items()),
+        ]
+        for run in runs
+    ]
+    return ["", *table(["RUN", "STATUS", "STEPS"], rows)]
 
 
 def show_status(url: str, out: TextIO | None = None) -> int:

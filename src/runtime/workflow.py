@@ -50,7 +50,7 @@ import secrets
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -141,7 +141,7 @@ def _new_chain(key: str) -> None:
 
 def _to_validator(value: object) -> Callable[[Any], Any] | None:
     if value is None or callable(value):
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, str) and ":" in value:
         try:
             found = pkgutil.resolve_name(value)
@@ -152,6 +152,14 @@ def _to_validator(value: object) -> Callable[[Any], Any] | None:
     raise ValueError(
         f"validate: expected a function or an import path 'package.module:function', got {value!r}"
     )
+
+
+def _names(value: Iterable[str]) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(value)
 
 
 def _to_retry(value: RetrySpec | Mapping[str, Any] | None) -> RetrySpec | None:
@@ -185,11 +193,11 @@ class Step:
     name: str
     agent: str
     message: Any
-    depends_on: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    depends_on: tuple[str, ...] = attrs.field(default=(), converter=_names)
     priority: str = attrs.field(default="normal", validator=_priority)
     timeout: float = attrs.field(default=30.0, converter=to_seconds)
     retry: RetrySpec | None = attrs.field(default=None, converter=_to_retry)
-    fallback: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    fallback: tuple[str, ...] = attrs.field(default=(), converter=_names)
     validate: Callable[[Any], Any] | None = attrs.field(default=None, converter=_to_validator)
 
     @property
@@ -216,7 +224,7 @@ class Workflow:
     """
 
     name: str
-    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(converter=_steps)
     max_parallel: int = 8
     strategy: str = "dag"
 
