@@ -14,7 +14,7 @@ import runtime
 from runtime import ChildSpec, RetrySpec, SupervisorSpec, Topology, open_system
 from runtime.errors import ActorNotFound, TopologyError
 from runtime.workflow import Step, StepResult, Workflow, current_step_key
-from tests.workflow_agents import Echo, Job, Judge, Relay, Tally, Verdict, Worker
+from tests.workflow_agents import Echo, Job, Relay, Tally, Verdict, Worker
 
 
 def topology(tally: Tally, *, workflows: Any = None, **answers: str) -> Topology:
@@ -472,3 +472,19 @@ def test_a_root_named_workflow_is_refused() -> None:
     """Journals live at ``workflow/...`` in the store: no actor path may."""
     with pytest.raises(TopologyError, match="names the workflow journals"):
         runtime.parse_topology("supervisor: {name: workflow}\n", "t.yaml")
+
+
+def test_the_public_names_of_runtime_workflow() -> None:
+    """``runtime.workflow`` exports the names docs/workflows.md documents."""
+    import runtime.workflow
+
+    assert sorted(runtime.workflow.__all__) == [
+        "Invalid",
+        "RunSummary",
+        "Step",
+        "StepResult",
+        "Workflow",
+        "WorkflowResult",
+        "WorkflowStatistics",
+        "current_step_key",
+    ]

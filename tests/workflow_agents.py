@@ -88,8 +88,8 @@ class Worker(runtime.Actor[None]):
             tally.now -= 1
             tally.events.append(("end", msg.name))
         if self.record:
-            with open(self.record, "a", encoding="utf-8") as file:
-                file.write(f"{current_step_key()} {os.getpid()}\n")
+            async with await trio.open_file(self.record, "a", encoding="utf-8") as file:
+                await file.write(f"{current_step_key()} {os.getpid()}\n")
         return self.answer or msg.answer or msg.name
 
     @runtime.handler

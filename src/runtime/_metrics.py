@@ -300,20 +300,23 @@ class RuntimeCollector(Collector):
         )
         for workflow, count in sorted(runs.statistics().needing_attention.items()):
             attention.add_metric([workflow], count)
-        retries = CounterMetricFamily(
-            "runtime_workflow_step_retries",
-            "Step attempts after a failed or refused one, by workflow.",
-            labels=["workflow"],
-        )
-        for workflow, count in sorted(runs.retries.items()):
-            retries.add_metric([workflow], count)
-        fallbacks = CounterMetricFamily(
-            "runtime_workflow_step_fallbacks",
-            "Fallback agents turned to, by workflow.",
-            labels=["workflow"],
-        )
-        for workflow, count in sorted(runs.fallbacks.items()):
-            fallbacks.add_metric([workflow], count)
+        counters = []
+        for name, doc, counts in (
+            (
+                "runtime_workflow_step_retries",
+                "Step attempts after a failed or refused one, by workflow.",
+                runs.retries,
+            ),
+            (
+                "runtime_workflow_step_fallbacks",
+                "Fallback agents turned to, by workflow.",
+                runs.fallbacks,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["workflow"])
+            for workflow, count in sorted(counts.items()):
+                counter.add_metric([workflow], count)
+            counters.append(counter)
         durations = HistogramMetricFamily(
             "runtime_workflow_step_duration_seconds",
             "Time from a step's start to its end (every attempt and backoff).",
@@ -321,4 +324,4 @@ class RuntimeCollector(Collector):
         )
         for (workflow, step), timings in sorted(runs.durations.items()):
             durations.add_metric([workflow, step], timings.cumulative(), timings.sum)
-        yield from (outcomes, running, attention, retries, fallbacks, durations)
+        yield from (outcomes, running, attention, *counters, durations)

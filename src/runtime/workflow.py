@@ -1017,6 +1017,19 @@ class _Run:
             return message(dict(self.ended))
         return message
 
+    def _log(
+        self, method: Any, event: str, step: Step, agent: str, attempt: int, **more: Any
+    ) -> None:
+        method(
+            event,
+            workflow=self.workflow.name,
+            run_id=self.run_id,
+            step=step.name,
+            agent=agent,
+            attempt=attempt,
+            **more,
+        )
+
     async def _attempt(self, step: Step, agent: str, message: Any, attempt: int) -> Any:
         """One ask and its validation: the value, or a ``_Failure``."""
         key = f"{self.run_id}/{step.name}/{attempt}"
@@ -1025,14 +1038,8 @@ class _Run:
             _new_chain(key)
             value = await self.ref(agent).ask(message, timeout=step.timeout, priority=step.priority)
         except _ASK_ERRORS as exc:
-            logger.warning(
-                "workflow_attempt_failed",
-                workflow=self.workflow.name,
-                run_id=self.run_id,
-                step=step.name,
-                agent=agent,
-                attempt=attempt,
-                error=repr(exc),
+            self._log(
+                logger.warning, "workflow_attempt_failed", step, agent, attempt, error=repr(exc)
             )
             return _Failure(repr(exc))
         if step.validate is None:
@@ -1042,14 +1049,8 @@ class _Run:
             if inspect.isawaitable(checked):
                 await checked
         except Invalid as exc:
-            logger.info(
-                "workflow_result_invalid",
-                workflow=self.workflow.name,
-                run_id=self.run_id,
-                step=step.name,
-                agent=agent,
-                attempt=attempt,
-                feedback=exc.feedback,
+            self._log(
+                logger.info, "workflow_result_invalid", step, agent, attempt, feedback=exc.feedback
             )
             return _Failure(f"invalid: {exc.feedback}", exc.feedback)
         except Exception as exc:  # a broken check fails the attempt, not the run
