@@ -1,26 +1,28 @@
 """Pull request review and deployment: the agents of ``supervisors/pr_review.yaml``.
 
 ``Orchestrator`` takes the open pull requests from ``PullRequestSource`` and
-drives each one through three steps, a few PRs at a time:
+runs the topology's workflow ``pr`` for each one, a few PRs at a time. The
+workflow has three steps:
 
 1. ``Reviewer`` asks the ``llm`` resource to review the diff and turns the
    answer into a verdict, ``approved`` or ``rejected``;
 2. ``CI`` runs the test suite through the ``ci`` resource (an MCP server,
    ``actors/ci_server.py``), retrying a failed run with backoff in case the
    failure was a flaky test: ``green`` or ``red``. Review and CI run at once;
-3. an approved and green PR goes to ``Deployer``, which rolls it out to the
-   PR's target ``Environment``. Each environment is an actor handling one
-   message at a time, and each rollout holds the lock ``deploy:<env>``
-   (``ctx.lock``), so rollouts to one environment never overlap, also with
-   another process deploying to it on the same store; a crashed deployer
-   cannot leave the lock held past its ttl.
+3. ``release``, once both ended: ``Deployer`` is the gate: an approved and
+   green PR is rolled out to the PR's target ``Environment``. Each
+   environment is an actor handling one message at a time, and each rollout
+   holds the lock ``deploy:<env>`` (``ctx.lock``), so rollouts to one
+   environment never overlap, also with another process deploying to it on
+   the same store; a crashed deployer cannot leave the lock held past its
+   ttl.
 
-The orchestrator's state says which steps of which PR are done and is
-checkpointed after every step, so a process killed mid-run and started
-again on the same store goes on from there without redoing finished steps.
-Deployments are idempotent by PR number (the environments and the deployer
-keep theirs in checkpointed state), so a deploy step repeated after a kill
-never deploys a PR twice.
+Each PR's run is journaled in the checkpoint store (``workflow/pr/pr-<n>``)
+after every step, so a process killed mid-run and started again on the
+same store goes on from there without redoing finished steps. Deployments
+are idempotent by PR number (the environments and the deployer keep theirs
+in checkpointed state), so a deploy step repeated after a kill never
+deploys a PR twice.
 
 Each agent appends a JSON line to the file named by ``journal`` (when one
 is given) as a step completes, which is how the tests check that nothing
@@ -38,7 +40,6 @@ import structlog
 import trio
 
 import runtime
-from runtime.errors import ActorFailed, ActorStopped, AskTimeout, CircuitOpen
 from runtime.resources.llm import Chat
 from runtime.resources.mcp import CallTool
 
@@ -319,6 +320,15 @@ class Deploy:
     pr: PullRequest
 
 
+@attrs.frozen
+class Release:
+    """Ask the deployer to deploy a PR if its review and CI passed."""
+
+    pr: PullRequest
+    review: str
+    ci: str
+
+
 @attrs.define
 class DeployerState:
     deployments: dict[str, Deployment] = attrs.Factory(dict)  # by PR number
@@ -345,85 +355,36 @@ class Deployer(runtime.Actor[DeployerState]):
         self.state.deployments[key] = deployment
         return deployment
 
+    @runtime.handler
+    async def release(self, msg: Release) -> str:
+        """The gate: deploy an approved, green PR; the PR's outcome."""
+        if msg.review != "approved":
+            return "rejected"
+        if msg.ci != "green":
+            return "red"
+        await self.deploy(Deploy(msg.pr))
+        return "deployed"
+
 
 # -- orchestration --------------------------------------------------------------------
 
 
 @attrs.frozen
 class Resume:
-    """Load the open PRs and (re)start the unfinished ones."""
+    """Run the workflow of every open PR (again: finished steps are journaled)."""
 
 
-@attrs.frozen
-class RunStep:
-    """Run one step (``review``, ``ci`` or ``deploy``) of a PR."""
-
-    number: int
-    step: str
-
-
-@attrs.define
-class PullRequestProgress:
-    """What is done for one PR; ``outcome`` is set once nothing is left to do."""
-
-    review: str | None = None  # approved, rejected
-    ci: str | None = None  # green, red
-    deployed_to: str | None = None
-    outcome: str | None = None  # deployed, rejected, red, failed
-    retries: int = 0
-
-
-@attrs.define
-class OrchestratorState:
-    prs: dict[str, PullRequestProgress] = attrs.Factory(dict)  # by PR number
-
-
-def pending_steps(track: PullRequestProgress) -> list[str]:
-    """The steps a PR still needs: review and CI (at once), then deploy if both passed."""
-    waiting = [step for step in ("review", "ci") if getattr(track, step) is None]
-    if waiting:
-        return waiting
-    if track.review == "approved" and track.ci == "green" and track.deployed_to is None:
-        return ["deploy"]
-    return []
-
-
-def outcome_of(track: PullRequestProgress) -> str:
-    """The outcome of a PR with no step pending."""
-    if track.review == "rejected":
-        return "rejected"
-    return "red" if track.ci == "red" else "deployed"
-
-
-class Orchestrator(runtime.Actor[OrchestratorState]):
-    """Drives every open PR through review, CI and deployment, ``parallel`` PRs at once.
-
-    Each step is a ``RunStep`` message to itself, handled concurrently (the
-    child's ``concurrency``), and the result is recorded in the checkpointed
-    state before the next step is sent. A step whose agent failed (crashed,
-    stopped, timed out, circuit open) is tried again after a backoff, up to
-    ``max_retries`` times per PR; then the PR is recorded as ``failed``.
-    When every PR has an outcome the orchestrator logs a report and stops.
+class Orchestrator(runtime.Actor[None]):
+    """Runs the topology's workflow ``pr`` for every open PR, ``parallel`` at
+    once, each as the run ``pr-<number>``; logs a report and stops when every
+    PR has an outcome. Restarted or run again, it starts the same runs: the
+    steps their journals have are not run again.
     """
 
-    def __init__(
-        self,
-        *,
-        source: str,
-        reviewer: str,
-        ci: str,
-        deployer: str,
-        parallel: int = 4,
-        max_retries: int = 5,
-        retry_delay: float = 0.2,
-    ) -> None:
+    def __init__(self, *, source: str, parallel: int = 4) -> None:
         self.source = self.ctx.ref(source)
-        self.agents = {"review": reviewer, "ci": ci, "deploy": deployer}
-        self.parallel = int(parallel)
-        self.max_retries = int(max_retries)
-        self.retry_delay = float(retry_delay)
-        self._prs: dict[int, PullRequest] = {}
-        self._active: set[int] = set()  # PRs with steps queued or running
+        self.parallel = trio.CapacityLimiter(int(parallel))
+        self.outcomes: dict[int, str] = {}
 
     async def on_start(self) -> None:
         self.ctx.self_ref.tell_nowait(Resume())
@@ -431,99 +392,22 @@ class Orchestrator(runtime.Actor[OrchestratorState]):
     @runtime.handler
     async def resume(self, msg: Resume) -> None:
         prs = await self.source.ask(ListPullRequests())
-        self._prs = {pr.number: pr for pr in prs}
-        for pr in prs:
-            self.state.prs.setdefault(str(pr.number), PullRequestProgress())
-        finished = self._finished()
-        # Set, not added: after a restart the counts follow the checkpointed state.
-        self.ctx.set_progress(total=len(prs), done=finished)
-        log.info("pr_review_resumed", prs=len(prs), finished=finished)
-        await self._fill()
-
-    @runtime.handler
-    async def run_step(self, msg: RunStep) -> None:
-        track = self._track(msg.number)
-        if track.outcome is not None:
-            return  # the PR failed while this step waited
-        try:
-            result = await self._perform(self._prs[msg.number], msg.step)
-        except (ActorFailed, ActorStopped, AskTimeout, CircuitOpen) as exc:
-            await self._step_failed(msg, track, exc)
-            return
-        if track.outcome is not None:
-            return
-        if msg.step == "review":
-            track.review = result
-        elif msg.step == "ci":
-            track.ci = result
-        else:
-            track.deployed_to = result
-        if track.review is None or track.ci is None:
-            return  # the other of review and CI is still running
-        if steps := pending_steps(track):
-            for step in steps:
-                await self.ctx.self_ref.tell(RunStep(msg.number, step))
-        else:
-            await self._finish(msg.number, outcome_of(track))
-
-    def _track(self, number: int) -> PullRequestProgress:
-        return self.state.prs[str(number)]
-
-    def _finished(self) -> int:
-        """How many of the PRs have an outcome."""
-        return sum(1 for number in self._prs if self._track(number).outcome is not None)
-
-    async def _perform(self, pr: PullRequest, step: str) -> str:
-        agent = self.ctx.ref(self.agents[step])
-        if step == "review":
-            verdict: str = await agent.ask(Review(pr), timeout=120)
-            return verdict
-        if step == "ci":
-            status: str = await agent.ask(RunCI(pr), timeout=300)
-            return status
-        deployment: Deployment = await agent.ask(Deploy(pr), timeout=300)
-        return deployment.environment
-
-    async def _step_failed(self, msg: RunStep, track: PullRequestProgress, exc: Exception) -> None:
-        track.retries += 1
-        if track.retries > self.max_retries:
-            log.error("pr_step_gave_up", pr=msg.number, step=msg.step, error=repr(exc))
-            await self._finish(msg.number, "failed")
-            return
-        delay = self.retry_delay * 2 ** (track.retries - 1)
-        log.warning("pr_step_retry", pr=msg.number, step=msg.step, delay=delay, error=repr(exc))
-        self.ctx.progress(retried=1)
-        self.ctx.schedule(delay, msg)
-
-    async def _finish(self, number: int, outcome: str) -> None:
-        track = self._track(number)
-        track.outcome = outcome
-        self.ctx.set_progress(done=self._finished())
-        log.info("pr_finished", pr=number, outcome=outcome, deployed_to=track.deployed_to)
-        self._active.discard(number)
-        await self._fill()
-
-    async def _fill(self) -> None:
-        """Start unfinished PRs until ``parallel`` are active; stop when none is left."""
-        for number in sorted(self._prs):
-            if len(self._active) >= self.parallel:
-                break
-            track = self._track(number)
-            if track.outcome is not None or number in self._active:
-                continue
-            if steps := pending_steps(track):
-                self._active.add(number)
-                for step in steps:
-                    await self.ctx.self_ref.tell(RunStep(number, step))
-            else:  # every step was recorded before the outcome was
-                track.outcome = outcome_of(track)
-                self.ctx.set_progress(done=self._finished())
-        if not self._active:
-            self._report()
-            self.ctx.stop()
-
-    def _report(self) -> None:
+        self.ctx.set_progress(total=len(prs), done=0)
+        async with trio.open_nursery() as nursery:
+            for pr in prs:
+                nursery.start_soon(self._run, pr)
         by_outcome: dict[str, list[int]] = {}
-        for number in sorted(self._prs):
-            by_outcome.setdefault(self._track(number).outcome or "", []).append(number)
+        for number in sorted(self.outcomes):
+            by_outcome.setdefault(self.outcomes[number], []).append(number)
         log.info("pr_review_report", **by_outcome)
+        self.ctx.stop()
+
+    async def _run(self, pr: PullRequest) -> None:
+        async with self.parallel:
+            result = await self.ctx.system.run_workflow(
+                "pr", inputs={"pr": pr}, run_id=f"pr-{pr.number}"
+            )
+        outcome = result.steps["release"].value if result.status == "succeeded" else "failed"
+        self.outcomes[pr.number] = outcome
+        self.ctx.set_progress(done=len(self.outcomes))
+        log.info("pr_finished", pr=pr.number, outcome=outcome, resumed=list(result.resumed))

@@ -91,9 +91,22 @@ def read_checkpoints(tmp_path: Path) -> dict[str, Any]:
     return trio.run(load)
 
 
+def journals_in(checkpoints: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    """Each PR's workflow journal (``workflow/pr/pr-<number>``), by number."""
+    return {
+        int(path.rsplit("-", 1)[1]): journal
+        for path, journal in checkpoints.items()
+        if path.startswith("workflow/pr/")
+    }
+
+
 def outcomes_in(checkpoints: dict[str, Any]) -> dict[int, str | None]:
-    prs = checkpoints["root/orchestrator"]["prs"]
-    return {int(number): track["outcome"] for number, track in prs.items()}
+    outcomes: dict[int, str | None] = {}
+    for number, journal in journals_in(checkpoints).items():
+        release = journal["steps"].get("release")
+        succeeded = journal["status"] == "succeeded" and release is not None
+        outcomes[number] = release["value"] if succeeded else None
+    return outcomes
 
 
 def rollouts_in(checkpoints: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
@@ -230,14 +243,15 @@ def test_killed_run_resumes_without_redoing_finished_steps(tmp_path: Path) -> No
         reader.join(timeout=TIMEOUT)
     assert process.returncode == -signal.SIGKILL
 
-    at_kill = read_checkpoints(tmp_path)["root/orchestrator"]["prs"]
+    at_kill = journals_in(read_checkpoints(tmp_path))
+    # The agents' record calls the release step's rollout "deploy".
     done_at_kill = {
-        (int(number), step)
-        for number, track in at_kill.items()
-        for step, field in (("review", "review"), ("ci", "ci"), ("deploy", "deployed_to"))
-        if track[field] is not None
+        (number, "deploy" if step == "release" else step)
+        for number, journal in at_kill.items()
+        for step, entry in journal["steps"].items()
+        if entry["status"] == "succeeded"
     }
-    finished_at_kill = sum(1 for track in at_kill.values() if track["outcome"] is not None)
+    finished_at_kill = sum(1 for journal in at_kill.values() if journal["status"] == "succeeded")
     assert 0 < finished_at_kill < prs
     first_pid = {line["pid"] for line in read_journal(tmp_path)}
 
@@ -253,7 +267,7 @@ def test_killed_run_resumes_without_redoing_finished_steps(tmp_path: Path) -> No
     redone = {(line["pr"], line["step"]) for line in second} & done_at_kill
     assert not redone, f"steps recorded as done before the kill ran again: {redone}"
     repeats = Counter((line["pr"], line["step"]) for line in journal)
-    assert sum(count - 1 for count in repeats.values()) <= 8  # the orchestrator's concurrency
+    assert sum(count - 1 for count in repeats.values()) <= 8  # 4 runs, 2 steps each at most
 
     deployed = sorted(n for n, outcome in expected_outcomes(prs).items() if outcome == "deployed")
     rollouts = rollouts_in(checkpoints)

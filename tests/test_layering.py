@@ -30,6 +30,8 @@ LAYERS: list[set[str]] = [
     {"_cell"},
     {"_resource", "_supervisor"},
     {"resources.postgres", "resources.llm", "resources.mcp"},
+    # Workflows: steps asked of agents found by path, journaled in the store.
+    {"workflow"},
     {"_topology", "_envcheck"},
     {"_system"},
     {"_health"},

@@ -1,18 +1,23 @@
-"""``python -m runtime``: start or validate a topology, or show a running
-system's status.
+"""``python -m runtime``: start or validate a topology, run one of its
+workflows, or show a running system's status.
 
 Exit codes:
     0: the system ran and stopped gracefully (``start``; with ``--until-idle``,
        once idle with every counted item done and no circuit left open), the
-       topology is valid (``validate``), the system runs (``status``).
+       topology is valid (``validate``), the system runs (``status``), the
+       workflow run succeeded (``run``).
     1: the system failed: a top supervisor gave up, or starting it failed
-       (``start``); it is not running or cannot be reached (``status``).
+       (``start``, ``run``); it is not running or cannot be reached
+       (``status``); the workflow run failed (``run``).
     2: usage error, or an invalid topology (errors on stderr); for
        ``validate`` also what this machine's environment lacks for a
-       resource to start (an API key's variable, a server command).
+       resource to start (an API key's variable, a server command); for
+       ``run`` an unknown workflow or inputs that do not fit it.
     3: ``start --until-idle``: the system went idle with work left undone:
        fewer items done than counted (``ctx.progress``), or a circuit left
-       open. It was stopped gracefully.
+       open. It was stopped gracefully. ``run``: the workflow run needs
+       attention (a step's results were refused by its ``validate`` and its
+       fallbacks are used up).
     4: ``start --max-time``: the time ran out; the system was stopped gracefully.
 """
 
@@ -22,6 +27,7 @@ import argparse
 import functools
 import math
 import os
+import secrets
 import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -37,10 +43,11 @@ from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._services import open_system
 from ._specs import MetricsSpec, Topology, to_seconds
-from ._status import show_status
+from ._status import show_status, table
 from ._system import ActorSystem, Progress, TreeNode
 from ._topology import iter_children, load_topology
 from .errors import ActorSystemError, TopologyError
+from .workflow import WorkflowResult
 
 __all__ = ["main"]
 
@@ -71,12 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m runtime",
         description=(
-            "A supervised actor runtime on trio: start or validate a topology, "
-            "or show a running system's status."
+            "A supervised actor runtime on trio: start or validate a topology, run "
+            "one of its workflows, or show a running system's status."
         ),
         epilog=(
-            "Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology, "
-            "3 idle with work left undone (start --until-idle), "
+            "Exit codes: 0 ok, 1 the system (or the workflow run) failed, 2 usage error or "
+            "invalid topology, 3 idle with work left undone (start --until-idle) or a "
+            "workflow run that needs attention (run), "
             "4 the time ran out (start --max-time)."
         ),
     )
@@ -173,6 +181,46 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="check the file only, not this machine's environment (to validate for another one)",
     )
+    run = commands.add_parser(
+        "run",
+        help="start a topology, run one of its workflows, and stop",
+        description=(
+            "Start TOPOLOGY, run its workflow WORKFLOW (a template under workflows:) with "
+            "the given inputs, print a table of its steps, and stop gracefully. With the "
+            "--run-id of an earlier run, the steps that succeeded then (in the run's "
+            "journal in the checkpoint store) are not run again."
+        ),
+        epilog=(
+            "Exit codes: 0 the run succeeded, 1 it failed (or the system did), 2 invalid "
+            "topology, unknown workflow or bad inputs, 3 the run needs attention."
+        ),
+    )
+    run.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
+    run.add_argument("workflow", metavar="WORKFLOW", help="the workflow's name in TOPOLOGY")
+    run.add_argument(
+        "--input",
+        metavar="NAME=VALUE",
+        action="append",
+        default=[],
+        help="a value for the template's input NAME (repeat for each input)",
+    )
+    run.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="the run's id: an earlier run's to resume it (default: a new id, printed first)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log format on stderr (as for start)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="warning",
+        help="least severe log level written (default: warning)",
+    )
     status = commands.add_parser(
         "status",
         help="show a running system's supervision tree from its /status endpoint",
@@ -198,6 +246,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "status":
         return show_status(args.url)
     configure_logging(fmt=args.log_format, level=args.log_level)
+    if args.command == "run":
+        return trio.run(_run_workflow, args.topology, args.workflow, args.input, args.run_id)
     return trio.run(
         functools.partial(
             _start,
@@ -209,6 +259,69 @@ def main(argv: Sequence[str] | None = None) -> int:
             max_time=args.max_time,
         )
     )
+
+
+async def _run_workflow(
+    path: str, name: str, assignments: Sequence[str], run_id: str | None
+) -> int:
+    """``run``: the system started, one run of workflow ``name``, its step table."""
+    topology = _load(path)
+    inputs = _inputs(assignments)
+    if topology is None or inputs is None:
+        return EXIT_INVALID
+    if name not in topology.workflows:
+        declared = ", ".join(sorted(topology.workflows)) or "none"
+        print(f"error: {path} has no workflow {name!r}; it has: {declared}", file=sys.stderr)
+        return EXIT_INVALID
+    run_id = run_id if run_id is not None else secrets.token_hex(6)
+    try:
+        async with open_system(topology) as system:
+            try:
+                workflow = system.workflow(name, **inputs)
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_INVALID
+            print(f"run {name} {run_id}; checkpoint store: {system.store_url}", flush=True)
+            result = await system.run_workflow(workflow, run_id=run_id)
+    except TopologyError as exc:
+        _print_errors(exc)
+        return EXIT_INVALID
+    except (ActorSystemError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(step_table(result), end="")
+    return {"succeeded": EXIT_OK, "needs_attention": EXIT_UNFINISHED}.get(
+        result.status, EXIT_FAILED
+    )
+
+
+def _inputs(assignments: Sequence[str]) -> dict[str, str] | None:
+    """``--input NAME=VALUE`` options as a mapping; None after printing why not."""
+    inputs = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key:
+            print(f"error: --input {assignment!r}: expected NAME=VALUE", file=sys.stderr)
+            return None
+        inputs[key] = value
+    return inputs
+
+
+def step_table(result: WorkflowResult) -> str:
+    """The run's steps as a table, then its status line."""
+    rows = []
+    for name, step in result.steps.items():
+        status = f"{step.status} (journal)" if name in result.resumed else step.status
+        detail = step.error if step.error is not None else _short(step.value)
+        rows.append([name, status, str(step.attempts), step.agent or "-", detail])
+    lines = table(["STEP", "STATUS", "ATTEMPTS", "AGENT", "RESULT"], rows)
+    lines.append(f"{result.workflow} {result.run_id}: {result.status}")
+    return "\n".join(lines) + "\n"
+
+
+def _short(value: object, most: int = 60) -> str:
+    text = "-" if value is None else repr(value)
+    return text if len(text) <= most else f"{text[: most - 4]} ..."
 
 
 def _max_time(text: str) -> float:
@@ -446,8 +559,12 @@ def progress_line(progress: Progress, most: int = 6) -> str:
     if working:
         more = f" and {len(working) - most} more" if len(working) > most else ""
         line += "; working: " + ", ".join(working[:most]) + more
-    else:
+    elif not progress.runs:
         line += "; idle"
+    if progress.runs:
+        runs = [f"{run} ({ended}/{steps} steps)" for run, ended, steps in progress.runs]
+        more = f" and {len(runs) - most} more" if len(runs) > most else ""
+        line += "; runs: " + ", ".join(runs[:most]) + more
     return line
 
 
@@ -457,7 +574,7 @@ async def _show_progress(system: ActorSystem, interval: float) -> None:
     while True:
         await trio.sleep(interval)
         progress = system.progress()
-        if not (progress.total or progress.done or progress.working) and not last:
+        if not (progress.total or progress.done or progress.working or progress.runs) and not last:
             continue  # nothing counted and nobody working yet: nothing to say
         line = progress_line(progress)
         if line != last:

@@ -30,6 +30,7 @@ from ._listen import Listen
 
 if TYPE_CHECKING:
     from ._system import ActorSystem, TreeNode
+    from .workflow import RunSummary
 
 __all__ = [
     "health_answer",
@@ -37,6 +38,7 @@ __all__ = [
     "ready_answer",
     "serve_endpoint",
     "status_document",
+    "workflows_document",
 ]
 
 Scope = dict[str, Any]
@@ -90,6 +92,27 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
         },
         "dead_letters": system.dead_letter_count,
         "locks": _locks(system),
+        "workflows": workflows_document(system),
+    }
+
+
+def workflows_document(system: ActorSystem) -> dict[str, Any]:
+    """``/status``'s workflow runs: those in flight and the last ones, each
+    with its steps' statuses; the runs that need attention, by workflow."""
+    stats = system.workflow_statistics()
+
+    def run(summary: RunSummary) -> dict[str, Any]:
+        return {
+            "workflow": summary.workflow,
+            "run_id": summary.run_id,
+            "status": summary.status,
+            "steps": dict(summary.steps),
+        }
+
+    return {
+        "running": [run(summary) for summary in stats.running],
+        "recent": [run(summary) for summary in stats.recent],
+        "needing_attention": stats.needing_attention,
     }
 
 

@@ -49,6 +49,7 @@ class RuntimeCollector(Collector):
         yield from self._resources(system)
         yield from self._checkpoints(system)
         yield from self._locks(system)
+        yield from self._workflows(system)
         dead = CounterMetricFamily(
             "runtime_dead_letters",
             "Messages accepted but never handled, by reason.",
@@ -315,3 +316,55 @@ class RuntimeCollector(Collector):
         errors.add_metric(["conflict"], stats.conflicts)
         errors.add_metric(["failure"], stats.failures)
         yield from (write, size, read, errors)
+
+    # -- workflows -------------------------------------------------------------------
+
+    def _workflows(self, system: ActorSystem) -> Iterator[Metric]:
+        runs = system.workflow_runs
+        outcomes = CounterMetricFamily(
+            "runtime_workflow_runs",
+            "Workflow runs ended, by workflow and outcome (succeeded, failed, needs_attention).",
+            labels=["workflow", "outcome"],
+        )
+        for (workflow, outcome), count in sorted(runs.outcomes.items()):
+            outcomes.add_metric([workflow, outcome], count)
+        running = GaugeMetricFamily(
+            "runtime_workflow_runs_running", "Workflow runs in flight.", labels=["workflow"]
+        )
+        in_flight: dict[str, int] = {}
+        for workflow, _ in runs.running:
+            in_flight[workflow] = in_flight.get(workflow, 0) + 1
+        for workflow, count in sorted(in_flight.items()):
+            running.add_metric([workflow], count)
+        attention = GaugeMetricFamily(
+            "runtime_workflow_runs_needing_attention",
+            "Runs that ended needs_attention and were not run again since.",
+            labels=["workflow"],
+        )
+        for workflow, count in sorted(runs.statistics().needing_attention.items()):
+            attention.add_metric([workflow], count)
+        counters = []
+        for name, doc, counts in (
+            (
+                "runtime_workflow_step_retries",
+                "Step attempts after a failed or refused one, by workflow.",
+                runs.retries,
+            ),
+            (
+                "runtime_workflow_step_fallbacks",
+                "Fallback agents turned to, by workflow.",
+                runs.fallbacks,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc, labels=["workflow"])
+            for workflow, count in sorted(counts.items()):
+                counter.add_metric([workflow], count)
+            counters.append(counter)
+        durations = HistogramMetricFamily(
+            "runtime_workflow_step_duration_seconds",
+            "Time from a step's start to its end (every attempt and backoff).",
+            labels=["workflow", "step"],
+        )
+        for (workflow, step), timings in sorted(runs.durations.items()):
+            durations.add_metric([workflow, step], timings.cumulative(), timings.sum)
+        yield from (outcomes, running, attention, *counters, durations)

@@ -26,8 +26,10 @@ __all__ = [
     "RateSpec",
     "ResourceSpec",
     "RetrySpec",
+    "StepSpec",
     "SupervisorSpec",
     "Topology",
+    "WorkflowSpec",
     "renamed",
 ]
 
@@ -511,6 +513,79 @@ def _check_resources(_inst: object, _attr: object, value: dict[str, ResourceSpec
             raise FieldError(f"resources.{name}", f"expected a ResourceSpec; got {spec!r}")
 
 
+@attrs.frozen
+class StepSpec:
+    """One step of a workflow template (``workflows:`` in the topology).
+
+    Attributes:
+        name: unique in its workflow; how other steps name it.
+        agent: the path of the actor (or pool) asked.
+        message: ``type`` (an import path ``"package.module:Class"``) and the
+            message's fields; strings may hold ``${inputs.NAME}`` and
+            ``${steps.STEP.result}`` (see ``runtime.workflow``).
+        depends_on: steps that must succeed first.
+        priority: the ask's priority (``high``, ``normal``, ``low``); also the
+            order in which ready steps start.
+        timeout: seconds each attempt may take.
+        retry: attempts per agent and the backoff between them (None: one).
+        fallback: agents tried in order once ``agent`` is out of attempts.
+        validate: the import path ``"package.module:function"`` of a check of
+            the result that raises ``runtime.workflow.Invalid`` to refuse it.
+    """
+
+    name: str = attrs.field(validator=_name)
+    agent: str
+    message: dict[str, Any]
+    depends_on: list[str] = attrs.field(factory=list)
+    priority: str = attrs.field(default="normal", validator=one_of("high", "normal", "low"))
+    timeout: Seconds = attrs.field(default=Seconds(30.0), converter=to_seconds)
+    retry: RetrySpec | None = attrs.field(
+        default=None,
+        converter=_to_retry,
+        validator=attrs.validators.optional(attrs.validators.instance_of(RetrySpec)),
+    )
+    fallback: list[str] = attrs.field(factory=list)
+    validate: str | None = None
+
+
+def _to_steps(value: list[StepSpec | dict[str, Any]]) -> list[StepSpec]:
+    return [StepSpec(**step) if isinstance(step, dict) else step for step in value]
+
+
+@attrs.frozen
+class WorkflowSpec:
+    """A workflow template: the steps of a run, given its ``inputs``.
+
+    Attributes:
+        inputs: the names ``${inputs.NAME}`` may use; each run gives them all.
+        steps: the steps, in order.
+        max_parallel: most steps running at once.
+        strategy: ``dag`` (by ``depends_on``), ``sequential`` (in order, one
+            at a time) or ``parallel`` (all at once, up to ``max_parallel``).
+    """
+
+    steps: list[StepSpec] = attrs.field(converter=_to_steps)
+    inputs: list[str] = attrs.field(factory=list)
+    max_parallel: int = attrs.field(default=8, validator=at_least(1))
+    strategy: str = attrs.field(default="dag", validator=one_of("dag", "sequential", "parallel"))
+
+
+def _to_workflows(value: Mapping[str, WorkflowSpec | dict[str, Any]]) -> dict[str, WorkflowSpec]:
+    return {
+        name: WorkflowSpec(**spec) if isinstance(spec, dict) else spec
+        for name, spec in value.items()
+    }
+
+
+def _check_workflows(_inst: object, _attr: object, value: dict[str, WorkflowSpec]) -> None:
+    for name in value:
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise FieldError(
+                f"workflows.{name}",
+                f"a name is letters, digits, '_', '-' or '.' (no '/'); got {name!r}",
+            )
+
+
 def _to_supervisor(value: SupervisorSpec | dict[str, Any]) -> SupervisorSpec:
     return SupervisorSpec(**value) if isinstance(value, dict) else value
 
@@ -533,6 +608,8 @@ class Topology:
         locks: where ``ctx.lock``/``system.lock`` keep their leases:
             ``memory://``, ``sqlite:///path``, ``postgresql://...`` or
             ``nats://...``; None means the checkpoint store's URL.
+        workflows: workflow templates by name (``system.workflow(name, ...)``,
+            ``python -m runtime run``).
     """
 
     system: str = attrs.field(default="runtime", validator=_name)
@@ -551,6 +628,9 @@ class Topology:
         validator=attrs.validators.instance_of(MetricsSpec),
     )
     locks: str | None = None
+    workflows: dict[str, WorkflowSpec] = attrs.field(
+        factory=dict, converter=_to_workflows, validator=_check_workflows
+    )
 
 
 attrs.resolve_types(SupervisorSpec)

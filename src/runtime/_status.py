@@ -7,7 +7,7 @@ from typing import Any, TextIO
 
 import httpx
 
-__all__ = ["format_status", "show_status", "status_url"]
+__all__ = ["format_status", "show_status", "status_url", "table"]
 
 
 def status_url(url: str) -> str:
@@ -41,7 +41,7 @@ def _rows(node: dict[str, Any], depth: int = 0) -> list[list[str]]:
     return rows
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+def table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
     lines = []
     for row in [header, *rows]:
@@ -97,7 +97,7 @@ def format_status(document: dict[str, Any]) -> str:
     if document.get("resources"):
         rows += _rows(document["resources"])
     header = ["PATH", "KIND", "STATUS", "INCARNATION", "RESTARTS", "MAILBOX", "BREAKER", "ASKS"]
-    lines += _table(header, rows)
+    lines += table(header, rows)
     limiters = document.get("limiters") or {}
     if limiters:
         resource_rows = []
@@ -116,7 +116,7 @@ def format_status(document: dict[str, Any]) -> str:
                 ]
             )
         lines.append("")
-        lines += _table(
+        lines += table(
             [
                 "RESOURCE",
                 "IN USE",
@@ -128,8 +128,25 @@ def format_status(document: dict[str, Any]) -> str:
             ],
             resource_rows,
         )
+    lines += _run_lines(document.get("workflows") or {})
     lines += _health_lines(document)
     return "\n".join(lines) + "\n"
+
+
+def _run_lines(workflows: dict[str, Any]) -> list[str]:
+    """The workflow runs in flight and the last ones, a row each with its steps."""
+    runs = [*workflows.get("running", []), *reversed(workflows.get("recent", []))]
+    if not runs:
+        return []
+    rows = [
+        [
+            f"{run['workflow']}/{run['run_id']}",
+            run["status"],
+            ", ".join(f"{step} {status}" for step, status in run["steps"].items()),
+        ]
+        for run in runs
+    ]
+    return ["", *table(["RUN", "STATUS", "STEPS"], rows)]
 
 
 def show_status(url: str, out: TextIO | None = None) -> int:

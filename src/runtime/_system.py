@@ -45,6 +45,8 @@ from ._supervisor import Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
 from ._tracing import context_now, make_tracer
 from .errors import ActorNotFound, TopologyError
+from .workflow import Workflow, WorkflowResult, WorkflowRuns, WorkflowStatistics, from_template
+from .workflow import run as run_workflow
 
 __all__ = ["ActorSystem", "DeadLetter", "Progress", "SystemHost", "TreeNode"]
 
@@ -83,12 +85,15 @@ class Progress:
             last set them with ``ctx.set_progress``.
         working: the actors handling a message now, each with how many
             (above 1 under ``concurrency`` or for a resource).
+        runs: the workflow runs in flight, each as ``(workflow/run_id,
+            steps ended, steps)``.
     """
 
     done: int
     total: int
     retried: int
     working: tuple[tuple[str, int], ...]
+    runs: tuple[tuple[str, int, int], ...] = ()
 
 
 @attrs.frozen
@@ -271,6 +276,7 @@ class ActorSystem:
         # The spec of the first plain spawn(cls, name=...) of each class: later
         # ones reuse it under their own name instead of checking it again.
         self._spawned: dict[type, ChildSpec] = {}
+        self.workflow_runs = WorkflowRuns()
 
     # -- checkpoints -------------------------------------------------------------
 
@@ -509,7 +515,71 @@ class ActorSystem:
             busy = cell.in_flight or (cell.status == "running" and not cell.waiting)
             if busy:
                 working.append((cell.path, max(cell.in_flight, 1)))
-        return Progress(host.items_done, host.items_total, host.items_retried, tuple(working))
+        return Progress(
+            host.items_done,
+            host.items_total,
+            host.items_retried,
+            tuple(working),
+            self.workflow_runs.progress(),
+        )
+
+    # -- workflows ----------------------------------------------------------------
+
+    def workflow(self, name: str, /, **inputs: Any) -> Workflow:
+        """The workflow of the topology's template ``name`` for ``inputs``.
+
+        Messages that use no step's result are built now, each field
+        structured into its type (``"42"`` for an ``int`` field is 42).
+
+        Raises:
+            KeyError: the topology has no workflow ``name``.
+            ValueError: an input is missing or unknown, or does not fit a
+                field of a message.
+        """
+        spec = self.topology.workflows.get(name)
+        if spec is None:
+            declared = ", ".join(sorted(self.topology.workflows)) or "none"
+            raise KeyError(f"no workflow named {name!r}; the topology declares: {declared}")
+        return from_template(name, spec, inputs)
+
+    async def run_workflow(
+        self,
+        workflow: Workflow | str,
+        *,
+        run_id: str | None = None,
+        inputs: dict[str, Any] | None = None,
+    ) -> WorkflowResult:
+        """Run ``workflow`` (a ``Workflow``, or the name of a topology
+        template with its ``inputs``) and return how it ended.
+
+        Its journal is kept in the checkpoint store at
+        ``workflow/<name>/<run_id>``; with the ``run_id`` of an earlier run,
+        the steps that succeeded then are not run again. Without one, a new
+        id is made (``result.run_id``). Cancellation cancels the steps
+        running; those that ended are in the journal.
+
+        Raises:
+            ActorNotFound: a step names an agent that does not exist.
+            ValueError: a bad ``run_id``, the run is already running here, or
+                a template's inputs do not fit (see ``workflow``).
+            CheckpointConflict: another process wrote the same run's journal.
+            StoreUnavailable: the store cannot be reached.
+        """
+        if isinstance(workflow, str):
+            workflow = self.workflow(workflow, **(inputs or {}))
+        elif inputs:
+            raise ValueError("inputs are for a template name; a Workflow has its messages")
+        return await run_workflow(
+            workflow,
+            run_id,
+            ref=self.ref,
+            store=self.checkpoint_store(),
+            runs=self.workflow_runs,
+        )
+
+    def workflow_statistics(self) -> WorkflowStatistics:
+        """The workflow runs in flight, the last ones, and their counters."""
+        return self.workflow_runs.statistics()
 
     def cells(self) -> list[ActorCell]:
         """Every actor cell of the system (resources included), now."""
@@ -578,14 +648,18 @@ class ActorSystem:
     def is_idle(self) -> bool:
         """Whether nothing is left to do now: every mailbox empty, no handler
         running, no start or restart pending (backoffs included), no
-        ``ctx.schedule`` timer pending and no task running in an actor's
-        ``ctx.nursery``. It does not wait.
+        ``ctx.schedule`` timer pending, no task running in an actor's
+        ``ctx.nursery`` and no workflow run in flight. It does not wait.
 
         Not work: ``schedule_every`` timers, the runtime's own tasks, a
         resource's tasks, and an open circuit (its half-open trial is not
         waited for: the actor counts as idle, see ``ActorStatistics.breaker``).
         """
-        return self.root.is_idle() and (self.resources is None or self.resources.is_idle())
+        return (
+            not self.workflow_runs.running
+            and self.root.is_idle()
+            and (self.resources is None or self.resources.is_idle())
+        )
 
     async def wait_until_idle(self, poll: float = _IDLE_POLL) -> None:
         """Return once ``is_idle()`` was true at two checks in a row, ``poll``

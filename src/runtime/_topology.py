@@ -44,8 +44,10 @@ from ._specs import (
     ResourceSpec,
     RetrySpec,
     Seconds,
+    StepSpec,
     SupervisorSpec,
     Topology,
+    WorkflowSpec,
     import_actor,
     import_resource,
     to_checkpoint_policy,
@@ -54,6 +56,7 @@ from ._specs import (
 from ._tracing import tracing_unavailable
 from ._yaml import Refused, load
 from .errors import TopologyError
+from .workflow import JOURNAL_PREFIX, template_problems
 
 __all__ = ["iter_children", "load_topology", "parse_topology"]
 
@@ -73,8 +76,13 @@ _SPECS = (
     MetricsSpec,
     RateSpec,
     RetrySpec,
+    StepSpec,
+    WorkflowSpec,
 )
 _S = TypeVar("_S")
+# In workflow templates, ${inputs.NAME} and ${steps.STEP.result} are the
+# workflow's own references, resolved at each run, not environment variables.
+_WORKFLOW_REFERENCE = re.compile(r"(?:inputs|steps)\.")
 
 
 def _show(value: object) -> str:
@@ -434,6 +442,8 @@ def _interpolate(value: Any, path: str, problems: list[tuple[str, str]]) -> Any:
         return value
 
     def replace(match: re.Match[str]) -> str:
+        if path.startswith("$.workflows.") and _WORKFLOW_REFERENCE.match(match["body"]):
+            return match[0]
         variable = _VARIABLE.fullmatch(match["body"])
         why = _malformed(match, variable)
         if why is not None or variable is None:
@@ -582,7 +592,7 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     except Exception as exc:  # every failure, as one group
         leaves = sorted(_leaves(exc, "$"), key=lambda leaf: _locate(lines, leaf[0]))
         raise TopologyError([_report(source, lines, path, msg) for path, msg in leaves]) from None
-    problems = list(unsupported(topology))
+    problems = sorted(unsupported(topology), key=lambda problem: _locate(lines, problem[0]))
     if problems:
         raise TopologyError([_report(source, lines, path, msg) for path, msg in problems])
     return topology
@@ -595,6 +605,13 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             "$.supervisor.name",
             "'resources' names the supervisor of the resources; give the root another name",
         )
+    if f"{topology.supervisor.name}/" == JOURNAL_PREFIX:
+        yield (
+            "$.supervisor.name",
+            "'workflow' names the workflow journals in the checkpoint store; "
+            "give the root another name",
+        )
+    yield from workflow_problems(topology)
     why = tracing_unavailable() if topology.metrics.tracing else None
     if why is not None:
         yield "$.metrics.tracing", why
@@ -614,6 +631,20 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             check_locks_url(topology.locks)
         except ValueError as exc:
             yield "$.locks", str(exc)
+
+
+def workflow_problems(topology: Topology) -> Iterator[tuple[str, str]]:
+    """``(field path, message)`` for each workflow template that cannot run:
+    a cycle, an unknown step or agent, a message type that does not import
+    or a field it does not have, a reference to an unknown input or to a
+    step that does not run first."""
+    if not topology.workflows:
+        return
+    agents = {path for path, _ in iter_children(topology.supervisor)}
+    agents |= {f"resources/{name}" for name in topology.resources}
+    for name, spec in topology.workflows.items():
+        for field, message in template_problems(spec, agents):
+            yield f"$.workflows.{name}.{field}", message
 
 
 def check_actor(

@@ -1,0 +1,121 @@
+"""Agents and messages for the workflow tests (in process and through the CLI)."""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any
+
+import attrs
+import trio
+
+import runtime
+from runtime.workflow import Invalid, current_step_key
+
+
+@attrs.frozen
+class Job:
+    """Do ``name``: answer ``answer`` (default: the name), after ``sleep``
+    seconds; raise for the first ``fail_first`` executions of that name."""
+
+    name: str
+    answer: str = ""
+    sleep: float = 0.0
+    fail_first: int = 0
+    feedback: str | None = None
+
+
+@attrs.frozen
+class Verdict:
+    ok: bool
+    score: int
+
+
+@attrs.frozen
+class Judge:
+    """Answer a ``Verdict`` for ``score``."""
+
+    score: int
+
+
+@attrs.frozen
+class Echo:
+    """Answer ``text`` and ``count`` as given (after templates filled them in)."""
+
+    text: str
+    count: int = 0
+    verdict: Verdict | None = None
+
+
+class Tally:
+    """What the agents saw: each execution in order, and the most at once."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []  # (start or end, name)
+        self.now = 0
+        self.peak = 0
+        self.runs: Counter[str] = Counter()
+        self.keys: list[str | None] = []
+        self.messages: list[Any] = []
+
+    def order(self, kind: str = "start") -> list[str]:
+        return [name for what, name in self.events if what == kind]
+
+
+class Worker(runtime.Actor[None]):
+    """Handles ``Job``; counts into ``tally`` (in process) and appends one
+    line per execution to ``record`` (a file, through the CLI)."""
+
+    def __init__(self, *, tally: Tally | None = None, record: str = "", answer: str = "") -> None:
+        self.tally = tally if tally is not None else Tally()
+        self.record = record
+        self.answer = answer  # this agent's answer to every job, when given
+
+    @runtime.handler
+    async def job(self, msg: Job) -> str:
+        tally = self.tally
+        tally.events.append(("start", msg.name))
+        tally.keys.append(current_step_key())
+        tally.messages.append(msg)
+        tally.now += 1
+        tally.peak = max(tally.peak, tally.now)
+        try:
+            tally.runs[msg.name] += 1
+            await trio.sleep(msg.sleep)
+            if tally.runs[msg.name] <= msg.fail_first:
+                raise RuntimeError(f"{msg.name} failed")
+        finally:
+            tally.now -= 1
+            tally.events.append(("end", msg.name))
+        if self.record:
+            async with await trio.open_file(self.record, "a", encoding="utf-8") as file:
+                await file.write(f"{current_step_key()} {os.getpid()}\n")
+        return self.answer or msg.answer or msg.name
+
+    @runtime.handler
+    async def judge(self, msg: Judge) -> Verdict:
+        return Verdict(msg.score > 0, msg.score)
+
+    @runtime.handler
+    async def echo(self, msg: Echo) -> Echo:
+        self.tally.messages.append(msg)
+        return msg
+
+
+class Relay(runtime.Actor[None]):
+    """Asks ``root/worker`` on behalf of the step: the key goes along."""
+
+    @runtime.handler
+    async def job(self, msg: Job) -> str:
+        answer: str = await self.ctx.ref("root/worker").ask(msg)
+        return answer
+
+
+def no_bad_answers(value: str) -> None:
+    """Refuse an answer that says ``bad``."""
+    if "bad" in value:
+        raise Invalid(f"{value!r} is bad: answer again")
+
+
+def always_refuse(value: object) -> None:
+    raise Invalid("not good enough")
