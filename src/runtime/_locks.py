@@ -229,18 +229,26 @@ class LockManager:
     async def open(self) -> AsyncIterator[LockManager]:
         """Run the renewals and the sweeper until the block ends; then close
         the backend."""
+        body_error: BaseException | None = None
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._sweep_every, SWEEP_EVERY)
                 try:
                     yield self
+                except trio.Cancelled:
+                    raise
+                except BaseException as exc:
+                    # Raised below as itself, not wrapped in the nursery's group.
+                    body_error = exc
                 finally:
                     self._nursery = None
                     nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await self.backend.aclose()
+        if body_error is not None:
+            raise body_error
 
     # -- taking and holding ----------------------------------------------------------
 
