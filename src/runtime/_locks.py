@@ -222,6 +222,7 @@ class LockManager:
         self.counters = LockCounters()
         self.held: dict[str, Lease] = {}
         self._nursery: trio.Nursery | None = None
+        self._sweeping = False  # the sweeper starts with the first lock taken
         self._released: dict[str, trio.Event] = {}  # local waiters, woken on release
         self._wait_seconds = 0.0
 
@@ -233,7 +234,6 @@ class LockManager:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(self._sweep_every, SWEEP_EVERY)
                 try:
                     yield self
                 except trio.Cancelled:
@@ -266,6 +266,10 @@ class LockManager:
         """
         _check(name, ttl, wait_timeout)
         nursery = self._nursery
+        if nursery is not None and not self._sweeping:
+            # A system that never takes a lock never touches its backend.
+            self._sweeping = True
+            nursery.start_soon(self._sweep_every, SWEEP_EVERY)
         if nursery is None:
             raise RuntimeError("locks are served only while the system runs")
         lease = await self.acquire(name, holder, ttl, wait_timeout)
