@@ -1,15 +1,18 @@
-"""``python -m runtime``: start or validate a topology, or show a running
-system's status.
+"""``python -m runtime``: start or validate a topology, show a running
+system's status, or audit code for unbounded concurrency.
 
 Exit codes:
     0: the system ran and stopped gracefully (``start``; with ``--until-idle``,
        once idle with every counted item done and no circuit left open), the
-       topology is valid (``validate``), the system runs (``status``).
+       topology is valid (``validate``), the system runs (``status``),
+       nothing new was found (``audit``).
     1: the system failed: a top supervisor gave up, or starting it failed
-       (``start``); it is not running or cannot be reached (``status``).
+       (``start``); it is not running or cannot be reached (``status``);
+       new findings (``audit``).
     2: usage error, or an invalid topology (errors on stderr); for
        ``validate`` also what this machine's environment lacks for a
-       resource to start (an API key's variable, a server command).
+       resource to start (an API key's variable, a server command); for
+       ``audit`` a path or baseline that cannot be read.
     3: ``start --until-idle``: the system went idle with work left undone:
        fewer items done than counted (``ctx.progress``), or a circuit left
        open. It was stopped gracefully.
@@ -30,6 +33,7 @@ from typing import TextIO
 import attrs
 import trio
 
+from ._audit import add_audit_parser, run_audit
 from ._envcheck import environment_problems
 from ._health import Problem, health_of
 from ._listen import parse_listen
@@ -72,10 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m runtime",
         description=(
             "A supervised actor runtime on trio: start or validate a topology, "
-            "or show a running system's status."
+            "show a running system's status, or audit code for unbounded concurrency."
         ),
         epilog=(
-            "Exit codes: 0 ok, 1 the system failed, 2 usage error or invalid topology, "
+            "Exit codes: 0 ok, 1 the system failed (audit: new findings), "
+            "2 usage error or invalid topology, "
             "3 idle with work left undone (start --until-idle), "
             "4 the time ran out (start --max-time)."
         ),
@@ -185,6 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "url", metavar="URL", help="the endpoint, such as http://127.0.0.1:9464 (or 9464)"
     )
+    add_audit_parser(commands)
     return parser
 
 
@@ -197,6 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args.topology, env_checks=not args.no_env_checks)
     if args.command == "status":
         return show_status(args.url)
+    if args.command == "audit":
+        return run_audit(args)
     configure_logging(fmt=args.log_format, level=args.log_level)
     return trio.run(
         functools.partial(
