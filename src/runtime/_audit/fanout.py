@@ -12,9 +12,11 @@ A fan-out starts one coroutine or task per item of something that can grow
   argument;
 - the loop acquires one, or awaits its tasks (``asyncio.wait``, ``gather``,
   ``await task``), or awaits a send into a bounded queue or channel;
+- the awaitable closes, stops or drains something already held;
 - the loop runs over something fixed: a literal tuple or list, ``range`` of
-  at most 100 or of a count that is not ``len(...)`` (a pool of workers), a
-  slice, or a name that reads as a batch or chunk.
+  at most 100 literal items or of a count named as a pool's size
+  (``range(workers)``, ``range(CONCURRENCY)``), a slice, or a name that
+  reads as a batch or chunk.
 """
 
 from __future__ import annotations
@@ -43,10 +45,15 @@ MAX_FIXED_RANGE = 100
 """``range(n)`` with a literal ``n`` up to this is a fixed number of items."""
 
 _GATHERS = {"asyncio.gather", "asyncio.wait", "asyncio.as_completed"}
-_BATCH = re.compile(r"batch|chunk|page|window|slice|sample|first|top", re.IGNORECASE)
+_BATCH = re.compile(r"batch|chunk|window|slice|sample", re.IGNORECASE)
+_POOL = re.compile(
+    r"worker|concurren|parallel|pool|limit|max_|slot|consumer|thread|process|shard", re.IGNORECASE
+)
 _WRAPPERS = {"wait_for", "shield", "timeout", "create_task", "ensure_future"}
 _BOUND_CALLS = {"acquire", "acquire_on_behalf_of", "resource", "ask", "tell"}
 _JOINS = {"wait", "gather", "join", "as_completed"}
+# Tearing down what one already holds is not new work per item.
+_TEARDOWN = {"close", "aclose", "stop", "cancel", "drain", "shutdown", "terminate", "wait_closed"}
 _MAX_DEPTH = 3
 
 
@@ -84,6 +91,9 @@ def _body_nodes(root: ast.AST) -> Iterator[tuple[ast.AST, ast.AST | None]]:
 
 
 def _range_is_fixed(call: ast.Call) -> bool:
+    """``range`` of literals up to ``MAX_FIXED_RANGE`` items, or of a count
+    named as a pool's size (``range(workers)``, ``range(CONCURRENCY)``);
+    ``range(len(items))`` and ``range(pages)`` grow with the data."""
     values = [
         arg.value for arg in call.args if isinstance(arg, ast.Constant) and type(arg.value) is int
     ]
@@ -92,12 +102,21 @@ def _range_is_fixed(call: ast.Call) -> bool:
             return len(range(*values)) <= MAX_FIXED_RANGE
         except (TypeError, ValueError):
             return False
-    # range(len(items)) grows with the data; range(workers) is a pool's size.
-    return not any(
-        isinstance(node, ast.Call) and terminal(node.func) == "len"
-        for arg in call.args
-        for node in ast.walk(arg)
-    )
+    return all(_is_count(arg) for arg in call.args)
+
+
+def _is_count(node: ast.expr) -> bool:
+    """Whether ``node`` reads as a pool's size: a literal, a constant in
+    capitals, a name such as ``workers`` or ``max_concurrency``, arithmetic
+    on those, or ``min`` with one of them."""
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.BinOp):
+        return _is_count(node.left) and _is_count(node.right)
+    if isinstance(node, ast.Call):
+        return terminal(node.func) == "min" and any(_is_count(arg) for arg in node.args)
+    name = terminal(node) if isinstance(node, ast.Name | ast.Attribute) else None
+    return name is not None and (name.isupper() or _POOL.search(name) is not None)
 
 
 def is_fixed(node: ast.expr) -> bool:
@@ -220,14 +239,29 @@ class _FanOut:
                     found = self.fan_source(node.args[0], root, depth)
                     if found is not None:
                         return found
-                elif (
-                    node.func.attr in {"append", "add"}
-                    and loop is not None
-                    and not self.loop_is_fixed(loop)
-                ):
-                    how = f"`{name}`, filled in a loop over {self.describe(loop)}"
-                    return node.args[0], how
+                elif node.func.attr in {"append", "add"}:
+                    found = self.filled(name, node.args[0], loop)
+                    if found is not None:
+                        return found
+            elif (
+                isinstance(node, ast.AugAssign)
+                and isinstance(node.target, ast.Name)
+                and node.target.id == name
+                and isinstance(node.value, ast.List | ast.Tuple)
+                and len(node.value.elts) == 1
+            ):
+                found = self.filled(name, node.value.elts[0], loop)
+                if found is not None:
+                    return found
         return None
+
+    def filled(
+        self, name: str, element: ast.expr, loop: ast.AST | None
+    ) -> tuple[ast.expr, str] | None:
+        """``element`` added to ``name`` once per item of ``loop``, unless it is fixed."""
+        if loop is None or self.loop_is_fixed(loop):
+            return None
+        return element, f"`{name}`, filled in a loop over {self.describe(loop)}"
 
     # Bounds in reach.
 
@@ -297,6 +331,8 @@ class _FanOut:
         if not isinstance(element, ast.Call):
             return not isinstance(element, ast.Name)
         name = terminal(element.func)
+        if name in _TEARDOWN and isinstance(element.func, ast.Attribute):
+            return True
         if name in _WRAPPERS and element.args:
             if name in SPAWN_ATTRS:
                 return True

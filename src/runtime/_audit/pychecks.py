@@ -55,6 +55,30 @@ _LLM_CLIENTS = {
     "anthropic.AnthropicVertex",
 }
 _ASYNCPG = {"asyncpg.connect", "asyncpg.create_pool"}
+# The functions and classes Python 3.10 removed loop= from (Future, Task,
+# ensure_future and run_coroutine_threadsafe keep it).
+_LOOP_REMOVED = {
+    "sleep",
+    "gather",
+    "shield",
+    "wait_for",
+    "wait",
+    "as_completed",
+    "Queue",
+    "LifoQueue",
+    "PriorityQueue",
+    "Lock",
+    "Event",
+    "Condition",
+    "Semaphore",
+    "BoundedSemaphore",
+    "open_connection",
+    "start_server",
+    "open_unix_connection",
+    "start_unix_server",
+    "create_subprocess_exec",
+    "create_subprocess_shell",
+}
 _JUDGED = (
     _ASYNCIO_QUEUES
     | _MEMORY_CHANNELS
@@ -188,7 +212,7 @@ class _Rules:
 
     def call(self, call: ast.Call, qualname: str, scope: Scope) -> Iterator[Hit]:
         if qualname.startswith("asyncio."):
-            if _keyword(call, "loop") is not None:
+            if _short(qualname) in _LOOP_REMOVED and _keyword(call, "loop") is not None:
                 yield Hit(call, "RT402", f"loop= passed to {qualname}() (removed in Python 3.10)")
             yield from self.deprecated(call, qualname, scope)
         if qualname not in _JUDGED:
@@ -438,7 +462,7 @@ def _is_released(name: str, function: FunctionNode) -> bool:
                 return True
         elif isinstance(node, ast.Call):
             if terminal(node.func) in _OWNERS and any(
-                _mentions(argument, name) for argument in node.args
+                _holds(argument, name) for argument in node.args
             ):
                 return True
         elif isinstance(node, ast.Global | ast.Nonlocal) and name in node.names:

@@ -136,8 +136,12 @@ def channel_bound(call: ast.Call) -> float | None:
         return 0
     if is_infinite(arg):
         return math.inf
-    if isinstance(arg, ast.Constant) and isinstance(arg.value, int | float):
-        return float(arg.value)
+    sign = 1.0
+    if isinstance(arg, ast.UnaryOp) and isinstance(arg.op, ast.USub):
+        sign, arg = -1.0, arg.operand
+    value = arg.value if isinstance(arg, ast.Constant) else None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return sign * value
     return None
 
 
@@ -239,13 +243,15 @@ class ModuleIndex:
         return ".".join(reversed(parts))
 
 
-def _bound_name(target: ast.expr) -> str | None:
-    """``x`` for ``x = ...`` and ``self.x = ...``; None for other targets."""
+def _bound_names(target: ast.expr) -> Iterator[str]:
+    """``x`` for ``x = ...`` and ``self.x = ...``, each name of ``x, y = ...``."""
     if isinstance(target, ast.Name):
-        return target.id
-    if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
-        return target.attr
-    return None
+        yield target.id
+    elif isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name):
+        yield target.attr
+    elif isinstance(target, ast.Tuple | ast.List):
+        for item in target.elts:
+            yield from _bound_names(item)
 
 
 class _Walker:
@@ -350,7 +356,7 @@ class _Walker:
         index = self.index
         name = terminal(call.func)
         qualname = index.qualname(call.func) or ""
-        names = [bound for bound in map(_bound_name, targets) if bound is not None]
+        names = [bound for target in targets for bound in _bound_names(target)]
         if name in LIMITER_CTORS:
             index.limiters.update(names)
         elif name in LOOP_CTORS:
