@@ -264,20 +264,31 @@ class _Walker:
     def run(self, tree: ast.Module) -> None:
         stack = self.stack
         stack.append((tree, _MODULE))
+        pop, append = stack.pop, stack.append
         handlers = _HANDLERS
+        fields = _CHILD_FIELDS
+        node_type = ast.AST
         while stack:
-            node, scope = stack.pop()
-            handler = handlers.get(type(node))
+            node, scope = pop()
+            kind = node.__class__
+            handler = handlers.get(kind)
             if handler is not None:
                 handler(self, node, scope)
-            else:
-                self.push(children(node), scope)
+                continue
+            names = fields.get(kind)
+            if names is None:
+                names = fields[kind] = tuple(f for f in kind._fields if f not in _LEAF_FIELDS)
+            for name in names:
+                value = getattr(node, name, None)
+                if value.__class__ is list:
+                    for item in value:
+                        if isinstance(item, node_type):
+                            append((item, scope))
+                elif isinstance(value, node_type):
+                    append((value, scope))
 
     def push(self, nodes: Iterable[ast.AST], scope: Scope) -> None:
-        """Queue ``nodes`` to be walked in source order (before what was
-        queued earlier: the walk is depth-first, so imports at the top of a
-        module are known before the code below them)."""
-        self.stack.extend([(node, scope) for node in nodes][::-1])
+        self.stack.extend([(node, scope) for node in nodes])
 
     def import_(self, node: ast.AST, scope: Scope) -> None:
         assert isinstance(node, ast.Import)
@@ -393,6 +404,11 @@ class _Walker:
         self.push(children(node), scope)
 
 
+# Fields that hold no node worth a visit: contexts and operators are
+# singletons, the rest are strings and constants.
+_LEAF_FIELDS = frozenset({"ctx", "op", "ops", "type_comment", "kind", "id", "attr", "arg"})
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+
 _HANDLERS = {
     ast.Import: _Walker.import_,
     ast.ImportFrom: _Walker.import_from,
@@ -419,5 +435,26 @@ _HANDLERS = {
 def index_module(tree: ast.Module) -> ModuleIndex:
     """Walk ``tree`` once and return what it binds and what to check."""
     index = ModuleIndex(tree)
-    _Walker(index).run(tree)
+    walker = _Walker(index)
+    for statement in _top_level(tree.body):  # names bound below need the imports above
+        if isinstance(statement, ast.Import):
+            walker.import_(statement, _MODULE)
+        elif isinstance(statement, ast.ImportFrom):
+            walker.import_from(statement, _MODULE)
+    walker.run(tree)
     return index
+
+
+def _top_level(body: list[ast.stmt]) -> Iterator[ast.stmt]:
+    """The module's statements, through ``if``, ``try`` and ``with`` blocks."""
+    for statement in body:
+        yield statement
+        if isinstance(statement, ast.If | ast.With):
+            yield from _top_level(statement.body)
+            if isinstance(statement, ast.If):
+                yield from _top_level(statement.orelse)
+        elif isinstance(statement, ast.Try | ast.TryStar):
+            for block in (statement.body, statement.orelse, statement.finalbody):
+                yield from _top_level(block)
+            for handler in statement.handlers:
+                yield from _top_level(handler.body)
