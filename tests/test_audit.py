@@ -382,8 +382,9 @@ def test_ruff_findings_are_merged_under_their_own_ids(
     _write(project, "bad.py", "def broken(:\n")
     code, out, err = _run(capsys, ".")
     assert code == 1
-    assert "slow.py:5:5: ASYNC251 Async functions should not call `time.sleep`\n" in out
-    assert "    fix: see https://docs.astral.sh/ruff/rules/blocking-sleep-in-async-function" in out
+    lines = out.splitlines()
+    (at,) = [n for n, line in enumerate(lines) if line.startswith("slow.py:5:5: ASYNC251 ")]
+    assert lines[at + 1].startswith("    fix: see https://docs.astral.sh/ruff/rules/")
     assert "slow.py:9" not in out
     assert out.count("bad.py:") == 1
     assert out.rstrip().endswith("ruff ASYNC rules: ran.")
@@ -433,3 +434,14 @@ def test_the_command_line_runs_it(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout.startswith("app.py:9:18: RT101 ")
     assert result.stderr == ""
+
+
+def test_yaml_that_only_looks_like_a_topology_is_left_alone(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Helm values file has a top-level ``resources:`` of its own, and a
+    template with ``{{ }}`` does not parse: neither is reported."""
+    _write(project, "values.yaml", "replicas: 2\nresources:\n  limits: {cpu: 500m}\n")
+    _write(project, "chart.yaml", "resources:\n  {{- toYaml .Values.resources | nindent 2 }}\n")
+    result = audit(["values.yaml", "chart.yaml"], use_ruff=False)
+    assert (result.findings, result.files) == ((), 0)

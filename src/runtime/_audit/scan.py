@@ -141,9 +141,10 @@ def audit(paths: Sequence[str], *, ruff: str | None = None, use_ruff: bool = Tru
     topologies = 0
     for path in yaml_files:
         text = read_source(path)
-        if is_topology(text):
+        topology = check_topology(path, text) if is_topology(text) else None
+        if topology is not None:
             topologies += 1
-            findings.extend(check_topology(path, text))
+            findings.extend(topology)
     status = "off"
     if use_ruff and python:
         status, merged = _ruff(ruff, python, texts)

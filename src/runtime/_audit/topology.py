@@ -18,35 +18,55 @@ MAX_MAILBOX = 10_000
 """The largest mailbox capacity RT703 lets pass."""
 
 _TOP_KEYS = re.compile(r"^(supervisor|resources)\s*:", re.MULTILINE)
+_OWN_KEYS = re.compile(r"^supervisor\s*:", re.MULTILINE)
 _DEFAULT = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}$")
 
 
 def is_topology(text: str) -> bool:
-    """Whether ``text`` reads as a topology: a top-level ``supervisor:`` or ``resources:``."""
+    """Whether ``text`` may be a topology: it has a top-level ``supervisor:``
+    or ``resources:`` (``check_topology`` looks closer)."""
     return _TOP_KEYS.search(text) is not None
 
 
-def check_topology(path: str, text: str) -> list[Finding]:
-    """The RT7xx findings of the topology ``text`` (the file at ``path``);
-    one RT001 finding if it is not YAML the runtime would load."""
+def check_topology(path: str, text: str) -> list[Finding] | None:
+    """The RT7xx findings of the topology ``text`` (the file at ``path``), or
+    None when it is not a topology after all (a Helm values file has a
+    top-level ``resources:`` too). A file that does not load is one RT001
+    finding when it has a top-level ``supervisor:``."""
     lines = text.splitlines()
     try:
         document = load(text)
     except Refused as exc:
-        return [
-            _finding(path, lines, p.line, "RT001", f"refused: {p.message}") for p in exc.problems
-        ]
+        problems = [(p.line, f"refused: {p.message}") for p in exc.problems]
     except yaml.YAMLError as exc:
         line, problem = syntax_problem(exc, text)
-        return [_finding(path, lines, line, "RT001", f"YAML syntax error: {problem}")]
-    data = document.data
+        problems = [(line, f"YAML syntax error: {problem}")]
+    else:
+        data = document.data
+        if not _is_topology_data(data):
+            return None
+        return [
+            _finding(path, lines, locate(document.lines, field), rule, message)
+            for field, rule, message in _problems(data)
+        ]
+    if _OWN_KEYS.search(text) is None:
+        return None
+    return [_finding(path, lines, line, "RT001", message) for line, message in problems]
+
+
+def _is_topology_data(data: Any) -> bool:
+    """A mapping with a ``supervisor`` mapping, or ``resources`` whose
+    entries each name their ``kind``."""
     if not isinstance(data, dict):
-        return []
-    found = []
-    for field, rule, message in _problems(data):
-        line = locate(document.lines, field)
-        found.append(_finding(path, lines, line, rule, message))
-    return found
+        return False
+    if isinstance(data.get("supervisor"), dict):
+        return True
+    resources = data.get("resources")
+    return (
+        isinstance(resources, dict)
+        and bool(resources)
+        and all(isinstance(spec, dict) and "kind" in spec for spec in resources.values())
+    )
 
 
 def _finding(path: str, lines: list[str], line: int, rule: str, message: str) -> Finding:
