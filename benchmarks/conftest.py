@@ -126,6 +126,8 @@ def _fmt(value: float | None, unit: str) -> str:
         return f"{value / 1e6:.3f} M msg/s" if value >= 1e5 else f"{value:,.0f} msg/s"
     if unit == "s":
         return f"{value * 1e6:.1f} µs" if value < 1e-2 else f"{value:.3f} s"
+    if unit == "lines/s":
+        return f"{value:,.0f} lines/s"
     if unit == "B":
         return f"{value / 1024:.2f} KiB"
     return f"{value:.3g} {unit}"

@@ -18,7 +18,7 @@ from runtime._cli import main
 from tests.clikit import REPO, run_cli
 
 CLI_DOC = REPO / "docs" / "cli.md"
-COMMANDS = ["start", "validate", "run", "status"]
+COMMANDS = ["start", "validate", "run", "status", "audit"]
 
 
 def _usage(capsys: pytest.CaptureFixture[str], *argv: str) -> str:

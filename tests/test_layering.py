@@ -37,7 +37,15 @@ LAYERS: list[set[str]] = [
     {"_health"},
     {"_metrics", "_endpoint"},
     {"_services"},
-    {"_status", "testing", "resources"},
+    # The audit (a tool of the command line), from its rules up to its command.
+    {"_audit.rules"},
+    {"_audit.pyindex", "_audit.baseline"},
+    {"_audit.fanout", "_audit.topology", "_audit.ruff"},
+    {"_audit.pychecks"},
+    {"_audit.scan"},
+    {"_audit.report"},
+    {"_audit.command"},
+    {"_status", "testing", "resources", "_audit"},
     {"_cli"},
     {"__init__", "__main__"},
 ]

@@ -1,18 +1,21 @@
 """``python -m runtime``: start or validate a topology, run one of its
-workflows, or show a running system's status.
+workflows, show a running system's status, or audit code for unbounded
+concurrency.
 
 Exit codes:
     0: the system ran and stopped gracefully (``start``; with ``--until-idle``,
        once idle with every counted item done and no circuit left open), the
        topology is valid (``validate``), the system runs (``status``), the
-       workflow run succeeded (``run``).
+       workflow run succeeded (``run``), nothing new was found (``audit``).
     1: the system failed: a top supervisor gave up, or starting it failed
        (``start``, ``run``); it is not running or cannot be reached
-       (``status``); the workflow run failed (``run``).
+       (``status``); the workflow run failed (``run``); new findings
+       (``audit``).
     2: usage error, or an invalid topology (errors on stderr); for
        ``validate`` also what this machine's environment lacks for a
        resource to start (an API key's variable, a server command); for
-       ``run`` an unknown workflow or inputs that do not fit it.
+       ``run`` an unknown workflow or inputs that do not fit it; for
+       ``audit`` a path or baseline that cannot be read.
     3: ``start --until-idle``: the system went idle with work left undone:
        fewer items done than counted (``ctx.progress``), or a circuit left
        open. It was stopped gracefully. ``run``: the workflow run needs
@@ -36,6 +39,7 @@ from typing import TextIO
 import attrs
 import trio
 
+from ._audit import add_audit_parser, run_audit
 from ._envcheck import environment_problems
 from ._health import Problem, health_of
 from ._listen import parse_listen
@@ -79,12 +83,13 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m runtime",
         description=(
             "A supervised actor runtime on trio: start or validate a topology, run "
-            "one of its workflows, or show a running system's status."
+            "one of its workflows, show a running system's status, or audit code for "
+            "unbounded concurrency."
         ),
         epilog=(
-            "Exit codes: 0 ok, 1 the system (or the workflow run) failed, 2 usage error or "
-            "invalid topology, 3 idle with work left undone (start --until-idle) or a "
-            "workflow run that needs attention (run), "
+            "Exit codes: 0 ok, 1 the system (or the workflow run) failed (audit: new "
+            "findings), 2 usage error or invalid topology, 3 idle with work left undone "
+            "(start --until-idle) or a workflow run that needs attention (run), "
             "4 the time ran out (start --max-time)."
         ),
     )
@@ -233,6 +238,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "url", metavar="URL", help="the endpoint, such as http://127.0.0.1:9464 (or 9464)"
     )
+    add_audit_parser(commands)
     return parser
 
 
@@ -245,6 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _validate(args.topology, env_checks=not args.no_env_checks)
     if args.command == "status":
         return show_status(args.url)
+    if args.command == "audit":
+        return run_audit(args)
     configure_logging(fmt=args.log_format, level=args.log_level)
     if args.command == "run":
         return trio.run(_run_workflow, args.topology, args.workflow, args.input, args.run_id)

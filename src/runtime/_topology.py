@@ -54,7 +54,7 @@ from ._specs import (
     to_seconds,
 )
 from ._tracing import tracing_unavailable
-from ._yaml import Refused, load
+from ._yaml import Refused, load, locate, syntax_problem
 from .errors import TopologyError
 from .workflow import JOURNAL_PREFIX, template_problems
 
@@ -523,14 +523,6 @@ def _leaves(exc: BaseException, path: str) -> Iterator[tuple[str, str]]:
             yield sub_path, _format_leaf(sub, type_)
 
 
-def _locate(lines: dict[str, int], path: str) -> int:
-    """The line of ``path``, or of its nearest ancestor the YAML has."""
-    probe = path
-    while probe not in lines and probe != "$":
-        probe = probe.rsplit("[", 1)[0] if probe.endswith("]") else probe.rsplit(".", 1)[0]
-    return lines.get(probe, 1)
-
-
 def _field(path: str) -> str:
     return path[2:] if path.startswith("$.") else "(top level)"
 
@@ -538,7 +530,7 @@ def _field(path: str) -> str:
 def _report(source: str, lines: dict[str, int], path: str, message: str) -> str:
     if len(message) > _MESSAGE_MAX:
         message = f"{message[: _MESSAGE_MAX - 4]} ..."
-    return f"{source}:{_locate(lines, path)}: {_field(path)}: {message}"
+    return f"{source}:{locate(lines, path)}: {_field(path)}: {message}"
 
 
 def _read(text: str, source: str) -> tuple[Any, dict[str, int]]:
@@ -550,25 +542,9 @@ def _read(text: str, source: str) -> tuple[Any, dict[str, int]]:
             [f"{source}:{p.line}: {_field(p.path)}: {p.message}" for p in exc.problems]
         ) from None
     except yaml.YAMLError as exc:
-        line, problem = _yaml_problem(exc, text)
+        line, problem = syntax_problem(exc, text)
         raise TopologyError([f"{source}:{line}: (yaml): {problem}"]) from None
     return document.data, document.lines
-
-
-def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
-    """The line and the words of a YAML syntax error, without PyYAML's snippet."""
-    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
-        line = text.count("\n", 0, exc.position) + 1
-        return line, f"character #x{exc.character:04x} is not allowed in YAML text"
-    if not isinstance(exc, yaml.MarkedYAMLError):
-        return 1, str(exc)
-    line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 1
-    problem = exc.problem or str(exc)
-    if problem == "but found another document":
-        return line, "found a second document (after ---); a topology is one document"
-    if exc.context and exc.context_mark is not None:
-        problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
-    return line, problem
 
 
 def parse_topology(text: str, source: str = "<topology>") -> Topology:
@@ -590,9 +566,9 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
     try:
         topology = _converter.structure(data, Topology)
     except Exception as exc:  # every failure, as one group
-        leaves = sorted(_leaves(exc, "$"), key=lambda leaf: _locate(lines, leaf[0]))
+        leaves = sorted(_leaves(exc, "$"), key=lambda leaf: locate(lines, leaf[0]))
         raise TopologyError([_report(source, lines, path, msg) for path, msg in leaves]) from None
-    problems = sorted(unsupported(topology), key=lambda problem: _locate(lines, problem[0]))
+    problems = sorted(unsupported(topology), key=lambda problem: locate(lines, problem[0]))
     if problems:
         raise TopologyError([_report(source, lines, path, msg) for path, msg in problems])
     return topology

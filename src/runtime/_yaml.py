@@ -26,7 +26,16 @@ from typing import Any
 import attrs
 import yaml
 
-__all__ = ["MAX_DEPTH", "MAX_NODES", "Document", "Problem", "Refused", "load"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "Document",
+    "Problem",
+    "Refused",
+    "load",
+    "locate",
+    "syntax_problem",
+]
 
 MAX_NODES = 100_000
 """The most nodes (keys, values and items, aliases expanded) a document may have."""
@@ -107,6 +116,31 @@ def line_map(root: yaml.Node | None) -> dict[str, int]:
     if root is not None:
         walk(root, "$")
     return lines
+
+
+def locate(lines: dict[str, int], path: str) -> int:
+    """The line of ``path`` in a ``line_map``, or of its nearest ancestor there."""
+    probe = path
+    while probe not in lines and probe != "$":
+        probe = probe.rsplit("[", 1)[0] if probe.endswith("]") else probe.rsplit(".", 1)[0]
+    return lines.get(probe, 1)
+
+
+def syntax_problem(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
+    """The line and the words of a YAML syntax error in ``text``, without
+    PyYAML's snippet."""
+    if isinstance(exc, yaml.reader.ReaderError) and isinstance(exc.character, int):
+        line = text.count("\n", 0, exc.position) + 1
+        return line, f"character #x{exc.character:04x} is not allowed in YAML text"
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return 1, str(exc)
+    line = exc.problem_mark.line + 1 if exc.problem_mark is not None else 1
+    problem = exc.problem or str(exc)
+    if problem == "but found another document":
+        return line, "found a second document (after ---); a topology is one document"
+    if exc.context and exc.context_mark is not None:
+        problem += f" ({exc.context} at line {exc.context_mark.line + 1})"
+    return line, problem
 
 
 def _line(node: yaml.Node | yaml.Event) -> int:

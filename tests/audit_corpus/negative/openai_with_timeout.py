@@ -1,0 +1,5 @@
+# expect: none
+# An OpenAI client with a timeout.
+from openai import AsyncOpenAI
+
+client = AsyncOpenAI(timeout=60.0, max_retries=2)
