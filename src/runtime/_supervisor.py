@@ -207,7 +207,8 @@ class Supervisor:
         self.done = trio.Event()
         self.task = trio.lowlevel.current_task()
         self.started_at = trio.current_time()
-        send, receive = trio.open_memory_channel[Event](math.inf)
+        # Bounded by the children: each posts at most one event per incarnation.
+        send, receive = trio.open_memory_channel[Event](math.inf)  # runtime: ignore[RT202]
         self._events_in = send
         error: BaseException | None = None
         try:

@@ -926,7 +926,8 @@ class _Run:
         for name, count in waiting.items():
             if not count:
                 make_ready(name)
-        send, receive = trio.open_memory_channel[str](math.inf)
+        # Bounded by the workflow's steps: each posts its end once.
+        send, receive = trio.open_memory_channel[str](math.inf)  # runtime: ignore[RT202]
         running = 0
         halted = False
         async with trio.open_nursery() as nursery:

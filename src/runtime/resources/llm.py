@@ -350,7 +350,7 @@ class LLM(Resource):
             self.fake = server
         self._base_url = base_url
         self._secret = key
-        client = httpx.AsyncClient(
+        client = httpx.AsyncClient(  # runtime: ignore[RT301] (the limiter times each attempt)
             base_url=base_url,
             headers=self._headers(key),
             # Each attempt is bounded by the resource's ``timeout``; the
