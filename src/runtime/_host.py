@@ -20,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._backends import Backends
+    from ._budget import Ledger
     from ._checkpoint import CheckpointCounters, CheckpointStore
     from ._ref import ActorRef, ActorStatistics
     from ._specs import ChildSpec, SupervisorSpec
@@ -126,6 +127,7 @@ class Host(Protocol):
     timed: bool  # whether handling times are kept (metrics are on)
     checkpoints: CheckpointCounters
     backends: Backends  # connections to the coordination engines (PostgreSQL, NATS)
+    ledger: Ledger  # tokens and costs by resource and agent, and the budgets
 
     @property
     def system(self) -> Any:
