@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,10 @@ from runtime import (
 from runtime.errors import AskTimeout, BudgetExceeded, TopologyError
 from runtime.resources.llm import Chat, ChatResult
 from runtime.testing import FakeLLM, FakeRequest, Reply, fake_llm
+from runtime._cli import _summary as cli_summary
+from runtime._endpoint import status_document
+from runtime._status import format_status
+from tests.clikit import REPO, SOURCE
 
 # 800 s into an hour: a 1h window started 800 s ago and resets in 2800 s.
 T0 = 1_700_000_000.0
@@ -478,3 +487,91 @@ supervisor:
     assert topology.resources["llm"].budget == BudgetSpec(
         tokens=1_000_000, dollars=20.0, period=86400.0, on_exhausted="wait"
     )
+
+
+@pytest.mark.multiprocess
+def test_processes_sharing_a_store_spend_one_budget(tmp_path: Path) -> None:
+    """Three OS processes of one system on one SQLite file spend one budget:
+    every increment reaches the store (compare-and-set loses none), and
+    together they stop near the limit (each sees the others' spending at
+    most one flush late), not at three times it."""
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    limit = 2000
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([SOURCE, str(REPO)])}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.budget_process", store, str(limit)],
+            cwd=REPO,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    results = []
+    for process in processes:
+        out, err = process.communicate(timeout=60)
+        assert process.returncode == 0, err
+        results.append(json.loads(out.splitlines()[-1]))
+    assert all(result["refused"] for result in results), results
+    [window] = {result["window_start"] for result in results}
+
+    async def stored() -> str | None:
+        opened = runtime.open_store(store)
+        try:
+            loaded = await opened.load(f"__budget__/shared-budget/resources/llm/{int(window)}")
+        finally:
+            await opened.aclose()
+        return None if loaded is None else loaded[1]
+
+    record = trio.run(stored)
+    assert record is not None
+    total = json.loads(record)["tokens"]
+    assert total == sum(result["tokens"] for result in results)
+    assert limit <= total < 2 * limit, results
+
+
+async def test_status_and_run_summary_show_usage_and_budgets(loopback_clock: Any) -> None:
+    """/status carries usage and budgets; `runtime status` prints them as
+    tables and the spent budget as a warning; so does the run summary."""
+    budget = BudgetSpec(tokens=100, period="1h")
+    with trio.fail_after(30):
+        async with (
+            fake_llm(responder=sixty_tokens) as server,
+            budget_system(server, agents("a"), budget=budget, pricing=PRICES) as system,
+        ):
+            for _ in range(3):
+                await prompt(system, "root/a")
+            document = json.loads(json.dumps(status_document(system)))
+            summary = io.StringIO()
+            cli_summary(system, 1.0, summary)
+    assert document["usage"] == [
+        {
+            "resource": "llm",
+            "agent": "root/a",
+            "requests": 2,
+            "input_tokens": 80,
+            "output_tokens": 40,
+            "dollars": pytest.approx(0.00056),
+            "unpriced_requests": 0,
+        }
+    ]
+    assert document["budgets"]["resources/llm"]["refusals"] == 1
+    assert document["health"]["status"] == "ok"
+    text = format_status(document)
+    assert "RESOURCE  AGENT   REQUESTS  INPUT TOKENS  OUTPUT TOKENS  COST" in text
+    assert "llm       root/a  2         80            40             $0.0006" in text
+    assert "resources/llm  120/100  -        refuse" in text
+    assert (
+        "warnings:\n  budget resources/llm: exhausted, requests refused: 120 of 100 tokens "
+        "spent; resets at 2023-11-14 23:00:00 UTC"
+    ) in text
+    lines = summary.getvalue().splitlines()
+    assert (
+        "usage llm by root/a: 2 request(s), 80 input + 40 output tokens, $0.0006" in lines
+    )
+    assert (
+        "budget resources/llm: 120 of 100 tokens spent (exhausted: refuse), 1 refused, "
+        "0 waited; resets at 2023-11-14 23:00:00 UTC"
+    ) in lines
