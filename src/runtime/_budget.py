@@ -467,6 +467,7 @@ class Ledger:
         input_tokens: int,
         output_tokens: int,
         dollars: float | None,
+        *,
         budgets: Iterable[Budget] = (),
     ) -> None:
         """Count one answered request: to the agent, and to ``budgets``

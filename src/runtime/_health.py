@@ -135,7 +135,8 @@ def budget_warnings(budgets: Iterable[BudgetStatistics]) -> Iterator[Problem]:
             f"{', '.join(part for part in spent if part)} spent; "
             f"resets at {stats.resets_at:%Y-%m-%d %H:%M:%S} UTC"
         )
-        condition = "budget_exhausted" if stats.on_exhausted == "refuse" else "budget_exhausted_waiting"
+        waits = stats.on_exhausted == "wait"
+        condition = "budget_exhausted_waiting" if waits else "budget_exhausted"
         yield Problem("budget", stats.scope, condition, reason)
 
 

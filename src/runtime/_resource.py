@@ -207,7 +207,7 @@ class Resource(Actor[None]):
         ledger = self._resource_cell.host.ledger
         asker = current_actor()
         budgets = ledger.budgets_for(self.name, asker)
-        ledger.charge(self.name, asker, input_tokens, output_tokens, dollars, budgets)
+        ledger.charge(self.name, asker, input_tokens, output_tokens, dollars, budgets=budgets)
 
     def is_transient(self, error: BaseException) -> bool:
         """Whether ``error`` may pass on retrying (it is then retried and

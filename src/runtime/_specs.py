@@ -33,7 +33,8 @@ __all__ = [
 ]
 
 Seconds = NewType("Seconds", float)
-"""A duration in seconds; structured from a number or ``"500ms"``/``"5s"``/``"2m"``/``"1h"``/``"1d"``."""
+"""A duration in seconds; structured from a number or a string such as
+``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"`` or ``"1d"``."""
 
 CheckpointPolicy = Union[str, float]  # noqa: UP007
 """``"off"``, ``"message"``, ``"manual"`` or a period in seconds."""

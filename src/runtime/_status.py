@@ -157,7 +157,8 @@ def _spending_lines(document: dict[str, Any]) -> list[str]:
                 str(entry["requests"]),
                 f"{entry['input_tokens']:,}",
                 f"{entry['output_tokens']:,}",
-                f"${entry['dollars']:,.4f}" if entry["requests"] > entry["unpriced_requests"]
+                f"${entry['dollars']:,.4f}"
+                if entry["requests"] > entry["unpriced_requests"]
                 else "-",
             ]
             for entry in usage

@@ -119,7 +119,9 @@ class FakeOptions:
 
 def _price(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise FieldError(attr.name, f"expected dollars per million tokens, 0 or more; got {value!r}")
+        raise FieldError(
+            attr.name, f"expected dollars per million tokens, 0 or more; got {value!r}"
+        )
 
 
 @attrs.frozen
