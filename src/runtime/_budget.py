@@ -37,7 +37,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import attrs
@@ -55,6 +55,7 @@ __all__ = [
     "BUDGET_PREFIX",
     "FLUSH_INTERVAL",
     "SYSTEM_AGENT",
+    "Account",
     "Budget",
     "BudgetStatistics",
     "Ledger",
@@ -151,10 +152,14 @@ class BudgetStatistics:
     flush_error: str | None = None
 
 
-class _Tally:
-    __slots__ = ("dollars", "input_tokens", "output_tokens", "requests", "unpriced")
+class Account:
+    """What one agent spent on one resource, and the budgets its requests
+    there spend (made once per resource and agent, then reused)."""
 
-    def __init__(self) -> None:
+    __slots__ = ("budgets", "dollars", "input_tokens", "output_tokens", "requests", "unpriced")
+
+    def __init__(self, budgets: tuple[Budget, ...]) -> None:
+        self.budgets = budgets
         self.requests = self.input_tokens = self.output_tokens = self.unpriced = 0
         self.dollars = 0.0
 
@@ -168,7 +173,11 @@ class Budget:
         self.scope = scope
         self.spec = spec
         self.window = -math.inf  # the current window's start (wall seconds)
+        self.window_end = -math.inf
         self.stored = [0, 0.0]  # the record's tokens and dollars, as last read
+        # The current window's spending: stored + being written + not written.
+        self.tokens = 0
+        self.dollars = 0.0
         self.writing: dict[float, list[float]] = {}  # being added to the store, by window
         self.pending: dict[float, list[float]] = {}  # not yet written, by window
         self.refusals = 0
@@ -183,37 +192,43 @@ class Budget:
     def roll(self, now: float) -> None:
         """Move to the window holding ``now``; a new window starts at zero
         (until the next flush reads what other processes spent in it)."""
+        if self.window <= now < self.window_end:
+            return
         period = self.spec.period
-        window = math.floor(now / period) * period
-        if window != self.window:
-            self.window = window
-            self.stored = [0, 0.0]
+        self.window = math.floor(now / period) * period
+        self.window_end = self.window + period
+        self.stored = [0, 0.0]
+        self._recount()
 
-    def spent(self, now: float) -> tuple[int, float]:
-        """Tokens and dollars spent in the window of ``now``."""
-        self.roll(now)
+    def _recount(self) -> None:
+        """The current window's running total, from its parts."""
         tokens, dollars = self.stored
         for part in (self.writing, self.pending):
             extra = part.get(self.window)
             if extra is not None:
                 tokens += extra[0]
                 dollars += extra[1]
-        return int(tokens), dollars
+        self.tokens, self.dollars = int(tokens), dollars
+
+    def spent(self, now: float) -> tuple[int, float]:
+        """Tokens and dollars spent in the window of ``now``."""
+        self.roll(now)
+        return self.tokens, self.dollars
 
     def reached(self, now: float) -> tuple[str, float, float] | None:
         """The limit reached at ``now`` (unit, spent, limit), or None."""
-        tokens, dollars = self.spent(now)
+        self.roll(now)
         spec = self.spec
-        if spec.tokens is not None and tokens >= spec.tokens:
-            return "tokens", float(tokens), float(spec.tokens)
-        if spec.dollars is not None and dollars >= spec.dollars:
-            return "dollars", dollars, spec.dollars
+        if spec.tokens is not None and self.tokens >= spec.tokens:
+            return "tokens", float(self.tokens), float(spec.tokens)
+        if spec.dollars is not None and self.dollars >= spec.dollars:
+            return "dollars", self.dollars, spec.dollars
         return None
 
     def resets_at(self, now: float) -> float:
         """When the window of ``now`` ends (wall seconds)."""
         self.roll(now)
-        return self.window + self.spec.period
+        return self.window_end
 
     def charge(self, tokens: int, dollars: float, now: float) -> None:
         """Add one request's spending to the window of ``now``."""
@@ -223,6 +238,8 @@ class Budget:
             entry = self.pending[self.window] = [0, 0.0]
         entry[0] += tokens
         entry[1] += dollars
+        self.tokens += tokens
+        self.dollars += dollars
 
     def refusal(self, now: float, unit: str, spent: float, limit: float) -> BudgetExceeded:
         """The error of a request refused at ``now``."""
@@ -266,6 +283,7 @@ class Budget:
             del self.writing[window]
             if window == self.window:
                 self.stored = total
+                self._recount()
         if self.pruned != self.window:
             # The window before the previous one is done with in every
             # process (each is at most one interval late): its record goes.
@@ -356,6 +374,7 @@ class Ledger:
 
     def __init__(self, system: str, topology: Topology | None = None) -> None:
         self.system = system
+        self._accounts: dict[tuple[str, str], Account] = {}
         self.known: set[str] = set()
         self.resource_budgets: dict[str, Budget] = {}
         self.supervisor_budgets: dict[str, Budget] = {}
@@ -367,7 +386,6 @@ class Ledger:
             for name, spec in topology.resources.items():
                 self.known.add(f"resources/{name}")
                 self.set_resource_budget(name, spec.budget)
-        self._usage: dict[tuple[str, str], _Tally] = {}
         self._offset: float | None = None  # wall clock minus trio's clock
         self._lock = trio.Lock()
 
@@ -402,26 +420,41 @@ class Ledger:
             self.resource_budgets[name] = Budget(self.system, f"resources/{name}", spec)
         else:
             old.spec = spec
-            old.window = -math.inf  # the period may have changed: read the window again
+            old.window = old.window_end = -math.inf  # the period may have changed
             old.stored = [0, 0.0]
+        for (resource, agent), account in self._accounts.items():
+            account.budgets = self._budgets_for(resource, agent)
 
-    def budgets_for(self, resource: str, asker: str | None) -> list[Budget]:
-        """The budgets a request of ``asker`` to ``resource`` spends: the
-        resource's, and each supervisor's above the asker."""
+    def _budgets_for(self, resource: str, agent: str) -> tuple[Budget, ...]:
+        """The budgets a request of ``agent`` to ``resource`` spends: the
+        resource's, and each supervisor's at or above the agent's path."""
         found = []
         budget = self.resource_budgets.get(resource)
         if budget is not None:
             found.append(budget)
-        if self.supervisor_budgets and asker is not None:
-            path = asker
-            while path:
-                budget = self.supervisor_budgets.get(path)
-                if budget is not None:
-                    found.append(budget)
-                path = path.rpartition("/")[0]
-        return found
+        path = agent if self.supervisor_budgets and agent != SYSTEM_AGENT else ""
+        while path:
+            budget = self.supervisor_budgets.get(path)
+            if budget is not None:
+                found.append(budget)
+            path = path.rpartition("/")[0]
+        return tuple(found)
 
-    async def admit(self, budgets: list[Budget]) -> None:
+    def account(self, resource: str, asker: str | None) -> Account:
+        """The account of ``asker`` (an actor's path, None outside every
+        actor) at ``resource``: its counts and the budgets it spends there.
+
+        An actor spawned below a supervisor spends that supervisor's
+        budget: it counts under its nearest declared ancestor, and budgets
+        belong to declared supervisors.
+        """
+        key = (resource, self.agent(asker))
+        account = self._accounts.get(key)
+        if account is None:
+            account = self._accounts[key] = Account(self._budgets_for(*key))
+        return account
+
+    async def admit(self, budgets: tuple[Budget, ...]) -> None:
         """Return once none of ``budgets`` is exhausted.
 
         Waits for the next window of a ``wait`` budget (with ``trio.sleep``:
@@ -461,48 +494,37 @@ class Ledger:
         return SYSTEM_AGENT
 
     def charge(
-        self,
-        resource: str,
-        asker: str | None,
-        input_tokens: int,
-        output_tokens: int,
-        dollars: float | None,
-        *,
-        budgets: Iterable[Budget] = (),
+        self, account: Account, input_tokens: int, output_tokens: int, dollars: float | None
     ) -> None:
-        """Count one answered request: to the agent, and to ``budgets``
+        """Count one answered request: to ``account`` and its budgets
         (``dollars`` None: the model has no price)."""
-        key = (resource, self.agent(asker))
-        tally = self._usage.get(key)
-        if tally is None:
-            tally = self._usage[key] = _Tally()
-        tally.requests += 1
-        tally.input_tokens += input_tokens
-        tally.output_tokens += output_tokens
+        account.requests += 1
+        account.input_tokens += input_tokens
+        account.output_tokens += output_tokens
         if dollars is None:
-            tally.unpriced += 1
+            account.unpriced += 1
         else:
-            tally.dollars += dollars
-        now = None
-        for budget in budgets:
-            now = self.now() if now is None else now
-            budget.charge(input_tokens + output_tokens, dollars or 0.0, now)
+            account.dollars += dollars
+        if account.budgets:
+            now = self.now()
+            for budget in account.budgets:
+                budget.charge(input_tokens + output_tokens, dollars or 0.0, now)
 
     def usage(self, resource: str | None = None) -> list[UsageStatistics]:
         """Usage so far by resource and agent (of ``resource`` only, if given),
-        sorted by resource and agent."""
+        sorted by resource and agent; agents with no answered request are left out."""
         return [
             UsageStatistics(
                 resource=name,
                 agent=agent,
-                requests=tally.requests,
-                input_tokens=tally.input_tokens,
-                output_tokens=tally.output_tokens,
-                dollars=tally.dollars,
-                unpriced_requests=tally.unpriced,
+                requests=account.requests,
+                input_tokens=account.input_tokens,
+                output_tokens=account.output_tokens,
+                dollars=account.dollars,
+                unpriced_requests=account.unpriced,
             )
-            for (name, agent), tally in sorted(self._usage.items())
-            if resource is None or name == resource
+            for (name, agent), account in sorted(self._accounts.items())
+            if (resource is None or name == resource) and account.requests
         ]
 
     def statistics(self) -> dict[str, BudgetStatistics]:

@@ -194,7 +194,7 @@ class Resource(Actor[None]):
             BudgetExceeded: a budget with ``on_exhausted: refuse`` is spent.
         """
         ledger = self._resource_cell.host.ledger
-        budgets = ledger.budgets_for(self.name, current_actor())
+        budgets = ledger.account(self.name, current_actor()).budgets
         if budgets:
             await ledger.admit(budgets)
 
@@ -205,9 +205,8 @@ class Resource(Actor[None]):
         ``ResourceStatistics.usage``) and against the budgets it spends.
         ``dollars`` None: no price is known (nothing is counted in dollars)."""
         ledger = self._resource_cell.host.ledger
-        asker = current_actor()
-        budgets = ledger.budgets_for(self.name, asker)
-        ledger.charge(self.name, asker, input_tokens, output_tokens, dollars, budgets=budgets)
+        account = ledger.account(self.name, current_actor())
+        ledger.charge(account, input_tokens, output_tokens, dollars)
 
     def is_transient(self, error: BaseException) -> bool:
         """Whether ``error`` may pass on retrying (it is then retried and
