@@ -9,6 +9,7 @@ import trio
 
 from runtime import ActorRef, ActorStatistics, ChildSpec, MemoryStore, SupervisorSpec
 from runtime._backends import Backends
+from runtime._budget import Ledger
 from runtime._cell import ActorCell
 from runtime._checkpoint import CheckpointCounters, CheckpointStore
 from runtime._host import Child, RestartRecord
@@ -24,6 +25,7 @@ class FakeHost:
         self.timed = False
         self.checkpoints = CheckpointCounters()
         self.backends = Backends(name="fakehost")
+        self.ledger = Ledger("fake")
         self.system: Any = None
         self.store = MemoryStore()
         self.dead_letters: list[tuple[str, object, str]] = []

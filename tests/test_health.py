@@ -212,6 +212,7 @@ async def test_all_well_is_running_and_ready(loopback_clock: trio.abc.Clock) -> 
         "state": "running",
         "ready": True,
         "problems": [],
+        "warnings": [],
     }
     assert (ready.status_code, ready.text) == (200, "ready\n")
     assert ready_json.json()["ready"] is True

@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"_logging", "_specs", "_breaker", "_outage", "_backends"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
     {"_mailbox", "_checkpoint", "_fake_llm", "_lock_backends"},
-    {"_limiter", "_ref", "_locks"},
+    {"_limiter", "_ref", "_locks", "_budget"},
     # The tree's view of the system, and an incarnation's view of its cell.
     {"_host"},
     {"_context", "_serving"},

@@ -50,7 +50,7 @@ def test_alert_rules_pass_promtool() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 14 rules found" in result.stdout
 
 
 def _rule_expressions() -> list[str]:
@@ -79,6 +79,8 @@ def test_the_alerts_cover_what_operators_need() -> None:
         "RuntimeDeadLettersRising",
         "RuntimeLockContention",
         "RuntimeLockLost",
+        "RuntimeBudgetNearlySpent",
+        "RuntimeBudgetBurningFast",
     } <= names
 
 
@@ -92,7 +94,9 @@ class Pooled(runtime.Resource):
 
     @runtime.handler
     async def touch(self, msg: Touch) -> None:
+        await self.check_budget()
         await self.call(trio.lowlevel.checkpoint)
+        self.record_usage(3, 4)
 
     def backend_statistics(self) -> dict[str, float]:
         return {
@@ -110,7 +114,10 @@ async def _live_sample_names() -> set[str]:
         metrics={"listen": "127.0.0.1:0"},
         resources={
             "db": ResourceSpec(
-                kind=Pooled, max_concurrency=4, rate={"requests": 10, "period": "1m"}
+                kind=Pooled,
+                max_concurrency=4,
+                rate={"requests": 10, "period": "1m"},
+                budget={"tokens": 1000, "period": "1d"},
             )
         },
         supervisor=SupervisorSpec(

@@ -3,6 +3,8 @@
 from . import errors as errors
 from ._actor import Actor as Actor
 from ._actor import handler as handler
+from ._budget import BudgetStatistics as BudgetStatistics
+from ._budget import UsageStatistics as UsageStatistics
 from ._checkpoint import CheckpointStatistics as CheckpointStatistics
 from ._checkpoint import CheckpointStore as CheckpointStore
 from ._checkpoint import MemoryStore as MemoryStore
@@ -24,6 +26,7 @@ from ._resource import ResourceStatistics as ResourceStatistics
 from ._services import open_system as open_system
 from ._specs import BackoffSpec as BackoffSpec
 from ._specs import BreakerSpec as BreakerSpec
+from ._specs import BudgetSpec as BudgetSpec
 from ._specs import ChildSpec as ChildSpec
 from ._specs import MailboxSpec as MailboxSpec
 from ._specs import MetricsSpec as MetricsSpec
@@ -47,6 +50,8 @@ __all__ = [
     "ActorSystem",
     "BackoffSpec",
     "BreakerSpec",
+    "BudgetSpec",
+    "BudgetStatistics",
     "CheckpointStatistics",
     "CheckpointStore",
     "ChildSpec",
@@ -70,6 +75,7 @@ __all__ = [
     "SupervisorSpec",
     "Topology",
     "TreeNode",
+    "UsageStatistics",
     "add_correlation_id",
     "correlation_id",
     "errors",

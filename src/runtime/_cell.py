@@ -22,7 +22,7 @@ from ._actor import Actor, dispatch_table, resolve_handler, starts_trivially, st
 from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._checkpoint import Checkpointer
 from ._context import ActorContext
-from ._correlation import CURRENT, current
+from ._correlation import ACTOR_PATH, CURRENT, current
 from ._durations import Durations
 from ._host import RestartRecord
 from ._logging import get_logger
@@ -363,6 +363,7 @@ class ActorCell:
         if circuit is None or circuit.state() is not BreakerState.HALF_OPEN:
             self.refusal = None  # a half-open circuit keeps its trial state
         self.task = trio.lowlevel.current_task()
+        ACTOR_PATH.set(self.path)  # this task is the incarnation's: who asks, for resources
         phase = "start"
         error: BaseException | None = None
         try:

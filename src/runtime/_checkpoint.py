@@ -36,6 +36,7 @@ from .errors import CheckpointConflict, StateError, StoreUnavailable
 T = TypeVar("T")
 
 __all__ = [
+    "RESERVED_PREFIX",
     "STORE_OUTAGE_DEADLINE",
     "CheckpointCounters",
     "CheckpointStatistics",
@@ -101,6 +102,14 @@ def _make_converter() -> cattrs.Converter:
 
 _converter = _make_converter()
 
+RESERVED_PREFIX = "__budget__/"
+"""Paths of the runtime's own records in a store (budgets' spending), which
+are no actor's checkpoint: ``paths()`` leaves them out."""
+
+
+def _actor_paths(paths: list[str]) -> list[str]:
+    return [path for path in paths if not path.startswith(RESERVED_PREFIX)]
+
 
 @runtime_checkable
 class CheckpointStore(Protocol):
@@ -128,7 +137,8 @@ class CheckpointStore(Protocol):
         ...
 
     async def paths(self) -> list[str]:
-        """Every path that has a checkpoint, sorted."""
+        """Every actor path that has a checkpoint, sorted; the runtime's own
+        records (under ``RESERVED_PREFIX``, ``__budget__/``) are left out."""
         ...
 
     async def aclose(self) -> None:
@@ -203,7 +213,7 @@ class MemoryStore:
 
     async def paths(self) -> list[str]:
         await trio.lowlevel.checkpoint()
-        return sorted(self._rows)
+        return _actor_paths(sorted(self._rows))
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -283,7 +293,7 @@ class SqliteStore:
     async def paths(self) -> list[str]:
         def paths() -> list[str]:
             rows = self._connect().execute("SELECT path FROM runtime_checkpoints ORDER BY path")
-            return [str(row[0]) for row in rows]
+            return _actor_paths([str(row[0]) for row in rows])
 
         result: list[str] = await self._run(paths)
         return result
@@ -416,7 +426,7 @@ class PostgresStore:
 
     async def paths(self) -> list[str]:
         rows = await self._call("fetch", "SELECT path FROM runtime_checkpoints ORDER BY path")
-        return [str(row["path"]) for row in rows]
+        return _actor_paths([str(row["path"]) for row in rows])
 
     async def aclose(self) -> None:
         async with self._opening:

@@ -40,6 +40,7 @@ import attrs
 import trio
 
 from ._audit import add_audit_parser, run_audit
+from ._budget import BudgetStatistics
 from ._envcheck import environment_problems
 from ._health import Problem, health_of
 from ._listen import parse_listen
@@ -674,12 +675,40 @@ def _summary(
             f"(now {_breaker_now(stats, end)}), {limiter.wait_seconds:.2f}s waited for admission",
             file=out,
         )
+    for usage in system.usage_statistics():
+        cost = (
+            f", ${usage.dollars:,.4f}"
+            if usage.requests > usage.unpriced_requests
+            else ", no pricing"
+        )
+        print(
+            f"usage {usage.resource} by {usage.agent}: {usage.requests} request(s), "
+            f"{usage.input_tokens:,} input + {usage.output_tokens:,} output tokens{cost}",
+            file=out,
+        )
+    for scope, budget in system.budget_statistics().items():
+        state = f" (exhausted: {budget.on_exhausted})" if budget.exhausted else ""
+        print(
+            f"budget {scope}: {', '.join(_budget_parts(budget))} spent{state}, "
+            f"{budget.refusals} refused, {budget.waits} waited; "
+            f"resets at {budget.resets_at:%Y-%m-%d %H:%M:%S} UTC",
+            file=out,
+        )
     if end is None:
         problems = [p for p in health_of(system).problems if p.condition == "never_came_up"]
     else:
         problems = list(end.problems)
     for problem in problems:
         print(problem.line, file=out)
+
+
+def _budget_parts(budget: BudgetStatistics) -> list[str]:
+    parts = []
+    if budget.tokens_limit is not None:
+        parts.append(f"{budget.tokens_spent:,} of {budget.tokens_limit:,} tokens")
+    if budget.dollars_limit is not None:
+        parts.append(f"${budget.dollars_spent:,.2f} of ${budget.dollars_limit:,.2f}")
+    return parts
 
 
 def _breaker_now(stats: ResourceStatistics, end: EndSnapshot | None) -> str:

@@ -17,7 +17,15 @@ import secrets
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["CURRENT", "CorrelationSlot", "add_correlation_id", "correlation_id", "current"]
+__all__ = [
+    "ACTOR_PATH",
+    "CURRENT",
+    "CorrelationSlot",
+    "add_correlation_id",
+    "correlation_id",
+    "current",
+    "current_actor",
+]
 
 _PREFIX = secrets.token_hex(3)  # tells this process's ids from another's
 _ids = itertools.count(1)
@@ -46,6 +54,19 @@ class CorrelationSlot:
 CURRENT: contextvars.ContextVar[CorrelationSlot | None] = contextvars.ContextVar(
     "runtime_correlation", default=None
 )
+
+
+ACTOR_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "runtime_actor_path", default=None
+)
+"""The path of the actor whose task this is: set once per incarnation in its
+own task, so its handlers, ``on_start``, ``on_stop`` and the tasks of its
+``ctx.nursery`` all see it. A resource reads it to know who asks."""
+
+
+def current_actor() -> str | None:
+    """The path of the actor running this task, or None outside every actor."""
+    return ACTOR_PATH.get()
 
 
 def format_id(number: int) -> str:

@@ -90,6 +90,35 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
             }
             for name, stats in system.resource_statistics().items()
         },
+        "usage": [
+            {
+                "resource": usage.resource,
+                "agent": usage.agent,
+                "requests": usage.requests,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "dollars": usage.dollars,
+                "unpriced_requests": usage.unpriced_requests,
+            }
+            for usage in system.usage_statistics()
+        ],
+        "budgets": {
+            scope: {
+                "tokens_spent": stats.tokens_spent,
+                "tokens_limit": stats.tokens_limit,
+                "dollars_spent": stats.dollars_spent,
+                "dollars_limit": stats.dollars_limit,
+                "period": stats.period,
+                "on_exhausted": stats.on_exhausted,
+                "window_start": stats.window_start.isoformat(),
+                "resets_at": stats.resets_at.isoformat(),
+                "exhausted": stats.exhausted,
+                "refusals": stats.refusals,
+                "waits": stats.waits,
+                "flush_error": stats.flush_error,
+            }
+            for scope, stats in system.budget_statistics().items()
+        },
         "dead_letters": system.dead_letter_count,
         "locks": _locks(system),
         "workflows": workflows_document(system),

@@ -8,6 +8,12 @@ actor or a resource whose circuit is open (or half-open, on trial), a
 resource that is not running (it never came up, or is restarting), or a
 resource whose backend breaker (its limiter's) is open. It is *ready* when it
 runs with no problem.
+
+Warnings are reported beside the problems but change neither: a budget that
+is spent for its window (its requests are refused, or wait) is the budget
+working as configured, not the system failing, so ``/readyz`` stays 200 and
+``/healthz`` says ``running``; ``/status``, ``runtime status`` and the run
+summary name it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 if TYPE_CHECKING:
+    from ._budget import BudgetStatistics
     from ._resource import ResourceStatistics
     from ._system import ActorSystem, TreeNode
 
@@ -25,6 +32,7 @@ __all__ = [
     "Health",
     "Problem",
     "actor_problems",
+    "budget_warnings",
     "health_of",
     "problems_of",
     "resource_problems",
@@ -38,11 +46,13 @@ class Problem:
     """One reason a node is not fully healthy.
 
     Attributes:
-        kind: ``resource`` or ``actor``.
-        name: the resource's name, or the actor's path.
+        kind: ``resource``, ``actor`` or ``budget``.
+        name: the resource's name, the actor's path, or the budget's scope.
         condition: what is wrong: ``never_came_up``, ``starting``,
             ``restarting``, ``stopped``, ``circuit_open``, ``circuit_half_open``,
-            ``backend_breaker_open`` or ``backend_breaker_half_open``.
+            ``backend_breaker_open`` or ``backend_breaker_half_open``; for a
+            warning ``budget_exhausted`` (requests are refused) or
+            ``budget_exhausted_waiting`` (requests wait for the next window).
         reason: the last failure that explains it (the repr of a crash),
             None when none is known.
     """
@@ -71,6 +81,8 @@ _WORDS = {
     "circuit_half_open": "circuit half-open (on trial)",
     "backend_breaker_open": "backend breaker open",
     "backend_breaker_half_open": "backend breaker half-open (on trial)",
+    "budget_exhausted": "exhausted, requests refused",
+    "budget_exhausted_waiting": "exhausted, requests wait for the next window",
 }
 
 
@@ -106,6 +118,28 @@ def actor_problems(node: TreeNode) -> Iterator[Problem]:
         yield from actor_problems(child)
 
 
+def budget_warnings(budgets: Iterable[BudgetStatistics]) -> Iterator[Problem]:
+    """The budgets spent for their window: what they refuse (or hold), and until when."""
+    for stats in budgets:
+        if not stats.exhausted:
+            continue
+        spent = [
+            f"{stats.tokens_spent:,} of {stats.tokens_limit:,} tokens"
+            if stats.tokens_limit is not None
+            else "",
+            f"${stats.dollars_spent:,.2f} of ${stats.dollars_limit:,.2f}"
+            if stats.dollars_limit is not None
+            else "",
+        ]
+        reason = (
+            f"{', '.join(part for part in spent if part)} spent; "
+            f"resets at {stats.resets_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        waits = stats.on_exhausted == "wait"
+        condition = "budget_exhausted_waiting" if waits else "budget_exhausted"
+        yield Problem("budget", stats.scope, condition, reason)
+
+
 @attrs.frozen
 class Health:
     """A system's health, now.
@@ -114,10 +148,13 @@ class Health:
         state: ``system.state()``: ``starting``, ``running``, ``stopping``,
             ``stopped`` or ``failed``.
         problems: what is wrong, resources first, then actors in tree order.
+        warnings: what deserves a look but is not wrong (a spent budget):
+            neither ``ready`` nor ``status`` depends on them.
     """
 
     state: str
     problems: tuple[Problem, ...] = ()
+    warnings: tuple[Problem, ...] = ()
 
     @property
     def live(self) -> bool:
@@ -138,12 +175,14 @@ class Health:
         return "degraded" if self.problems else "ok"
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON values: ``status``, ``state``, ``ready`` and the ``problems``."""
+        """JSON values: ``status``, ``state``, ``ready``, the ``problems``
+        and the ``warnings``."""
         return {
             "status": self.status,
             "state": self.state,
             "ready": self.ready,
             "problems": [problem.as_dict() for problem in self.problems],
+            "warnings": [warning.as_dict() for warning in self.warnings],
         }
 
 
@@ -160,4 +199,5 @@ def problems_of(
 def health_of(system: ActorSystem) -> Health:
     """The health of ``system`` now (a snapshot: it does not wait)."""
     problems = problems_of(system.resource_statistics().values(), system.tree())
-    return Health(system.state(), problems)
+    warnings = tuple(budget_warnings(system.budget_statistics().values()))
+    return Health(system.state(), problems, warnings)

@@ -20,6 +20,7 @@ import trio
 
 if TYPE_CHECKING:
     from ._backends import Backends
+    from ._budget import Ledger
     from ._checkpoint import CheckpointCounters, CheckpointStore
     from ._locks import LockManager
     from ._ref import ActorRef, ActorStatistics
@@ -128,6 +129,7 @@ class Host(Protocol):
     checkpoints: CheckpointCounters
     backends: Backends  # connections to the coordination engines (PostgreSQL, NATS)
     locks: LockManager  # ctx.lock
+    ledger: Ledger  # tokens and costs by resource and agent, and the budgets
 
     @property
     def system(self) -> Any:

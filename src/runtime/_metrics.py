@@ -47,6 +47,7 @@ class RuntimeCollector(Collector):
         system = self.system
         yield from self._actors(system)
         yield from self._resources(system)
+        yield from self._spending(system)
         yield from self._checkpoints(system)
         yield from self._locks(system)
         yield from self._workflows(system)
@@ -290,6 +291,64 @@ class RuntimeCollector(Collector):
             held.add_metric([prefix], held_now.get(prefix, 0))
             waiting.add_metric([prefix], counters.waiting.get(prefix, 0))
         yield from (acquisitions, wait, contentions, held, waiting)
+    # -- tokens, costs and budgets ------------------------------------------------------
+
+    def _spending(self, system: ActorSystem) -> Iterator[Metric]:
+        tokens = CounterMetricFamily(
+            "runtime_llm_tokens",
+            "Tokens of answered requests, by resource, asking agent (a path of the "
+            "topology, or (system)) and direction (input, output).",
+            labels=["resource", "agent", "direction"],
+        )
+        cost = CounterMetricFamily(
+            "runtime_llm_cost_dollars",
+            "Cost of answered requests in dollars, from the resource's pricing, by "
+            "resource and asking agent.",
+            labels=["resource", "agent"],
+        )
+        for usage in system.usage_statistics():
+            tokens.add_metric([usage.resource, usage.agent, "input"], usage.input_tokens)
+            tokens.add_metric([usage.resource, usage.agent, "output"], usage.output_tokens)
+            cost.add_metric([usage.resource, usage.agent], usage.dollars)
+        spent = GaugeMetricFamily(
+            "runtime_budget_spent",
+            "Spent in the budget's current window, by scope and unit (tokens, dollars).",
+            labels=["scope", "unit"],
+        )
+        limit = GaugeMetricFamily(
+            "runtime_budget_limit", "The budget's limit per window.", labels=["scope", "unit"]
+        )
+        period = GaugeMetricFamily(
+            "runtime_budget_period_seconds", "The budget's window.", labels=["scope"]
+        )
+        resets = GaugeMetricFamily(
+            "runtime_budget_resets_at_seconds",
+            "When the budget's current window ends (Unix time).",
+            labels=["scope"],
+        )
+        refusals = CounterMetricFamily(
+            "runtime_budget_refusals",
+            "Requests refused with BudgetExceeded.",
+            labels=["scope"],
+        )
+        waits = CounterMetricFamily(
+            "runtime_budget_waits",
+            "Requests that waited for the budget's next window.",
+            labels=["scope"],
+        )
+        for scope, stats in system.budget_statistics().items():
+            for unit, used, most in (
+                ("tokens", stats.tokens_spent, stats.tokens_limit),
+                ("dollars", stats.dollars_spent, stats.dollars_limit),
+            ):
+                if most is not None:
+                    spent.add_metric([scope, unit], used)
+                    limit.add_metric([scope, unit], most)
+            period.add_metric([scope], stats.period)
+            resets.add_metric([scope], stats.resets_at.timestamp())
+            refusals.add_metric([scope], stats.refusals)
+            waits.add_metric([scope], stats.waits)
+        yield from (tokens, cost, spent, limit, period, resets, refusals, waits)
 
     # -- checkpoints -----------------------------------------------------------------
 

@@ -28,13 +28,15 @@ import trio
 import trio_asyncio
 
 from ._actor import Actor
+from ._budget import BudgetStatistics, UsageStatistics
 from ._cell import ActorCell, LocalRef
+from ._correlation import ACTOR_PATH, current_actor
 from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._priority import check_priority
 from ._serving import span
 from ._specs import ChildSpec, ResourceSpec
-from .errors import ActorStopped, AskTimeout, ResourceError
+from .errors import ActorStopped, AskTimeout, BudgetExceeded, ResourceError
 
 if TYPE_CHECKING:
     from ._host import Host
@@ -81,6 +83,10 @@ class ResourceStatistics:
             start failed so far.
         backend_failure: why the limiter's breaker opened (the backend's
             last failure), when the limiter records it; None otherwise.
+        usage: tokens and cost by asking agent, since the system started
+            (restarts of the resource included), for kinds that report
+            usage (``llm``).
+        budget: the resource's own budget now, if it has one.
     """
 
     name: str
@@ -95,6 +101,8 @@ class ResourceStatistics:
     up: bool = False
     came_up: bool = False
     backend_failure: str | None = None
+    usage: tuple[UsageStatistics, ...] = ()
+    budget: BudgetStatistics | None = None
 
 
 class Resource(Actor[None]):
@@ -136,6 +144,8 @@ class Resource(Actor[None]):
             "should_retry",
             "backend_statistics",
             "check_environment",
+            "check_budget",
+            "record_usage",
         ):
             if getattr(cls, name) is not getattr(Resource, name) and hasattr(
                 getattr(cls, name), "__runtime_handler__"
@@ -170,6 +180,33 @@ class Resource(Actor[None]):
             Whatever ``fn`` raised on its last attempt.
         """
         return await self.limiter.call(fn, *args, priority=_PRIORITY.get())
+
+    async def check_budget(self) -> None:
+        """Return once the budgets this request spends allow it: the
+        resource's own, and each supervisor's above the asking actor.
+
+        Call it before the backend call of each request whose usage you
+        record (``record_usage``). It holds no concurrency token: a request
+        that waits for the next window waits here, before the limiter.
+        Cancelling the request (an ask's timeout) ends the wait.
+
+        Raises:
+            BudgetExceeded: a budget with ``on_exhausted: refuse`` is spent.
+        """
+        ledger = self._resource_cell.host.ledger
+        budgets = ledger.account(self.name, current_actor()).budgets
+        if budgets:
+            await ledger.admit(budgets)
+
+    def record_usage(
+        self, input_tokens: int, output_tokens: int, dollars: float | None = None
+    ) -> None:
+        """Count what one answered request cost, for the asking actor (see
+        ``ResourceStatistics.usage``) and against the budgets it spends.
+        ``dollars`` None: no price is known (nothing is counted in dollars)."""
+        ledger = self._resource_cell.host.ledger
+        account = ledger.account(self.name, current_actor())
+        ledger.charge(account, input_tokens, output_tokens, dollars)
 
     def is_transient(self, error: BaseException) -> bool:
         """Whether ``error`` may pass on retrying (it is then retried and
@@ -369,6 +406,8 @@ class ResourceCell(ActorCell):
                         result = await self._traced_call(actor, msg)
                     else:
                         result = await self.table[type(msg)](actor, msg)
+                except BudgetExceeded:
+                    raise  # refused before it reached the backend: not a failure
                 except Exception:
                     self.failed += 1
                     self._served()
@@ -442,10 +481,19 @@ class ResourceCell(ActorCell):
             scope.cancel()
 
     async def handle_item(self, actor: Actor[Any], item: object) -> None:
-        # Each request runs in its own task: the priority is that task's.
-        _PRIORITY.set(item.priority if type(item) is Ask else "normal")  # (an Envelope: normal)
+        # Each request runs in its own task: the priority and the asker are that task's.
+        if type(item) is Ask:
+            _PRIORITY.set(item.priority)
+            waiter = item.waiter  # the asking task, while it waits
+            ACTOR_PATH.set(None if waiter is None else waiter.context.get(ACTOR_PATH))
+        else:  # an Envelope: normal, from no one known
+            _PRIORITY.set("normal")
+            ACTOR_PATH.set(None)
         try:
             await super().handle_item(actor, item)
+        except BudgetExceeded:
+            self.failed -= 1  # a refusal before the backend, not a failure
+            self._served()
         except Exception as exc:
             # The asker has its error (``_failure``); the resource goes on.
             self._served()
@@ -477,8 +525,10 @@ class ResourceCell(ActorCell):
         Limits (``max_concurrency``, ``rate``, ``timeout``, ``retry``,
         ``circuit_breaker``) change at once, while requests run. New options
         restart the resource (requests in flight finish first; queued ones
-        wait). A new ``kind``, ``mailbox`` or ``shutdown_timeout`` needs the
-        system restarted: it is reported and not applied.
+        wait). A new ``budget`` applies to the next request and keeps what
+        the window has spent. A new ``kind``, ``mailbox`` or
+        ``shutdown_timeout`` needs the system restarted: it is reported and
+        not applied.
         """
         old = self.resource_spec
         changes: list[str] = []
@@ -501,6 +551,9 @@ class ResourceCell(ActorCell):
                 f"{field}: {_show(getattr(old, field))} -> {_show(getattr(spec, field))}"
                 for field in changed
             ]
+        if spec.budget != old.budget:
+            self.host.ledger.set_resource_budget(self.name, spec.budget)
+            changes.append(f"budget: {_show(old.budget)} -> {_show(spec.budget)}")
         self.resource_spec = spec
         if spec.options != old.options:
             changes.append("options changed: restarting the resource")
@@ -522,6 +575,8 @@ class ResourceCell(ActorCell):
         actor = self.current
         kind = self.resource_spec.kind
         limiter = self.limiter.statistics()
+        ledger = self.host.ledger
+        budget = ledger.resource_budgets.get(self.name)
         return ResourceStatistics(
             name=self.name,
             kind=f"{kind.__module__}:{kind.__qualname__}",
@@ -535,6 +590,8 @@ class ResourceCell(ActorCell):
             up=self.status == "running",
             came_up=self.came_up,
             backend_failure=_breaker_failure(limiter),
+            usage=tuple(ledger.usage(self.name)),
+            budget=None if budget is None else budget.statistics(ledger.now()),
         )
 
 

@@ -130,6 +130,8 @@ async def open_system(
         try:
             async with trio.open_nursery() as nursery:
                 if resources is not None:
+                    # Budgets' spending is read before any request is served.
+                    await nursery.start(system.run_ledger)
                     await nursery.start(system.run_supervisor, resources)
                 if system.failure is None:
                     await nursery.start(system.run_supervisor, root)

@@ -20,6 +20,7 @@ import attrs
 __all__ = [
     "BackoffSpec",
     "BreakerSpec",
+    "BudgetSpec",
     "ChildSpec",
     "MailboxSpec",
     "MetricsSpec",
@@ -34,7 +35,8 @@ __all__ = [
 ]
 
 Seconds = NewType("Seconds", float)
-"""A duration in seconds; structured from a number or ``"500ms"``/``"5s"``/``"2m"``/``"1h"``."""
+"""A duration in seconds; structured from a number or a string such as
+``"500ms"``, ``"5s"``, ``"2m"``, ``"1h"`` or ``"1d"``."""
 
 CheckpointPolicy = Union[str, float]  # noqa: UP007
 """``"off"``, ``"message"``, ``"manual"`` or a period in seconds."""
@@ -43,8 +45,8 @@ Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
 Overflow = Literal["block", "reject", "drop_oldest", "drop_newest"]
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
@@ -279,6 +281,56 @@ class RetrySpec:
         return random_fraction * min(self.max, self.initial * self.multiplier ** (retry - 1))
 
 
+def _optional_positive(_inst: object, attr: attrs.Attribute[Any], value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise FieldError(attr.name, f"expected a number above zero; got {value!r}")
+
+
+def _whole(value: Any) -> Any:
+    """A token count: a whole number (a float such as 1e6 that is one, too)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@attrs.frozen
+class BudgetSpec:
+    """A spending limit per period: on an ``llm`` resource (every request it
+    serves) or on a supervisor (every request of every actor below it, on
+    any resource).
+
+    Attributes:
+        tokens: input plus output tokens per period (None: no token limit).
+        dollars: the cost per period, from the resource's ``pricing``
+            (None: no dollar limit). At least one of the two is set.
+        period: the window's length; windows are aligned to the Unix epoch
+            in UTC (``1d``: each calendar day, UTC; ``1h``: each hour).
+        on_exhausted: what a request finds once the window's spending has
+            reached a limit: ``refuse`` (``BudgetExceeded``) or ``wait``
+            (until the next window, within the ask's timeout).
+    """
+
+    tokens: int | None = attrs.field(
+        default=None, converter=_whole, validator=attrs.validators.optional(at_least(1))
+    )
+    dollars: float | None = attrs.field(default=None, validator=_optional_positive)
+    period: Seconds = attrs.field(default=Seconds(86400.0), converter=to_seconds)
+    on_exhausted: Literal["refuse", "wait"] = attrs.field(
+        default="refuse", validator=one_of("refuse", "wait")
+    )
+
+    @period.validator
+    def _check_period(self, _attr: object, value: float) -> None:
+        if value <= 0:
+            raise FieldError("period", f"expected a period longer than zero; got {value!r}")
+
+    def __attrs_post_init__(self) -> None:
+        if self.tokens is None and self.dollars is None:
+            raise FieldError("tokens", "a budget needs tokens:, dollars: or both")
+
+
 DEFAULT_MAILBOX = MailboxSpec()
 """The default mailbox (frozen, so every spec without one shares it)."""
 
@@ -303,6 +355,13 @@ def _to_retry(value: RetrySpec | dict[str, Any] | None) -> RetrySpec | None:
 
 def _to_backoff(value: BackoffSpec | dict[str, Any] | None) -> BackoffSpec | None:
     return BackoffSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_budget(value: BudgetSpec | dict[str, Any] | None) -> BudgetSpec | None:
+    return BudgetSpec(**value) if isinstance(value, dict) else value
+
+
+_OPTIONAL_BUDGET = attrs.validators.optional(attrs.validators.instance_of(BudgetSpec))
 
 
 @attrs.frozen
@@ -372,6 +431,8 @@ class SupervisorSpec:
         within: the sliding window of the restart intensity, in seconds.
         backoff: optional delay before restarts; see ``BackoffSpec``.
         children: ``ChildSpec`` and nested ``SupervisorSpec`` entries.
+        budget: optional spending limit shared by every actor below this
+            supervisor, on every ``llm`` resource; see ``BudgetSpec``.
     """
 
     name: str = attrs.field(validator=_name)
@@ -387,6 +448,9 @@ class SupervisorSpec:
         validator=attrs.validators.optional(attrs.validators.instance_of(BackoffSpec)),
     )
     children: list[Union[ChildSpec, SupervisorSpec]] = attrs.field(factory=list)  # noqa: UP007
+    budget: BudgetSpec | None = attrs.field(
+        default=None, converter=_to_budget, validator=_OPTIONAL_BUDGET
+    )
 
     @within.validator
     def _check_within(self, _attr: object, value: float) -> None:
@@ -445,6 +509,8 @@ class ResourceSpec:
         mailbox: requests waiting for admission beyond those in the
             resource; see ``MailboxSpec``.
         shutdown_timeout: seconds a stop waits for requests in flight.
+        budget: optional spending limit on every request the resource
+            serves, whoever asks; see ``BudgetSpec``.
         options: the kind's own settings.
     """
 
@@ -476,6 +542,9 @@ class ResourceSpec:
         validator=attrs.validators.instance_of(MailboxSpec),
     )
     shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
+    budget: BudgetSpec | None = attrs.field(
+        default=None, converter=_to_budget, validator=_OPTIONAL_BUDGET
+    )
     options: Any = attrs.field(factory=dict)
 
     def __attrs_post_init__(self) -> None:

@@ -65,11 +65,15 @@ def _failures(node: dict[str, Any], shown: set[str]) -> list[str]:
 
 
 def _health_lines(document: dict[str, Any]) -> list[str]:
-    """The problems, one line each, and the other nodes' last failures."""
-    problems = (document.get("health") or {}).get("problems") or []
+    """The problems and warnings, one line each, and the other nodes' last failures."""
+    health = document.get("health") or {}
+    problems = health.get("problems") or []
+    warnings = health.get("warnings") or []
     lines = []
     if problems:
         lines += ["", "problems:"] + [f"  {problem['message']}" for problem in problems]
+    if warnings:
+        lines += ["", "warnings:"] + [f"  {warning['message']}" for warning in warnings]
     # A failing node's reason is on its problem line already.
     shown = {
         problem["name"] if problem["kind"] == "actor" else f"resources/{problem['name']}"
@@ -129,6 +133,7 @@ def format_status(document: dict[str, Any]) -> str:
             resource_rows,
         )
     lines += _run_lines(document.get("workflows") or {})
+    lines += _spending_lines(document)
     lines += _health_lines(document)
     return "\n".join(lines) + "\n"
 
@@ -147,6 +152,51 @@ def _run_lines(workflows: dict[str, Any]) -> list[str]:
         for run in runs
     ]
     return ["", *table(["RUN", "STATUS", "STEPS"], rows)]
+def _limit(spent: float, limit: float | None, dollars: bool) -> str:
+    if limit is None:
+        return "-"
+    if dollars:
+        return f"${spent:,.2f}/${limit:,.2f}"
+    return f"{int(spent):,}/{int(limit):,}"
+
+
+def _spending_lines(document: dict[str, Any]) -> list[str]:
+    """The tokens and cost of each agent on each resource, then the budgets."""
+    lines: list[str] = []
+    usage = document.get("usage") or []
+    if usage:
+        rows = [
+            [
+                entry["resource"],
+                entry["agent"],
+                str(entry["requests"]),
+                f"{entry['input_tokens']:,}",
+                f"{entry['output_tokens']:,}",
+                f"${entry['dollars']:,.4f}"
+                if entry["requests"] > entry["unpriced_requests"]
+                else "-",
+            ]
+            for entry in usage
+        ]
+        header = ["RESOURCE", "AGENT", "REQUESTS", "INPUT TOKENS", "OUTPUT TOKENS", "COST"]
+        lines += ["", *table(header, rows)]
+    budgets = document.get("budgets") or {}
+    if budgets:
+        rows = [
+            [
+                scope,
+                _limit(budget["tokens_spent"], budget["tokens_limit"], dollars=False),
+                _limit(budget["dollars_spent"], budget["dollars_limit"], dollars=True),
+                budget["on_exhausted"],
+                budget["resets_at"],
+                str(budget["refusals"]),
+                str(budget["waits"]),
+            ]
+            for scope, budget in budgets.items()
+        ]
+        header = ["BUDGET", "TOKENS", "DOLLARS", "ON EXHAUSTED", "RESETS AT", "REFUSED", "WAITED"]
+        lines += ["", *table(header, rows)]
+    return lines
 
 
 def show_status(url: str, out: TextIO | None = None) -> int:

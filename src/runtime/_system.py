@@ -20,6 +20,7 @@ import trio
 
 from ._actor import Actor
 from ._backends import Backends, backend_kind
+from ._budget import BudgetStatistics, Ledger, UsageStatistics
 from ._cell import ActorCell
 from ._checkpoint import (
     CheckpointCounters,
@@ -125,6 +126,9 @@ class SystemHost:
         # Leases of ctx.lock/system.lock; the backend connects on first use.
         backend = open_lock_backend(system.locks_url, system.name, self.backends)
         self.locks = LockManager(backend, system=system.name)
+        # Tokens and costs by resource and agent, and the budgets: the
+        # system's, so a resource's restart forgets none of it.
+        self.ledger = Ledger(system.name, system.topology)
         self.cells: dict[str, ActorCell] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -273,6 +277,7 @@ class ActorSystem:
         host.supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
         self.body = trio.CancelScope()  # open_system's block
+        self._resources_stopped = trio.Event()  # the budgets' last write follows it
         # The spec of the first plain spawn(cls, name=...) of each class: later
         # ones reuse it under their own name instead of checking it again.
         self._spawned: dict[type, ChildSpec] = {}
@@ -432,6 +437,34 @@ class ActorSystem:
             for cell in self._host.cells.values()
             if isinstance(cell, ResourceCell)
         }
+
+    def usage_statistics(self) -> list[UsageStatistics]:
+        """What the requests to resources cost so far (tokens, and dollars
+        where ``pricing`` names the model), by resource and asking agent.
+
+        Agents are paths the topology declares: an actor it does not
+        declare (spawned at run time) counts under its nearest declared
+        ancestor, a request from outside every actor under ``(system)``.
+        Kept for the system's lifetime; a resource's restart keeps it.
+        """
+        return self._host.ledger.usage()
+
+    def budget_statistics(self) -> dict[str, BudgetStatistics]:
+        """Each budget's spending and limits in its current window, by scope
+        (``resources/<name>`` or a supervisor's path)."""
+        return self._host.ledger.statistics()
+
+    async def run_ledger(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """With budgets: read their spending from the store, report started,
+        then write it back every ``FLUSH_INTERVAL`` until the resources have
+        stopped, and once more then. Without budgets, return at once."""
+        ledger = self._host.ledger
+        if not ledger.budgets:
+            task_status.started()
+            return
+        await ledger.run(self.checkpoint_store(), self._resources_stopped, task_status)
 
     async def spawn(
         self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any
@@ -627,6 +660,8 @@ class ActorSystem:
             supervisor.status = "stopped"
             if supervisor is self.root and self.resources is not None:
                 self.resources.request_stop()  # the agents have stopped: now their resources
+            if supervisor is self.resources:
+                self._resources_stopped.set()
             if error is not None:
                 # Nothing restarts the children now: their queued messages become
                 # dead letters and their askers get ActorStopped.

@@ -28,12 +28,13 @@ import yaml
 from cattrs.errors import AttributeValidationNote, ClassValidationError, ForbiddenExtraKeysError
 
 from ._actor import Actor, dispatch_table, init_signature, needs_args, state_class
-from ._checkpoint import open_store
+from ._checkpoint import RESERVED_PREFIX, open_store
 from ._listen import parse_listen
 from ._lock_backends import check_locks_url
 from ._specs import (
     BackoffSpec,
     BreakerSpec,
+    BudgetSpec,
     CheckpointPolicy,
     ChildSpec,
     FieldError,
@@ -73,6 +74,7 @@ _SPECS = (
     MailboxSpec,
     BackoffSpec,
     BreakerSpec,
+    BudgetSpec,
     MetricsSpec,
     RateSpec,
     RetrySpec,
@@ -576,6 +578,13 @@ def parse_topology(text: str, source: str = "<topology>") -> Topology:
 
 def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
     """Yield ``(field path, message)`` for each valid field this version cannot run."""
+    if topology.supervisor.name == RESERVED_PREFIX.rstrip("/"):
+        yield (
+            "$.supervisor.name",
+            f"{topology.supervisor.name!r} names the runtime's own records in the store; "
+            "give the root another name",
+        )
+    yield from _unpriced_budgets(topology)
     if topology.resources and topology.supervisor.name == "resources":
         yield (
             "$.supervisor.name",
@@ -621,6 +630,21 @@ def workflow_problems(topology: Topology) -> Iterator[tuple[str, str]]:
     for name, spec in topology.workflows.items():
         for field, message in template_problems(spec, agents):
             yield f"$.workflows.{name}.{field}", message
+
+
+def _unpriced_budgets(topology: Topology) -> Iterator[tuple[str, str]]:
+    """A resource budget in dollars on a resource that prices no model
+    (dollars would never be counted)."""
+    for name, spec in topology.resources.items():
+        budget = spec.budget
+        pricing = getattr(spec.options, "pricing", None)
+        if budget is not None and budget.dollars is not None and not pricing:
+            yield (
+                f"$.resources.{name}.budget.dollars",
+                "this resource has no pricing:, so it counts no dollars: add "
+                "pricing: {MODEL: {input: ..., output: ...}} (dollars per million tokens), "
+                "or limit tokens instead",
+            )
 
 
 def check_actor(

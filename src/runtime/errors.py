@@ -15,6 +15,7 @@ the class also subclasses it, so generic handlers keep working::
     ├── UnknownMessage          (also TypeError) the target has no handler for the type
     ├── CircuitOpen             the target's circuit breaker is open
     ├── ResourceError           a resource's backend refused or failed a request
+    ├── BudgetExceeded          a spending budget is used up for its window
     ├── TopologyError           (also ValueError) an invalid topology: file, line, field
     ├── CheckpointConflict      a checkpoint write lost against a newer version
     ├── StoreUnavailable        (also ConnectionError) the checkpoint store (or the
@@ -29,6 +30,7 @@ the class also subclasses it, so generic handlers keep working::
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 
 __all__ = [
@@ -37,6 +39,7 @@ __all__ = [
     "ActorStopped",
     "ActorSystemError",
     "AskTimeout",
+    "BudgetExceeded",
     "CheckpointConflict",
     "CircuitOpen",
     "LockHeld",
@@ -134,6 +137,38 @@ class ResourceError(ActorSystemError):
         self.resource = resource
         self.transient = transient
         self.status = status
+
+
+class BudgetExceeded(ActorSystemError):
+    """A budget (``budget:`` on a resource or a supervisor, with
+    ``on_exhausted: refuse``) has been spent for its current window: the
+    request was not sent. It is the asker's answer only: the resource goes
+    on serving, and neither its breaker nor its limiter counts it.
+
+    Attributes:
+        scope: whose budget: ``resources/<name>`` or a supervisor's path.
+        unit: the limit reached: ``tokens`` or ``dollars``.
+        spent: what the window has spent, in that unit.
+        limit: the budget's limit, in that unit.
+        resets_at: when the next window begins (a UTC ``datetime``).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: str = "",
+        unit: str = "tokens",
+        spent: float = 0.0,
+        limit: float = 0.0,
+        resets_at: datetime.datetime | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.scope = scope
+        self.unit = unit
+        self.spent = spent
+        self.limit = limit
+        self.resets_at = resets_at
 
 
 class CheckpointConflict(ActorSystemError):

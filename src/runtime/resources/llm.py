@@ -21,6 +21,11 @@ headers on a 429) pauses the whole resource, not just the request that got
 it. ``tokens_per_minute`` pauses it too, once the tokens the responses report
 over the last 60 s reach the budget.
 
+Every answered request's tokens, and its cost where ``pricing`` names the
+model, are counted for the asking actor (``ResourceStatistics.usage``) and
+against the budgets it spends (``budget:`` on the resource or on a
+supervisor above the asker), which are checked before it is sent.
+
 The API key is read from the environment at start and sent only as the
 auth header: it is never logged, and never part of a repr, an error or a
 statistic (a provider error message that quotes it has it replaced).
@@ -46,7 +51,15 @@ from .._resource import Resource
 from .._specs import FieldError, Seconds, at_least, one_of, to_seconds
 from ..errors import ResourceError
 
-__all__ = ["LLM", "Chat", "ChatResult", "FakeOptions", "LLMOptions", "parse_retry_after"]
+__all__ = [
+    "LLM",
+    "Chat",
+    "ChatResult",
+    "FakeOptions",
+    "LLMOptions",
+    "ModelPrice",
+    "parse_retry_after",
+]
 
 logger = get_logger()
 
@@ -104,6 +117,37 @@ class FakeOptions:
     seed: int = 0
 
 
+def _price(_inst: object, attr: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise FieldError(
+            attr.name, f"expected dollars per million tokens, 0 or more; got {value!r}"
+        )
+
+
+@attrs.frozen
+class ModelPrice:
+    """What one model costs, in dollars per million tokens.
+
+    Attributes:
+        input: per million input (prompt) tokens.
+        output: per million output (completion) tokens.
+    """
+
+    input: float = attrs.field(validator=_price)
+    output: float = attrs.field(validator=_price)
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        """The dollars of one request."""
+        return (input_tokens * self.input + output_tokens * self.output) / 1_000_000
+
+
+def _to_pricing(value: Mapping[str, ModelPrice | Mapping[str, Any]]) -> dict[str, ModelPrice]:
+    return {
+        str(model): ModelPrice(**price) if isinstance(price, Mapping) else price
+        for model, price in value.items()
+    }
+
+
 def _to_fake(value: FakeOptions | Mapping[str, Any]) -> FakeOptions:
     return FakeOptions(**value) if isinstance(value, Mapping) else value
 
@@ -139,6 +183,11 @@ class LLMOptions:
             reprs and the topology; a key goes through ``api_key_env``.
         max_retry_after: the longest pause a ``Retry-After`` may impose.
         fake: how the ``fake`` provider's backend behaves.
+        pricing: dollars per million tokens by model name, to count what
+            requests cost. A request is priced by the model the answer
+            names, else the model it asked for, exactly (no prefix match:
+            ``gpt-4o`` does not price ``gpt-4o-mini``). A model not listed
+            is counted in tokens only. No prices are built in.
     """
 
     provider: Provider = attrs.field(
@@ -158,6 +207,13 @@ class LLMOptions:
     headers: dict[str, str] = attrs.field(factory=dict, converter=_to_headers)
     max_retry_after: Seconds = attrs.field(default=Seconds(300.0), converter=to_seconds)
     fake: FakeOptions = attrs.field(factory=FakeOptions, converter=_to_fake)
+    pricing: dict[str, ModelPrice] = attrs.field(factory=dict, converter=_to_pricing)
+
+    def price_of(self, answered: str, asked: str | None) -> ModelPrice | None:
+        """The price of a request: of the model that answered, else of the
+        model asked for; None if neither is listed."""
+        pricing = self.pricing
+        return pricing.get(answered) or (pricing.get(asked) if asked is not None else None)
 
     @property
     def wire(self) -> Wire:
@@ -166,6 +222,7 @@ class LLMOptions:
 
 
 attrs.resolve_types(FakeOptions)
+attrs.resolve_types(ModelPrice)
 attrs.resolve_types(LLMOptions)
 
 
@@ -427,8 +484,11 @@ class LLM(Resource):
                 (transient) or an answer that cannot be read.
             TimeoutError: the last attempt ran past ``timeout``.
             CircuitOpen: the breaker is open.
+            BudgetExceeded: a budget this request spends is used up (and
+                says ``on_exhausted: refuse``); nothing was sent.
         """
         body = self._body(msg)
+        await self.check_budget()
         return await self.call(self._post, body)
 
     def _body(self, msg: Chat) -> dict[str, Any]:
@@ -482,6 +542,12 @@ class LLM(Resource):
         if 200 <= status < 300:
             result = self._parse(response)
             self._spend(result.total_tokens)
+            price = self.options.price_of(result.model, body.get("model"))
+            self.record_usage(
+                result.input_tokens,
+                result.output_tokens,
+                None if price is None else price.cost(result.input_tokens, result.output_tokens),
+            )
             return result
         transient = status == 429 or status >= 500
         if transient:
@@ -552,9 +618,9 @@ class LLM(Resource):
             self._in_window -= self._usage.popleft()[1]
 
     def _spend(self, tokens: int) -> None:
-        """Count a response's tokens; once the budget is spent, pause until
-        enough of them have left the window to be under it again."""
-        self._counts["tokens"] += tokens
+        """Count a response's tokens in the minute; once ``tokens_per_minute``
+        is spent, pause until enough of them have left the window to be
+        under it again."""
         budget = self.options.tokens_per_minute
         now = trio.current_time()
         self._trim(now)
@@ -570,14 +636,17 @@ class LLM(Resource):
                 return
 
     def backend_statistics(self) -> dict[str, float]:
-        """Tokens in the current minute and the budget (0: none), responses
-        by class, transport errors, and pauses by reason."""
+        """Tokens in the current minute and the budget (0: none), tokens
+        and dollars since the system started (restarts included),
+        responses by class, transport errors, and pauses by reason."""
         self._trim(trio.current_time())
         counts = self._counts
+        usage = self._resource_cell.host.ledger.usage(self.name)
         return {
             "tokens_in_window": float(self._in_window),
             "tokens_per_minute": float(self.options.tokens_per_minute or 0),
-            "tokens_total": float(counts["tokens"]),
+            "tokens_total": float(sum(agent.tokens for agent in usage)),
+            "dollars_total": sum(agent.dollars for agent in usage),
             "responses_2xx": float(counts["2xx"]),
             "responses_429": float(counts["429"]),
             "responses_5xx": float(counts["5xx"]),
