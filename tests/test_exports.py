@@ -22,6 +22,8 @@ PUBLIC = {
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
+    "PoolSpec",
+    "PoolStatistics",
     "PostgresStore",
     "Progress",
     "RateSpec",

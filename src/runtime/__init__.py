@@ -14,6 +14,7 @@ from ._correlation import add_correlation_id as add_correlation_id
 from ._correlation import correlation_id as correlation_id
 from ._limiter import Limiter as Limiter
 from ._limiter import LimiterStatistics as LimiterStatistics
+from ._pool import PoolStatistics as PoolStatistics
 from ._ref import ActorRef as ActorRef
 from ._ref import ActorStatistics as ActorStatistics
 from ._resource import Resource as Resource
@@ -24,6 +25,7 @@ from ._specs import BreakerSpec as BreakerSpec
 from ._specs import ChildSpec as ChildSpec
 from ._specs import MailboxSpec as MailboxSpec
 from ._specs import MetricsSpec as MetricsSpec
+from ._specs import PoolSpec as PoolSpec
 from ._specs import RateSpec as RateSpec
 from ._specs import ResourceSpec as ResourceSpec
 from ._specs import RetrySpec as RetrySpec
@@ -53,6 +55,8 @@ __all__ = [
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
+    "PoolSpec",
+    "PoolStatistics",
     "PostgresStore",
     "Progress",
     "RateSpec",

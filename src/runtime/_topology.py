@@ -38,6 +38,7 @@ from ._specs import (
     FieldError,
     MailboxSpec,
     MetricsSpec,
+    PoolSpec,
     RateSpec,
     ResourceKind,
     ResourceSpec,
@@ -70,6 +71,7 @@ _SPECS = (
     BackoffSpec,
     BreakerSpec,
     MetricsSpec,
+    PoolSpec,
     RateSpec,
     RetrySpec,
 )
@@ -212,6 +214,7 @@ _dict_hook = _only(dict, "a mapping", cattrs.cols.mapping_structure_factory)
 # Fields whose shape is worth a sentence of its own when it is wrong.
 _SHAPES: dict[tuple[type, str], tuple[type, str]] = {
     (ChildSpec, "args"): (dict, "a mapping of keyword arguments for the actor (name: value)"),
+    (ChildSpec, "tags"): (list, "a list of tags, e.g. [review, fast]"),
     (SupervisorSpec, "children"): (
         list,
         "a list of entries, each a mapping with name and actor (or children)",
