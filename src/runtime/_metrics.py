@@ -44,6 +44,7 @@ class RuntimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         system = self.system
         yield from self._actors(system)
+        yield from self._pools(system)
         yield from self._resources(system)
         yield from self._checkpoints(system)
         dead = CounterMetricFamily(
@@ -120,6 +121,47 @@ class RuntimeCollector(Collector):
             for reason, count in reasons.items():
                 restarts.add_metric([node.path, reason], count)
         yield from (handled, duration, depth, capacity, pending, status, breaker, restarts)
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def _pools(self, system: ActorSystem) -> Iterator[Metric]:
+        """Each pool's figures (its workers have the actor metrics of their own)."""
+        size = GaugeMetricFamily(
+            "runtime_pool_size", "Workers taking routes, by pool.", labels=["pool"]
+        )
+        available = GaugeMetricFamily(
+            "runtime_pool_available_workers",
+            "Workers running with their circuit closed (routing picks among them).",
+            labels=["pool"],
+        )
+        draining = GaugeMetricFamily(
+            "runtime_pool_draining_workers",
+            "Workers a resize removed, still handling their queue.",
+            labels=["pool"],
+        )
+        depth = GaugeMetricFamily(
+            "runtime_pool_mailbox_depth",
+            "Messages queued, summed over the workers.",
+            labels=["pool"],
+        )
+        routed = CounterMetricFamily(
+            "runtime_pool_routed",
+            "Messages routed to a worker (a broadcast counts each worker reached).",
+            labels=["pool"],
+        )
+        refused = CounterMetricFamily(
+            "runtime_pool_refused",
+            "Messages refused with CircuitOpen because no worker could take them.",
+            labels=["pool"],
+        )
+        for path, stats in system.pool_statistics().items():
+            size.add_metric([path], stats.size)
+            available.add_metric([path], stats.available)
+            draining.add_metric([path], stats.draining)
+            depth.add_metric([path], stats.mailbox_depth)
+            routed.add_metric([path], stats.routed)
+            refused.add_metric([path], stats.refused)
+        yield from (size, available, draining, depth, routed, refused)
 
     # -- resources -------------------------------------------------------------------
 
