@@ -3,7 +3,7 @@ functions of the workers' indexes and what the pool knows of them."""
 
 from __future__ import annotations
 
-from runtime._routing import key_hash, least_busy, next_usable, rendezvous, score, worker_salt
+from runtime._routing import key_hash, next_usable, rendezvous, score, worker_salt
 
 
 def owners(keys: range, workers: int) -> list[int | None]:
@@ -74,13 +74,3 @@ def test_next_usable_wraps_around() -> None:
     assert next_usable(4, 3, usable) == 3
     assert next_usable(4, 0, lambda _: False) is None
     assert next_usable(0, 0, usable) is None
-
-
-def test_least_busy_picks_the_lowest_load_and_rotates_ties() -> None:
-    """The lowest load wins; among equals, the first from ``start``; an
-    unusable worker (None) is never picked."""
-    loads = [3, 1, None, 1]
-    assert least_busy(4, 0, loads.__getitem__) == 1
-    assert least_busy(4, 2, loads.__getitem__) == 3
-    assert least_busy(4, 0, [5, None, 0, 0].__getitem__) == 2
-    assert least_busy(3, 0, [None, None, None].__getitem__) is None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -27,7 +28,7 @@ import trio
 from ._cell import ActorCell
 from ._logging import get_logger
 from ._ref import ActorRef, ActorStatistics
-from ._routing import key_hash, least_busy, next_usable, rendezvous, worker_salt
+from ._routing import key_hash, next_usable, rendezvous, worker_salt
 from ._specs import ChildSpec, SupervisorSpec, renamed
 from ._supervisor import Supervisor
 from .errors import ActorNotFound, ActorStopped, CircuitOpen, UnknownMessage
@@ -156,11 +157,14 @@ class PoolRef(ActorRef[Any]):
                 return cell
             found = next_usable(len(workers), index, self._usable)
         elif routing == "least_busy":
-            start = self._next = (self._next + 1) % max(len(workers), 1)
-            found = least_busy(len(workers), start, self._load)
+            found = self._least_busy(workers)
         elif routing == "random":
-            start = self._random.randrange(len(workers)) if workers else 0
-            found = next_usable(len(workers), start, self._usable)
+            index = int(self._random.random() * len(workers))
+            cell = workers[index] if workers else None
+            if cell is not None and cell.refusal is None and cell.status == "running":
+                self.routed += 1
+                return cell
+            found = next_usable(len(workers), index, self._usable)
         else:
             found = rendezvous(key_hash(self._key_of(msg)), self._salts, self._usable)
         if found is None:
@@ -168,14 +172,32 @@ class PoolRef(ActorRef[Any]):
         self.routed += 1
         return workers[found]
 
+    def _least_busy(self, workers: list[ActorCell]) -> int | None:
+        """``least_busy`` of ``_routing`` with the load read inline (a call
+        per worker would cost more than the pick): the shortest mailbox,
+        then the fewest messages in hand; ties taken in turn."""
+        count = len(workers)
+        start = self._next = self._next + 1 if self._next + 1 < count else 0
+        best = None
+        best_load = 0
+        for step in range(count):
+            index = start + step
+            if index >= count:
+                index -= count
+            cell = workers[index]
+            if cell.status != "running" or (cell.refusal is not None and not cell.routable()):
+                continue
+            load = cell.mailbox.size * _BUSY_MAILBOX + (
+                cell.in_flight or (0 if cell.waiting else 1)
+            )
+            if best is None or load < best_load:
+                if not load:
+                    return index
+                best, best_load = index, load
+        return best
+
     def _usable(self, index: int) -> bool:
         return self.workers[index].routable()
-
-    def _load(self, index: int) -> int | None:
-        cell = self.workers[index]
-        if not cell.routable():
-            return None
-        return cell.mailbox.size * _BUSY_MAILBOX + cell.in_hand()
 
     def _key_of(self, msg: object) -> object:
         try:
@@ -196,26 +218,23 @@ class PoolRef(ActorRef[Any]):
 
     # -- sending ---------------------------------------------------------------
 
-    async def tell(self, msg: object, *, priority: str = "normal") -> None:
+    def tell(self, msg: object, *, priority: str = "normal") -> Coroutine[Any, Any, None]:
         """``ActorRef.tell`` to the worker the routing picks (``broadcast``:
-        to every available worker, in index order). A worker that stops or
-        opens its circuit while the sender waits for room in its mailbox
-        (the message not queued) is left for another.
+        to every available worker, in index order): the worker's own
+        ``tell``, awaited by the caller with no frame of the pool's between.
 
         Raises:
-            CircuitOpen: no worker can take it.
-            UnknownMessage, MailboxFull, ValueError: as ``ActorRef.tell``.
+            CircuitOpen: no worker can take it (raised when awaited).
+            UnknownMessage, MailboxFull, ActorStopped, ValueError: as
+                ``ActorRef.tell`` of the worker.
         """
         if self.broadcast:
-            await self._tell_all(msg, priority)
-            return
-        cell = self._pick(msg)
+            return self._tell_all(msg, priority)
         try:
-            await cell.ref.tell(msg, priority=priority)
-        except (ActorStopped, CircuitOpen):
-            if cell.routable():
-                raise
-            await self.tell(msg, priority=priority)  # it left the pool meanwhile
+            cell = self._pick(msg)
+        except Exception as exc:
+            return _raise(exc)
+        return cell.ref.tell(msg, priority=priority)
 
     def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
         """``ActorRef.tell_nowait`` to the worker the routing picks
@@ -265,6 +284,12 @@ class PoolRef(ActorRef[Any]):
     def statistics(self) -> ActorStatistics:
         """The pool's status and its workers' summed mailboxes and asks."""
         return self._pool.statistics()
+
+
+async def _raise(error: Exception) -> None:
+    """A refusal raised where the caller awaits, as an ``async def tell`` raises."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    raise error
 
 
 def _state(cell: ActorCell) -> str:

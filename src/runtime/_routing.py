@@ -4,6 +4,8 @@ A pool (``_pool``) asks these which worker takes a message; they know
 nothing of actors: a worker is an index, and what the pool knows of it
 (whether it takes messages, how loaded it is) is passed in as a function of
 the index. Each is tested alone (``tests/test_pools_routing.py``).
+(``least_busy`` reads each worker's mailbox and is written inline in the
+pool's ref: a call per worker per message would cost more than the pick.)
 
 ``consistent_hash`` is rendezvous (highest random weight) hashing: a key goes
 to the worker whose ``score(key, worker)`` is highest. Adding a worker moves
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 
-__all__ = ["key_hash", "least_busy", "next_usable", "rendezvous", "score", "worker_salt"]
+__all__ = ["key_hash", "next_usable", "rendezvous", "score", "worker_salt"]
 
 _MASK = (1 << 64) - 1
 
@@ -70,18 +72,3 @@ def next_usable(count: int, start: int, usable: Callable[[int], bool]) -> int | 
         if usable(index):
             return index
     return None
-
-
-def least_busy(count: int, start: int, load: Callable[[int], int | None]) -> int | None:
-    """The worker with the lowest ``load`` (None: it cannot take the message);
-    ties go to the first from ``start`` on, so equal workers take turns."""
-    best = None
-    best_load = 0
-    for step in range(count):
-        index = (start + step) % count
-        weight = load(index)
-        if weight is not None and (best is None or weight < best_load):
-            if weight == 0:
-                return index
-            best, best_load = index, weight
-    return best
