@@ -18,8 +18,9 @@ queue), then stops. No message routed to it is lost or handled twice.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -94,6 +95,7 @@ class PoolRef(ActorRef[Any]):
     """
 
     __slots__ = (
+        "_cycle",
         "_key",
         "_next",
         "_pool",
@@ -113,6 +115,7 @@ class PoolRef(ActorRef[Any]):
         self._key = hash_key
         self.workers: list[ActorCell] = []  # those taking routes, in index order
         self._salts: list[int] = []
+        self._cycle: Iterator[ActorCell] | None = None  # round_robin's turns
         self._next = 0
         self._random = random.Random()
         self.routed = 0
@@ -123,6 +126,8 @@ class PoolRef(ActorRef[Any]):
         keeps the one it read)."""
         self.workers = workers
         self._salts = [worker_salt(int(cell.name)) for cell in workers]
+        if self.routing == "round_robin":
+            self._cycle = itertools.cycle(workers) if workers else None
 
     @property
     def path(self) -> str:
@@ -147,16 +152,15 @@ class PoolRef(ActorRef[Any]):
         workers = self.workers
         routing = self.routing
         if routing == "round_robin":
-            index = self._next
-            if index >= len(workers):
-                index = 0
-            self._next = index + 1
-            cell = workers[index] if workers else None
-            if cell is not None and cell.refusal is None and cell.status == "running":
-                self.routed += 1
-                return cell
-            found = next_usable(len(workers), index, self._usable)
-        elif routing == "least_busy":
+            cycle = self._cycle
+            if cycle is not None:
+                for _ in range(len(workers)):
+                    turn = next(cycle)
+                    if turn.routable():
+                        self.routed += 1
+                        return turn
+            raise self._none_available()
+        if routing == "least_busy":
             found = self._least_busy(workers)
         elif routing == "random":
             index = int(self._random.random() * len(workers))
@@ -228,6 +232,12 @@ class PoolRef(ActorRef[Any]):
             UnknownMessage, MailboxFull, ActorStopped, ValueError: as
                 ``ActorRef.tell`` of the worker.
         """
+        cycle = self._cycle
+        if cycle is not None:  # round_robin's fast path: one C call picks
+            cell = next(cycle)
+            if cell.refusal is None and cell.status == "running":
+                self.routed += 1
+                return cell.ref.tell(msg, priority=priority)
         if self.broadcast:
             return self._tell_all(msg, priority)
         try:
