@@ -30,6 +30,39 @@ __all__ = ["RuntimeCollector"]
 
 _STATUSES = ("starting", "running", "restarting", "stopped", "circuit_open")
 _BREAKER_STATES = ("closed", "half_open", "open")
+_POOL_METRICS = (  # (family, name, help, the PoolStatistics field it reads)
+    (GaugeMetricFamily, "runtime_pool_size", "Workers taking routes, by pool.", "size"),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_available_workers",
+        "Workers running with their circuit closed (routing picks among them).",
+        "available",
+    ),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_draining_workers",
+        "Workers a resize removed, still handling their queue.",
+        "draining",
+    ),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_mailbox_depth",
+        "Messages queued, summed over the workers.",
+        "mailbox_depth",
+    ),
+    (
+        CounterMetricFamily,
+        "runtime_pool_routed",
+        "Messages routed to a worker (a broadcast counts each worker reached).",
+        "routed",
+    ),
+    (
+        CounterMetricFamily,
+        "runtime_pool_refused",
+        "Messages refused with CircuitOpen because no worker could take them.",
+        "refused",
+    ),
+)
 
 
 class RuntimeCollector(Collector):
@@ -126,42 +159,12 @@ class RuntimeCollector(Collector):
 
     def _pools(self, system: ActorSystem) -> Iterator[Metric]:
         """Each pool's figures (its workers have the actor metrics of their own)."""
-        size = GaugeMetricFamily(
-            "runtime_pool_size", "Workers taking routes, by pool.", labels=["pool"]
-        )
-        available = GaugeMetricFamily(
-            "runtime_pool_available_workers",
-            "Workers running with their circuit closed (routing picks among them).",
-            labels=["pool"],
-        )
-        draining = GaugeMetricFamily(
-            "runtime_pool_draining_workers",
-            "Workers a resize removed, still handling their queue.",
-            labels=["pool"],
-        )
-        depth = GaugeMetricFamily(
-            "runtime_pool_mailbox_depth",
-            "Messages queued, summed over the workers.",
-            labels=["pool"],
-        )
-        routed = CounterMetricFamily(
-            "runtime_pool_routed",
-            "Messages routed to a worker (a broadcast counts each worker reached).",
-            labels=["pool"],
-        )
-        refused = CounterMetricFamily(
-            "runtime_pool_refused",
-            "Messages refused with CircuitOpen because no worker could take them.",
-            labels=["pool"],
-        )
-        for path, stats in system.pool_statistics().items():
-            size.add_metric([path], stats.size)
-            available.add_metric([path], stats.available)
-            draining.add_metric([path], stats.draining)
-            depth.add_metric([path], stats.mailbox_depth)
-            routed.add_metric([path], stats.routed)
-            refused.add_metric([path], stats.refused)
-        yield from (size, available, draining, depth, routed, refused)
+        pools = system.pool_statistics()
+        for kind, name, doc, field in _POOL_METRICS:
+            family = kind(name, doc, labels=["pool"])
+            for path, stats in pools.items():
+                family.add_metric([path], getattr(stats, field))
+            yield family
 
     # -- resources -------------------------------------------------------------------
 
