@@ -1,8 +1,8 @@
 """Parallel documentation: a planner fans sections out to a pool of writers.
 
-``Planner`` splits a guide into ``sections`` sections and hands each one to
-an idle ``SectionWriter`` of the pool (the children of the supervisor named
-by ``pool``). Every writer drafts its section with one call to the ``llm``
+``Planner`` splits a guide into ``sections`` sections and asks the pool of
+``SectionWriter`` actors at ``pool`` for each one; the pool routes each ask
+to its least busy writer. Every writer drafts its section with one call to the ``llm``
 resource, so however many writers there are, the model sees no more calls
 at once, and no more per minute, than the resource's ``max_concurrency`` and
 ``rate`` admit. A writer that fails (a 429 that outlived the resource's
@@ -24,14 +24,7 @@ import structlog
 import trio
 
 import runtime
-from runtime.errors import (
-    ActorFailed,
-    ActorNotFound,
-    ActorStopped,
-    AskTimeout,
-    CircuitOpen,
-    MailboxFull,
-)
+from runtime.errors import ActorFailed, ActorStopped, AskTimeout, CircuitOpen, MailboxFull
 from runtime.resources.llm import Chat, ChatResult
 
 log = structlog.get_logger("docs")
@@ -59,7 +52,9 @@ SYSTEM_PROMPT = (
 RETRYABLE = (ActorFailed, ActorStopped, AskTimeout, CircuitOpen, MailboxFull)
 """How a writer can fail from the planner's side: it crashed (``ActorFailed``),
 stopped or was restarted mid-section, took too long, has its circuit open or
-a full mailbox. Each is retried with backoff, on whichever writer is free."""
+a full mailbox. Each is retried with backoff, on the writer the pool picks
+(a writer whose circuit is open is skipped; with every circuit open the pool
+refuses at once with ``CircuitOpen``)."""
 
 
 def heading(number: int) -> str:
@@ -169,7 +164,7 @@ class Planner(runtime.Actor[PlanState]):
     """Splits the guide into sections, fans them out to the writers, merges.
 
     Args:
-        pool: the path of the supervisor whose children are the writers.
+        pool: the path of the pool of writers.
         merger: the path of the ``Merger``.
         sections: how many sections the guide has.
         title: the guide's title.
@@ -177,7 +172,7 @@ class Planner(runtime.Actor[PlanState]):
         backoff: the first retry's delay in seconds; it doubles with each
             retry, up to ``max_backoff``, and is jittered (seeded by ``seed``)
             so that sections that failed together do not retry together.
-        timeout: seconds one attempt may take, waiting for a writer included.
+        timeout: seconds one attempt may take, waiting in a writer's mailbox included.
     """
 
     def __init__(
@@ -193,7 +188,7 @@ class Planner(runtime.Actor[PlanState]):
         seed: int = 0,
         timeout: float = 600.0,
     ) -> None:
-        self.pool = pool
+        self.writers = self.ctx.ref(pool)
         self.merger = self.ctx.ref(merger)
         self.sections = int(sections)
         self.title = title
@@ -206,16 +201,6 @@ class Planner(runtime.Actor[PlanState]):
     async def on_start(self) -> None:
         self.ctx.self_ref.tell_nowait(Plan())
 
-    def _writers(self) -> list[runtime.ActorRef[object]]:
-        """The refs of the pool's writers, in topology order."""
-        stack = [self.ctx.system.tree()]
-        while stack:
-            node = stack.pop()
-            if node.path == self.pool:
-                return [self.ctx.ref(child.path) for child in node.children]
-            stack.extend(node.children)
-        raise ActorNotFound(f"{self.ctx.path}: no writer pool at {self.pool!r}")
-
     @runtime.handler
     async def plan(self, msg: Plan) -> None:
         job = f"{self.title} ({self.sections} sections)"
@@ -224,19 +209,12 @@ class Planner(runtime.Actor[PlanState]):
         missing = self._missing()
         # Set, not added: a restarted planner counts its sections once.
         self.ctx.set_progress(total=self.sections, done=self.sections - len(missing))
-        writers = self._writers()
-        log.info(
-            "plan", job=job, sections=self.sections, to_write=len(missing), writers=len(writers)
-        )
+        log.info("plan", job=job, sections=self.sections, to_write=len(missing))
         # The whole fan-out runs inside this handler: while it runs the
         # planner is busy, so `--until-idle` waits for it, backoffs included.
-        idle_send, idle_receive = trio.open_memory_channel[runtime.ActorRef[object]](len(writers))
-        for writer in writers:
-            idle_send.send_nowait(writer)
         async with trio.open_nursery() as nursery:
             for number in missing:
-                writer = await idle_receive.receive()  # sections start in order
-                nursery.start_soon(self._section, number, writer, idle_send, idle_receive)
+                nursery.start_soon(self._section, number)
         failed = self._missing()
         if failed:
             log.error("document_incomplete", failed=failed, hint="run again to resume")
@@ -250,27 +228,20 @@ class Planner(runtime.Actor[PlanState]):
         """The numbers of the sections not written yet, in order."""
         return [n for n in range(1, self.sections + 1) if str(n) not in self.state.written]
 
-    async def _section(
-        self,
-        number: int,
-        writer: runtime.ActorRef[object],
-        idle_send: trio.MemorySendChannel[runtime.ActorRef[object]],
-        idle_receive: trio.MemoryReceiveChannel[runtime.ActorRef[object]],
-    ) -> None:
-        """Write section ``number``, retrying with backoff; release the writer between tries."""
+    async def _section(self, number: int) -> None:
+        """Write section ``number`` through the pool, retrying with backoff."""
         msg = WriteSection(self.title, number, self.sections, heading(number))
         for attempt in range(self.attempts):
             if attempt:
                 await trio.sleep(self._delay(attempt))
-                writer = await idle_receive.receive()
             try:
-                text = await writer.ask(attrs.evolve(msg, attempt=attempt), timeout=self.timeout)
+                text = await self.writers.ask(
+                    attrs.evolve(msg, attempt=attempt), timeout=self.timeout
+                )
             except RETRYABLE as exc:
-                idle_send.send_nowait(writer)
                 log.info("section_retry", section=number, attempt=attempt + 1, error=repr(exc))
                 self.ctx.progress(retried=1)
                 continue
-            idle_send.send_nowait(writer)
             self.state.written[str(number)] = text
             self.ctx.set_progress(done=len(self.state.written))
             await self.ctx.checkpoint()  # a killed run resumes after this section

@@ -53,6 +53,13 @@ class FakeHost:
     def resource(self, name: str) -> ActorRef[Any]:
         return self.ref(f"resources/{name}")
 
+    def find(self, tag: str) -> list[ActorRef[Any]]:
+        return [
+            child.ref
+            for child in self.built.values()
+            if isinstance(child, ActorCell) and tag in child.spec.tags
+        ]
+
     def subscribe(self, topic: str, subscriber: Any, message_type: type) -> None:
         self.topics.setdefault(topic, {}).setdefault(subscriber, set()).add(message_type)
 

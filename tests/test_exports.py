@@ -27,6 +27,8 @@ PUBLIC = {
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
+    "PoolSpec",
+    "PoolStatistics",
     "PostgresStore",
     "Progress",
     "RateSpec",

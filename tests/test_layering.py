@@ -19,7 +19,7 @@ PACKAGE = Path(runtime.__file__).parent
 LAYERS: list[set[str]] = [
     # Leaves: plain data and helpers that know nothing of actors.
     {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen", "_yaml"},
-    {"_logging", "_specs", "_breaker", "_outage", "_backends"},
+    {"_logging", "_specs", "_breaker", "_outage", "_backends", "_routing"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
     {"_mailbox", "_checkpoint", "_fake_llm", "_lock_backends"},
     {"_limiter", "_ref", "_locks", "_budget"},
@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
     {"_actor"},
     {"_cell"},
     {"_resource", "_supervisor"},
+    {"_pool"},
     {"resources.postgres", "resources.llm", "resources.mcp"},
     # Workflows: steps asked of agents found by path, journaled in the store.
     {"workflow"},

@@ -26,7 +26,7 @@ from runtime._cli import main
 from runtime._topology import iter_children
 from runtime._yaml import MAX_DEPTH, MAX_NODES
 from runtime.errors import TopologyError
-from tests.clikit import REPO, run_cli
+from tests.clikit import run_cli
 
 LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>\S+): (?P<message>.+)$", re.DOTALL)
 PYTHON_WORDS = (
@@ -155,16 +155,34 @@ def test_the_bound_counts_every_node_not_only_aliases(monkeypatch: pytest.Monkey
     assert error == "t.yaml:2: big[15]: the document has more than 20 nodes"
 
 
-def test_aliases_and_merges_of_docs_yaml_still_load(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``supervisors/docs.yaml`` repeats a writer with ``&writer`` and
-    ``<<: *writer``: every copy keeps the anchor's fields, and its own
-    ``name`` overrides the merged one without being a duplicate key."""
-    monkeypatch.delenv("DOCS_FAIL_EVERY", raising=False)
-    topology = load_topology(REPO / "supervisors" / "docs.yaml")
+def test_aliases_and_merges_still_load() -> None:
+    """A writer repeated with ``&writer`` and ``<<: *writer`` (as the docs
+    example did before it became a pool): every copy keeps the anchor's
+    fields, and its own ``name`` overrides the merged one without being a
+    duplicate key."""
+    topology = parse_topology(
+        textwrap.dedent(
+            """
+            supervisor:
+              name: root
+              children:
+                - name: writers
+                  children:
+                    - &writer
+                      name: writer-1
+                      actor: actors.docs_writer:SectionWriter
+                      circuit_breaker: {failures: 3, reset_timeout: 1s}
+                      args: {fail_every: "20"}
+                    - {<<: *writer, name: writer-2}
+                    - {<<: *writer, name: writer-3}
+            """
+        ),
+        "t.yaml",
+    )
     writers = {
         path: child for path, child in iter_children(topology.supervisor) if "/writers/" in path
     }
-    assert sorted(writers) == [f"root/writers/writer-{n}" for n in range(1, 7)]
+    assert sorted(writers) == [f"root/writers/writer-{n}" for n in range(1, 4)]
     for child in writers.values():
         assert child.actor.__name__ == "SectionWriter"
         assert child.args == {"fail_every": "20"}

@@ -19,6 +19,7 @@ from ._limiter import LimiterStatistics as LimiterStatistics
 from ._locks import HeldLock as HeldLock
 from ._locks import Lease as Lease
 from ._locks import LockStatistics as LockStatistics
+from ._pool import PoolStatistics as PoolStatistics
 from ._ref import ActorRef as ActorRef
 from ._ref import ActorStatistics as ActorStatistics
 from ._resource import Resource as Resource
@@ -30,6 +31,7 @@ from ._specs import BudgetSpec as BudgetSpec
 from ._specs import ChildSpec as ChildSpec
 from ._specs import MailboxSpec as MailboxSpec
 from ._specs import MetricsSpec as MetricsSpec
+from ._specs import PoolSpec as PoolSpec
 from ._specs import RateSpec as RateSpec
 from ._specs import ResourceSpec as ResourceSpec
 from ._specs import RetrySpec as RetrySpec
@@ -64,6 +66,8 @@ __all__ = [
     "MailboxSpec",
     "MemoryStore",
     "MetricsSpec",
+    "PoolSpec",
+    "PoolStatistics",
     "PostgresStore",
     "Progress",
     "RateSpec",

@@ -595,6 +595,22 @@ class ActorCell:
         self.refusal = _TRIAL
         return True
 
+    # -- what a pool reads and does to its workers --------------------------------
+
+    def routable(self) -> bool:
+        """Whether a pool may route a message here now: it runs, and its
+        circuit is closed (or half-open with its one trial message free)."""
+        return self.status == "running" and (self.refusal is None or self.refusal is _TRIAL)
+
+    def in_hand(self) -> int:
+        """Messages being handled now (0 while it waits for one)."""
+        return self.in_flight or (0 if self.waiting or self.status != "running" else 1)
+
+    def close_to_senders(self) -> None:
+        """Refuse every message from now on with ``ActorStopped``, keeping
+        what is queued (a pool worker that a resize removed, once drained)."""
+        self.refusal = ActorStopped
+
     def statistics(self) -> ActorStatistics:
         """The actor's status, counters and mailbox, now."""
         return ActorStatistics(

@@ -201,6 +201,11 @@ class ActorContext:
         """
         return self._cell.host.ref(path)
 
+    def find(self, tag: str) -> list[ActorRef[Any]]:
+        """The refs of the running actors and pools tagged ``tag`` (as
+        ``ActorSystem.find``), in the order they were made."""
+        return self._cell.host.find(tag)
+
     def progress(self, *, total: int = 0, done: int = 0, retried: int = 0) -> None:
         """Count work items for the progress display and the run summary:
         ``total`` more items are expected, ``done`` more finished, ``retried``

@@ -29,6 +29,7 @@ from ._health import Health, health_of
 from ._listen import Listen
 
 if TYPE_CHECKING:
+    from ._pool import PoolStatistics
     from ._system import ActorSystem, TreeNode
     from .workflow import RunSummary
 
@@ -60,6 +61,22 @@ def _node(node: TreeNode) -> dict[str, Any]:
         "pending_asks": stats.pending_asks,
         "last_failure": stats.last_failure,
         "children": [_node(child) for child in node.children],
+        "pool": None if node.pool is None else _pool(node.pool),
+    }
+
+
+def _pool(stats: PoolStatistics) -> dict[str, Any]:
+    """A pool's figures in ``/status`` (its workers are its children)."""
+    return {
+        "routing": stats.routing,
+        "size": stats.size,
+        "available": stats.available,
+        "draining": stats.draining,
+        "routed": stats.routed,
+        "refused": stats.refused,
+        "handled": stats.handled,
+        "failed": stats.failed,
+        "restarts": stats.restarts,
     }
 
 

@@ -32,6 +32,39 @@ __all__ = ["RuntimeCollector"]
 
 _STATUSES = ("starting", "running", "restarting", "stopped", "circuit_open")
 _BREAKER_STATES = ("closed", "half_open", "open")
+_POOL_METRICS = (  # (family, name, help, the PoolStatistics field it reads)
+    (GaugeMetricFamily, "runtime_pool_size", "Workers taking routes, by pool.", "size"),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_available_workers",
+        "Workers running with their circuit closed (routing picks among them).",
+        "available",
+    ),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_draining_workers",
+        "Workers a resize removed, still handling their queue.",
+        "draining",
+    ),
+    (
+        GaugeMetricFamily,
+        "runtime_pool_mailbox_depth",
+        "Messages queued, summed over the workers.",
+        "mailbox_depth",
+    ),
+    (
+        CounterMetricFamily,
+        "runtime_pool_routed",
+        "Messages routed to a worker (a broadcast counts each worker reached).",
+        "routed",
+    ),
+    (
+        CounterMetricFamily,
+        "runtime_pool_refused",
+        "Messages refused with CircuitOpen because no worker could take them.",
+        "refused",
+    ),
+)
 
 
 class RuntimeCollector(Collector):
@@ -46,6 +79,7 @@ class RuntimeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         system = self.system
         yield from self._actors(system)
+        yield from self._pools(system)
         yield from self._resources(system)
         yield from self._spending(system)
         yield from self._checkpoints(system)
@@ -125,6 +159,17 @@ class RuntimeCollector(Collector):
             for reason, count in reasons.items():
                 restarts.add_metric([node.path, reason], count)
         yield from (handled, duration, depth, capacity, pending, status, breaker, restarts)
+
+    # -- pools ---------------------------------------------------------------------------
+
+    def _pools(self, system: ActorSystem) -> Iterator[Metric]:
+        """Each pool's figures (its workers have the actor metrics of their own)."""
+        pools = system.pool_statistics()
+        for kind, name, doc, field in _POOL_METRICS:
+            family = kind(name, doc, labels=["pool"])
+            for path, stats in pools.items():
+                family.add_metric([path], getattr(stats, field))
+            yield family
 
     # -- resources -------------------------------------------------------------------
 

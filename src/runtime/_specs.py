@@ -9,6 +9,7 @@ a bad value is reported against the field it came from.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import math
 import re
@@ -24,6 +25,7 @@ __all__ = [
     "ChildSpec",
     "MailboxSpec",
     "MetricsSpec",
+    "PoolSpec",
     "RateSpec",
     "ResourceSpec",
     "RetrySpec",
@@ -44,6 +46,8 @@ CheckpointPolicy = Union[str, float]  # noqa: UP007
 Strategy = Literal["one_for_one", "one_for_all", "rest_for_one"]
 RestartType = Literal["permanent", "transient", "temporary"]
 Overflow = Literal["block", "reject", "drop_oldest", "drop_newest"]
+ROUTINGS = ("round_robin", "least_busy", "random", "consistent_hash", "broadcast")
+"""How a pool routes each message to one of its workers (``PoolSpec.routing``)."""
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
@@ -171,7 +175,11 @@ class FieldError(ValueError):
 def one_of(*choices: str) -> Any:
     def check(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
         if value not in choices:
-            raise FieldError(attr.name, f"expected one of {', '.join(choices)}; got {value!r}")
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise FieldError(
+                attr.name, f"expected one of {', '.join(choices)}; got {value!r}{hint}"
+            )
 
     return check
 
@@ -337,6 +345,21 @@ DEFAULT_MAILBOX = MailboxSpec()
 # Code may give a nested spec as a dict of its fields, as YAML does.
 
 
+def _to_pool(value: PoolSpec | dict[str, Any] | None) -> PoolSpec | None:
+    return PoolSpec(**value) if isinstance(value, dict) else value
+
+
+def _to_tags(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise FieldError("tags", f"expected a list of tags, e.g. [review]; got {value!r}")
+    for tag in value:
+        if not isinstance(tag, str) or not _NAME.match(tag):
+            raise FieldError(
+                "tags", f"a tag is letters, digits, '_', '-' or '.' (no '/'); got {tag!r}"
+            )
+    return tuple(value)
+
+
 def _to_mailbox(value: MailboxSpec | dict[str, Any]) -> MailboxSpec:
     return MailboxSpec(**value) if isinstance(value, dict) else value
 
@@ -365,6 +388,38 @@ _OPTIONAL_BUDGET = attrs.validators.optional(attrs.validators.instance_of(Budget
 
 
 @attrs.frozen
+class PoolSpec:
+    """A pool of identical workers behind one path (``ChildSpec.pool``).
+
+    Attributes:
+        size: how many workers (``<path>/0`` .. ``<path>/<size-1>``).
+        routing: how each message sent to the pool's path picks a worker:
+            ``round_robin``, ``least_busy`` (the shortest mailbox, then the
+            fewest messages in hand), ``random``, ``consistent_hash`` (by the
+            message attribute named by ``hash_key``: one key, one worker) or
+            ``broadcast`` (a tell reaches every worker; ask is refused).
+        hash_key: the message attribute ``consistent_hash`` routes by.
+    """
+
+    size: int = attrs.field(validator=at_least(1))
+    routing: str = attrs.field(default="round_robin", validator=one_of(*ROUTINGS))
+    hash_key: str | None = attrs.field(default=None)
+
+    @hash_key.validator
+    def _check_hash_key(self, _attr: object, value: str | None) -> None:
+        routing = self.routing
+        if routing == "consistent_hash" and not value:
+            raise FieldError(
+                "hash_key",
+                "routing: consistent_hash needs hash_key: the message attribute to route by",
+            )
+        if value is not None and routing != "consistent_hash":
+            raise FieldError(
+                "hash_key", f"hash_key is read by routing: consistent_hash only (not {routing})"
+            )
+
+
+@attrs.frozen
 class ChildSpec:
     """One actor under a supervisor.
 
@@ -379,6 +434,9 @@ class ChildSpec:
         shutdown_timeout: seconds a graceful stop waits before cancelling.
         concurrency: how many messages are handled at once.
         args: keyword arguments for the actor's constructor.
+        pool: optional; a pool of ``pool.size`` such actors under a pool
+            supervisor at this path (see ``PoolSpec``).
+        tags: names ``ActorSystem.find`` and ``ctx.find`` look the actor up by.
     """
 
     name: str = attrs.field(validator=_name)
@@ -401,6 +459,12 @@ class ChildSpec:
     shutdown_timeout: Seconds = attrs.field(default=Seconds(5.0), converter=to_seconds)
     concurrency: int = attrs.field(default=1, validator=at_least(1))
     args: dict[str, Any] = attrs.field(factory=dict)
+    pool: PoolSpec | None = attrs.field(
+        default=None,
+        converter=_to_pool,
+        validator=attrs.validators.optional(attrs.validators.instance_of(PoolSpec)),
+    )
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_to_tags)
 
 
 def renamed(spec: ChildSpec, name: str) -> ChildSpec:

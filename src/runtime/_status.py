@@ -25,9 +25,13 @@ def status_url(url: str) -> str:
 def _rows(node: dict[str, Any], depth: int = 0) -> list[list[str]]:
     capacity = node["mailbox_capacity"]
     mailbox = f"{node['mailbox_depth']}/{capacity}" if capacity else "-"
+    pool = node.get("pool")
+    kind = node["kind"]
+    if pool:  # a pool's supervisor: its routing and available workers
+        kind = f"pool ({pool['routing']} {pool['available']}/{pool['size']})"
     row = [
         "  " * depth + node["path"],
-        node["kind"],
+        kind,
         node["status"],
         str(node["incarnation"]),
         str(node["restarts"]),

@@ -34,6 +34,7 @@ from ._host import Child
 from ._lock_backends import open_lock_backend
 from ._locks import Lease, LockManager, LockStatistics
 from ._logging import get_logger
+from ._pool import PoolStatistics, PoolSupervisor
 from ._ref import ActorRef, ActorStatistics
 from ._resource import (
     RESOURCES_SUPERVISOR,
@@ -41,11 +42,11 @@ from ._resource import (
     ResourceStatistics,
     resource_child_spec,
 )
-from ._specs import BackoffSpec, ChildSpec, SupervisorSpec, Topology, renamed
+from ._specs import BackoffSpec, ChildSpec, PoolSpec, SupervisorSpec, Topology, renamed
 from ._supervisor import Supervisor
 from ._topology import check_actor, iter_children, load_topology, unsupported
 from ._tracing import context_now, make_tracer
-from .errors import ActorNotFound, TopologyError
+from .errors import ActorNotFound, ActorStopped, TopologyError
 from .workflow import Workflow, WorkflowResult, WorkflowRuns, WorkflowStatistics, from_template
 from .workflow import run as run_workflow
 
@@ -99,12 +100,21 @@ class Progress:
 
 @attrs.frozen
 class TreeNode:
-    """One node of ``ActorSystem.tree()``."""
+    """One node of ``ActorSystem.tree()``.
+
+    Attributes:
+        path: the node's path.
+        kind: ``actor`` or ``supervisor`` (a pool's supervisor too).
+        stats: its statistics (a pool's: its workers' mailboxes and asks summed).
+        children: the nodes below it, in start order.
+        pool: a pool's routing, workers and sums; None for any other node.
+    """
 
     path: str
     kind: str
     stats: ActorStatistics
     children: tuple[TreeNode, ...] = ()
+    pool: PoolStatistics | None = None
 
 
 class SystemHost:
@@ -139,6 +149,11 @@ class SystemHost:
         self.items_done = self.items_total = self.items_retried = 0
         self.progress_by_path: dict[str, tuple[int, int, int]] = {}
         self.topics: dict[str, dict[ActorCell, set[type]]] = {}
+        self.pools: dict[str, PoolSupervisor] = {}
+        # Each supervisor's spec by path, from before it builds its children:
+        # a pool takes its restart policy from its parent's.
+        self.policies: dict[str, SupervisorSpec] = {}
+        self.tagged: dict[str, dict[str, ActorCell | PoolSupervisor]] = {}  # tag -> path -> node
 
     # -- the tree ----------------------------------------------------------------
 
@@ -146,25 +161,41 @@ class SystemHost:
         """Make the cell or supervisor ``spec`` describes, registered at its path."""
         path = f"{prefix}{spec.name}"
         if isinstance(spec, SupervisorSpec):
+            self.policies[path] = spec
             supervisor = Supervisor(spec, path, self)
             self.supervisors[path] = supervisor
             return supervisor
+        node: ActorCell | PoolSupervisor
         resource = self.system.topology.resources.get(spec.name)
-        if prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
-            cell: ActorCell = ResourceCell(spec, path, self, resource)
+        if spec.pool is not None:
+            node = PoolSupervisor(spec, path, self, self.policies.get(prefix[:-1]))
+            self.supervisors[path] = self.pools[path] = node
+        elif prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
+            node = self.cells[path] = ResourceCell(spec, path, self, resource)
         else:
-            cell = ActorCell(spec, path, self)
-        self.cells[path] = cell
-        return cell
+            node = self.cells[path] = ActorCell(spec, path, self)
+        for tag in spec.tags:
+            self.tagged.setdefault(tag, {})[path] = node
+        return node
 
     def forget(self, child: Child) -> None:
         """Unregister a child removed from the tree, and its subtree."""
         if isinstance(child, Supervisor):
             self.supervisors.pop(child.path, None)
+            self.policies.pop(child.path, None)
+            self.pools.pop(child.path, None)
             for grandchild in child.children:
                 self.forget(grandchild)
         elif self.cells.get(child.path) is child:
             del self.cells[child.path]
+        for nodes in self.tagged.values():
+            if nodes.get(child.path) is child:
+                del nodes[child.path]
+
+    def find(self, tag: str) -> list[ActorRef[Any]]:
+        """The refs of the running actors and pools tagged ``tag``, in the
+        order they were made (a pool's ref, not its workers')."""
+        return [node.ref for node in self.tagged.get(tag, {}).values() if node.status != "stopped"]
 
     def ref(self, path: str) -> ActorRef[Any]:
         return self.system.ref(path)
@@ -273,6 +304,7 @@ class ActorSystem:
             self.resources.strict_start = False
             self.resources.forgives_outages = False
             host.supervisors[RESOURCES_SUPERVISOR] = self.resources
+        host.policies[topology.supervisor.name] = topology.supervisor
         self.root = Supervisor(topology.supervisor, topology.supervisor.name, host)
         host.supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
@@ -365,11 +397,18 @@ class ActorSystem:
     def ref(self, path: str) -> ActorRef[Any]:
         """The ref of the actor at ``path`` (``root/workers/reviewer``).
 
+        A pool's path gives the pool's ref, which routes each message to one
+        of its workers.
+
         Raises:
-            ActorNotFound: no actor at that path (a supervisor is not an actor).
+            ActorNotFound: no actor or pool at that path (a supervisor is not
+                an actor).
         """
         cell = self._host.cells.get(path)
         if cell is None:
+            pool = self._host.pools.get(path)
+            if pool is not None:
+                return pool.ref
             what = "a supervisor, not an actor" if path in self._host.supervisors else "not found"
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
@@ -400,9 +439,11 @@ class ActorSystem:
         applied live; returns one line per change, applied or not.
 
         Each resource's limits change at once and new options restart it
-        (see ``ResourceCell.reconfigure``). Resources added or removed, and
-        changes to the supervision tree, the store or metrics, take effect
-        at the next start; they are reported, not applied.
+        (see ``ResourceCell.reconfigure``). A pool's new ``size`` is applied
+        live, in the background (as ``resize``); its other pool settings
+        take effect at the next start. Resources added or removed, and
+        other changes to the supervision tree, the store or metrics, take
+        effect at the next start; they are reported, not applied.
 
         Raises:
             TopologyError: the new topology is invalid; nothing was changed.
@@ -423,11 +464,30 @@ class ActorSystem:
             f"resources.{name}: removed: runs until the next start"
             for name in self.topology.resources.keys() - new.resources.keys()
         ]
+        changes += self._reload_pools(new.supervisor)
+        sizes = {path: spec.pool for path, spec in iter_children(new.supervisor) if spec.pool}
+        supervisor = _with_pools(self.topology.supervisor, sizes)
         for field in ("system", "supervisor", "store", "metrics", "locks"):
-            if getattr(new, field) != getattr(self.topology, field):
+            running = supervisor if field == "supervisor" else getattr(self.topology, field)
+            if getattr(new, field) != running:
                 changes.append(f"{field}: changed: not applied until the next start")
-        self.topology = attrs.evolve(self.topology, resources=resources)
+        self.topology = attrs.evolve(self.topology, resources=resources, supervisor=supervisor)
         logger.info("topology_reloaded", changes=changes)
+        return changes
+
+    def _reload_pools(self, new: SupervisorSpec) -> list[str]:
+        """Start resizing each running pool whose ``size`` changed in ``new``."""
+        changes = []
+        for path, spec in iter_children(new):
+            pool = self._host.pools.get(path)
+            if spec.pool is None or pool is None or spec.pool.size == pool.size:
+                continue
+            try:
+                pool.request_resize(spec.pool.size)
+            except ActorStopped:
+                changes.append(f"{path}: pool size: changed: the pool is not running")
+                continue
+            changes.append(f"{path}: pool size {pool.size} -> {spec.pool.size}: resizing")
         return changes
 
     def resource_statistics(self) -> dict[str, ResourceStatistics]:
@@ -467,18 +527,29 @@ class ActorSystem:
         await ledger.run(self.checkpoint_store(), self._resources_stopped, task_status)
 
     async def spawn(
-        self, actor_cls: type[Actor[Any]] | str, *, name: str, **fields: Any
+        self,
+        actor_cls: type[Actor[Any]] | str,
+        *,
+        name: str,
+        parent: str | None = None,
+        **fields: Any,
     ) -> ActorRef[Any]:
-        """Start a new actor as the last child of the root supervisor.
+        """Start a new actor as the last child of the supervisor at ``parent``
+        (the root supervisor when None).
 
         ``fields`` are the other ``ChildSpec`` fields (``restart``,
-        ``mailbox``, ``args``, ...). Returns once its ``on_start`` has run.
+        ``mailbox``, ``args``, ``tags``, ``pool``, ...): with ``pool`` the
+        child is a pool and its ref routes to its workers. Returns once its
+        ``on_start`` has run (every worker's, for a pool).
 
         Raises:
             TopologyError: the spec is invalid or the actor cannot run with
                 it (a ``ValueError``, as are bad field values).
-            ValueError: a running child has that name already.
+            ValueError: a running child has that name already, or ``parent``
+                is an actor, a pool or the resources' supervisor.
+            ActorNotFound: no supervisor at ``parent``.
         """
+        supervisor = self._parent(parent)
         template = (
             self._spawned.get(actor_cls) if not fields and isinstance(actor_cls, type) else None
         )
@@ -494,9 +565,76 @@ class ActorSystem:
                 raise TopologyError([f"spawn {name!r}: {problem}" for problem in problems])
             if not fields and isinstance(actor_cls, type):
                 self._spawned[actor_cls] = spec
-        child = await self.root.add_child(spec)
-        assert isinstance(child, ActorCell)
+        child = await supervisor.add_child(spec)
+        assert isinstance(child, (ActorCell, PoolSupervisor))
         return child.ref
+
+    def _parent(self, path: str | None) -> Supervisor:
+        """The supervisor ``spawn`` adds under.
+
+        Raises:
+            ActorNotFound, ValueError: as ``spawn``.
+        """
+        if path is None:
+            return self.root
+        host = self._host
+        supervisor = host.supervisors.get(path)
+        if supervisor is None:
+            if path in host.cells:
+                raise ValueError(
+                    f"spawn(parent={path!r}): that is an actor, not a supervisor; "
+                    "give the path of a supervisor (a children: entry)"
+                )
+            known = ", ".join(sorted(p for p in host.supervisors if p not in host.pools))
+            raise ActorNotFound(
+                f"spawn(parent={path!r}): no supervisor at that path; supervisors: {known}"
+            )
+        if isinstance(supervisor, PoolSupervisor):
+            raise ValueError(
+                f"spawn(parent={path!r}): that is a pool; its workers are all alike: "
+                f"grow it with system.resize({path!r}, n)"
+            )
+        if supervisor is self.resources:
+            raise ValueError(
+                f"spawn(parent={path!r}): the resources' supervisor holds only the "
+                "topology's resources"
+            )
+        return supervisor
+
+    async def resize(self, path: str, size: int) -> None:
+        """Grow or shrink the pool at ``path`` to ``size`` workers; returns once done.
+
+        New workers take routes once started. Removed workers (the
+        highest-numbered) take no new route at once, handle every message
+        already queued for them, then stop: a resize loses no message.
+
+        Raises:
+            ActorNotFound: no pool at ``path``.
+            ValueError: ``size`` is less than 1.
+            ActorStopped: the pool is not running.
+        """
+        pool = self._pool(path)
+        if pool.status not in ("running", "starting"):
+            raise ActorStopped(f"pool {path} is not running")
+        await pool.resize(size)
+
+    def _pool(self, path: str) -> PoolSupervisor:
+        pool = self._host.pools.get(path)
+        if pool is None:
+            known = ", ".join(sorted(self._host.pools)) or "none"
+            raise ActorNotFound(f"{path!r}: no pool at that path; pools: {known}")
+        return pool
+
+    def find(self, tag: str) -> list[ActorRef[Any]]:
+        """The refs of the running actors and pools whose spec has ``tag`` in
+        its ``tags``, in the order they were made. A tagged pool is found as
+        its pool ref (its workers carry no tags); an actor stopped for good
+        is not found."""
+        return self._host.find(tag)
+
+    def pool_statistics(self) -> dict[str, PoolStatistics]:
+        """Each pool's routing, workers and sums, by path."""
+        return {path: pool.pool_statistics() for path, pool in self._host.pools.items()}
 
     async def stop(self, path: str) -> None:
         """Stop the child at ``path`` for good, as OTP's ``terminate_child``.
@@ -724,8 +862,28 @@ class _StartSignal:
 def _node(node: Child) -> TreeNode:
     if isinstance(node, Supervisor):
         children = tuple(_node(child) for child in node.children)
-        return TreeNode(node.path, "supervisor", node.statistics(), children)
+        pool = node.pool_statistics() if isinstance(node, PoolSupervisor) else None
+        return TreeNode(node.path, "supervisor", node.statistics(), children, pool)
     return TreeNode(node.path, "actor", node.statistics())
+
+
+def _with_pools(
+    spec: SupervisorSpec, pools: dict[str, PoolSpec], prefix: str = ""
+) -> SupervisorSpec:
+    """``spec`` with the pools at the paths of ``pools`` resized to theirs
+    (what runs after a reload resized them)."""
+    base = f"{prefix}{spec.name}/"
+    children: list[ChildSpec | SupervisorSpec] = []
+    for child in spec.children:
+        path = f"{base}{child.name}"
+        if isinstance(child, SupervisorSpec):
+            children.append(_with_pools(child, pools, base))
+        elif child.pool is not None and path in pools:
+            pool = attrs.evolve(child.pool, size=pools[path].size)
+            children.append(attrs.evolve(child, pool=pool))
+        else:
+            children.append(child)
+    return attrs.evolve(spec, children=children)
 
 
 def _resources_spec(topology: Topology) -> SupervisorSpec:
@@ -768,5 +926,3 @@ def check_runnable(topology: Topology) -> None:
     ]
     if problems:
         raise TopologyError(problems)
-
-

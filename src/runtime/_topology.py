@@ -40,6 +40,7 @@ from ._specs import (
     FieldError,
     MailboxSpec,
     MetricsSpec,
+    PoolSpec,
     RateSpec,
     ResourceKind,
     ResourceSpec,
@@ -76,6 +77,7 @@ _SPECS = (
     BreakerSpec,
     BudgetSpec,
     MetricsSpec,
+    PoolSpec,
     RateSpec,
     RetrySpec,
     StepSpec,
@@ -223,6 +225,7 @@ _dict_hook = _only(dict, "a mapping", cattrs.cols.mapping_structure_factory)
 # Fields whose shape is worth a sentence of its own when it is wrong.
 _SHAPES: dict[tuple[type, str], tuple[type, str]] = {
     (ChildSpec, "args"): (dict, "a mapping of keyword arguments for the actor (name: value)"),
+    (ChildSpec, "tags"): (list, "a list of tags, e.g. [review, fast]"),
     (SupervisorSpec, "children"): (
         list,
         "a list of entries, each a mapping with name and actor (or children)",
