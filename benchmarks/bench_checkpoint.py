@@ -83,7 +83,7 @@ async def _handled_per_second(url: str, policy: str, messages: int, actors: int 
         async def send(ref: Any) -> None:
             for _ in range(messages):
                 await ref.tell(Msg(1))
-            await ref.ask(Ping())
+            await ref.ask(Ping(), timeout=600)  # behind every write of its stream
 
         start = time.perf_counter()
         async with trio.open_nursery() as nursery:
@@ -131,6 +131,7 @@ def test_checkpoint_message_throughput(bench: Any, quick: bool, kind: str) -> No
     )
 
 
+@pytest.mark.timeout(900)  # a store without group commit takes minutes
 @pytest.mark.parametrize("kind", STORES)
 def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind: str) -> None:
     """Messages handled per second in total by 100 actors, each handling its
@@ -138,7 +139,7 @@ def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind:
     writes of actors waiting at once share a transaction (group commit).
     Against the same 100 actors with ``checkpoint: off``."""
     actors = 100
-    messages = 10 if quick else 300
+    messages = 10 if quick else 200
     times = 1 if quick else 3
 
     def run(policy: str) -> float:

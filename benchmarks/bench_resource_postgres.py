@@ -14,10 +14,12 @@ import asyncio
 import cProfile
 import io
 import pstats
+import threading
 import time
 from typing import Any
 
 import asyncpg
+import outcome
 import trio
 import trio_asyncio
 from tests import postgres_session
@@ -86,6 +88,73 @@ async def _bridged(calls: int) -> tuple[float, list[float]]:
     return len(latencies) / elapsed, latencies
 
 
+class _LoopThread:
+    """An asyncio loop of its own in a worker thread, reached from trio: the
+    alternative to trio-asyncio measured beside it. A call schedules the
+    coroutine on the loop (``run_coroutine_threadsafe``) and parks the trio
+    task until the loop's done callback reschedules it (``run_sync_soon``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def run(self, fn: Any, *args: Any) -> Any:
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        future = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+
+        def done(_: Any) -> None:
+            token.run_sync_soon(
+                trio.lowlevel.reschedule, task, outcome.capture(future.result)
+            )
+
+        future.add_done_callback(done)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            future.cancel()
+            return trio.lowlevel.Abort.FAILED  # the done callback reschedules
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+async def _threaded(calls: int) -> tuple[float, list[float]]:
+    """asyncpg on its own asyncio loop in a worker thread, 8 trio tasks
+    calling it through ``_LoopThread``: the same calls, no actor."""
+    latencies: list[float] = []
+    loop = _LoopThread()
+    try:
+        pool = await loop.run(asyncpg.create_pool, POSTGRES_URL, CONCURRENCY, CONCURRENCY)
+
+        async def agent(count: int, record: bool) -> None:
+            for _ in range(count):
+                start = time.perf_counter()
+                await loop.run(pool.fetchval, "SELECT 1")
+                if record:
+                    latencies.append(time.perf_counter() - start)
+
+        async def run(count: int, record: bool) -> None:
+            async with trio.open_nursery() as nursery:
+                for _ in range(CONCURRENCY):
+                    nursery.start_soon(agent, count, record)
+
+        try:
+            await run(50, False)  # warm-up
+            start = time.perf_counter()
+            await run(calls // CONCURRENCY, True)
+            elapsed = time.perf_counter() - start
+        finally:
+            await loop.run(pool.close)
+    finally:
+        loop.close()
+    return len(latencies) / elapsed, latencies
+
+
 async def _through_resource(
     calls: int, profile: cProfile.Profile | None = None
 ) -> tuple[float, list[float]]:
@@ -136,13 +205,19 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
     postgres_session.require()
     calls = 800 if quick else 8_000
     runs = 1 if quick else 3
-    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "bridge": [], "db": []}
+    results: dict[str, list[tuple[float, list[float]]]] = {
+        "direct": [],
+        "bridge": [],
+        "thread": [],
+        "db": [],
+    }
     for _ in range(runs):
         results["direct"].append(asyncio.run(_direct(calls)))
         results["bridge"].append(trio.run(_bridged, calls))
+        results["thread"].append(trio.run(_threaded, calls))
         results["db"].append(trio.run(_through_resource, calls))
-    direct, bridge, resource = (
-        max(results[name], key=lambda r: r[0]) for name in ("direct", "bridge", "db")
+    direct, bridge, thread, resource = (
+        max(results[name], key=lambda r: r[0]) for name in ("direct", "bridge", "thread", "db")
     )
     ratio = direct[0] / resource[0]
     bench.record(
@@ -157,6 +232,13 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
     bench.record(
         "asyncpg via trio-asyncio only (conc. 8)",
         bridge[0],
+        "msg/s",
+        baseline=direct[0],
+        baseline_name="asyncpg on asyncio",
+    )
+    bench.record(
+        "asyncpg on a loop in a thread (conc. 8)",
+        thread[0],
         "msg/s",
         baseline=direct[0],
         baseline_name="asyncpg on asyncio",
