@@ -131,7 +131,6 @@ def test_checkpoint_message_throughput(bench: Any, quick: bool, kind: str) -> No
     )
 
 
-@pytest.mark.timeout(900)  # a store without group commit takes minutes
 @pytest.mark.parametrize("kind", STORES)
 def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind: str) -> None:
     """Messages handled per second in total by 100 actors, each handling its

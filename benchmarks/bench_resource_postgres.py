@@ -95,14 +95,17 @@ class _LoopThread:
     task until the loop's done callback reschedules it (``run_sync_soon``)."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = asyncio.SelectorEventLoop()  # not the policy's: trio-asyncio's refuses
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
 
-    async def run(self, fn: Any, *args: Any) -> Any:
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         token = trio.lowlevel.current_trio_token()
         task = trio.lowlevel.current_task()
-        future = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+        async def call() -> Any:  # asyncpg returns awaitables that are not coroutines
+            return await fn(*args, **kwargs)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self.loop)
 
         def done(_: Any) -> None:
             token.run_sync_soon(
@@ -129,7 +132,9 @@ async def _threaded(calls: int) -> tuple[float, list[float]]:
     latencies: list[float] = []
     loop = _LoopThread()
     try:
-        pool = await loop.run(asyncpg.create_pool, POSTGRES_URL, CONCURRENCY, CONCURRENCY)
+        pool = await loop.run(
+            asyncpg.create_pool, POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
+        )
 
         async def agent(count: int, record: bool) -> None:
             for _ in range(count):
