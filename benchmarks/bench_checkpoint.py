@@ -108,37 +108,10 @@ def test_checkpoint_write_latency(bench: Any, quick: bool, kind: str) -> None:
         )
 
 
-@pytest.mark.parametrize("kind", STORES)
-def test_checkpoint_message_throughput(bench: Any, quick: bool, kind: str) -> None:
-    """Messages handled per second by an actor whose every message changes its
-    state, with ``checkpoint: message`` against ``checkpoint: off``."""
-    messages = 500 if quick else 10_000
-    times = 1 if quick else 3
-
-    def run(policy: str) -> float:
-        with tempfile.TemporaryDirectory() as directory:
-            return trio.run(_handled_per_second, _url(kind, Path(directory)), policy, messages)
-
-    saved, spread = repeat(lambda: run("message"), times)
-    off, _ = repeat(lambda: run("off"), times)
-    bench.record(
-        f"handled with checkpoint: message ({kind})",
-        saved,
-        "msg/s",
-        baseline=off,
-        baseline_name="checkpoint: off",
-        spread=spread,
-    )
-
-
-@pytest.mark.parametrize("kind", STORES)
-def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind: str) -> None:
-    """Messages handled per second in total by 100 actors, each handling its
-    own stream of state-changing messages under ``checkpoint: message``: the
-    writes of actors waiting at once share a transaction (group commit).
-    Against the same 100 actors with ``checkpoint: off``."""
-    actors = 100
-    messages = 10 if quick else 200
+def _message_against_off(
+    bench: Any, quick: bool, kind: str, name: str, *, messages: int, actors: int
+) -> None:
+    """Record ``_handled_per_second`` under ``message`` beside ``off``."""
     times = 1 if quick else 3
 
     def run(policy: str) -> float:
@@ -150,10 +123,23 @@ def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind:
     saved, spread = repeat(lambda: run("message"), times)
     off, _ = repeat(lambda: run("off"), times)
     bench.record(
-        f"handled with checkpoint: message, {actors} actors ({kind})",
-        saved,
-        "msg/s",
-        baseline=off,
-        baseline_name="checkpoint: off",
-        spread=spread,
+        name, saved, "msg/s", baseline=off, baseline_name="checkpoint: off", spread=spread
     )
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_checkpoint_message_throughput(bench: Any, quick: bool, kind: str) -> None:
+    """Messages handled per second by an actor whose every message changes its
+    state, with ``checkpoint: message`` against ``checkpoint: off``."""
+    name = f"handled with checkpoint: message ({kind})"
+    _message_against_off(bench, quick, kind, name, messages=500 if quick else 10_000, actors=1)
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_checkpoint_message_throughput_100_actors(bench: Any, quick: bool, kind: str) -> None:
+    """Messages handled per second in total by 100 actors, each handling its
+    own stream of state-changing messages under ``checkpoint: message``: the
+    writes of actors waiting at once share a transaction (group commit).
+    Against the same 100 actors with ``checkpoint: off``."""
+    name = f"handled with checkpoint: message, 100 actors ({kind})"
+    _message_against_off(bench, quick, kind, name, messages=10 if quick else 200, actors=100)

@@ -16,6 +16,7 @@ import io
 import pstats
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -59,32 +60,44 @@ async def _direct(calls: int) -> tuple[float, list[float]]:
 async def _bridged(calls: int) -> tuple[float, list[float]]:
     """The bridge alone: the same calls on an asyncpg pool of 8, each awaited
     from a trio task through trio-asyncio, with no actor in between."""
-    latencies: list[float] = []
     async with trio_asyncio.open_loop():
         pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
             POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
         )
         fetchval = trio_asyncio.aio_as_trio(pool.fetchval)
-
-        async def agent(count: int, record: bool) -> None:
-            for _ in range(count):
-                start = time.perf_counter()
-                await fetchval("SELECT 1")
-                if record:
-                    latencies.append(time.perf_counter() - start)
-
-        async def run(count: int, record: bool) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(agent, count, record)
-
         try:
-            await run(50, False)  # warm-up
-            start = time.perf_counter()
-            await run(calls // CONCURRENCY, True)
-            elapsed = time.perf_counter() - start
+            return await _from_trio_tasks(calls, lambda: fetchval("SELECT 1"))
         finally:
             await trio_asyncio.aio_as_trio(pool.close)()
+
+
+async def _from_trio_tasks(
+    calls: int, call: Callable[[], Awaitable[Any]], profile: cProfile.Profile | None = None
+) -> tuple[float, list[float]]:
+    """8 trio tasks share ``calls`` awaits of ``call()`` after a warm-up;
+    calls per second and each call's latency (profiled when ``profile`` is given)."""
+    latencies: list[float] = []
+
+    async def agent(count: int, record: bool) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            await call()
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    async def run(count: int, record: bool) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONCURRENCY):
+                nursery.start_soon(agent, count, record)
+
+    await run(50, False)  # warm-up
+    if profile is not None:
+        profile.enable()
+    start = time.perf_counter()
+    await run(calls // CONCURRENCY, True)
+    elapsed = time.perf_counter() - start
+    if profile is not None:
+        profile.disable()
     return len(latencies) / elapsed, latencies
 
 
@@ -129,35 +142,18 @@ class _LoopThread:
 async def _threaded(calls: int) -> tuple[float, list[float]]:
     """asyncpg on its own asyncio loop in a worker thread, 8 trio tasks
     calling it through ``_LoopThread``: the same calls, no actor."""
-    latencies: list[float] = []
     loop = _LoopThread()
     try:
         pool = await loop.run(
             asyncpg.create_pool, POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
         )
 
-        async def agent(count: int, record: bool) -> None:
-            for _ in range(count):
-                start = time.perf_counter()
-                await loop.run(pool.fetchval, "SELECT 1")
-                if record:
-                    latencies.append(time.perf_counter() - start)
-
-        async def run(count: int, record: bool) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(agent, count, record)
-
         try:
-            await run(50, False)  # warm-up
-            start = time.perf_counter()
-            await run(calls // CONCURRENCY, True)
-            elapsed = time.perf_counter() - start
+            return await _from_trio_tasks(calls, lambda: loop.run(pool.fetchval, "SELECT 1"))
         finally:
             await loop.run(pool.close)
     finally:
         loop.close()
-    return len(latencies) / elapsed, latencies
 
 
 async def _through_resource(
@@ -174,32 +170,10 @@ async def _through_resource(
             )
         },
     )
-    latencies: list[float] = []
     query = FetchVal("SELECT 1")
     async with runtime.open_system(topology, store="memory://") as system:
         db = system.resource("db")
-
-        async def agent(count: int, record: bool) -> None:
-            for _ in range(count):
-                start = time.perf_counter()
-                await db.ask(query)
-                if record:
-                    latencies.append(time.perf_counter() - start)
-
-        async def run(count: int, record: bool) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(agent, count, record)
-
-        await run(50, False)  # warm-up
-        if profile is not None:
-            profile.enable()
-        start = time.perf_counter()
-        await run(calls // CONCURRENCY, True)
-        elapsed = time.perf_counter() - start
-        if profile is not None:
-            profile.disable()
-    return len(latencies) / elapsed, latencies
+        return await _from_trio_tasks(calls, lambda: db.ask(query), profile)
 
 
 def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:

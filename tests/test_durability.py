@@ -22,9 +22,9 @@ ACTORS = 8
 DEADLINE = 60.0
 
 
-def _start(mode: str, store: str) -> subprocess.Popen[bytes]:
+def _start(mode: str, store: str, actors: int = ACTORS) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.durability_app", mode, store, str(ACTORS)],
+        [sys.executable, "-m", "tests.durability_app", mode, store, str(actors)],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -64,6 +64,31 @@ def _drain(process: subprocess.Popen[bytes]) -> list[str]:
     return [line for line in rest.decode().split("\n") if line]
 
 
+def _killed_after(process: subprocess.Popen[bytes], acks: int) -> list[str]:
+    """The child's lines once it has acknowledged ``acks`` updates and been
+    killed with SIGKILL (what it wrote before dying included)."""
+    try:
+        lines = _lines_until(process, acks)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=DEADLINE)
+        lines += _drain(process)
+    finally:
+        process.kill()
+        process.wait()
+    return lines
+
+
+def _sent_and_acked(lines: list[str]) -> tuple[Counter[str], dict[str, int]]:
+    """Per actor: the asks sent, and the highest total acknowledged."""
+    sent = Counter(line.split()[1] for line in lines if line.startswith("sent "))
+    acked: dict[str, int] = {}
+    for line in lines:
+        if line.startswith("acked "):
+            _, path, total = line.split()
+            acked[path] = max(acked.get(path, 0), int(total))
+    return sent, acked
+
+
 async def _clear(kind: str, tmp_path: Path) -> None:
     async with open_test_store(kind, tmp_path):
         pass  # opening a test store empties it
@@ -78,21 +103,8 @@ def test_acknowledged_updates_survive_sigkill(kind: str, tmp_path: Path) -> None
     rng = random.Random(20261122)
     restored = dict.fromkeys((f"root/c{i}" for i in range(ACTORS)), 0)
     for _ in range(4):
-        process = _start("run", store)
-        try:
-            lines = _lines_until(process, rng.randrange(20, 400))
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=DEADLINE)
-            lines += _drain(process)
-        finally:
-            process.kill()
-            process.wait()
-        sent = Counter(line.split()[1] for line in lines if line.startswith("sent "))
-        acked: dict[str, int] = {}
-        for line in lines:
-            if line.startswith("acked "):
-                _, path, total = line.split()
-                acked[path] = max(acked.get(path, 0), int(total))
+        lines = _killed_after(_start("run", store), rng.randrange(20, 400))
+        sent, acked = _sent_and_acked(lines)
         reader = subprocess.run(
             [sys.executable, "-m", "tests.durability_app", "read", store, str(ACTORS)],
             cwd=REPO,
@@ -147,28 +159,9 @@ def test_sigkill_during_group_commits(kind: str, tmp_path: Path) -> None:
     restored = dict.fromkeys((f"root/c{i}" for i in range(BURST_ACTORS)), 0)
     largest = 0
     for _ in range(3):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "tests.durability_app", "burst", store, str(BURST_ACTORS)],
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            bufsize=0,
-        )
-        try:
-            lines = _lines_until(process, rng.randrange(200, 3000))
-            process.send_signal(signal.SIGKILL)
-            process.wait(timeout=DEADLINE)
-            lines += _drain(process)
-        finally:
-            process.kill()
-            process.wait()
+        lines = _killed_after(_start("burst", store, BURST_ACTORS), rng.randrange(200, 3000))
         now = _read(store, BURST_ACTORS)
-        sent = Counter(line.split()[1] for line in lines if line.startswith("sent "))
-        acked: dict[str, int] = {}
-        for line in lines:
-            if line.startswith("acked "):
-                _, path, total = line.split()
-                acked[path] = max(acked.get(path, 0), int(total))
+        sent, acked = _sent_and_acked(lines)
         for path, before in restored.items():
             assert acked.get(path, before) <= now[path][0] <= before + sent[path], (
                 path,

@@ -68,21 +68,30 @@ async def _writers(
         nursery.start_soon(write, *row)
 
 
+async def _queued_behind_first(
+    recorder: Recorder, group: GroupCommit, *waves: Rows
+) -> dict[str, Any]:
+    """A write of "first" leads and its batch is held; each wave of writes
+    then queues (one wave at a time: their order is known); nobody is told
+    anything until the held batch is let go. Each writer's outcome."""
+    recorder.gate = trio.Event()
+    results: dict[str, Any] = {}
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            for wave in ([("first", "x", 0)], *waves):
+                await _writers(group, wave, results, nursery)
+                await trio.testing.wait_all_tasks_blocked()
+            assert results == {}  # nothing is told before its batch committed
+            recorder.gate.set()
+    return results
+
+
 async def test_writers_waiting_together_share_one_batch() -> None:
     """While one batch commits, the writes that arrive wait and then go
     together in the next one; each writer gets its own new version."""
     recorder = Recorder()
     group = GroupCommit(recorder)
-    recorder.gate = trio.Event()
-    results: dict[str, Any] = {}
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await _writers(group, [("first", "x", 0)], results, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            await _writers(group, [(f"p{i}", "y", 0) for i in range(50)], results, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            assert results == {}  # nothing is told before its batch committed
-            recorder.gate.set()
+    results = await _queued_behind_first(recorder, group, [(f"p{i}", "y", 0) for i in range(50)])
     assert [len(batch) for batch in recorder.batches] == [1, 50]
     assert results == {"first": 1, **{f"p{i}": 1 for i in range(50)}}
     assert (group.batches, group.writes, group.largest) == (2, 51, 50)
@@ -92,16 +101,7 @@ async def test_batches_are_bounded_by_max_batch() -> None:
     """Writes beyond max_batch wait for the next batch, in arrival order."""
     recorder = Recorder()
     group = GroupCommit(recorder, max_batch=8)
-    recorder.gate = trio.Event()
-    results: dict[str, Any] = {}
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await _writers(group, [("first", "x", 0)], results, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            for i in range(20):  # one at a time: the arrival order is known
-                await _writers(group, [(f"p{i:02}", "y", 0)], results, nursery)
-                await trio.testing.wait_all_tasks_blocked()
-            recorder.gate.set()
+    await _queued_behind_first(recorder, group, *([(f"p{i:02}", "y", 0)] for i in range(20)))
     assert [len(batch) for batch in recorder.batches] == [1, 8, 8, 4]
     assert [row[0] for batch in recorder.batches[1:] for row in batch] == [
         f"p{i:02}" for i in range(20)
@@ -114,15 +114,9 @@ async def test_one_conflicting_writer_fails_alone() -> None:
     recorder = Recorder()
     recorder.stored = {"a": 3, "b": 5, "c": 0}
     group = GroupCommit(recorder)
-    recorder.gate = trio.Event()
-    results: dict[str, Any] = {}
-    with trio.fail_after(5):
-        async with trio.open_nursery() as nursery:
-            await _writers(group, [("first", "x", 0)], results, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            await _writers(group, [("a", "1", 3), ("b", "1", 4), ("c", "1", 0)], results, nursery)
-            await trio.testing.wait_all_tasks_blocked()
-            recorder.gate.set()
+    results = await _queued_behind_first(
+        recorder, group, [("a", "1", 3), ("b", "1", 4), ("c", "1", 0)]
+    )
     assert len(recorder.batches[1]) == 3
     assert results["a"] == 4 and results["c"] == 1
     assert isinstance(results["b"], CheckpointConflict)
