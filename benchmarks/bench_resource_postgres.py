@@ -14,10 +14,13 @@ import asyncio
 import cProfile
 import io
 import pstats
+import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+import outcome
 import trio
 import trio_asyncio
 from tests import postgres_session
@@ -57,33 +60,100 @@ async def _direct(calls: int) -> tuple[float, list[float]]:
 async def _bridged(calls: int) -> tuple[float, list[float]]:
     """The bridge alone: the same calls on an asyncpg pool of 8, each awaited
     from a trio task through trio-asyncio, with no actor in between."""
-    latencies: list[float] = []
     async with trio_asyncio.open_loop():
         pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
             POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
         )
         fetchval = trio_asyncio.aio_as_trio(pool.fetchval)
-
-        async def agent(count: int, record: bool) -> None:
-            for _ in range(count):
-                start = time.perf_counter()
-                await fetchval("SELECT 1")
-                if record:
-                    latencies.append(time.perf_counter() - start)
-
-        async def run(count: int, record: bool) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(agent, count, record)
-
         try:
-            await run(50, False)  # warm-up
-            start = time.perf_counter()
-            await run(calls // CONCURRENCY, True)
-            elapsed = time.perf_counter() - start
+            return await _from_trio_tasks(calls, lambda: fetchval("SELECT 1"))
         finally:
             await trio_asyncio.aio_as_trio(pool.close)()
+
+
+async def _from_trio_tasks(
+    calls: int, call: Callable[[], Awaitable[Any]], profile: cProfile.Profile | None = None
+) -> tuple[float, list[float]]:
+    """8 trio tasks share ``calls`` awaits of ``call()`` after a warm-up;
+    calls per second and each call's latency (profiled when ``profile`` is given)."""
+    latencies: list[float] = []
+
+    async def agent(count: int, record: bool) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            await call()
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    async def run(count: int, record: bool) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(CONCURRENCY):
+                nursery.start_soon(agent, count, record)
+
+    await run(50, False)  # warm-up
+    if profile is not None:
+        profile.enable()
+    start = time.perf_counter()
+    await run(calls // CONCURRENCY, True)
+    elapsed = time.perf_counter() - start
+    if profile is not None:
+        profile.disable()
     return len(latencies) / elapsed, latencies
+
+
+class _LoopThread:
+    """An asyncio loop of its own in a worker thread, reached from trio: the
+    alternative to trio-asyncio measured beside it. A call schedules the
+    coroutine on the loop (``run_coroutine_threadsafe``) and parks the trio
+    task until the loop's done callback reschedules it (``run_sync_soon``)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.SelectorEventLoop()  # not the policy's: trio-asyncio's refuses
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        async def call() -> Any:  # asyncpg returns awaitables that are not coroutines
+            return await fn(*args, **kwargs)
+
+        future = asyncio.run_coroutine_threadsafe(call(), self.loop)
+
+        def done(_: Any) -> None:
+            token.run_sync_soon(
+                trio.lowlevel.reschedule, task, outcome.capture(future.result)
+            )
+
+        future.add_done_callback(done)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            future.cancel()
+            return trio.lowlevel.Abort.FAILED  # the done callback reschedules
+
+        return await trio.lowlevel.wait_task_rescheduled(abort)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+async def _threaded(calls: int) -> tuple[float, list[float]]:
+    """asyncpg on its own asyncio loop in a worker thread, 8 trio tasks
+    calling it through ``_LoopThread``: the same calls, no actor."""
+    loop = _LoopThread()
+    try:
+        pool = await loop.run(
+            asyncpg.create_pool, POSTGRES_URL, min_size=CONCURRENCY, max_size=CONCURRENCY
+        )
+
+        try:
+            return await _from_trio_tasks(calls, lambda: loop.run(pool.fetchval, "SELECT 1"))
+        finally:
+            await loop.run(pool.close)
+    finally:
+        loop.close()
 
 
 async def _through_resource(
@@ -100,32 +170,10 @@ async def _through_resource(
             )
         },
     )
-    latencies: list[float] = []
     query = FetchVal("SELECT 1")
     async with runtime.open_system(topology, store="memory://") as system:
         db = system.resource("db")
-
-        async def agent(count: int, record: bool) -> None:
-            for _ in range(count):
-                start = time.perf_counter()
-                await db.ask(query)
-                if record:
-                    latencies.append(time.perf_counter() - start)
-
-        async def run(count: int, record: bool) -> None:
-            async with trio.open_nursery() as nursery:
-                for _ in range(CONCURRENCY):
-                    nursery.start_soon(agent, count, record)
-
-        await run(50, False)  # warm-up
-        if profile is not None:
-            profile.enable()
-        start = time.perf_counter()
-        await run(calls // CONCURRENCY, True)
-        elapsed = time.perf_counter() - start
-        if profile is not None:
-            profile.disable()
-    return len(latencies) / elapsed, latencies
+        return await _from_trio_tasks(calls, lambda: db.ask(query), profile)
 
 
 def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
@@ -136,13 +184,19 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
     postgres_session.require()
     calls = 800 if quick else 8_000
     runs = 1 if quick else 3
-    results: dict[str, list[tuple[float, list[float]]]] = {"direct": [], "bridge": [], "db": []}
+    results: dict[str, list[tuple[float, list[float]]]] = {
+        "direct": [],
+        "bridge": [],
+        "thread": [],
+        "db": [],
+    }
     for _ in range(runs):
         results["direct"].append(asyncio.run(_direct(calls)))
         results["bridge"].append(trio.run(_bridged, calls))
+        results["thread"].append(trio.run(_threaded, calls))
         results["db"].append(trio.run(_through_resource, calls))
-    direct, bridge, resource = (
-        max(results[name], key=lambda r: r[0]) for name in ("direct", "bridge", "db")
+    direct, bridge, thread, resource = (
+        max(results[name], key=lambda r: r[0]) for name in ("direct", "bridge", "thread", "db")
     )
     ratio = direct[0] / resource[0]
     bench.record(
@@ -157,6 +211,13 @@ def test_select_1_through_the_resource(bench: Any, quick: bool) -> None:
     bench.record(
         "asyncpg via trio-asyncio only (conc. 8)",
         bridge[0],
+        "msg/s",
+        baseline=direct[0],
+        baseline_name="asyncpg on asyncio",
+    )
+    bench.record(
+        "asyncpg on a loop in a thread (conc. 8)",
+        thread[0],
         "msg/s",
         baseline=direct[0],
         baseline_name="asyncpg on asyncio",

@@ -453,7 +453,7 @@ class PostgresBackend:
 
 
 class SqliteFile:
-    """A SQLite file in WAL mode (``synchronous=NORMAL``), on one connection
+    """A SQLite file in WAL mode (``synchronous=NORMAL`` unless told), on one connection
     used from worker threads one call at a time (a trio lock orders them),
     so the trio thread never waits on the disk.
 
@@ -463,6 +463,7 @@ class SqliteFile:
             (``CREATE TABLE IF NOT EXISTS``).
         busy_timeout: seconds a call waits for another process's write
             transaction before it fails.
+        synchronous: SQLite's ``synchronous`` level (``normal`` or ``full``).
         unavailable: the exception a call that fails on the file raises
             (locked, unopenable, full: it is there, or will be, later), made
             from a message; the error is its ``__cause__``.
@@ -474,9 +475,11 @@ class SqliteFile:
         schema: Sequence[str],
         *,
         busy_timeout: float = 30.0,
+        synchronous: str = "normal",
         unavailable: Callable[[str], Exception] = BackendUnavailable,
     ) -> None:
         self.file = Path(file)
+        self.synchronous = synchronous
         self.unavailable = unavailable
         self.schema = tuple(schema)
         self.busy_timeout = busy_timeout
@@ -494,7 +497,7 @@ class SqliteFile:
                 timeout=self.busy_timeout,
             )
             connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute(f"PRAGMA synchronous={self.synchronous.upper()}")
             for statement in self.schema:
                 connection.execute(statement)
             self._connection = connection

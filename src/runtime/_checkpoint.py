@@ -9,15 +9,25 @@ cattrs and written as JSON: nothing is ever unpickled.
 Stores are chosen by URL: ``memory://`` (this process only),
 ``sqlite:///path.db`` (the embedded default; WAL mode, its blocking calls in
 a worker thread) and ``postgresql://...`` (asyncpg through trio-asyncio).
+
+The SQLite and PostgreSQL stores commit writes in groups (``GroupCommit``):
+the writes of actors waiting at the same time go to the store in one
+transaction, each writer still told only once its own write committed, and
+each version checked on its own.
 """
 
 from __future__ import annotations
 
+import collections
 import collections.abc
+import contextlib
+import copy
 import json
 import os
 import random
+import sqlite3
 import typing
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -31,6 +41,7 @@ import trio_asyncio
 
 from ._backends import SqliteFile
 from ._durations import SIZE_BUCKETS, Durations
+from ._specs import to_seconds
 from .errors import CheckpointConflict, StateError, StoreUnavailable
 
 T = TypeVar("T")
@@ -42,6 +53,7 @@ __all__ = [
     "CheckpointStatistics",
     "CheckpointStore",
     "Checkpointer",
+    "GroupCommit",
     "MemoryStore",
     "PostgresStore",
     "SqliteStore",
@@ -219,6 +231,243 @@ class MemoryStore:
         await trio.lowlevel.checkpoint()
 
 
+DEFAULT_MAX_BATCH = 256
+"""The most writes one group commit sends in one transaction."""
+
+DEFAULT_LINGER = 0.0
+"""How long a write waits for companions before its batch is sent: 0, so a
+batch holds whatever queued while the previous one was committing."""
+
+
+@attrs.define(eq=False)
+class _Write:
+    """One writer's place in the group commit: its row, then its outcome."""
+
+    path: str
+    data: str
+    version: int
+    queued_at: float
+    # Set when the write's outcome is known, or when its writer is to lead.
+    wake: trio.Event = attrs.Factory(trio.Event)
+    taken: bool = False  # in a batch that is being committed
+    # The new version, or the error to raise in the writer's task.
+    outcome: int | BaseException | None = None
+
+
+def conflict(path: str, stored: int, version: int) -> CheckpointConflict:
+    """The error of a write made against ``version`` when ``stored`` is stored."""
+    return CheckpointConflict(
+        f"{path}: checkpoint version is {stored}, the write was made against {version}"
+    )
+
+
+def _for_writer(error: BaseException) -> BaseException:
+    """``error`` as one writer of a failed batch raises it: a copy of the same
+    type (each writer's traceback is its own), caused by the original."""
+    try:
+        own = copy.copy(error)
+    except Exception:
+        return error
+    own.__cause__ = error if error.__cause__ is None else error.__cause__
+    own.__traceback__ = None
+    return own
+
+
+BatchCommit = Callable[[list[tuple[str, str, int]]], Awaitable[list[int | None]]]
+"""Commits rows ``(path, data, version)`` (distinct paths) in one transaction.
+Returns, per row, None when it was written, else the version stored (a
+conflict: that row changed nothing). Raises when the transaction failed:
+then nothing of it was written."""
+
+
+def _bounds(max_batch: object, linger: object) -> tuple[int, float]:
+    """A group commit's ``max_batch`` and ``linger``, checked.
+
+    Raises:
+        ValueError: not a whole number of at least 1, not a duration.
+    """
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise ValueError(f"max_batch: expected a whole number of at least 1, got {max_batch!r}")
+    return max_batch, float(to_seconds(linger))
+
+
+class GroupCommit:
+    """Group commit of one store's writes: leader and followers, no task of its own.
+
+    A writer queues its row. If no batch is being committed it leads: it takes
+    up to ``max_batch`` queued rows (one per path, in arrival order), commits
+    them in one transaction, tells each their outcome, and hands the lead to
+    the oldest write still queued, whose writer then commits the writes that
+    queued meanwhile. So under load a batch holds what arrived while the
+    previous one was committing; alone, a write is committed at once.
+    ``linger`` (seconds) lets a leader wait up to that long after the oldest
+    queued write arrived for companions, until ``max_batch`` are queued.
+
+    Each writer gets its own outcome: its new version, ``CheckpointConflict``
+    for its own row alone (the others are written), or, when the whole
+    transaction failed and wrote nothing, the error the store raised (a copy
+    per writer). A write taken into a batch is carried to its end even when
+    its writer is cancelled meanwhile (companions depend on the batch, and
+    the writer's version must follow what the store holds).
+    """
+
+    def __init__(
+        self,
+        commit: BatchCommit,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
+        self.max_batch, self.linger = _bounds(max_batch, linger)
+        self.commit = commit  # what sends one batch to the store
+        self._queue: collections.deque[_Write] = collections.deque()
+        self._leading = False
+        self._full = trio.Event()  # set when max_batch writes are queued
+        self.batches = 0  # transactions committed or attempted
+        self.writes = 0  # rows in them
+        self.largest = 0  # the largest batch
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        """Write one row in the next batch; its new version once committed.
+
+        Raises:
+            CheckpointConflict: its own version check failed.
+            What the store raised when the batch failed.
+        """
+        write = _Write(path, data, version, trio.current_time() if self.linger else 0.0)
+        queue = self._queue
+        queue.append(write)
+        if len(queue) >= self.max_batch:
+            self._full.set()
+        if self._leading:
+            await self._follow(write)
+            if write.outcome is None:  # handed the lead
+                await self._lead(write, handed=True)
+        else:
+            self._leading = True
+            await self._lead(write, handed=False)
+        outcome = write.outcome
+        if isinstance(outcome, BaseException):
+            raise outcome
+        assert outcome is not None
+        return outcome
+
+    async def _follow(self, write: _Write) -> None:
+        try:
+            await write.wake.wait()
+        except trio.Cancelled:
+            if not write.taken:
+                self._queue.remove(write)  # never sent: nothing to undo
+                raise
+            with trio.CancelScope(shield=True):
+                await write.wake.wait()
+
+    async def _lead(self, write: _Write, *, handed: bool) -> None:
+        with trio.CancelScope(shield=True):
+            try:
+                if self.linger:
+                    await self._linger()
+                elif handed:
+                    # Writers told by the previous batch queue their next
+                    # writes in this scheduling round: they join this batch.
+                    await trio.lowlevel.checkpoint()
+                while write.outcome is None:
+                    await self._run(self._take())
+            finally:
+                if self._queue:
+                    self._queue[0].wake.set()  # its writer leads the next batch
+                else:
+                    self._leading = False
+
+    async def _linger(self) -> None:
+        if len(self._queue) < self.max_batch:
+            self._full = trio.Event()
+            with trio.move_on_at(self._queue[0].queued_at + self.linger):
+                await self._full.wait()
+
+    def _take(self) -> list[_Write]:
+        """The next batch: queued writes in order, one per path (a later
+        write of a path already in the batch waits for the next one)."""
+        queue, paths = self._queue, set()
+        batch: list[_Write] = []
+        later: list[_Write] = []
+        while queue and len(batch) < self.max_batch:
+            write = queue.popleft()
+            if write.path in paths:
+                later.append(write)
+                continue
+            paths.add(write.path)
+            write.taken = True
+            batch.append(write)
+        queue.extendleft(reversed(later))
+        return batch
+
+    async def _run(self, batch: list[_Write]) -> None:
+        self.batches += 1
+        self.writes += len(batch)
+        self.largest = max(self.largest, len(batch))
+        try:
+            stored = await self.commit([(w.path, w.data, w.version) for w in batch])
+        except BaseException as error:
+            for write in batch:
+                write.outcome = _for_writer(error)
+            if not isinstance(error, Exception):
+                raise
+        else:
+            for write, found in zip(batch, stored, strict=True):
+                write.outcome = (
+                    write.version + 1
+                    if found is None
+                    else conflict(write.path, found, write.version)
+                )
+        finally:
+            for write in batch:
+                write.wake.set()
+
+
+def _store_options(url: str, allowed: tuple[str, ...]) -> tuple[str, dict[str, str]]:
+    """``url`` without the store's own query parameters, and those parameters.
+
+    Raises:
+        ValueError: a parameter is given twice.
+    """
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url, {}
+    ours: dict[str, str] = {}
+    rest = []
+    for key, value in urllib.parse.parse_qsl(query, keep_blank_values=True):
+        if key in allowed:
+            if key in ours:
+                raise ValueError(f"{_redacted(url)}: {key} is given twice")
+            ours[key] = value
+        else:
+            rest.append((key, value))
+    if not rest:
+        return base, ours
+    return f"{base}?{urllib.parse.urlencode(rest, quote_via=urllib.parse.quote)}", ours
+
+
+def _group_options(options: dict[str, str], url: str) -> dict[str, Any]:
+    """``max_batch`` and ``linger`` from a store URL's query, checked.
+
+    Raises:
+        ValueError: not a whole number of at least 1, not a duration.
+    """
+    found: dict[str, Any] = {}
+    try:
+        if "max_batch" in options:
+            found["max_batch"] = int(options["max_batch"])
+        if "linger" in options:
+            found["linger"] = options["linger"]
+        found["max_batch"], found["linger"] = _bounds(
+            found.get("max_batch", DEFAULT_MAX_BATCH), found.get("linger", DEFAULT_LINGER)
+        )
+    except ValueError as exc:
+        raise ValueError(f"{_redacted(url)}: {exc}") from None
+    return found
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runtime_checkpoints (
     path TEXT PRIMARY KEY,
@@ -232,17 +481,42 @@ class SqliteStore:
     """Checkpoints in a SQLite file (WAL mode), one row per actor path.
 
     One connection, used from worker threads one call at a time (a trio lock
-    orders them), so the trio thread never blocks on the disk. A committed
-    write survives the process being killed; ``synchronous=NORMAL`` means the
-    last writes before a power loss may not.
+    orders them), so the trio thread never blocks on the disk. Writes are
+    group-committed (``GroupCommit``): each batch is one transaction,
+    ``BEGIN IMMEDIATE``, a conditional ``INSERT`` or ``UPDATE`` per row
+    (its rowcount tells a conflict), ``COMMIT``.
+
+    ``synchronous`` is SQLite's level in WAL mode: ``normal`` (the default)
+    commits without waiting for the disk, so a committed write survives the
+    process being killed but the last transactions before a power loss or an
+    operating system crash may be lost; ``full`` syncs the WAL at every
+    commit (one sync per batch), so a committed write survives those too.
+
+    Args:
+        file: the database file (created with its directory on first use).
+        synchronous: ``normal`` or ``full``.
+        max_batch, linger: the group commit's bounds (see ``GroupCommit``).
     """
 
-    def __init__(self, file: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        file: str | os.PathLike[str],
+        *,
+        synchronous: str = "normal",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"synchronous: expected normal or full, got {synchronous!r}")
         self.file = Path(file)
         self.url = f"sqlite:///{self.file}"
-        self._file = SqliteFile(self.file, (_SCHEMA,), unavailable=StoreUnavailable)
+        self.synchronous = synchronous
+        self._file = SqliteFile(
+            self.file, (_SCHEMA,), synchronous=synchronous, unavailable=StoreUnavailable
+        )
         self._connect = self._file.connection
         self._run = self._file.run
+        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger)
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:
@@ -257,32 +531,49 @@ class SqliteStore:
         return result
 
     async def save(self, path: str, data: str, version: int) -> int:
-        def save() -> int:
-            connection = self._connect()
-            if version == 0:
-                cursor = connection.execute(
-                    "INSERT INTO runtime_checkpoints (path, version, data) VALUES (?, 1, ?) "
-                    "ON CONFLICT (path) DO NOTHING",
-                    (path, data),
-                )
-            else:
-                cursor = connection.execute(
-                    "UPDATE runtime_checkpoints SET version = version + 1, data = ? "
-                    "WHERE path = ? AND version = ?",
-                    (data, path, version),
-                )
-            if cursor.rowcount != 1:
-                row = connection.execute(
-                    "SELECT version FROM runtime_checkpoints WHERE path = ?", (path,)
-                ).fetchone()
-                stored = 0 if row is None else int(row[0])
-                raise CheckpointConflict(
-                    f"{path}: checkpoint version is {stored}, the write was made against {version}"
-                )
-            return version + 1
+        return await self.group.save(path, data, version)
 
-        new_version: int = await self._run(save)
-        return new_version
+    def _write_rows(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
+        """In a worker thread: one transaction (a single row: one statement,
+        its own transaction); per row None, or the stored version of a conflict."""
+        connection = self._connect()
+        alone = len(rows) == 1
+        if not alone:
+            connection.execute("BEGIN IMMEDIATE")
+        try:
+            stored: list[int | None] = []
+            for path, data, version in rows:
+                if version == 0:
+                    cursor = connection.execute(
+                        "INSERT INTO runtime_checkpoints (path, version, data) VALUES (?, 1, ?) "
+                        "ON CONFLICT (path) DO NOTHING",
+                        (path, data),
+                    )
+                else:
+                    cursor = connection.execute(
+                        "UPDATE runtime_checkpoints SET version = version + 1, data = ? "
+                        "WHERE path = ? AND version = ?",
+                        (data, path, version),
+                    )
+                if cursor.rowcount == 1:
+                    stored.append(None)
+                else:
+                    row = connection.execute(
+                        "SELECT version FROM runtime_checkpoints WHERE path = ?", (path,)
+                    ).fetchone()
+                    stored.append(0 if row is None else int(row[0]))
+            if not alone:
+                connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        return stored
+
+    async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
+        stored: list[int | None] = await self._run(self._write_rows, rows)
+        return stored
 
     async def delete(self, path: str) -> None:
         def delete() -> None:
@@ -329,29 +620,65 @@ _PG_SCHEMA = [
 ]
 
 
+_PG_WRITE = """
+WITH batch AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[]) AS b(path, data, version)
+), inserted AS (
+    INSERT INTO runtime_checkpoints (path, version, data)
+    SELECT path, 1, data FROM batch WHERE version = 0
+    ON CONFLICT (path) DO NOTHING
+    RETURNING path
+), updated AS (
+    UPDATE runtime_checkpoints AS c SET version = c.version + 1, data = b.data
+    FROM batch AS b
+    WHERE b.version > 0 AND c.path = b.path AND c.version = b.version
+    RETURNING c.path
+)
+SELECT b.path, c.version AS stored
+FROM batch AS b LEFT JOIN runtime_checkpoints AS c ON c.path = b.path
+WHERE b.path NOT IN (SELECT path FROM inserted UNION ALL SELECT path FROM updated)
+"""
+"""One group commit in one statement (one round trip, one transaction): the
+first writes inserted, the others updated where their version still holds;
+returns the rows that were not written, with the version stored (as the
+statement found it) for their ``CheckpointConflict``."""
+
+
 class PostgresStore:
     """Checkpoints in PostgreSQL through an asyncpg pool, one row per actor path.
 
     asyncpg runs on asyncio; this store calls it through trio-asyncio, so it
     must be used inside ``trio_asyncio.open_loop()`` (``open_system`` opens
     one when its store is PostgreSQL). The pool and the schema (versioned in
-    ``runtime_schema``) are made on first use. Each write is one conditional
-    ``INSERT ... ON CONFLICT DO NOTHING`` or ``UPDATE ... WHERE version = $n``.
+    ``runtime_schema``) are made on first use. Writes are group-committed
+    (``GroupCommit``): a batch is one statement over arrays (``_PG_WRITE``),
+    a conditional ``INSERT ... ON CONFLICT DO NOTHING`` for first writes and
+    an ``UPDATE ... WHERE version = ...`` for the others, returning the rows
+    it did not write: one round trip, one transaction.
 
     Args:
         url: ``postgresql://user@host:port/database``.
         max_connections: the pool's size.
+        max_batch, linger: the group commit's bounds (see ``GroupCommit``).
     """
 
-    def __init__(self, url: str, max_connections: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        max_connections: int = 4,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        linger: float = DEFAULT_LINGER,
+    ) -> None:
         self.url = url
         self.max_connections = max_connections
         self._pool: Any = None
         self._opening = trio.Lock()
+        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger)
 
     async def _call(self, method: str, *args: Any) -> Any:
         try:
-            pool = await self._connect()
+            pool = self._pool if self._pool is not None else await self._connect()
             return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
         except _PG_UNREACHABLE as exc:
             raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
@@ -395,31 +722,13 @@ class PostgresStore:
         return None if row is None else (int(row["version"]), str(row["data"]))
 
     async def save(self, path: str, data: str, version: int) -> int:
-        if version == 0:
-            new = await self._call(
-                "fetchval",
-                "INSERT INTO runtime_checkpoints (path, version, data) VALUES ($1, 1, $2) "
-                "ON CONFLICT (path) DO NOTHING RETURNING version",
-                path,
-                data,
-            )
-        else:
-            new = await self._call(
-                "fetchval",
-                "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
-                "WHERE path = $1 AND version = $3 RETURNING version",
-                path,
-                data,
-                version,
-            )
-        if new is None:
-            stored = await self._call(
-                "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
-            )
-            raise CheckpointConflict(
-                f"{path}: checkpoint version is {stored or 0}, the write was made against {version}"
-            )
-        return int(new)
+        return await self.group.save(path, data, version)
+
+    async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
+        paths, datas, versions = (list(column) for column in zip(*rows, strict=True))
+        refused = await self._call("fetch", _PG_WRITE, paths, datas, versions)
+        stored = {str(row["path"]): int(row["stored"] or 0) for row in refused}
+        return [stored.get(path) for path, _, _ in rows]
 
     async def delete(self, path: str) -> None:
         await self._call("execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path)
@@ -494,20 +803,36 @@ def default_store_url(system: str) -> str:
 def open_store(url: str) -> CheckpointStore:
     """The store a URL names (it connects on first use).
 
+    SQLite and PostgreSQL URLs take the group commit's bounds as query
+    parameters, ``max_batch`` (writes per transaction, default 256) and
+    ``linger`` (how long a write may wait for companions, default 0; seconds
+    or a duration such as ``2ms``); SQLite also ``synchronous`` (``normal``,
+    the default, or ``full``). For PostgreSQL the other parameters go to the
+    server as before.
+
     Raises:
-        ValueError: an unknown scheme or a malformed URL.
+        ValueError: an unknown scheme, a malformed URL or parameter.
     """
     if url == "memory://":
         return MemoryStore()
     if url.startswith("sqlite:///"):
-        file = url[len("sqlite:///") :]
+        base, options = _store_options(url, ("max_batch", "linger", "synchronous"))
+        if "?" in base:
+            raise ValueError(
+                f"{url!r}: a SQLite store takes max_batch, linger and synchronous, nothing else"
+            )
+        file = base[len("sqlite:///") :]
         if not file:
             raise ValueError(f"{url!r}: name a file, e.g. sqlite:///.runtime/app.db")
-        return SqliteStore(file)
+        synchronous = options.get("synchronous", "normal").lower()
+        if synchronous not in ("normal", "full"):
+            raise ValueError(f"{url!r}: synchronous must be normal or full")
+        return SqliteStore(file, synchronous=synchronous, **_group_options(options, url))
     if url.startswith(("postgresql://", "postgres://")):
         if url.rstrip("/") in ("postgresql:", "postgres:"):
             raise ValueError(f"{url!r}: name a server, e.g. postgresql://user@host:5432/db")
-        return PostgresStore(url)
+        base, options = _store_options(url, ("max_batch", "linger"))
+        return PostgresStore(base, **_group_options(options, url))
     raise ValueError(
         f"unknown checkpoint store {url!r}: use memory://, sqlite:///path.db or postgresql://..."
     )
