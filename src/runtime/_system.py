@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
@@ -114,6 +114,8 @@ class SystemHost:
         # made on first use; the name tells this process apart on the server.
         self.backends = Backends(name=f"{system.name}-{os.getpid()}")
         self.store: CheckpointStore | None = None  # opened on first use
+        # A cluster node's fencing of checkpoint writes (see join_cluster).
+        self.store_wrapper: Callable[[CheckpointStore], CheckpointStore] | None = None
         self.cells: dict[str, ActorCell] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -166,6 +168,8 @@ class SystemHost:
             self.store = (
                 wanted if isinstance(wanted, CheckpointStore) else open_store(self.system.store_url)
             )
+            if self.store_wrapper is not None:
+                self.store = self.store_wrapper(self.store)
         return self.store
 
     async def close_store(self) -> None:
@@ -174,6 +178,7 @@ class SystemHost:
         with trio.CancelScope(shield=True):
             if self.store is not None and not isinstance(self.system.store, CheckpointStore):
                 await self.store.aclose()
+            self.store = None
             await self.backends.aclose()
 
     # -- dead letters, progress ----------------------------------------------------
@@ -262,6 +267,9 @@ class ActorSystem:
         host.supervisors[self.root.path] = self.root
         self.failure: BaseException | None = None
         self.body = trio.CancelScope()  # open_system's block
+        # This node's part of a cluster (``_cluster.Cluster``), when the
+        # topology has ``cluster:``: refs to units of other nodes come from it.
+        self.cluster: Any = None
         # The spec of the first plain spawn(cls, name=...) of each class: later
         # ones reuse it under their own name instead of checking it again.
         self._spawned: dict[type, ChildSpec] = {}
@@ -313,9 +321,30 @@ class ActorSystem:
         """
         cell = self._host.cells.get(path)
         if cell is None:
+            if self.cluster is not None and path not in self._host.supervisors:
+                ref: ActorRef[Any] = self.cluster.ref(path)  # on another node
+                return ref
             what = "a supervisor, not an actor" if path in self._host.supervisors else "not found"
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
+
+    def local_ref(self, path: str) -> ActorRef[Any] | None:
+        """The ref of the actor at ``path`` if it runs in this process, else None."""
+        cell = self._host.cells.get(path)
+        return None if cell is None else cell.ref
+
+    def join_cluster(
+        self, cluster: Any, fence: Callable[[CheckpointStore], CheckpointStore]
+    ) -> None:
+        """Make this system a cluster node: ``ref`` reaches the actors of
+        other nodes through ``cluster``, and the checkpoint store is used
+        through ``fence(store)`` (before its first use)."""
+        self.cluster = cluster
+        self._host.store_wrapper = fence
+
+    def record_dead_letter(self, path: str, message: object, reason: str) -> None:
+        """A message received for ``path`` that it refused (see ``DeadLetter``)."""
+        self._host.dead_letter(path, message, reason)
 
     def resource(self, name: str) -> ActorRef[Any]:
         """The ref of the resource ``name`` (at ``resources/<name>``).

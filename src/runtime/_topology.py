@@ -35,6 +35,7 @@ from ._specs import (
     BreakerSpec,
     CheckpointPolicy,
     ChildSpec,
+    ClusterSpec,
     FieldError,
     MailboxSpec,
     MetricsSpec,
@@ -64,6 +65,7 @@ _MESSAGE_MAX = 400  # characters of one error message; the rest is elided
 _ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
 _SPECS = (
     Topology,
+    ClusterSpec,
     SupervisorSpec,
     ChildSpec,
     MailboxSpec,
@@ -608,6 +610,22 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             open_store(topology.store)
         except ValueError as exc:
             yield "$.store", str(exc)
+    if topology.cluster is not None:
+        yield from _cluster_problems(topology)
+
+
+def _cluster_problems(topology: Topology) -> Iterator[tuple[str, str]]:
+    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS."""
+    assert topology.cluster is not None
+    store = topology.store or ""
+    if not store.startswith(("postgresql://", "postgres://")):
+        yield (
+            "$.store" if topology.store is not None else "$.cluster",
+            "a cluster needs a PostgreSQL store (store: postgresql://...): every node "
+            "must read the checkpoints of the units it takes over",
+        )
+    if not topology.cluster.nats.startswith(("nats://", "tls://")):
+        yield "$.cluster.nats", f"expected a nats:// or tls:// URL; got {topology.cluster.nats!r}"
 
 
 def check_actor(

@@ -1,0 +1,112 @@
+"""Actors for the cluster tests (tests/test_cluster.py): each records which
+node handled what, in checkpointed state."""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+import trio
+
+import runtime
+
+
+@attrs.frozen
+class Add:
+    n: int
+    key: str = ""
+
+
+@attrs.frozen
+class Get:
+    pass
+
+
+@attrs.frozen
+class Where:
+    pass
+
+
+@attrs.frozen
+class Boom:
+    text: str
+
+
+@attrs.frozen
+class Slow:
+    seconds: float
+
+
+@attrs.frozen
+class Tick:
+    pass
+
+
+@attrs.frozen
+class Snapshot:
+    total: int
+    applied: list[str]
+    starts: int
+    node: str
+    ticks: int
+
+
+@attrs.define
+class CounterState:
+    total: int = 0
+    applied: list[str] = attrs.field(factory=list)
+    starts: int = 0
+    ticks: int = 0
+    last_writer: str = ""
+
+
+def node_name() -> str:
+    return os.environ.get("RUNTIME_TEST_NODE", str(os.getpid()))
+
+
+class Counter(runtime.Actor[CounterState]):
+    """Sums ``Add``; ``Where`` names its node; ``Boom`` raises; with
+    ``tick`` set, writes its state every ``tick`` seconds."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        super().__init__()
+        self.tick = tick
+
+    async def on_start(self) -> None:
+        self.state.starts += 1
+        self.state.last_writer = node_name()
+        await self.ctx.checkpoint()
+        if self.tick:
+            self.ctx.schedule_every(self.tick, Tick())
+
+    @runtime.handler
+    async def add(self, msg: Add) -> None:
+        self.state.total += msg.n
+        if msg.key:
+            self.state.applied.append(msg.key)
+        self.state.last_writer = node_name()
+
+    @runtime.handler
+    async def get(self, msg: Get) -> Snapshot:
+        return Snapshot(
+            self.state.total, list(self.state.applied), self.state.starts, node_name(),
+            self.state.ticks,
+        )
+
+    @runtime.handler
+    async def where(self, msg: Where) -> str:
+        return node_name()
+
+    @runtime.handler
+    async def boom(self, msg: Boom) -> None:
+        raise ValueError(msg.text)
+
+    @runtime.handler
+    async def slow(self, msg: Slow) -> str:
+        await trio.sleep(msg.seconds)
+        return "done"
+
+    @runtime.handler
+    async def on_tick(self, msg: Tick) -> None:
+        self.state.ticks += 1
+        self.state.last_writer = node_name()
