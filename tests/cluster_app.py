@@ -4,6 +4,7 @@ node handled what, in checkpointed state."""
 from __future__ import annotations
 
 import os
+import secrets
 
 import attrs
 import trio
@@ -49,6 +50,8 @@ class Snapshot:
     starts: int
     node: str
     ticks: int
+    instance: str
+    writers: list[str]
 
 
 @attrs.define
@@ -58,6 +61,7 @@ class CounterState:
     starts: int = 0
     ticks: int = 0
     last_writer: str = ""
+    writers: list[str] = attrs.field(factory=list)  # each instance that wrote, in order
 
 
 def node_name() -> str:
@@ -71,10 +75,16 @@ class Counter(runtime.Actor[CounterState]):
     def __init__(self, tick: float = 0.0) -> None:
         super().__init__()
         self.tick = tick
+        self.instance = f"{node_name()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+    def wrote(self) -> None:
+        self.state.last_writer = node_name()
+        if not self.state.writers or self.state.writers[-1] != self.instance:
+            self.state.writers.append(self.instance)
 
     async def on_start(self) -> None:
         self.state.starts += 1
-        self.state.last_writer = node_name()
+        self.wrote()
         await self.ctx.checkpoint()
         if self.tick:
             self.ctx.schedule_every(self.tick, Tick())
@@ -84,13 +94,13 @@ class Counter(runtime.Actor[CounterState]):
         self.state.total += msg.n
         if msg.key:
             self.state.applied.append(msg.key)
-        self.state.last_writer = node_name()
+        self.wrote()
 
     @runtime.handler
     async def get(self, msg: Get) -> Snapshot:
         return Snapshot(
             self.state.total, list(self.state.applied), self.state.starts, node_name(),
-            self.state.ticks,
+            self.state.ticks, self.instance, list(self.state.writers),
         )
 
     @runtime.handler
@@ -109,4 +119,4 @@ class Counter(runtime.Actor[CounterState]):
     @runtime.handler
     async def on_tick(self, msg: Tick) -> None:
         self.state.ticks += 1
-        self.state.last_writer = node_name()
+        self.wrote()

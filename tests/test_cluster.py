@@ -207,8 +207,15 @@ async def test_units_are_spread_run_once_and_answer_remote_calls(
         assert system.cluster.statistics().remote_asks["ok"] >= len(run.units)
 
 
-def _owner_of(where: dict[str, str], unit: str) -> str:
-    return where[unit]
+async def _ask_until_answered(ref: Any, message: object, within: float = 20) -> Any:
+    """Ask again after each timeout: an ask already sent to a node as it
+    died is lost with it (an ask is made at most once), and times out."""
+    with trio.fail_after(within):
+        while True:
+            try:
+                return await ref.ask(message, timeout=0.5)
+            except AskTimeout:
+                continue
 
 
 @pytest.mark.multiprocess
@@ -233,7 +240,7 @@ async def test_a_killed_nodes_units_run_again_elsewhere_from_their_checkpoints(
         run.signal(victim, signal.SIGKILL)
         killed = time.monotonic()
         for unit in theirs:
-            snapshot = await system.ref(run.path(unit)).ask(Get(), timeout=20)
+            snapshot = await _ask_until_answered(system.ref(run.path(unit)), Get())
             assert snapshot.node != victim
             assert snapshot.applied == [f"before-{unit}"] and snapshot.total == 7
         took = time.monotonic() - killed
@@ -259,37 +266,27 @@ async def test_a_paused_node_resumed_cannot_overwrite_the_new_owner_and_stops(
         async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
             await _wait_all_placed(system, run, 3)
             await trio.sleep(3 * run.lease)
-            where = await _where(system, run)
-            victim = where["a"]
+            stale = await system.ref(run.path("a")).ask(Get(), timeout=10)
+            victim = stale.node
             run.signal(victim, signal.SIGSTOP)
-            snapshot = await system.ref(run.path("a")).ask(Get(), timeout=20)
-            new_owner = snapshot.node
-            assert new_owner != victim
+            taken = await _ask_until_answered(system.ref(run.path("a")), Get())
+            assert taken.node != victim and taken.writers[-1] == taken.instance
+            await trio.sleep(run.lease)  # the new owner writes meanwhile
             run.signal(victim, signal.SIGCONT)
+            with trio.fail_after(20):  # the stale copy stops
+                while not [
+                    e for e in run.events(victim)
+                    if e.get("event") == "unit_lost" and e.get("unit") == "a"
+                ]:
+                    await trio.sleep(0.1)
             await trio.sleep(2 * run.lease)
-            # The stale copy stopped: the victim's log says it lost the unit.
-            lost = [
-                e for e in run.events(victim)
-                if e.get("event") == "unit_lost" and e.get("unit") == "a"
-            ]
-            assert lost, "the resumed node did not stop its stale copy"
-            async with trio_asyncio.open_loop():
-                store = PostgresStore(POSTGRES_URL)
-                try:
-                    found = await store.load(run.path("a"))
-                finally:
-                    await store.aclose()
-            assert found is not None and f'"last_writer": "{new_owner}"' in found[1]
-            # Nothing the stale copy tried was written: its writes were refused.
-            refused = [
-                e for e in run.events(victim)
-                if e.get("event") == "checkpoint_failed" and "epoch" in str(e.get("error"))
-            ] + [
-                e for e in run.events(victim)
-                if e.get("event") == "checkpoint_failed" and "not held" in str(e.get("error"))
-            ]
-            assert refused or lost
-            assert (await system.ref(run.path("a")).ask(Where(), timeout=10)) == new_owner
+            # Whoever runs it now carries on from the new owner's state: the
+            # stale instance never wrote again after the new owner started.
+            now = await _ask_until_answered(system.ref(run.path("a")), Get())
+            history = now.writers
+            first_new = history.index(taken.instance)
+            assert stale.instance not in history[first_new:], history
+            assert now.ticks >= taken.ticks
     finally:
         run.stop_all()
 

@@ -370,7 +370,14 @@ class Cluster:
             logger.warning("cluster_unreachable", node=self.node, error=str(exc))
             self._expire(now)
             return
-        for unit in self.units:
+        # Leases held are renewed first; units to take wait for the next round
+        # once this one has run for an interval (taking one raises its fence
+        # in PostgreSQL): a renewal is never late behind a run of takeovers.
+        order = [*self.held, *(unit for unit in self.units if unit not in self.held)]
+        for unit in order:
+            if unit not in self.held and trio.current_time() - now > self.interval:
+                self._wake.set()
+                break
             try:
                 await self._place(unit, leases, now)
             except BackendUnavailable as exc:
