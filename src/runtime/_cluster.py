@@ -121,8 +121,10 @@ class ClusterStatistics:
         handovers: units this node gave to another node while running.
         lost: units this node lost (its lease taken or expired).
         remote_asks: remote asks sent from this node, by outcome.
+        ask_bounds: the latency histogram's upper bounds (seconds).
         ask_buckets: cumulative counts of remote-ask latencies at or under
-            each bound of ``ASK_BUCKETS``, then the total and the sum.
+            each bound.
+        ask_count, ask_seconds: remote asks, and their total time.
     """
 
     node: str
@@ -133,6 +135,7 @@ class ClusterStatistics:
     handovers: int
     lost: int
     remote_asks: dict[str, int]
+    ask_bounds: tuple[float, ...]
     ask_buckets: tuple[int, ...]
     ask_count: int
     ask_seconds: float
@@ -318,6 +321,7 @@ class Cluster:
             handovers=self.handovers,
             lost=self.lost,
             remote_asks=dict(self.remote_asks),
+            ask_bounds=ASK_BUCKETS,
             ask_buckets=tuple(self.ask_buckets),
             ask_count=self.ask_count,
             ask_seconds=self.ask_seconds,
@@ -442,7 +446,8 @@ class Cluster:
             return
         lease = self.held[unit] = _Lease(epoch, revision, now)
         self.placement[unit] = Placement(unit, self.node, epoch)
-        if previous.node is not None and previous.node != self.node and previous.node not in self.nodes:
+        gone = previous.node is not None and previous.node not in self.nodes
+        if gone and previous.node != self.node:
             self.failovers += 1
         logger.info("unit_acquired", unit=unit, node=self.node, epoch=epoch, previous=previous.node)
         assert self._nursery is not None
@@ -641,12 +646,12 @@ async def open_cluster(
             try:
                 yield cluster
             finally:
-                with trio.CancelScope(shield=True), trio.move_on_after(
-                    max(10.0, 2 * cluster.spec.lease)
+                with (
+                    trio.CancelScope(shield=True),
+                    trio.move_on_after(max(10.0, 2 * cluster.spec.lease)),
                 ):
                     await cluster.leave()
                 nursery.cancel_scope.cancel()
     finally:
         with trio.CancelScope(shield=True):
             await cluster.aclose()
-
