@@ -29,7 +29,7 @@ class ClusterRun:
         units: Iterable[str] = ("a", "b", "c", "d", "e", "f"),
         lease: float = 1.0,
         tick: float = 0.0,
-        extra: str = "",
+        checkpoint: str = "message",
     ) -> None:
         self.tmp_path = tmp_path
         self.name = unique("cl")
@@ -37,8 +37,8 @@ class ClusterRun:
         self.units = list(units)
         self.lease = lease
         children = "\n".join(
-            f"    - {{name: {unit}, actor: 'tests.cluster_app:Counter', checkpoint: message,"
-            f" args: {{tick: {tick}}}{extra}}}"
+            f"    - {{name: {unit}, actor: 'tests.cluster_app:Counter', checkpoint: {checkpoint},"
+            f" args: {{tick: {tick}}}}}"
             for unit in self.units
         )
         self.topology = tmp_path / "cluster.yaml"

@@ -207,6 +207,10 @@ async def test_units_are_spread_run_once_and_answer_remote_calls(
         assert system.cluster.statistics().remote_asks["ok"] >= len(run.units)
 
 
+def _logged(run: ClusterRun, node: str, event: str, unit: str) -> bool:
+    return any(e.get("event") == event and e.get("unit") == unit for e in run.events(node))
+
+
 async def _ask_until_answered(ref: Any, message: object, within: float = 20) -> Any:
     """Ask again after each timeout: an ask already sent to a node as it
     died is lost with it (an ask is made at most once), and times out."""
@@ -257,9 +261,7 @@ async def test_a_paused_node_resumed_cannot_overwrite_the_new_owner_and_stops(
     """SIGSTOP of a node, its units taken over, SIGCONT: the stale copies
     write nothing (their writes are refused by epoch) and stop."""
     require_postgres()
-    run = ClusterRun(
-        tmp_path, require_nats(), POSTGRES_URL, units=UNITS, lease=1.0, tick=0.05
-    )
+    run = ClusterRun(tmp_path, require_nats(), POSTGRES_URL, units=UNITS, lease=1.0, tick=0.05)
     try:
         for node in NODES:
             run.start(node)
@@ -274,10 +276,7 @@ async def test_a_paused_node_resumed_cannot_overwrite_the_new_owner_and_stops(
             await trio.sleep(run.lease)  # the new owner writes meanwhile
             run.signal(victim, signal.SIGCONT)
             with trio.fail_after(20):  # the stale copy stops
-                while not [
-                    e for e in run.events(victim)
-                    if e.get("event") == "unit_lost" and e.get("unit") == "a"
-                ]:
+                while not _logged(run, victim, "unit_lost", "a"):  # noqa: ASYNC110 (a log)
                     await trio.sleep(0.1)
             await trio.sleep(2 * run.lease)
             # Whoever runs it now carries on from the new owner's state: the
@@ -315,7 +314,8 @@ async def test_nodes_carry_on_after_the_nats_server_restarts(
             assert "before" in snapshot.applied
             await system.ref(run.path("a")).tell(Add(1, "after"))
             with trio.fail_after(15):
-                while "after" not in (await system.ref(run.path("a")).ask(Get(), timeout=10)).applied:
+                ref = system.ref(run.path("a"))
+                while "after" not in (await ref.ask(Get(), timeout=10)).applied:  # noqa: ASYNC110
                     await trio.sleep(0.1)
             for unit in run.units:
                 await system.ref(run.path(unit)).ask(Where(), timeout=10)

@@ -112,7 +112,8 @@ def _encode_message(msg: object) -> Any:
     try:
         return json_converter().unstructure(msg)
     except Exception as exc:
-        raise TypeError(f"{type(msg).__qualname__} cannot cross the network as JSON: {exc}") from exc
+        name = type(msg).__qualname__
+        raise TypeError(f"{name} cannot cross the network as JSON: {exc}") from exc
 
 
 def _trace_carrier() -> dict[str, str]:
@@ -348,7 +349,6 @@ class RemoteRef(ActorRef[Any]):
         on its own node (``/status`` there)."""
         status = self._transport.remote_status(self._path)
         return ActorStatistics(self._path, status, 0, 0, 0, 0, None, 0)
-
 
 
 def _type_of(msg: object) -> Any:
