@@ -261,7 +261,7 @@ async def test_a_paused_node_resumed_cannot_overwrite_the_new_owner_and_stops(
     """SIGSTOP of a node, its units taken over, SIGCONT: the stale copies
     write nothing (their writes are refused by epoch) and stop."""
     require_postgres()
-    run = ClusterRun(tmp_path, require_nats(), POSTGRES_URL, units=UNITS, lease=1.0, tick=0.05)
+    run = ClusterRun(tmp_path, require_nats(), POSTGRES_URL, units=UNITS, lease=2.0, tick=0.05)
     try:
         for node in NODES:
             run.start(node)
@@ -299,7 +299,7 @@ async def test_nodes_carry_on_after_the_nats_server_restarts(
     """The NATS server stopped and started again: the nodes reconnect,
     place every unit again and answer asks."""
     require_postgres()
-    run = ClusterRun(tmp_path, private_nats.url, POSTGRES_URL, units=UNITS[:3], lease=1.0)
+    run = ClusterRun(tmp_path, private_nats.url, POSTGRES_URL, units=UNITS[:3], lease=2.0)
     try:
         for node in NODES:
             run.start(node)

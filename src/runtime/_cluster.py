@@ -29,7 +29,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -55,6 +55,7 @@ from ._remote import (
 )
 from ._specs import ChildSpec, ClusterSpec, SupervisorSpec, Topology
 from ._system import ActorSystem
+from ._topology import iter_children
 from .errors import (
     ActorFailed,
     ActorNotFound,
@@ -200,7 +201,9 @@ class Cluster:
         self.units: dict[str, ChildSpec | SupervisorSpec] = {
             child.name: child for child in topology.supervisor.children
         }
-        self.actors: dict[str, Any] = dict(_actors(topology.supervisor))
+        self.actors: dict[str, Any] = {
+            path: child.actor for path, child in iter_children(topology.supervisor)
+        }
         self.system_token = _token(topology.system)
         self.base = f"{spec.prefix}.{self.system_token}"
         bucket = f"{spec.prefix}_{self.system_token}"
@@ -620,15 +623,6 @@ class FencedStore:
 
 def _unwrapped(store: CheckpointStore) -> CheckpointStore:
     return store.store if isinstance(store, FencedStore) else store
-
-
-def _actors(spec: SupervisorSpec, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    base = f"{prefix}{spec.name}"
-    for child in spec.children:
-        if isinstance(child, SupervisorSpec):
-            yield from _actors(child, f"{base}/")
-        else:
-            yield f"{base}/{child.name}", child.actor
 
 
 @asynccontextmanager
