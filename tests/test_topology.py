@@ -211,7 +211,8 @@ BROKEN = [
         """,
         4,
         "colour",
-        "unknown key 'colour'; known keys: system, supervisor, store, resources, metrics",
+        "unknown key 'colour' (did you mean 'cluster'?); known keys: system, supervisor, "
+        "store, resources, metrics, cluster",
     ),
     Broken(
         "unknown-key-in-child",

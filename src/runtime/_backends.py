@@ -37,6 +37,8 @@ __all__ = [
     "Backends",
     "NatsBackend",
     "NatsKV",
+    "NatsSubscription",
+    "NoResponders",
     "PostgresBackend",
     "SqliteFile",
     "backend_kind",
@@ -112,6 +114,11 @@ _WRONG_LAST_SEQUENCE = (10071, 10164)
 
 class BackendUnavailable(Exception):
     """A coordination engine (PostgreSQL, NATS) could not be reached in time."""
+
+
+class NoResponders(Exception):
+    """A NATS request found nobody subscribed to its subject (the server said
+    so at once: during a failover, nobody serves the subject for a moment)."""
 
 
 def process_identity() -> tuple[str, int, str]:
@@ -245,14 +252,28 @@ class NatsBackend:
         url: ``nats://host:port`` (credentials in the URL are passed on).
         op_timeout: seconds one call may take.
         name: the connection's name, as the server shows it.
+        reconnect: whether nats-py reconnects by itself after a lost
+            connection, keeping the subscriptions (and buffering publishes
+            meanwhile); without it, the next call connects again and
+            subscriptions end with the connection.
+        options: more keyword arguments of ``nats.connect`` (credentials
+            file, TLS context, ...).
     """
 
     def __init__(
-        self, url: str, *, op_timeout: float = DEFAULT_OP_TIMEOUT, name: str = "runtime"
+        self,
+        url: str,
+        *,
+        op_timeout: float = DEFAULT_OP_TIMEOUT,
+        name: str = "runtime",
+        reconnect: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.url = url
         self.op_timeout = op_timeout
         self.name = name
+        self.reconnect = reconnect
+        self.options = dict(options or {})
         self._client: Any = None
         self._js: Any = None
         self._buckets: dict[str, NatsKV] = {}
@@ -265,18 +286,25 @@ class NatsBackend:
         async with self._lock:
             if self._client is not None and self._client.is_connected:
                 return self._js
+            if self._client is not None and self._client.is_reconnecting:
+                raise BackendUnavailable(f"NATS at {redacted(self.url)}: reconnecting")
             await self._close_client()
+            reconnect: dict[str, Any] = (
+                {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.2}
+                if self.reconnect
+                else {"allow_reconnect": False, "max_reconnect_attempts": 0}
+            )
             try:
                 with trio.fail_after(self.op_timeout * 2):
                     client = await trio_asyncio.aio_as_trio(_nats().connect)(
                         self.url,
                         name=self.name,
                         connect_timeout=self.op_timeout,
-                        allow_reconnect=False,
-                        max_reconnect_attempts=0,
                         error_cb=_quiet,
                         disconnected_cb=_quiet_event,
                         closed_cb=_quiet_event,
+                        **reconnect,
+                        **self.options,
                     )
             except nats_unreachable() as exc:
                 raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
@@ -329,6 +357,69 @@ class NatsBackend:
 
         return await self.call(create)
 
+    async def client(self) -> Any:
+        """The connected nats-py client (connecting first if need be)."""
+        await self._connected()
+        return self._client
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> None:
+        """Publish ``data`` on ``subject`` (at most once: nobody may listen)."""
+        client = await self.client()
+        await self.call(client.publish, subject, data, "", headers)
+
+    async def request(
+        self, subject: str, data: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> bytes:
+        """Send ``data`` to one subscriber of ``subject`` and return its reply.
+
+        Raises:
+            NoResponders: nobody is subscribed to ``subject`` now.
+            TimeoutError: no reply within ``timeout`` seconds.
+            BackendUnavailable: the server cannot be reached.
+        """
+        client = await self.client()
+        errors = _nats().errors
+        try:
+            with trio.fail_after(timeout + 1.0):  # nats-py's own timeout comes first
+                message = await trio_asyncio.aio_as_trio(client.request)(
+                    subject, data, timeout, headers=headers
+                )
+        except errors.NoRespondersError as exc:
+            raise NoResponders(subject) from exc
+        except (errors.TimeoutError, trio.TooSlowError, TimeoutError) as exc:
+            raise TimeoutError(f"no reply on {subject} within {timeout}s") from exc
+        except nats_unreachable() as exc:
+            raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
+        return bytes(message.data)
+
+    async def subscribe(
+        self, subject: str, *, queue: str = "", capacity: int = 256
+    ) -> NatsSubscription:
+        """Messages on ``subject`` (a wildcard subject too) as a trio channel.
+
+        ``queue`` names a queue group: each message goes to one member of
+        the group. The channel holds ``capacity`` messages; when it is full,
+        nats-py's delivery for this subscription waits until the reader
+        takes one (backpressure, nothing dropped by the bridge; the server
+        buffers behind it up to its slow-consumer limits).
+        """
+        client = await self.client()
+        send, receive = trio.open_memory_channel[Any](capacity)
+
+        async def deliver(message: Any) -> None:
+            # nats-py calls this on asyncio, in the trio run's own thread.
+            try:
+                send.send_nowait(message)
+            except trio.WouldBlock:
+                await trio_asyncio.trio_as_aio(send.send)(message)
+            except trio.ClosedResourceError:
+                pass  # unsubscribed while the message was on its way
+
+        subscription = await self.call(client.subscribe, subject, queue, deliver)
+        return NatsSubscription(self, subscription, send, receive)
+
     async def delete_bucket(self, bucket: str) -> None:
         """Remove ``bucket`` and every key in it (tests and tools)."""
         js = await self._connected()
@@ -350,6 +441,34 @@ class NatsBackend:
         async with self._lock:
             await self._close_client()
             self._buckets.clear()
+
+
+class NatsSubscription:
+    """One NATS subscription, read from trio: ``async for message in sub.messages``
+    (nats-py ``Msg``: ``subject``, ``data``, ``headers``, ``reply``)."""
+
+    def __init__(
+        self,
+        backend: NatsBackend,
+        subscription: Any,
+        send: trio.MemorySendChannel[Any],
+        receive: trio.MemoryReceiveChannel[Any],
+    ) -> None:
+        self.backend = backend
+        self.messages = receive
+        self._subscription = subscription
+        self._send = send
+
+    async def reply(self, message: Any, data: bytes) -> None:
+        """Answer a request ``message`` (nothing happens for a plain publish)."""
+        if message.reply:
+            await self.backend.publish(message.reply, data)
+
+    async def unsubscribe(self) -> None:
+        """Stop receiving; the channel ends once the messages in it are read."""
+        self._send.close()
+        with contextlib.suppress(Exception):  # a closed connection ended it already
+            await self.backend.call(self._subscription.unsubscribe)
 
 
 async def _quiet(_error: Exception) -> None:

@@ -60,6 +60,7 @@ __all__ = [
     "StateError",
     "decode_state",
     "encode_state",
+    "json_converter",
     "open_store",
 ]
 
@@ -121,6 +122,12 @@ are no actor's checkpoint: ``paths()`` leaves them out."""
 
 def _actor_paths(paths: list[str]) -> list[str]:
     return [path for path in paths if not path.startswith(RESERVED_PREFIX)]
+
+
+def json_converter() -> cattrs.Converter:
+    """The strict JSON converter of checkpoints (messages crossing the
+    network are structured with it too)."""
+    return _converter
 
 
 @runtime_checkable
@@ -642,6 +649,10 @@ WHERE b.path NOT IN (SELECT path FROM inserted UNION ALL SELECT path FROM update
 first writes inserted, the others updated where their version still holds;
 returns the rows that were not written, with the version stored (as the
 statement found it) for their ``CheckpointConflict``."""
+_PG_FENCES = (
+    "CREATE TABLE IF NOT EXISTS runtime_fences (unit TEXT PRIMARY KEY, epoch BIGINT NOT NULL)"
+)
+"""One fencing epoch per placement unit of a cluster (its lease's)."""
 
 
 class PostgresStore:
@@ -721,7 +732,15 @@ class PostgresStore:
         )
         return None if row is None else (int(row["version"]), str(row["data"]))
 
-    async def save(self, path: str, data: str, version: int) -> int:
+    async def save(
+        self, path: str, data: str, version: int, *, fence: tuple[str, int] | None = None
+    ) -> int:
+        """``CheckpointStore.save``; with ``fence=(unit, epoch)``, the write is
+        made only while ``epoch`` is the unit's fencing epoch (see
+        ``raise_fence``), checked in the same statement as the write. Fenced
+        writes go one by one; the others share group commits."""
+        if fence is not None:
+            return await self._save_fenced(path, data, version, fence)
         return await self.group.save(path, data, version)
 
     async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
@@ -732,6 +751,79 @@ class PostgresStore:
 
     async def delete(self, path: str) -> None:
         await self._call("execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path)
+
+    async def raise_fence(self, unit: str, epoch: int) -> None:
+        """Make ``epoch`` the fencing epoch of ``unit``: from now on only
+        writes fenced with it are made. Waits for a fenced write in progress
+        (it holds the fence row), so a read after this sees that write.
+
+        Raises:
+            CheckpointConflict: the unit's epoch is newer than ``epoch``.
+        """
+        await self._call("execute", _PG_FENCES)
+        raised = await self._call(
+            "fetchval",
+            "INSERT INTO runtime_fences (unit, epoch) VALUES ($1, $2) ON CONFLICT (unit) "
+            "DO UPDATE SET epoch = EXCLUDED.epoch WHERE runtime_fences.epoch <= EXCLUDED.epoch "
+            "RETURNING epoch",
+            unit,
+            epoch,
+        )
+        if raised is None:
+            current = await self._fence_epoch(unit)
+            raise CheckpointConflict(f"{unit}: fencing epoch is {current}, newer than {epoch}")
+
+    async def _fence_epoch(self, unit: str) -> int:
+        found = await self._call(
+            "fetchval", "SELECT epoch FROM runtime_fences WHERE unit = $1", unit
+        )
+        return int(found or 0)
+
+    async def _save_fenced(
+        self, path: str, data: str, version: int, fence: tuple[str, int]
+    ) -> int:
+        unit, epoch = fence
+        # FOR SHARE: raise_fence waits for this write, and this write sees a
+        # raise committed before it (READ COMMITTED re-reads a locked row).
+        if version == 0:
+            new = await self._call(
+                "fetchval",
+                "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $3 FOR SHARE) "
+                "INSERT INTO runtime_checkpoints (path, version, data) "
+                "SELECT $1, 1, $2 WHERE (SELECT epoch FROM fence) = $4 "
+                "ON CONFLICT (path) DO NOTHING RETURNING version",
+                path,
+                data,
+                unit,
+                epoch,
+            )
+        else:
+            new = await self._call(
+                "fetchval",
+                "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $4 FOR SHARE) "
+                "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
+                "WHERE path = $1 AND version = $3 AND (SELECT epoch FROM fence) = $5 "
+                "RETURNING version",
+                path,
+                data,
+                version,
+                unit,
+                epoch,
+            )
+        if new is None:
+            current = await self._fence_epoch(unit)
+            if current != epoch:
+                raise CheckpointConflict(
+                    f"{path}: written under epoch {epoch} of {unit}, whose epoch is now "
+                    f"{current} (another node owns it)"
+                )
+            stored = await self._call(
+                "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
+            )
+            raise CheckpointConflict(
+                f"{path}: checkpoint version is {stored or 0}, the write was made against {version}"
+            )
+        return int(new)
 
     async def paths(self) -> list[str]:
         rows = await self._call("fetch", "SELECT path FROM runtime_checkpoints ORDER BY path")

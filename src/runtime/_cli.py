@@ -160,6 +160,14 @@ def _parser() -> argparse.ArgumentParser:
         help="least severe log level written (default: info); debug adds tracebacks on the console",
     )
     start.add_argument(
+        "--node",
+        metavar="NAME",
+        help=(
+            "with cluster: in the topology, this node's name, unique in the cluster "
+            "(default: hostname-pid)"
+        ),
+    )
+    start.add_argument(
         "--no-env-checks",
         action="store_true",
         help=(
@@ -266,6 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.progress_interval,
             env_checks=not args.no_env_checks,
             max_time=args.max_time,
+            node=args.node,
         )
     )
 
@@ -381,6 +390,7 @@ async def _start(
     *,
     env_checks: bool = True,
     max_time: float | None = None,
+    node: str | None = None,
 ) -> int:
     topology = _load(path)
     if topology is None:
@@ -416,6 +426,7 @@ async def _start(
                         progress_interval=progress_interval,
                         ends=ends,
                         max_time=max_time,
+                        node=node,
                     )
                 if hard.cancelled_caught:
                     print("error: stop interrupted by a second signal", file=sys.stderr)
@@ -448,6 +459,7 @@ async def _run(
     progress_interval: float = 1.0,
     ends: list[EndSnapshot] | None = None,
     max_time: float | None = None,
+    node: str | None = None,
 ) -> RunEnd | None:
     """Run the system until a signal (returns None), until it is idle with
     ``until_idle``, or for ``max_time`` seconds at most; then stop it gracefully.
@@ -458,7 +470,7 @@ async def _run(
     """
     deadline = math.inf if max_time is None else trio.current_time() + max_time
     ended: RunEnd | None = None
-    async with open_system(topology) as system, trio.open_nursery() as display:
+    async with open_system(topology, node=node) as system, trio.open_nursery() as display:
         holder.append(system)
         if ends is not None:
             display.start_soon(_remember_end, system, ends)

@@ -33,20 +33,22 @@ _ids = itertools.count(1)
 
 class CorrelationSlot:
     """The correlation of what a task is handling now (one slot per task,
-    updated per message); ``value`` 0 until an id is needed."""
+    updated per message); ``value`` 0 until an id is needed, or the id
+    itself (a string) for a chain that came from another process."""
 
     __slots__ = ("value",)
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int | str = 0) -> None:
         self.value = value
 
-    def number(self) -> int:
+    def number(self) -> int | str:
         if not self.value:
             self.value = next(_ids)
         return self.value
 
     def __repr__(self) -> str:
-        return format_id(self.number())
+        number = self.number()
+        return number if isinstance(number, str) else format_id(number)
 
     __str__ = __repr__
 
@@ -73,8 +75,9 @@ def format_id(number: int) -> str:
     return f"{_PREFIX}-{number:x}"
 
 
-def current() -> int:
-    """The current chain's id as a number; 0 outside any handler."""
+def current() -> int | str:
+    """The current chain's id as a number (its id, for a chain from another
+    process); 0 outside any handler."""
     slot = CURRENT.get()
     return 0 if slot is None else slot.number()
 

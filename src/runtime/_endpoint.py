@@ -139,6 +139,27 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
         "dead_letters": system.dead_letter_count,
         "locks": _locks(system),
         "workflows": workflows_document(system),
+        "cluster": _cluster(system),
+    }
+
+
+def _cluster(system: ActorSystem) -> dict[str, Any] | None:
+    """This node's view of the cluster; None without ``cluster:``."""
+    if system.cluster is None:
+        return None
+    stats = system.cluster.statistics()
+    return {
+        "node": stats.node,
+        "nodes": list(stats.nodes),
+        "placement": [
+            {"unit": p.unit, "node": p.node, "epoch": p.epoch} for p in stats.placement
+        ],
+        "held": stats.held,
+        "failovers": stats.failovers,
+        "handovers": stats.handovers,
+        "lost": stats.lost,
+        "remote_asks": stats.remote_asks,
+        "remote_ask_seconds": stats.ask_seconds / stats.ask_count if stats.ask_count else None,
     }
 
 

@@ -34,7 +34,7 @@ class Ask:
     __slots__ = ("correlation", "msg", "priority", "trace", "waiter")
 
     def __init__(
-        self, msg: object, waiter: Any, priority: str = "normal", correlation: int = 0
+        self, msg: object, waiter: Any, priority: str = "normal", correlation: int | str = 0
     ) -> None:
         self.msg = msg
         self.waiter = waiter
@@ -64,7 +64,7 @@ class Envelope:
 
     __slots__ = ("correlation", "msg", "trace")
 
-    def __init__(self, msg: object, correlation: int, trace: Any = None) -> None:
+    def __init__(self, msg: object, correlation: int | str, trace: Any = None) -> None:
         self.msg = msg
         self.correlation = correlation
         self.trace = trace  # the sender's OpenTelemetry context, when tracing

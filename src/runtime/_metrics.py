@@ -100,6 +100,46 @@ class RuntimeCollector(Collector):
         )
         up.add_metric([system.name], 1.0 if system.healthy() else 0.0)
         yield up
+        if system.cluster is not None:
+            yield from self._cluster(system.cluster.statistics())
+
+    # -- cluster ------------------------------------------------------------------
+
+    def _cluster(self, stats: Any) -> Iterator[Metric]:
+        nodes = GaugeMetricFamily("runtime_cluster_nodes", "Live nodes of the cluster.")
+        nodes.add_metric([], len(stats.nodes))
+        yield nodes
+        epoch = GaugeMetricFamily(
+            "runtime_cluster_unit_epoch",
+            "The lease epoch of each unit, by the node holding it.",
+            labels=["unit", "node"],
+        )
+        for place in stats.placement:
+            if place.node is not None and place.epoch is not None:
+                epoch.add_metric([place.unit, place.node], place.epoch)
+        yield epoch
+        held = GaugeMetricFamily("runtime_cluster_units_held", "Units this node runs.")
+        held.add_metric([], len(stats.held))
+        yield held
+        moves = CounterMetricFamily(
+            "runtime_cluster_unit_moves",
+            "Units this node took over from a gone node (failover), handed over, or lost.",
+            labels=["kind"],
+        )
+        moves.add_metric(["failover"], stats.failovers)
+        moves.add_metric(["handover"], stats.handovers)
+        moves.add_metric(["lost"], stats.lost)
+        yield moves
+        asks = HistogramMetricFamily(
+            "runtime_cluster_remote_ask_seconds",
+            "Remote asks sent from this node, from send to reply (retries included).",
+        )
+        buckets = [
+            (str(bound), count)
+            for bound, count in zip(stats.ask_bounds, stats.ask_buckets, strict=True)
+        ]
+        asks.add_metric([], [*buckets, ("+Inf", stats.ask_count)], stats.ask_seconds)
+        yield asks
 
     # -- actors -----------------------------------------------------------------
 

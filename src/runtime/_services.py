@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import attrs
 import trio
 import trio_asyncio
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
@@ -78,12 +79,36 @@ async def _open_services(
         logger.info("metrics_listening", url=system.endpoint_url, loopback=listen.loopback)
 
 
+def _without_units(topology: Topology) -> Topology:
+    """A cluster node's root starts empty: the cluster adds the units it holds."""
+    if topology.cluster is None:
+        return topology
+    return attrs.evolve(topology, supervisor=attrs.evolve(topology.supervisor, children=[]))
+
+
+@asynccontextmanager
+async def _joined(
+    system: ActorSystem, topology: Topology, node: str | None, hosts_units: bool
+) -> AsyncIterator[None]:
+    """This node's part of the cluster while the block runs (nothing
+    without ``cluster:``; nats-py is then never imported)."""
+    if topology.cluster is None:
+        yield
+        return
+    from ._cluster import open_cluster  # noqa: PLC0415 (cluster nodes only)
+
+    async with open_cluster(system, topology, node, hosts_units=hosts_units):
+        yield
+
+
 @asynccontextmanager
 async def open_system(
     topology: Topology | str | os.PathLike[str] | None = None,
     *,
     store: object = None,
     registry: object = None,
+    node: str | None = None,
+    hosts_units: bool = True,
 ) -> AsyncIterator[ActorSystem]:
     """Start a supervision tree; leaving the block stops it gracefully.
 
@@ -107,6 +132,11 @@ async def open_system(
             registry with the system's, the process's and the platform's
             metrics.
 
+        node: with ``cluster:``, this node's name, unique in the cluster
+            (default ``hostname-pid``).
+        hosts_units: with ``cluster:``, False for a node that runs no unit
+            and only reaches the others' actors (a client).
+
     Raises:
         TopologyError: the topology is invalid; nothing was started.
         ValueError: ``store`` is not a known store URL.
@@ -119,8 +149,9 @@ async def open_system(
     if registry is not None and not isinstance(registry, CollectorRegistry):
         raise TypeError(f"registry must be a prometheus CollectorRegistry, got {registry!r}")
     system = ActorSystem(
-        spec, check_store(store), metrics=registry is not None or listen is not None
+        _without_units(spec), check_store(store), metrics=registry is not None or listen is not None
     )
+    system.topology = spec
     root, resources = system.root, system.resources
 
     body_error: BaseException | None = None
@@ -139,7 +170,8 @@ async def open_system(
                     if system.failure is None:
                         logger.info("system_started", system=system.name)
                         try:
-                            yield system
+                            async with _joined(system, spec, node, hosts_units):
+                                yield system
                         except trio.Cancelled:
                             raise
                         except BaseException as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "BreakerSpec",
     "BudgetSpec",
     "ChildSpec",
+    "ClusterSpec",
     "MailboxSpec",
     "MetricsSpec",
     "PoolSpec",
@@ -549,6 +550,57 @@ class MetricsSpec:
     tracing: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
 
 
+def _positive_seconds(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value <= 0:
+        raise FieldError(attribute.name, f"must be above 0 seconds; got {value!r}")
+
+
+_SUBJECT_TOKEN = re.compile(r"^[A-Za-z0-9_\-]+$")
+
+
+def _subject_token(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not _SUBJECT_TOKEN.match(value):
+        raise FieldError(
+            attribute.name, f"letters, digits, '_' or '-' (a NATS subject token); got {value!r}"
+        )
+
+
+@attrs.frozen
+class ClusterSpec:
+    """Run the topology on several nodes, over NATS JetStream (DESIGN 6.5).
+
+    Attributes:
+        nats: the NATS server's URL (JetStream enabled).
+        lease: seconds a node's membership and its units' leases live
+            without renewal: a node that stops renewing loses its units
+            after this long.
+        prefix: the first token of every subject and bucket name the
+            cluster uses (two clusters on one server differ by it, or by
+            their system name).
+        credentials_env: the name of an environment variable holding the
+            path of a NATS credentials file (never the secret itself).
+        token_env: the name of an environment variable holding a NATS token.
+        tls_ca_env, tls_cert_env, tls_key_env: names of environment
+            variables holding the paths of the CA bundle and of the client
+            certificate and key (TLS).
+    """
+
+    nats: str
+    lease: Seconds = attrs.field(
+        default=Seconds(10.0), converter=to_seconds, validator=_positive_seconds
+    )
+    prefix: str = attrs.field(default="runtime", validator=_subject_token)
+    credentials_env: str | None = None
+    token_env: str | None = None
+    tls_ca_env: str | None = None
+    tls_cert_env: str | None = None
+    tls_key_env: str | None = None
+
+
+def _to_cluster(value: ClusterSpec | dict[str, Any] | None) -> ClusterSpec | None:
+    return ClusterSpec(**value) if isinstance(value, dict) else value
+
+
 @attrs.frozen
 class ResourceSpec:
     """A resource actor: a backend shared by every agent, behind a limiter.
@@ -743,6 +795,7 @@ class Topology:
             ``nats://...``; None means the checkpoint store's URL.
         workflows: workflow templates by name (``system.workflow(name, ...)``,
             ``python -m runtime run``).
+        cluster: run on several nodes (needs a PostgreSQL store); None: one process.
     """
 
     system: str = attrs.field(default="runtime", validator=_name)
@@ -763,6 +816,11 @@ class Topology:
     locks: str | None = None
     workflows: dict[str, WorkflowSpec] = attrs.field(
         factory=dict, converter=_to_workflows, validator=_check_workflows
+    )
+    cluster: ClusterSpec | None = attrs.field(
+        default=None,
+        converter=_to_cluster,
+        validator=attrs.validators.optional(attrs.validators.instance_of(ClusterSpec)),
     )
 
 

@@ -138,6 +138,7 @@ def format_status(document: dict[str, Any]) -> str:
         )
     lines += _run_lines(document.get("workflows") or {})
     lines += _spending_lines(document)
+    lines += _cluster_lines(document.get("cluster"))
     lines += _health_lines(document)
     return "\n".join(lines) + "\n"
 
@@ -201,6 +202,24 @@ def _spending_lines(document: dict[str, Any]) -> list[str]:
         header = ["BUDGET", "TOKENS", "DOLLARS", "ON EXHAUSTED", "RESETS AT", "REFUSED", "WAITED"]
         lines += ["", *table(header, rows)]
     return lines
+def _cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
+    """The nodes, and where each unit runs under which lease epoch."""
+    if not cluster:
+        return []
+    mean = cluster.get("remote_ask_seconds")
+    lines = [
+        "",
+        f"node {cluster['node']!r} of {len(cluster['nodes'])} live: "
+        f"{', '.join(cluster['nodes'])}; failovers {cluster['failovers']}, "
+        f"handovers {cluster['handovers']}, lost {cluster['lost']}"
+        + (f"; remote ask mean {mean * 1000:.2f}ms" if mean is not None else ""),
+        "",
+    ]
+    rows = [
+        [p["unit"], p["node"] or "-", str(p["epoch"]) if p["epoch"] is not None else "-"]
+        for p in cluster["placement"]
+    ]
+    return lines + table(["UNIT", "NODE", "EPOCH"], rows)
 
 
 def show_status(url: str, out: TextIO | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -139,6 +139,8 @@ class SystemHost:
         # Tokens and costs by resource and agent, and the budgets: the
         # system's, so a resource's restart forgets none of it.
         self.ledger = Ledger(system.name, system.topology)
+        # A cluster node's fencing of checkpoint writes (see join_cluster).
+        self.store_wrapper: Callable[[CheckpointStore], CheckpointStore] | None = None
         self.cells: dict[str, ActorCell] = {}
         self.supervisors: dict[str, Supervisor] = {}
         self.dead_letters: deque[DeadLetter] = deque(maxlen=DEAD_LETTERS_KEPT)
@@ -212,6 +214,8 @@ class SystemHost:
             self.store = (
                 wanted if isinstance(wanted, CheckpointStore) else open_store(self.system.store_url)
             )
+            if self.store_wrapper is not None:
+                self.store = self.store_wrapper(self.store)
         return self.store
 
     async def close_store(self) -> None:
@@ -220,6 +224,7 @@ class SystemHost:
         with trio.CancelScope(shield=True):
             if self.store is not None and not isinstance(self.system.store, CheckpointStore):
                 await self.store.aclose()
+            self.store = None
             await self.backends.aclose()
 
     # -- dead letters, progress ----------------------------------------------------
@@ -310,6 +315,9 @@ class ActorSystem:
         self.failure: BaseException | None = None
         self.body = trio.CancelScope()  # open_system's block
         self._resources_stopped = trio.Event()  # the budgets' last write follows it
+        # This node's part of a cluster (``_cluster.Cluster``), when the
+        # topology has ``cluster:``: refs to units of other nodes come from it.
+        self.cluster: Any = None
         # The spec of the first plain spawn(cls, name=...) of each class: later
         # ones reuse it under their own name instead of checking it again.
         self._spawned: dict[type, ChildSpec] = {}
@@ -409,9 +417,30 @@ class ActorSystem:
             pool = self._host.pools.get(path)
             if pool is not None:
                 return pool.ref
+            if self.cluster is not None and path not in self._host.supervisors:
+                ref: ActorRef[Any] = self.cluster.ref(path)  # on another node
+                return ref
             what = "a supervisor, not an actor" if path in self._host.supervisors else "not found"
             raise ActorNotFound(f"{path!r}: {what}")
         return cell.ref
+
+    def local_ref(self, path: str) -> ActorRef[Any] | None:
+        """The ref of the actor at ``path`` if it runs in this process, else None."""
+        cell = self._host.cells.get(path)
+        return None if cell is None else cell.ref
+
+    def join_cluster(
+        self, cluster: Any, fence: Callable[[CheckpointStore], CheckpointStore]
+    ) -> None:
+        """Make this system a cluster node: ``ref`` reaches the actors of
+        other nodes through ``cluster``, and the checkpoint store is used
+        through ``fence(store)`` (before its first use)."""
+        self.cluster = cluster
+        self._host.store_wrapper = fence
+
+    def record_dead_letter(self, path: str, message: object, reason: str) -> None:
+        """A message received for ``path`` that it refused (see ``DeadLetter``)."""
+        self._host.dead_letter(path, message, reason)
 
     def resource(self, name: str) -> ActorRef[Any]:
         """The ref of the resource ``name`` (at ``resources/<name>``).

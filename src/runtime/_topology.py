@@ -37,6 +37,7 @@ from ._specs import (
     BudgetSpec,
     CheckpointPolicy,
     ChildSpec,
+    ClusterSpec,
     FieldError,
     MailboxSpec,
     MetricsSpec,
@@ -70,6 +71,7 @@ _MESSAGE_MAX = 400  # characters of one error message; the rest is elided
 _ENTRY = Union[ChildSpec, SupervisorSpec]  # noqa: UP007
 _SPECS = (
     Topology,
+    ClusterSpec,
     SupervisorSpec,
     ChildSpec,
     MailboxSpec,
@@ -619,6 +621,8 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             check_locks_url(topology.locks)
         except ValueError as exc:
             yield "$.locks", str(exc)
+    if topology.cluster is not None:
+        yield from _cluster_problems(topology)
 
 
 def workflow_problems(topology: Topology) -> Iterator[tuple[str, str]]:
@@ -648,6 +652,20 @@ def _unpriced_budgets(topology: Topology) -> Iterator[tuple[str, str]]:
                 "pricing: {MODEL: {input: ..., output: ...}} (dollars per million tokens), "
                 "or limit tokens instead",
             )
+
+
+def _cluster_problems(topology: Topology) -> Iterator[tuple[str, str]]:
+    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS."""
+    assert topology.cluster is not None
+    store = topology.store or ""
+    if not store.startswith(("postgresql://", "postgres://")):
+        yield (
+            "$.store" if topology.store is not None else "$.cluster",
+            "a cluster needs a PostgreSQL store (store: postgresql://...): every node "
+            "must read the checkpoints of the units it takes over",
+        )
+    if not topology.cluster.nats.startswith(("nats://", "tls://")):
+        yield "$.cluster.nats", f"expected a nats:// or tls:// URL; got {topology.cluster.nats!r}"
 
 
 def check_actor(

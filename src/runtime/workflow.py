@@ -114,7 +114,7 @@ class Invalid(Exception):
 # on (so the agent's handler, and whatever it asks in turn, see the key).
 # The last few thousand keys are kept: a handler that starts after its
 # asker gave up still finds its key.
-_KEYS: dict[int, str] = {}
+_KEYS: dict[int | str, str] = {}  # by chain id (a string for a chain from another node)
 
 
 def current_step_key() -> str | None:
