@@ -212,7 +212,7 @@ BROKEN = [
         4,
         "colour",
         "unknown key 'colour' (did you mean 'cluster'?); known keys: system, supervisor, "
-        "store, resources, metrics, cluster",
+        "store, resources, metrics, locks, workflows, cluster",
     ),
     Broken(
         "unknown-key-in-child",
