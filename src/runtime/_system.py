@@ -288,8 +288,12 @@ class ActorSystem:
 
     def uses_asyncio(self) -> bool:
         """Whether the store or a resource needs an asyncio loop (asyncpg,
-        through trio-asyncio)."""
-        if any(spec.kind.uses_asyncio for spec in self.topology.resources.values()):  # type: ignore[attr-defined]
+        nats-py, through trio-asyncio): a PostgreSQL store, an asyncio kind,
+        or a resource with shared limits."""
+        if any(
+            spec.kind.uses_asyncio or spec.shared  # type: ignore[attr-defined]
+            for spec in self.topology.resources.values()
+        ):
             return True
         return isinstance(self.store, PostgresStore) or self.store_url.startswith(
             ("postgresql://", "postgres://")
@@ -613,5 +617,3 @@ def check_runnable(topology: Topology) -> None:
     ]
     if problems:
         raise TopologyError(problems)
-
-
