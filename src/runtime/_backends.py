@@ -240,7 +240,11 @@ class NatsBackend:
                         name=self.name,
                         connect_timeout=self.op_timeout,
                         allow_reconnect=False,
-                        max_reconnect_attempts=0,
+                        # nats-py reads 0 as "no limit" and retries a refused
+                        # first connect forever: one retry, at once, then
+                        # NoServersError (the next call connects anew).
+                        max_reconnect_attempts=1,
+                        reconnect_time_wait=0,
                         error_cb=_quiet,
                         disconnected_cb=_quiet_event,
                         closed_cb=_quiet_event,
