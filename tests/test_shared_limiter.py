@@ -12,16 +12,22 @@ once, and recovers by itself."""
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import pytest
 import trio
 from structlog.testing import capture_logs
 
+from prometheus_client import CollectorRegistry
+
+from runtime import ResourceSpec, Topology, open_system
 from runtime._backends import Backends, BackendUnavailable
 from runtime._limiter import Limiter
 from runtime._shared import Denial, Grant, SharedLimits
 from runtime._specs import RateSpec
+from tests.resource_kinds import Echo, Ping
+from tests.servers import unique
 
 
 class MemoryEngine:
@@ -182,9 +188,9 @@ async def test_a_higher_priority_waiter_elsewhere_goes_first(autojump_clock: obj
                 callers.start_soon(b.call, hold)  # b holds the only token
                 await trio.sleep(0.5)
                 for i in range(3):
-                    callers.start_soon(lambda i=i: b.call(note, f"b-low-{i}", priority="low"))
+                    callers.start_soon(partial(b.call, note, f"b-low-{i}", priority="low"))
                 await trio.sleep(0.5)
-                callers.start_soon(lambda: a.call(note, "a-high", priority="high"))
+                callers.start_soon(partial(a.call, note, "a-high", priority="high"))
                 await trio.sleep(0.5)  # a publishes its high waiter
                 assert a.statistics().waiting["high"] == 1
                 assert b.statistics().waiting["low"] == 3
@@ -289,3 +295,22 @@ async def test_statistics_say_whether_shared(shared: bool, autojump_clock: objec
     stats = limiter.statistics()
     assert stats.shared == ("backend" if shared else None)
     assert stats.members == (1 if shared else None)
+
+
+async def test_an_unreachable_engine_serves_the_share_and_says_so() -> None:
+    """A shared resource whose engine refuses connections serves requests on
+    its own share from the first one, and says so in statistics and metrics."""
+    registry = CollectorRegistry()
+    spec = ResourceSpec(kind=Echo, max_concurrency=4, shared=True, shared_via="nats://127.0.0.1:1")
+    topology = Topology(system=unique("shared"), resources={"echo": spec})
+    with trio.fail_after(30), capture_logs() as logs:
+        async with open_system(topology, store="memory://", registry=registry) as system:
+            assert system.uses_asyncio()
+            ref = system.resource("echo")
+            assert [await ref.ask(Ping(n)) for n in range(3)] == [0, 1, 2]
+            stats = system.resource_statistics()["echo"].limiter
+            assert (stats.shared, stats.members, stats.share_concurrency) == ("fallback", 1, 4)
+            sample = registry.get_sample_value
+            assert sample("runtime_resource_shared_fallback", {"resource": "echo"}) == 1
+            assert sample("runtime_resource_shared_members", {"resource": "echo"}) == 1
+    assert [entry["event"] for entry in logs].count("shared_limit_fallback") == 1

@@ -279,11 +279,12 @@ class Limiter:
             math.inf if concurrency is None else max(1, concurrency // members)
         )
         rate = self.rate
-        self._local_rate = (
-            rate
-            if rate is None or members == 1
-            else RateSpec(requests=max(1, rate.requests // members), period=rate.period)
-        )
+        if rate is None or shared is None or shared.mode != "fallback":
+            self._local_rate = rate
+        else:  # its share, over the period the engine counts (with its guard)
+            self._local_rate = RateSpec(
+                requests=max(1, rate.requests // members), period=shared.window(rate)
+            )
 
     def _shared_changed(self) -> None:
         """The engine's side changed (a lease came back, fallback, recovery):

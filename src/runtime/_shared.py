@@ -82,8 +82,10 @@ _CAS_TRIES = 20
 
 
 def default_guard(period: float) -> float:
-    """The guard added to a shared rate period: 2% of it, at least 10 ms."""
-    return max(0.01, 0.02 * period)
+    """The guard added to a shared rate period: 2% of it, at least 100 ms
+    (what a loaded machine's scheduling may delay one request more than
+    another between its admission and its arrival at the backend)."""
+    return max(0.1, 0.02 * period)
 
 
 class Grant:

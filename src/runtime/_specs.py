@@ -453,7 +453,7 @@ class ResourceSpec:
             process that dies gives its tokens back within this time.
         shared_guard: seconds added to the rate period at the coordination
             engine, against delivery jitter between the admission and the
-            backend (None: 2% of the period, at least 10 ms).
+            backend (None: 2% of the period, at least 100 ms).
         options: the kind's own settings.
     """
 
