@@ -4,6 +4,7 @@ their reports and log events read back."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -93,10 +94,8 @@ class Workers:
         if lines and lines[-1].startswith("{"):
             worker.report = json.loads(lines[-1])
         for line in worker._stderr.decode().splitlines():
-            try:
+            with contextlib.suppress(ValueError):  # not an event: a traceback line
                 worker.events.append(json.loads(line))
-            except ValueError:
-                pass
         done.set()
 
     async def go(self, *workers: Worker) -> None:
@@ -104,8 +103,9 @@ class Workers:
             assert worker.process.stdin is not None
             await worker.process.stdin.send_all(b"go\n")
 
-    async def finish(self, timeout: float = 60) -> None:
-        with trio.fail_after(timeout):
+    async def finish(self) -> None:
+        """Wait for every worker to end (within a minute)."""
+        with trio.fail_after(60):
             for done in self._done:
                 await done.wait()
         for worker in self.workers:

@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 import trio
-from structlog.testing import capture_logs
-
 from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
 
 from runtime import ResourceSpec, Topology, open_system
 from runtime._backends import Backends, BackendUnavailable

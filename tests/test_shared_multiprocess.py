@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 
-from runtime.testing import Fault, FakeRequest, fake_llm
+from runtime.testing import FakeRequest, Fault, fake_llm
 from tests.conftest import POSTGRES_URL
 from tests.servers import NATS_URL, PrivateNats, PrivatePostgres, unique
 from tests.sharedkit import Workers, most_in_window
@@ -122,8 +122,16 @@ async def test_a_killed_holder_gives_its_tokens_back_within_the_lease(
     nats_cleanup.append(system)
     lease = 1.5
 
+    held: list[FakeRequest] = []
+    both_held = trio.Event()
+
     def responder(request: FakeRequest) -> str | Fault:
-        return Fault(hang=True) if _tag(request) == "holder" else "ok"
+        if _tag(request) != "holder":
+            return "ok"
+        held.append(request)
+        if len(held) == 2:
+            both_held.set()
+        return Fault(hang=True)
 
     async with fake_llm(responder=responder) as fake, trio.open_nursery() as nursery:
         workers = Workers(nursery)
@@ -139,8 +147,7 @@ async def test_a_killed_holder_gives_its_tokens_back_within_the_lease(
         ]
         await workers.go(holder)
         with trio.fail_after(20):
-            while fake.in_flight < 2:
-                await trio.sleep(0.01)
+            await both_held.wait()
         await workers.go(*others)
         await trio.sleep(lease + 0.5)  # longer than the lease: renewal keeps it
         assert [_tag(request) for request in fake.requests] == ["holder", "holder"]

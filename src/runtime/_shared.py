@@ -10,9 +10,10 @@ head waiter it asks ``acquire`` for a grant. A grant is a concurrency lease
 ``rate`` is set), taken in one atomic step at the engine:
 
 - PostgreSQL: one function call in one transaction, serialized per resource
-  by an advisory transaction lock; leases and starts are rows stamped with
-  the server's ``clock_timestamp()``; an expired lease is deleted before
-  counting.
+  by an advisory transaction lock; leases and starts are rows (of UNLOGGED
+  tables: coordination state, not worth a WAL flush per admission) stamped
+  with the server's ``clock_timestamp()``; an expired lease is deleted
+  before counting.
 - NATS: a key per concurrency slot (``slot.<i>``), taken with ``create``,
   renewed and taken over (once expired) with ``update`` by revision, given
   back with ``delete`` by revision; one key ``rate`` holding the recent
@@ -168,19 +169,19 @@ class SharedEngine(Protocol):
 _PG_MIGRATION_LOCK = 7240413  # an advisory lock key: one process migrates at a time
 
 _PG_SCHEMA = """
-CREATE TABLE IF NOT EXISTS runtime_shared_members (
+CREATE UNLOGGED TABLE IF NOT EXISTS runtime_shared_members (
     system text NOT NULL, resource text NOT NULL, member text NOT NULL,
     node text NOT NULL, pid integer NOT NULL, waiting smallint,
     expires timestamptz NOT NULL, PRIMARY KEY (system, resource, member));
-CREATE TABLE IF NOT EXISTS runtime_shared_leases (
+CREATE UNLOGGED TABLE IF NOT EXISTS runtime_shared_leases (
     system text NOT NULL, resource text NOT NULL, lease text NOT NULL,
     member text NOT NULL, expires timestamptz NOT NULL,
     PRIMARY KEY (system, resource, lease));
-CREATE TABLE IF NOT EXISTS runtime_shared_starts (
+CREATE UNLOGGED TABLE IF NOT EXISTS runtime_shared_starts (
     system text NOT NULL, resource text NOT NULL, at timestamptz NOT NULL);
 CREATE INDEX IF NOT EXISTS runtime_shared_starts_at
     ON runtime_shared_starts (system, resource, at);
-CREATE TABLE IF NOT EXISTS runtime_shared_pauses (
+CREATE UNLOGGED TABLE IF NOT EXISTS runtime_shared_pauses (
     system text NOT NULL, resource text NOT NULL, until timestamptz NOT NULL,
     PRIMARY KEY (system, resource));
 CREATE OR REPLACE FUNCTION runtime_shared_acquire(
@@ -439,16 +440,21 @@ class NatsEngine:
         lease: float,
     ) -> Grant | Denial:
         kv = await self._kv()
+        found: dict[str, tuple[dict[str, Any], int] | None] = {}
+
+        async def read(key: str) -> None:
+            found[key] = await kv.get(key)
+
+        async with trio.open_nursery() as nursery:  # the three reads in one round trip
+            for key in ("pause", "members", *(("rate",) if requests is not None else ())):
+                nursery.start_soon(read, key)
         now = time.time()
-        paused = await kv.get("pause")
+        paused, members, rate = found["pause"], found["members"], found.get("rate")
         if paused is not None and paused[0].get("until", 0.0) > now:
             return Denial(paused[0]["until"] - now, "paused")
-        members = await kv.get("members")
         if members is not None and _outranked(members[0], member, priority, now):
             return Denial(None, "priority")
-        rate = None
         if requests is not None:
-            rate = await kv.get("rate")
             wait = _rate_wait(_live_starts(rate and rate[0], now, window), now, requests, window)
             if wait is not None:
                 return Denial(wait, "rate")
