@@ -24,15 +24,15 @@ from typing import Any
 import pytest
 import trio
 import trio_asyncio
+from tests import postgres_session
+from tests.servers import NATS_URL, unique
+from tests.sharedkit import Workers, most_in_window
 
 from runtime._backends import Backends, NatsBackend
 from runtime._limiter import Limiter
 from runtime._shared import SharedLimits, nats_bucket
 from runtime._specs import RateSpec
 from runtime.testing import fake_llm
-from tests import postgres_session
-from tests.servers import NATS_URL, unique
-from tests.sharedkit import Workers, most_in_window
 
 from ._measure import percentile
 

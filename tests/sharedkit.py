@@ -15,7 +15,10 @@ from typing import Any
 import attrs
 import trio
 
+from runtime._fake_llm import most_in_window
 from tests.clikit import REPO, SOURCE
+
+__all__ = ["Worker", "Workers", "most_in_window"]
 
 
 @attrs.define
@@ -119,14 +122,3 @@ class Workers:
         for worker in self.workers:
             if worker.process.returncode is None:
                 worker.kill()
-
-
-def most_in_window(times: list[float], period: float) -> int:
-    """The most of ``times`` in any window ``[t, t + period)``."""
-    ordered = sorted(times)
-    most = end = 0
-    for start, first in enumerate(ordered):
-        while end < len(ordered) and ordered[end] < first + period:
-            end += 1
-        most = max(most, end - start)
-    return most

@@ -39,6 +39,12 @@ def _config(system: str, via: str, fake: str, tag: str, **settings: Any) -> dict
     return {"system": system, "via": via, "fake": fake, "tag": tag, "lease": 2.0, **settings}
 
 
+async def _start_three(workers: Workers, system: str, via: str, fake: str, **settings: Any) -> None:
+    """Three workers ``w0``, ``w1``, ``w2`` of one system, with one configuration."""
+    for n in range(3):
+        await workers.start(_config(system, via, fake, f"w{n}", **settings))
+
+
 def _tag(request: FakeRequest) -> str:
     return request.prompt.split()[0]
 
@@ -82,19 +88,16 @@ async def test_rate_and_concurrency_hold_at_the_backend(kind: str, nats_cleanup:
     nats_cleanup.append(system)
     async with fake_llm(latency=0.1) as fake, trio.open_nursery() as nursery:
         workers = Workers(nursery)
-        for n in range(3):
-            await workers.start(
-                _config(
-                    system,
-                    _via(kind),
-                    fake.url,
-                    f"w{n}",
-                    max_concurrency=2,
-                    rate=[10, 1.0],
-                    callers=4,
-                    seconds=3.0,
-                )
-            )
+        await _start_three(
+            workers,
+            system,
+            _via(kind),
+            fake.url,
+            max_concurrency=2,
+            rate=[10, 1.0],
+            callers=4,
+            seconds=3.0,
+        )
         await workers.go()
         await workers.finish()
     times = [request.time for request in fake.requests]
@@ -176,19 +179,16 @@ async def test_a_429_in_one_process_pauses_the_others(kind: str, nats_cleanup: l
 
     async with fake_llm(responder=responder, latency=0.05) as fake, trio.open_nursery() as nursery:
         workers = Workers(nursery)
-        for n in range(3):
-            await workers.start(
-                _config(
-                    system,
-                    _via(kind),
-                    fake.url,
-                    f"w{n}",
-                    max_concurrency=3,
-                    rate=[20, 1.0],
-                    callers=2,
-                    seconds=4.0,
-                )
-            )
+        await _start_three(
+            workers,
+            system,
+            _via(kind),
+            fake.url,
+            max_concurrency=3,
+            rate=[20, 1.0],
+            callers=2,
+            seconds=4.0,
+        )
         await workers.go()
         await trio.sleep(1.0)
         armed.set()
@@ -264,20 +264,17 @@ async def test_engine_outage_falls_back_to_the_share_then_recovers(
     rate, period = 9, 1.0
     async with fake_llm(latency=0.05) as fake, trio.open_nursery() as nursery:
         workers = Workers(nursery)
-        for n in range(3):
-            await workers.start(
-                _config(
-                    system,
-                    server.url,
-                    fake.url,
-                    f"w{n}",
-                    max_concurrency=3,
-                    rate=[rate, period],
-                    callers=3,
-                    seconds=8.0,
-                    lease=1.5,
-                )
-            )
+        await _start_three(
+            workers,
+            system,
+            server.url,
+            fake.url,
+            max_concurrency=3,
+            rate=[rate, period],
+            callers=3,
+            seconds=8.0,
+            lease=1.5,
+        )
         await workers.go()
         await trio.sleep(2.0)
         offset = time.time() - trio.current_time()  # the workers' wall clock, here
