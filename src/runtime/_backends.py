@@ -292,7 +292,14 @@ class NatsBackend:
             reconnect: dict[str, Any] = (
                 {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.2}
                 if self.reconnect
-                else {"allow_reconnect": False, "max_reconnect_attempts": 0}
+                # nats-py reads 0 as "no limit" and retries a refused first
+                # connect forever: one retry, at once, then NoServersError
+                # (the next call connects anew).
+                else {
+                    "allow_reconnect": False,
+                    "max_reconnect_attempts": 1,
+                    "reconnect_time_wait": 0,
+                }
             )
             try:
                 with trio.fail_after(self.op_timeout * 2):

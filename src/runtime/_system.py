@@ -345,8 +345,12 @@ class ActorSystem:
 
     def uses_asyncio(self) -> bool:
         """Whether the store, the lock backend or a resource needs an asyncio
-        loop (asyncpg, nats-py, through trio-asyncio)."""
-        if any(spec.kind.uses_asyncio for spec in self.topology.resources.values()):  # type: ignore[attr-defined]
+        loop (asyncpg, nats-py, through trio-asyncio): a PostgreSQL store, an
+        asyncio kind, or a resource with shared limits."""
+        if any(
+            spec.kind.uses_asyncio or spec.shared  # type: ignore[attr-defined]
+            for spec in self.topology.resources.values()
+        ):
             return True
         if backend_kind(self.locks_url) in ("postgresql", "nats"):
             return True
