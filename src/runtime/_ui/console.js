@@ -8,7 +8,7 @@
 "use strict";
 
 const HISTORY = 120;          // samples kept per node (one per snapshot)
-const SPARK_WIDTH = 24;       // characters of a sparkline
+const SPARK_WIDTH = 20;       // characters of a sparkline
 const BLOCKS = "\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588";
 
 const state = {
@@ -66,12 +66,16 @@ function makeBar() {
   return { root, fill, text };
 }
 
+// Made once: toLocaleString builds a formatter per call.
+const NUMBER = new Intl.NumberFormat("en-US");
+const DOLLARS = new Intl.NumberFormat("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+
 function fmt(number) {
-  return Number(number || 0).toLocaleString("en-US");
+  return NUMBER.format(Number(number || 0));
 }
 
 function money(number) {
-  return "$" + Number(number || 0).toLocaleString("en-US", { minimumFractionDigits: 2, maximumFractionDigits: 4 });
+  return "$" + DOLLARS.format(Number(number || 0));
 }
 
 function clearChildren(node) {
@@ -172,7 +176,7 @@ function makeRow(path) {
   const failure = el("span", "failure");
   const actions = el("span", "actions");
   root.append(name, status, incarnation, restarts, mailbox.root, breaker, handled, failure, actions);
-  return { root, caret, label, kind, tags, status, incarnation, restartCount, restartSpark, mailbox, breaker, handled, failure, actions, actionKey: null };
+  return { root, name, caret, label, kind, tags, status, incarnation, restartCount, restartSpark, mailbox, breaker, handled, failure, actions, actionKey: null };
 }
 
 function button(text, action, fields, danger) {
@@ -208,7 +212,8 @@ function updateRow(row, entry, tags, isResource) {
   const name = node.path.split("/").pop();
   setText(row.label, name);
   row.label.title = node.path;
-  row.root.style.paddingLeft = (4 + entry.depth * 16) + "px";
+  const indent = entry.depth * 16 + "px";
+  if (row.name.style.paddingLeft !== indent) row.name.style.paddingLeft = indent;
   const pool = node.pool;
   const hasChildren = node.children.length > 0;
   setText(row.caret, hasChildren ? (isFolded(node) ? "\u25b8" : "\u25be") : "");
@@ -338,7 +343,9 @@ function renderHeader(doc, all) {
   }
   setText(document.getElementById("rate"), rates.length ? fmt(Math.round(rates[rates.length - 1])) : "-");
   const top = Math.max(1, ...rates);
-  const points = rates.map((r, i) => `${(i / Math.max(1, HISTORY - 2)) * 240},${40 - (r / top) * 38}`).join(" ");
+  // The newest rate at the right edge; two minutes span the chart.
+  const step = 240 / (HISTORY - 2);
+  const points = rates.map((r, i) => `${240 - (rates.length - 1 - i) * step},${40 - (r / top) * 38}`).join(" ");
   document.querySelector("#rate-chart polyline").setAttribute("points", points);
   const problems = document.getElementById("problems");
   clearChildren(problems);
@@ -448,32 +455,47 @@ function renderWorkflows(status) {
   setText(document.getElementById("attention"), attention.length ? "needing attention \u2014 " + attention.join(", ") : "");
   const box = document.getElementById("workflows");
   clearChildren(box);
+  // One step table per workflow: a row per run, a column per step.
+  const byWorkflow = new Map();
   for (const run of runs) {
-    const item = el("div", "run");
-    item.dataset.run = run.workflow + "/" + run.run_id;
-    const head = el("div", "head");
-    head.append(el("strong", "", run.workflow), el("span", "muted", run.run_id));
-    const badge = el("span");
-    setBadge(badge, run.status.replace("_", " "), run.status);
-    head.append(badge);
-    if (state.controls && (run.status === "failed" || run.status === "needs_attention")) {
-      head.append(button("resume run", "resume_run", { workflow: run.workflow, run_id: run.run_id }));
-    }
-    item.append(head);
+    if (!byWorkflow.has(run.workflow)) byWorkflow.set(run.workflow, []);
+    byWorkflow.get(run.workflow).push(run);
+  }
+  for (const [workflow, its] of byWorkflow) {
+    const steps = [];
+    for (const run of its) for (const step of Object.keys(run.steps)) if (!steps.includes(step)) steps.push(step);
     const table = el("table", "steps-table");
-    const names = el("tr");
-    const statuses = el("tr");
-    for (const [step, stepStatus] of Object.entries(run.steps)) {
-      names.append(el("th", "", step));
-      const cell = el("td");
-      const b = el("span");
-      setBadge(b, stepStatus.replace("_", " "), stepStatus === "running" ? "running-step" : stepStatus);
-      cell.append(b);
-      statuses.append(cell);
+    table.dataset.workflow = workflow;
+    const head = el("tr");
+    for (const title of [workflow, "status", ...steps, ""]) head.append(el("th", "", title));
+    table.append(head);
+    for (const run of its) {
+      const row = el("tr", "run");
+      row.dataset.run = run.workflow + "/" + run.run_id;
+      row.append(el("td", "mono", run.run_id));
+      const statusCell = el("td");
+      const badge = el("span");
+      setBadge(badge, run.status.replace("_", " "), run.status);
+      statusCell.append(badge);
+      row.append(statusCell);
+      for (const step of steps) {
+        const cell = el("td");
+        const stepStatus = run.steps[step];
+        if (stepStatus) {
+          const b = el("span");
+          setBadge(b, stepStatus.replace("_", " "), stepStatus === "running" ? "running_step" : stepStatus);
+          cell.append(b);
+        }
+        row.append(cell);
+      }
+      const actions = el("td", "actions");
+      if (state.controls && (run.status === "failed" || run.status === "needs_attention")) {
+        actions.append(button("resume run", "resume_run", { workflow: run.workflow, run_id: run.run_id }));
+      }
+      row.append(actions);
+      table.append(row);
     }
-    table.append(names, statuses);
-    item.append(table);
-    box.append(item);
+    box.append(table);
   }
 }
 
