@@ -134,7 +134,12 @@ async def test_a_crash_shows_as_a_restart_with_its_reason_within_2_seconds(brows
                 "root/a's restart on the page",
             )
             seen = time.monotonic() - crashed
-            await _in_thread(wait_for, lambda: "RuntimeError" in _row(browser, "root/a")["failure"], 2.0, "the reason")
+            await _in_thread(
+                wait_for,
+                lambda: "RuntimeError" in _row(browser, "root/a")["failure"],
+                2.0,
+                "the reason",
+            )
             row = await _in_thread(_row, browser, "root/a")
             reasons = await _in_thread(
                 browser.execute_script,
@@ -203,7 +208,9 @@ async def test_a_control_with_the_token_restarts_and_a_wrong_one_is_refused(
             refused = await _in_thread(click_restart, "wrong-token")
             await _in_thread(screenshot, browser, "control-refused")
             after_refusal = system.ref("root/a").statistics().incarnation
-            await _in_thread(browser.execute_script, "document.getElementById('toast').hidden = true")
+            await _in_thread(
+                browser.execute_script, "document.getElementById('toast').hidden = true"
+            )
             done = await _in_thread(click_restart, TOKEN)
             await _in_thread(
                 wait_for,

@@ -94,9 +94,15 @@ def _counters(system: ActorSystem) -> dict[str, tuple[int, int]]:
 
 def _tags(system: ActorSystem) -> dict[str, list[str]]:
     """The tags of each tagged actor and pool, by path."""
-    tags = {path: list(spec.tags) for path, spec in iter_children(system.topology.supervisor)}
-    tags.update({cell.path: list(cell.spec.tags) for cell in system.cells()})
-    return {path: found for path, found in tags.items() if found}
+    tags = {
+        path: list(spec.tags)
+        for path, spec in iter_children(system.topology.supervisor)
+        if spec.tags
+    }
+    for cell in system.cells():
+        if cell.spec.tags:
+            tags[cell.path] = list(cell.spec.tags)
+    return tags
 
 
 def _shown(value: object) -> str:
