@@ -57,19 +57,20 @@ def _topology(*, token_env: str | None = TOKEN_ENV, listen: str | None = "127.0.
                 circuit_breaker={"failures": 2, "reset_timeout": 60},
             )
         },
-        supervisor=SupervisorSpec(
-            name="root",
-            children=[
-                ChildSpec(name="a", actor=Counter, tags=("math",)),
-                ChildSpec(
-                    name="fragile",
-                    actor=Counter,
-                    circuit_breaker={"failures": 1, "reset_timeout": 600},
-                ),
-                ChildSpec(name="workers", actor=Counter, pool={"size": 2}),
-            ],
-        ),
+        supervisor=SupervisorSpec(name="root", children=console_children(pool_size=2)),
     )
+
+
+def console_children(pool_size: int) -> list[ChildSpec | SupervisorSpec]:
+    """A tagged actor, one whose circuit opens at its first crash, a pool
+    (the browser tests' tree too)."""
+    return [
+        ChildSpec(name="a", actor=Counter, tags=("math",)),
+        ChildSpec(
+            name="fragile", actor=Counter, circuit_breaker={"failures": 1, "reset_timeout": 600}
+        ),
+        ChildSpec(name="workers", actor=Counter, pool={"size": pool_size}),
+    ]
 
 
 def _auth(token: str = TOKEN) -> dict[str, str]:

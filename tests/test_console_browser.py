@@ -27,6 +27,7 @@ import trio
 from runtime import ChildSpec, MetricsSpec, SupervisorSpec, Topology, open_system
 from tests.actorkit import Add, Counter, Crash
 from tests.browserkit import REPO, browser, console_errors, screenshot, wait_for
+from tests.test_console import console_children
 
 pytestmark = pytest.mark.browser
 __all__ = ["browser"]  # the fixture, imported for this module's tests
@@ -45,19 +46,7 @@ def _topology(children: list[ChildSpec | SupervisorSpec] | None = None) -> Topol
     return Topology(
         system="console-browser",
         metrics=MetricsSpec(listen="127.0.0.1:0", control_token_env=TOKEN_ENV),
-        supervisor=SupervisorSpec(
-            name="root",
-            children=children
-            or [
-                ChildSpec(name="a", actor=Counter, tags=("math",)),
-                ChildSpec(
-                    name="fragile",
-                    actor=Counter,
-                    circuit_breaker={"failures": 1, "reset_timeout": 600},
-                ),
-                ChildSpec(name="workers", actor=Counter, pool={"size": 3}),
-            ],
-        ),
+        supervisor=SupervisorSpec(name="root", children=children or console_children(pool_size=3)),
     )
 
 

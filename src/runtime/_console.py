@@ -538,11 +538,20 @@ async def open_console(
     token = os.environ.get(name) if name else None
     if name and not token:
         logger.warning("console_read_only", reason=f"environment variable {name} is not set")
+    body_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         console = Console(system, token=token, interval=interval, nursery=nursery)
         nursery.start_soon(console.run)
         try:
             yield console
+        except trio.Cancelled:
+            raise
+        except BaseException as exc:
+            # Raised below as itself, not wrapped in the nursery's group
+            # (a bind error of the endpoint inside, the caller's own error).
+            body_error = exc
         finally:
             console.close()
             nursery.cancel_scope.cancel()
+    if body_error is not None:
+        raise body_error
