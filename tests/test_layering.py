@@ -38,6 +38,8 @@ LAYERS: list[set[str]] = [
     {"_cluster"},
     {"_health"},
     {"_metrics", "_endpoint"},
+    # The live console: /ui's routes, served by the endpoint.
+    {"_console"},
     {"_services"},
     # The audit (a tool of the command line), from its rules up to its command.
     {"_audit.rules"},

@@ -605,6 +605,25 @@ class Limiter:
         self._timed = None
         self._pump()
 
+    def resume(self) -> None:
+        """End a pause now (``pause``'s opposite): waiters are admitted at
+        once if the other limits allow."""
+        if self._paused_until > trio.current_time():
+            logger.info("limiter_resumed", resource=self.name)
+        self._paused_until = -math.inf
+        self._timed = None
+        self._pump()
+
+    def reset_breaker(self) -> None:
+        """Close the breaker now and forget its failures in a row (an
+        operator's reset); nothing without a breaker."""
+        if self._breaker is None:
+            return
+        self._breaker.reset()
+        logger.info("breaker_reset", resource=self.name)
+        self._timed = None
+        self._pump()
+
     async def call(
         self, fn: Callable[..., Awaitable[T]], *args: Any, priority: str = "normal"
     ) -> T:

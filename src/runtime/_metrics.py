@@ -176,7 +176,8 @@ class RuntimeCollector(Collector):
             "runtime_restarts",
             "Restarts by actor or supervisor and reason (crash, normal_exit: it "
             "ended and is permanent; group: a sibling's restart took it along; "
-            "supervisor: its supervisor was restarted; half_open: a circuit trial).",
+            "supervisor: its supervisor was restarted; half_open: a circuit trial; "
+            "manual: system.restart, the console's restart).",
             labels=["actor", "reason"],
         )
         for cell in system.cells():

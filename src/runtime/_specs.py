@@ -534,6 +534,19 @@ class SupervisorSpec:
             seen.add(child.name)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise FieldError(
+            attribute.name,
+            # The value is not echoed: it may be the token itself, put here by mistake.
+            "expected the name of an environment variable (letters, digits and '_', "
+            "such as RUNTIME_CONTROL_TOKEN), never the token itself",
+        )
+
+
 @attrs.frozen
 class MetricsSpec:
     """Observability settings.
@@ -544,10 +557,18 @@ class MetricsSpec:
         tracing: an OpenTelemetry span per handled message, the asker's or
             sender's span as its parent (needs ``opentelemetry-api``; spans
             go to the tracer provider the application set up).
+        control_token_env: the name of an environment variable holding the
+            bearer token that the console's controls (``/ui``: restart, stop,
+            reset a breaker, pause a resource, resize a pool, resume a run)
+            require; None, or the variable unset or empty: the console is
+            read-only. The name is configured, never the token itself.
     """
 
     listen: str | None = None
     tracing: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    control_token_env: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_env_name)
+    )
 
 
 def _positive_seconds(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
