@@ -100,6 +100,7 @@ class LockBackend(Protocol):
     url: str
     poll: float  # the longest wait between two tries of a waiter
     in_process: bool  # leases held in this process only: nothing to renew
+    sessions: bool  # a lease's revision names a session whose end ``wait_lost`` reports
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         """Grant the lease if it is free or expired; else who holds it (None:
@@ -191,6 +192,7 @@ class MemoryLocks:
     url = "memory://"
     poll = math.inf  # waiters here are woken by the release itself
     in_process = True
+    sessions = False
 
     def __init__(self) -> None:
         self.leases: dict[str, _Lease] = {}
@@ -268,25 +270,49 @@ _SQLITE_HOLDER = (
     "SELECT holder, node, pid, expires_at FROM runtime_locks WHERE system = ? AND name = ?"
 )
 
+# One statement, its own write transaction: a new row takes the counter's
+# next token; a free or expired row is taken with its own token plus one;
+# a held row is left as it is (no row returned). A released lease keeps its
+# row (ended now), so the name's tokens keep growing.
+_SQLITE_ACQUIRE = (
+    "INSERT INTO runtime_locks (system, name, token, holder, node, pid, member, expires_at)"
+    " VALUES (?1, ?2, (SELECT last + 1 FROM runtime_lock_tokens WHERE id = 0),"
+    " ?3, ?4, ?5, ?6, ?7 + ?8)"
+    " ON CONFLICT (system, name) DO UPDATE SET token = token + 1, holder = excluded.holder,"
+    " node = excluded.node, pid = excluded.pid, member = excluded.member,"
+    " expires_at = excluded.expires_at"
+    " WHERE expires_at <= ?7"
+    " RETURNING token"
+)
+_SQLITE_RELEASE = (
+    "UPDATE runtime_locks SET expires_at = ? WHERE system = ? AND name = ? AND token = ?"
+)
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite call waits for another process's write transaction."""
+
+SQLITE_KEEP_ENDED = 3600.0
+"""Seconds the row of an ended lease is kept before a sweep deletes it (the
+counter row is raised past its token first, so a new row's token exceeds it)."""
 
 
 class SqliteLocks:
     """Leases in a table of a SQLite file, for the processes of one machine.
 
-    A grant is one ``BEGIN IMMEDIATE`` transaction (the file's write lock
-    orders it against every other process) that reads the lease, and takes
-    it if it is free or expired with a token from a counter row kept in the
-    same file: tokens grow across every name and every process. Expiry is
-    the machine's wall clock, which every process on it shares. Calls run
-    in a worker thread, one at a time, so the trio thread never waits on
-    the file.
+    A grant is one statement (its own write transaction: the file's write
+    lock orders it against every other process) that takes the lease only if
+    it is free or expired; renewal and release are one statement each. A
+    name's token is its row's plus one; rows of ended leases are kept an
+    hour, and a counter row in the same file, raised past the tokens of the
+    rows a sweep deletes, starts new rows: tokens grow across every process.
+    Expiry is the machine's wall clock, which every process on it shares.
+    Calls run in a worker thread, one at a time, so the trio thread never
+    waits on the file.
     """
 
     kind = "sqlite"
     poll = 0.2
     in_process = False
+    sessions = False
 
     def __init__(self, file: str | os.PathLike[str], system: str) -> None:
         self.file = Path(file)
@@ -302,35 +328,19 @@ class SqliteLocks:
             return None
         return Holding(row[0], row[1], int(row[2]), row[3] - now)
 
-    def _try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding:
+    def _try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         connection = self._connect()
-        # A read first: a waiter polling a held lock takes no write lock.
-        held = self._read(connection, name, time.time())
-        if held is not None:
-            return held
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            now = time.time()
-            held = self._read(connection, name, now)
-            if held is not None:
-                connection.execute("COMMIT")
-                return held
-            (token,) = connection.execute(
-                "UPDATE runtime_lock_tokens SET last = last + 1 WHERE id = 0 RETURNING last"
-            ).fetchone()
-            connection.execute(
-                "INSERT OR REPLACE INTO runtime_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.system, name, token, owner.path, owner.node, owner.pid, owner.member,
-                 now + ttl),
-            )  # fmt: skip
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return Grant(int(token), int(token))
+        now = time.time()
+        row = connection.execute(
+            _SQLITE_ACQUIRE,
+            (self.system, name, owner.path, owner.node, owner.pid, owner.member, now, ttl),
+        ).fetchone()
+        if row is not None:
+            return Grant(int(row[0]), int(row[0]))
+        return self._read(connection, name, now)  # None: released meanwhile
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
-        result: Grant | Holding = await self._run(self._try_acquire, name, owner, ttl)
+        result: Grant | Holding | None = await self._run(self._try_acquire, name, owner, ttl)
         return result
 
     async def renew(
@@ -348,10 +358,7 @@ class SqliteLocks:
 
     async def release(self, name: str, token: int, revision: int) -> None:
         def release() -> None:
-            self._connect().execute(
-                "DELETE FROM runtime_locks WHERE system = ? AND name = ? AND token = ?",
-                (self.system, name, token),
-            )
+            self._connect().execute(_SQLITE_RELEASE, (time.time(), self.system, name, token))
 
         await self._run(release)
 
@@ -367,9 +374,18 @@ class SqliteLocks:
 
     async def sweep(self) -> int:
         def sweep() -> int:
-            cursor = self._connect().execute(
-                "DELETE FROM runtime_locks WHERE expires_at <= ?", (time.time(),)
-            )
+            connection = self._connect()
+            ended = (time.time() - SQLITE_KEEP_ENDED,)
+            with connection:  # one transaction: the counter passes what is deleted
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "UPDATE runtime_lock_tokens SET last = max(last, coalesce("
+                    "(SELECT max(token) FROM runtime_locks WHERE expires_at <= ?), 0))",
+                    ended,
+                )
+                cursor = connection.execute(
+                    "DELETE FROM runtime_locks WHERE expires_at <= ?", ended
+                )
             return cursor.rowcount
 
         swept: int = await self._run(sweep)
@@ -502,6 +518,7 @@ class PostgresLocks:
     kind = "postgresql"
     poll = 0.2
     in_process = False
+    sessions = True
 
     def __init__(self, backend: PostgresBackend, system: str) -> None:
         self.backend = backend
@@ -686,6 +703,7 @@ class NatsLocks:
     kind = "nats"
     poll = 0.2
     in_process = False
+    sessions = False
 
     def __init__(self, backend: NatsBackend, system: str, url: str) -> None:
         self.backend = backend

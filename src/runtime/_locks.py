@@ -10,6 +10,8 @@ happens for ``lock_statistics()`` and the metrics.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 from collections.abc import AsyncIterator
@@ -135,7 +137,17 @@ class Lease:
         ttl: the lease's length; it is renewed every ``ttl / 3``.
     """
 
-    __slots__ = ("_expires_at", "holder", "lost", "name", "released", "revision", "token", "ttl")
+    __slots__ = (
+        "_expires_at",
+        "body",
+        "holder",
+        "lost",
+        "name",
+        "released",
+        "revision",
+        "token",
+        "ttl",
+    )
 
     def __init__(  # noqa: PLR0917 (made by the manager only)
         self,
@@ -156,6 +168,7 @@ class Lease:
         self._expires_at = expires_at
         self.lost: str | None = None  # why, once lost
         self.released = False
+        self.body: trio.CancelScope | None = None  # the holder's block, cancelled if lost
 
     @property
     def expires_at(self) -> float:
@@ -261,6 +274,11 @@ class LockManager:
         self._released: dict[str, trio.Event] = {}  # local waiters, woken on release
         self._wait_seconds = 0.0
         self._owners: dict[str, Owner] = {}
+        self._due: list[tuple[float, int, Lease]] = []  # renewals: (when, order, lease)
+        self._order = itertools.count()
+        self._renewing = False  # the renewing task starts with the first lease
+        self._wakeup: trio.CancelScope | None = None  # its sleep until the next renewal
+        self._watched: set[int] = set()  # backend sessions watched for their end
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[LockManager]:
@@ -447,34 +465,56 @@ class LockManager:
         if event is not None:
             event.set()
 
-    async def renew_while_held(
-        self, lease: Lease, body: trio.CancelScope, renewal: trio.CancelScope
-    ) -> None:
-        """Renew ``lease`` every ttl/3 until ``renewal`` is cancelled; cancel
-        ``body`` once it cannot be renewed before it expires."""
-        with renewal:
-            why = await self._keep(lease)
-            lease.lost = why
-            self.held.pop(lease.name, None)
-            self.counters.count(self.counters.label(lease.name), "lost")
-            logger.warning("lock_lost", lock=lease.name, token=lease.token, holder=lease.holder,
-                           reason=why)  # fmt: skip
-            body.cancel()
-            self._wake(lease.name)
+    def hold(self, lease: Lease, body: trio.CancelScope) -> None:
+        """Keep ``lease`` renewed while it is held; cancel ``body`` if it is lost.
 
-    async def _keep(self, lease: Lease) -> str:
-        """Renew ``lease`` until that fails; why it failed."""
-        owner = self.owner(lease.holder)
-        interval = lease.ttl / 3
-        retry = min(interval, 1.0) / 3
-        next_at = lease.expires_at - lease.ttl + interval
+        One task renews every held lease when it is due (ttl/3 after its
+        last renewal), so taking a lock starts no task of its own.
+        """
+        lease.body = body
+        self._schedule(lease, lease.expires_at - lease.ttl * 2 / 3)
+        if self.backend.sessions and lease.revision not in self._watched:
+            self._watched.add(lease.revision)
+            self.start_service().start_soon(self._watch_session, lease.revision)
+
+    def _schedule(self, lease: Lease, at: float) -> None:
+        due = self._due
+        if len(due) > 64 and len(due) > 4 * len(self.held):
+            # Entries of released leases wait for their time: drop them now.
+            due[:] = [entry for entry in due if _renewable(entry[2])]
+            heapq.heapify(due)
+        heapq.heappush(due, (at, next(self._order), lease))
+        wakeup = self._wakeup
+        if wakeup is not None and at < wakeup.deadline:
+            wakeup.deadline = at
+        if not self._renewing:
+            self._renewing = True
+            self.start_service().start_soon(self._renew_due)
+
+    async def _renew_due(self) -> None:
+        """Start the renewal of each held lease when it is due."""
+        due = self._due
         while True:
-            with trio.move_on_at(next_at):
-                await self.backend.wait_lost(lease.revision)
-                return "the backend ended the session that held it"
+            with trio.CancelScope(deadline=due[0][0] if due else math.inf) as wakeup:
+                self._wakeup = wakeup
+                await trio.sleep_forever()
+            self._wakeup = None
+            now = trio.current_time()
+            while due and due[0][0] <= now:
+                lease = heapq.heappop(due)[2]
+                if _renewable(lease):
+                    self.start_service().start_soon(self._renew, lease)
+
+    async def _renew(self, lease: Lease) -> None:
+        """Renew ``lease`` once (trying again every ``min(ttl/3, 1 s) / 3``
+        until it expires), then schedule the next renewal; lose it if that fails."""
+        owner = self.owner(lease.holder)
+        retry = min(lease.ttl / 3, 1.0) / 3
+        while _renewable(lease):
             sent = trio.current_time()
             if sent >= lease.expires_at:
-                return "the lease expired before it could be renewed"
+                self._lose(lease, "the lease expired before it could be renewed")
+                return
             revision: int | None = -1  # -1: no answer before the lease expired
             try:
                 with trio.move_on_after(lease.expires_at - sent):
@@ -483,15 +523,38 @@ class LockManager:
                     )
             except Exception as exc:  # unreachable, or failing: try again until it expires
                 logger.warning("lock_renewal_failed", lock=lease.name, error=repr(exc))
-                next_at = min(trio.current_time() + retry, lease.expires_at)
+                await trio.sleep_until(min(trio.current_time() + retry, lease.expires_at))
                 continue
+            if not _renewable(lease):
+                return  # released (or lost) meanwhile
             if revision is None:
-                return "the lease was taken over or removed on the backend"
-            if revision == -1:
-                return "the lease expired before it could be renewed"
-            lease.revision = revision
-            lease.expires_at = sent + lease.ttl
-            next_at = sent + interval
+                self._lose(lease, "the lease was taken over or removed on the backend")
+            elif revision == -1:
+                self._lose(lease, "the lease expired before it could be renewed")
+            else:
+                lease.revision = revision
+                lease.expires_at = sent + lease.ttl
+                self._schedule(lease, sent + lease.ttl / 3)
+            return
+
+    async def _watch_session(self, revision: int) -> None:
+        """Lose every lease granted in the backend session ``revision`` when it ends."""
+        await self.backend.wait_lost(revision)
+        self._watched.discard(revision)
+        for lease in list(self.held.values()):
+            if lease.revision == revision and _renewable(lease):
+                self._lose(lease, "the backend ended the session that held it")
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        lease.lost = why
+        if self.held.get(lease.name) is lease:
+            del self.held[lease.name]
+        self.counters.count(self.counters.label(lease.name), "lost")
+        logger.warning("lock_lost", lock=lease.name, token=lease.token, holder=lease.holder,
+                       reason=why)  # fmt: skip
+        if lease.body is not None:
+            lease.body.cancel()
+        self._wake(lease.name)
 
     async def release(self, lease: Lease) -> None:
         """Release the lease on the backend (shielded: a cancelled holder
@@ -573,7 +636,7 @@ class Hold:
     block if the lease is lost (``LockLost`` is raised out of it then).
     """
 
-    __slots__ = ("_body", "_holder", "_lease", "_manager", "_name", "_renewal", "_ttl", "_wait")
+    __slots__ = ("_body", "_holder", "_lease", "_manager", "_name", "_ttl", "_wait")
 
     def __init__(
         self, manager: LockManager, name: str, holder: str, ttl: float, wait: float | None
@@ -585,11 +648,10 @@ class Hold:
         self._wait = wait
         self._lease: Lease | None = None
         self._body: trio.CancelScope | None = None
-        self._renewal: trio.CancelScope | None = None
 
     async def __aenter__(self) -> Lease:
         manager = self._manager
-        nursery = manager.start_service()
+        manager.start_service()
         if manager.backend.in_process:
             await trio.lowlevel.checkpoint_if_cancelled()
             lease = manager.grant_in_process(self._name, self._holder, self._ttl)
@@ -601,8 +663,7 @@ class Hold:
         self._lease = lease
         if not manager.backend.in_process:
             self._body = body = trio.CancelScope()
-            self._renewal = renewal = trio.CancelScope()
-            nursery.start_soon(manager.renew_while_held, lease, body, renewal)
+            manager.hold(lease, body)
             body.__enter__()
         return lease
 
@@ -612,15 +673,14 @@ class Hold:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> bool:
-        lease, body, renewal = self._lease, self._body, self._renewal
+        lease, body = self._lease, self._body
         assert lease is not None
-        if body is None or renewal is None:
+        if body is None:
             self._manager.release_in_process(lease)
             return False
         try:
             handled = body.__exit__(exc_type, exc, traceback)
         finally:
-            renewal.cancel()
             await self._manager.release(lease)
         if lease.lost is not None and (exc is None or handled):
             raise LockLost(
@@ -630,6 +690,10 @@ class Hold:
                 token=lease.token,
             )
         return handled
+
+
+def _renewable(lease: Lease) -> bool:
+    return lease.lost is None and not lease.released
 
 
 def _check(name: str, ttl: float, wait_timeout: float | None) -> None:
