@@ -7,7 +7,7 @@ runs its calls (sqlite); ``pg_advisory_lock`` and ``pg_advisory_unlock``
 round trips on one connection through trio-asyncio (postgresql); a KV
 ``create`` of a new key and its ``delete`` (nats). A lock adds what a lease
 needs over them: its holder and expiry written, a fencing token, and (for
-PostgreSQL and SQLite) a write that survives the process. Also recorded:
+SQLite) a write that survives the process. Also recorded:
 the p99 of the acquire alone (target: under 100 ms on every backend).
 """
 
@@ -32,16 +32,13 @@ from runtime._backends import NatsBackend
 
 from ._measure import percentile
 
-BACKENDS = ["memory", "sqlite", "postgresql", "postgresql-async-commit", "nats"]
+BACKENDS = ["memory", "sqlite", "postgresql", "nats"]
 
 
 def _url(kind: str, directory: Path) -> str:
-    if kind.startswith("postgresql"):
+    if kind == "postgresql":
         postgres_session.require()  # this session's own schema on the shared server
-        url = postgres_session.URL
-        if kind == "postgresql-async-commit":
-            url = url.replace("options=", "options=-csynchronous_commit%3Doff%20", 1)
-        return url
+        return postgres_session.URL
     if kind == "nats":
         return require_nats()
     return "memory://" if kind == "memory" else f"sqlite:///{directory / 'locks.db'}"
