@@ -170,13 +170,6 @@ def open_lock_backend(url: str, system: str, backends: Backends) -> LockBackend:
 # -- in process ---------------------------------------------------------------------
 
 
-@attrs.define
-class _Lease:
-    token: int
-    owner: Owner
-    ttl: float
-
-
 class MemoryLocks:
     """Leases in this process.
 
@@ -195,7 +188,7 @@ class MemoryLocks:
     sessions = False
 
     def __init__(self) -> None:
-        self.leases: dict[str, _Lease] = {}
+        self.leases: dict[str, tuple[int, Owner, float]] = {}  # token, owner, ttl
         self.last_token = 0
 
     def grant_nowait(self, name: str, owner: Owner, ttl: float) -> int | None:
@@ -203,21 +196,21 @@ class MemoryLocks:
         if name in self.leases:
             return None
         token = self.last_token = self.last_token + 1
-        self.leases[name] = _Lease(token, owner, ttl)
+        self.leases[name] = (token, owner, ttl)
         return token
 
     def release_nowait(self, name: str, token: int) -> None:
         """End the lease of ``name`` if it is still the one of ``token``."""
         lease = self.leases.get(name)
-        if lease is not None and lease.token == token:
+        if lease is not None and lease[0] == token:
             del self.leases[name]
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         await trio.lowlevel.checkpoint()
         token = self.grant_nowait(name, owner, ttl)
         if token is None:
-            lease = self.leases[name]
-            return _holding(lease.owner, lease.ttl)
+            _, holder, held_for = self.leases[name]
+            return _holding(holder, held_for)
         return Grant(token, token)
 
     async def renew(
@@ -225,9 +218,9 @@ class MemoryLocks:
     ) -> int | None:
         await trio.lowlevel.checkpoint()
         lease = self.leases.get(name)
-        if lease is None or lease.token != token:
+        if lease is None or lease[0] != token:
             return None
-        lease.ttl = ttl
+        self.leases[name] = (token, lease[1], ttl)
         return revision
 
     async def release(self, name: str, token: int, revision: int) -> None:
@@ -237,7 +230,7 @@ class MemoryLocks:
     async def holder(self, name: str) -> Holding | None:
         await trio.lowlevel.checkpoint()
         lease = self.leases.get(name)
-        return None if lease is None else _holding(lease.owner, lease.ttl)
+        return None if lease is None else _holding(lease[1], lease[2])
 
     async def wait_lost(self, revision: int) -> None:
         await trio.sleep_forever()

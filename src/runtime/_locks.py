@@ -62,6 +62,9 @@ up to the backend's ``poll`` (0.2 s for SQLite, PostgreSQL and NATS)."""
 SWEEP_EVERY = 60.0
 """Seconds between two sweeps of expired leases from the backend."""
 
+NAMES_KEPT = 1024
+"""Lock names whose counters a manager keeps at hand for its fast path."""
+
 OWNERS_KEPT = 1024
 """Holders' ``Owner`` records kept by a manager (the actors' paths)."""
 
@@ -211,6 +214,8 @@ class LockCounters:
         self.contentions: dict[str, int] = {}
         self.waits: dict[str, Durations] = {}
         self.waiting: dict[str, int] = {}
+        # name -> its outcome key for a grant, and its wait histogram
+        self._granted: dict[str, tuple[tuple[str, str], Durations]] = {}
 
     def label(self, name: str) -> str:
         """The ``prefix`` label of the lock ``name``."""
@@ -229,13 +234,18 @@ class LockCounters:
             durations.observe(waited)
 
     def count_granted(self, name: str) -> None:
-        """Count a grant with no wait (the fast path of ``count``)."""
-        prefix = self.label(name)
-        key = (prefix, "acquired")
-        self.outcomes[key] = self.outcomes.get(key, 0) + 1
-        durations = self.waits.get(prefix)
-        if durations is None:
-            durations = self.waits[prefix] = Durations(LOCK_WAIT_BUCKETS)
+        """Count a grant with no wait: ``count(label(name), "acquired", 0.0)``,
+        with the name's counters looked up once."""
+        found = self._granted.get(name)
+        if found is None:
+            prefix = self.label(name)
+            self.count(prefix, "acquired", 0.0)
+            if len(self._granted) >= NAMES_KEPT:
+                self._granted.clear()
+            self._granted[name] = ((prefix, "acquired"), self.waits[prefix])
+            return
+        key, durations = found
+        self.outcomes[key] += 1
         durations.counts[0] += 1  # a wait of 0 s: the first bucket
 
     def total(self, outcome: str) -> int:
