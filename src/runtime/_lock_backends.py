@@ -459,15 +459,9 @@ _PG_RENEW = (
     "WHERE system = $1 AND name = $2 AND token = $3 AND session = pg_backend_pid() "
     "RETURNING token"
 )
-# The lease ends now (its row stays, keeping the name's last token) and the
-# advisory lock is released, in one round trip.
-_PG_RELEASE = """
-WITH ended AS (
-    UPDATE runtime_lock_leases SET expires_at = clock_timestamp()
-    WHERE system = $1 AND name = $2 AND token = $3 AND session = pg_backend_pid()
-)
-SELECT pg_advisory_unlock(hashtext($1), hashtext($2))
-"""
+# A release is the unlock alone, no write: the row stays as it was, the
+# description of the last holder and the name's last token; a reader trusts
+# a row only while its session holds the advisory lock (see _PG_HOLDER).
 _PG_UNLOCK = "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))"
 _PG_HOLDER = """
 SELECT holder, node, pid, extract(epoch FROM expires_at - clock_timestamp())::float8
@@ -478,8 +472,9 @@ WHERE system = $1 AND name = $2 AND expires_at > clock_timestamp()
       WHERE locktype = 'advisory' AND granted AND pid = l.session AND objsubid = 2
         AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid)
 """
-# Rows of leases that ended an hour ago: only the token chain of a name that
-# nobody locked for an hour is forgotten (its next token is the clock's).
+# Rows of leases that ended (released or expired) an hour ago: only the
+# token chain of a name that nobody locked for an hour is forgotten (its next
+# token is the clock's). A row's lease ends at its last expiry at the latest.
 _PG_SWEEP = (
     "DELETE FROM runtime_lock_leases WHERE expires_at <= clock_timestamp() - interval '1 hour'"
 )
@@ -501,7 +496,8 @@ class PostgresLocks:
     The process keeps one connection of its own for its locks (the pool's
     connections go back to the pool after each call; a session lock must
     stay with its session). Acquire, renew and release are one statement
-    each (one round trip; see ``_PG_ACQUIRE``). A killed holder's lock is
+    each (one round trip; see ``_PG_ACQUIRE``), and only the grant and the
+    renewal write. A killed holder's lock is
     free at once: the server ends its session. A holder that stops renewing
     (stalled, or unreachable while the server still sees its connection)
     has its session ended by the next acquirer once its lease expired.
@@ -621,7 +617,7 @@ class PostgresLocks:
         if revision != self._session or self._lost.is_set():
             await trio.lowlevel.checkpoint()
             return  # the lock ended with its session
-        await self._call(_PG_RELEASE, self.system, name, token)
+        await self._call(_PG_UNLOCK, self.system, name)
 
     async def wait_lost(self, revision: int) -> None:
         """Return when the session of ``revision`` has ended (its locks with it)."""
