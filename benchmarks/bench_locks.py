@@ -7,8 +7,9 @@ runs its calls (sqlite); ``pg_advisory_lock`` and ``pg_advisory_unlock``
 round trips on one connection through trio-asyncio (postgresql); a KV
 ``create`` of a new key and its ``delete`` (nats). A lock adds what a lease
 needs over them: its holder and expiry written, a fencing token, and (for
-PostgreSQL and SQLite) a write that survives the process. Also recorded:
-the p99 of the acquire alone (target: under 100 ms on every backend).
+SQLite) a write that survives the process. Also recorded:
+the p99 of the acquire alone (target: under 100 ms on every backend). The
+bare primitive and the lock run in alternating rounds of 50 cycles.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,33 +34,43 @@ from runtime._backends import NatsBackend
 
 from ._measure import percentile
 
-BACKENDS = ["memory", "sqlite", "postgresql", "postgresql-async-commit", "nats"]
+BACKENDS = ["memory", "sqlite", "postgresql", "nats"]
 
 
 def _url(kind: str, directory: Path) -> str:
-    if kind.startswith("postgresql"):
+    if kind == "postgresql":
         postgres_session.require()  # this session's own schema on the shared server
-        url = postgres_session.URL
-        if kind == "postgresql-async-commit":
-            url = url.replace("options=", "options=-csynchronous_commit%3Doff%20", 1)
-        return url
+        return postgres_session.URL
     if kind == "nats":
         return require_nats()
     return "memory://" if kind == "memory" else f"sqlite:///{directory / 'locks.db'}"
 
 
-async def _timed(cycle: Callable[[], Awaitable[None]], count: int) -> list[float]:
-    for _ in range(max(10, count // 10)):  # warm-up: connections, caches, statements
-        await cycle()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        await cycle()
-        samples.append(time.perf_counter() - start)
+Cycle = Callable[[], Awaitable[None]]
+
+ROUND = 50
+"""Cycles of one kind in a row: the bare primitive and the lock alternate
+by rounds, so a load that changes during the run weighs on both alike."""
+
+
+async def _interleaved(cycles: list[Cycle], count: int) -> list[list[float]]:
+    """``count`` timed runs of each cycle, alternating by rounds, after a warm-up."""
+    for cycle in cycles:
+        for _ in range(max(10, count // 10)):  # warm-up: connections, caches, statements
+            await cycle()
+    samples: list[list[float]] = [[] for _ in cycles]
+    for _ in range(0, count, ROUND):
+        for cycle, found in zip(cycles, samples, strict=True):
+            for _ in range(ROUND):
+                start = time.perf_counter()
+                await cycle()
+                found.append(time.perf_counter() - start)
     return samples
 
 
-async def _bare(kind: str, url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare(kind: str, url: str) -> AsyncIterator[Cycle]:
+    """The backend's own primitive as one cycle."""
     if kind == "memory":
         lock = trio.Lock()
 
@@ -66,27 +78,37 @@ async def _bare(kind: str, url: str, count: int) -> list[float]:
             await lock.acquire()
             lock.release()
 
-        return await _timed(cycle, count)
-    if kind == "sqlite":
-        connection = sqlite3.connect(
-            url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
-        )
-        connection.execute("PRAGMA journal_mode=WAL")
-
-        async def cycle() -> None:
-            await trio.to_thread.run_sync(connection.execute, "BEGIN IMMEDIATE")
-            await trio.to_thread.run_sync(connection.execute, "COMMIT")
-
-        try:
-            return await _timed(cycle, count)
-        finally:
-            connection.close()
-    if kind == "nats":
-        return await _bare_nats(url, count)
-    return await _bare_postgres(url, count)
+        yield cycle
+    elif kind == "sqlite":
+        async with _bare_sqlite(url) as cycle:
+            yield cycle
+    elif kind == "nats":
+        async with _bare_nats(url) as cycle:
+            yield cycle
+    else:
+        async with _bare_postgres(url) as cycle:
+            yield cycle
 
 
-async def _bare_postgres(url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare_sqlite(url: str) -> AsyncIterator[Cycle]:
+    connection = sqlite3.connect(
+        url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+
+    async def cycle() -> None:
+        await trio.to_thread.run_sync(connection.execute, "BEGIN IMMEDIATE")
+        await trio.to_thread.run_sync(connection.execute, "COMMIT")
+
+    try:
+        yield cycle
+    finally:
+        connection.close()
+
+
+@asynccontextmanager
+async def _bare_postgres(url: str) -> AsyncIterator[Cycle]:
     connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(url)
     fetch = trio_asyncio.aio_as_trio(connection.fetchval)
 
@@ -95,12 +117,13 @@ async def _bare_postgres(url: str, count: int) -> list[float]:
         await fetch("SELECT pg_advisory_unlock(7240499)")
 
     try:
-        return await _timed(cycle, count)
+        yield cycle
     finally:
         await trio_asyncio.aio_as_trio(connection.close)()
 
 
-async def _bare_nats(url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare_nats(url: str) -> AsyncIterator[Cycle]:
     backend = NatsBackend(url)
     bucket = unique("bench_kv")
     kv = await backend.kv(bucket, ttl=600)
@@ -113,34 +136,30 @@ async def _bare_nats(url: str, count: int) -> list[float]:
         await kv.delete(key, revision)
 
     try:
-        return await _timed(cycle, count)
+        yield cycle
     finally:
         await backend.delete_bucket(bucket)
         await backend.aclose()
 
 
-async def _locks(url: str, count: int) -> tuple[list[float], list[float]]:
-    """Acquire+release cycles and, separately, the acquire alone."""
+async def _run(kind: str, url: str, count: int) -> tuple[list[float], list[float], list[float]]:
+    """The bare primitive's cycles, the lock's acquire+release cycles and,
+    separately, the lock's acquire alone."""
+    acquired: list[float] = []
     topology = runtime.Topology(system=unique("bench_locks"), locks=url)
-    async with runtime.open_system(topology, store="memory://") as system:
-        acquired: list[float] = []
-        started = 0.0
+    async with (
+        trio_asyncio.open_loop(),
+        _bare(kind, url) as bare,
+        runtime.open_system(topology, store="memory://") as system,
+    ):
 
         async def cycle() -> None:
-            nonlocal started
             started = time.perf_counter()
             async with system.lock("bench:one", ttl=30):
                 acquired.append(time.perf_counter() - started)
 
-        cycles = await _timed(cycle, count)
-        return cycles, acquired[-count:]
-
-
-async def _run(kind: str, url: str, count: int) -> tuple[list[float], list[float], list[float]]:
-    async with trio_asyncio.open_loop():
-        bare = await _bare(kind, url, count)
-        cycles, acquired = await _locks(url, count)
-    return bare, cycles, acquired
+        bare_samples, cycles = await _interleaved([bare, cycle], count)
+    return bare_samples, cycles, acquired[-count:]
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
