@@ -46,6 +46,7 @@ from ._backends import (
 from ._checkpoint import CheckpointStore, PostgresStore
 from ._logging import get_logger
 from ._ref import ActorRef
+from ._serving import YIELD_EVERY
 from ._remote import (
     RemoteRef,
     Request,
@@ -231,13 +232,22 @@ class Cluster:
             OUTGOING_CAPACITY
         )
         self._queued = self._sent = 0  # tell_nowait messages queued, and sent
-        self._progress = trio.Event()  # set at each one sent
+        self._progress = trio.Event()  # set at each batch sent
+        self._unyielded = 0  # publishes since this node's senders last yielded
 
     # -- what remote refs send through (the Transport protocol) --------------------
 
     async def publish(self, subject: str, data: bytes) -> None:
+        """A remote tell: into the connection's buffer at once, with a yield
+        every few calls (the flusher writes a batch out meanwhile; a sender
+        never starves other tasks)."""
         await self._after_queued()
         await self.backend.publish(subject, data)
+        if self._unyielded < YIELD_EVERY:
+            self._unyielded += 1
+        else:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
         await self._after_queued()
@@ -481,12 +491,31 @@ class Cluster:
                 await trio.sleep(self.interval)
 
     async def _serve(self, subscription: NatsSubscription) -> None:
+        """Deliver the unit's messages: a tell in turn (so tells keep their
+        order), an ask in a task of its own. Messages already received are
+        taken without a task switch each, with a yield every few."""
+        messages = subscription.messages
+        budget = YIELD_EVERY
         async with trio.open_nursery() as nursery:
-            async for message in subscription.messages:
+            while True:
+                try:
+                    message = messages.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        message = await messages.receive()
+                    except trio.EndOfChannel:
+                        return
+                    budget = YIELD_EVERY
+                except trio.EndOfChannel:
+                    return
                 if message.reply:
                     nursery.start_soon(self._answer, subscription, message)
                 else:
                     await self._deliver(message.data)
+                budget -= 1
+                if budget <= 0:
+                    budget = YIELD_EVERY
+                    await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _actor_here(self, path: str) -> Any:
         ref = self.system.local_ref(path)
@@ -581,12 +610,23 @@ class Cluster:
             await trio.sleep(self.interval)
 
     async def _send_outgoing(self) -> None:
-        async for subject, data in self._outgoing:
+        """Publish the ``tell_nowait`` messages in the order queued, each
+        batch queued meanwhile at once."""
+        while True:
             try:
-                await self.backend.publish(subject, data)
-            except BackendUnavailable as exc:
-                logger.warning("remote_tell_lost", subject=subject, error=str(exc))
-            self._sent += 1
+                subject, data = await self._outgoing.receive()
+            except trio.EndOfChannel:
+                return
+            while True:
+                try:
+                    await self.backend.publish(subject, data)
+                except BackendUnavailable as exc:
+                    logger.warning("remote_tell_lost", subject=subject, error=str(exc))
+                self._sent += 1
+                try:
+                    subject, data = self._outgoing.receive_nowait()
+                except trio.WouldBlock:
+                    break
             self._progress.set()
             self._progress = trio.Event()
 
