@@ -45,6 +45,7 @@ __all__ = [
     "backend_kind",
     "process_identity",
     "redacted",
+    "run_inline",
 ]
 
 T = TypeVar("T")
