@@ -90,11 +90,12 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
     """What ``/status`` serves: the system's state and health, its trees
     and resources."""
     resources = system.resource_tree()
+    tree = system.tree()  # once, for the health and the document
     return {
         "system": system.name,
         "state": system.state(),
-        "health": health_of(system).as_dict(),
-        "tree": _node(system.tree()),
+        "health": health_of(system, tree).as_dict(),
+        "tree": _node(tree),
         "resources": None if resources is None else _node(resources),
         "limiters": {
             name: {
