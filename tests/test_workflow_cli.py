@@ -3,11 +3,9 @@ SIGKILL at random points without repeating a finished step."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.clikit import REPO, SOURCE, SUBPROCESS_TIMEOUT, run_cli
+from tests.workflow_agents import sqlite_journals
 
 TOPOLOGY = """\
 system: wf
@@ -138,19 +137,8 @@ def test_a_run_needing_attention_exits_3(topology: Path) -> None:
 
 def journaled(store: Path, run_id: str) -> set[str]:
     """The steps the run's journal has as succeeded."""
-    if not store.exists():
-        return set()
-    with sqlite3.connect(store) as db:
-        try:
-            row = db.execute(
-                "SELECT data FROM runtime_checkpoints WHERE path = ?", (f"workflow/long/{run_id}",)
-            ).fetchone()
-        except sqlite3.OperationalError:  # killed before the store's table was made
-            return set()
-    if row is None:
-        return set()
-    steps = json.loads(row[0])["steps"]
-    return {name for name, entry in steps.items() if entry["status"] == "succeeded"}
+    journal = sqlite_journals(store, "long").get(run_id, {"steps": {}})
+    return {name for name, entry in journal["steps"].items() if entry["status"] == "succeeded"}
 
 
 def executions(record: Path) -> list[tuple[str, int]]:
