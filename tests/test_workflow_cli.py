@@ -198,3 +198,29 @@ def test_sigkill_at_random_points_never_repeats_a_finished_step(
     # Some kills landed mid-run: the journal grew between them.
     sizes = [len(finished) for finished, _ in finished_at_kill]
     assert len(set(sizes)) >= 3, sizes
+
+
+def test_start_until_idle_exits_3_with_a_run_needing_attention(
+    topology: Path, tmp_path: Path
+) -> None:
+    """An actor runs ``refused`` under ``start --until-idle``: the run parks
+    as needs_attention, the system goes idle, and the command exits 3 with
+    the summary and the run named on stderr."""
+    launched = tmp_path / "launched.yaml"
+    launched.write_text(
+        topology.read_text().replace(
+            "  children:\n",
+            "  children:\n"
+            "    - name: launcher\n"
+            "      actor: tests.workflow_agents:Launcher\n"
+            "      args: {workflow: refused, run_id: n2}\n",
+            1,
+        )
+    )
+    result = run_cli("start", str(launched), "--until-idle", "--progress-interval", "0")
+    assert result.returncode == 3, result.stderr
+    assert "workflow runs: 1 needs_attention" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "idle with 1 workflow run(s) needing attention: refused/n2; "
+        "run each again with its run id once fixed"
+    )

@@ -114,6 +114,27 @@ class Relay(runtime.Actor[None]):
         return answer
 
 
+@attrs.frozen
+class Launch:
+    pass
+
+
+class Launcher(runtime.Actor[None]):
+    """Once started, runs the topology's workflow ``workflow`` as ``run_id``
+    (what an application's actor does under ``runtime start``)."""
+
+    def __init__(self, *, workflow: str, run_id: str) -> None:
+        self.workflow = workflow
+        self.run_id = run_id
+
+    async def on_start(self) -> None:
+        self.ctx.self_ref.tell_nowait(Launch())
+
+    @runtime.handler
+    async def launch(self, msg: Launch) -> None:
+        await self.ctx.system.run_workflow(self.workflow, run_id=self.run_id)
+
+
 def no_bad_answers(value: str) -> None:
     """Refuse an answer that says ``bad``."""
     if "bad" in value:

@@ -832,6 +832,11 @@ class WorkflowRuns:
             needing,
         )
 
+    def parked_runs(self) -> tuple[str, ...]:
+        """The runs that ended ``needs_attention`` and were not run again
+        since, as ``workflow/run_id``, sorted."""
+        return tuple(sorted(f"{workflow}/{run_id}" for workflow, run_id in self.parked))
+
     def progress(self) -> tuple[tuple[str, int, int], ...]:
         """Each run in flight as ``(workflow/run_id, steps ended, steps)``."""
         return tuple(
