@@ -42,7 +42,6 @@ import difflib
 import heapq
 import inspect
 import json
-import math
 import pkgutil
 import random
 import re
@@ -621,21 +620,27 @@ def _type_path(value: object) -> str | None:
     return f"{cls.__module__}:{cls.__qualname__}" if attrs.has(cls) else None
 
 
+_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)  # one, not one per entry
+_PLAIN = (str, int, float, bool, type(None))  # values that are JSON as they are
+
+
 def encode_step(result: StepResult) -> str:
     """One step's journal entry as JSON text.
 
     Raises:
         ValueError: the value cannot be written as JSON.
     """
+    value = result.value
+    plain = type(value) in _PLAIN
     entry = {
         "status": result.status,
-        "value": _converter.unstructure(result.value),
-        "type": _type_path(result.value),
+        "value": value if plain else _converter.unstructure(value),
+        "type": None if plain else _type_path(value),
         "attempts": result.attempts,
         "agent": result.agent,
         "error": result.error,
     }
-    return json.dumps(entry, sort_keys=True, allow_nan=False)
+    return _JSON.encode(entry)
 
 
 def decode_step(entry: Mapping[str, Any]) -> StepResult:
@@ -912,6 +917,11 @@ class _Run:
         self.asking_ended = 0  # steps started whose asks ended
         self.halted = False  # a step did not succeed: no further step starts
         self.last: dict[str, str] = {}  # the step that ended the run, for the run's entry
+        self.order = {name: index for index, name in enumerate(self.by_name)}
+        self.waiting: dict[str, int] = {}  # step -> prerequisites not journaled yet
+        self.dependents: dict[str, list[str]] = {}  # step -> the steps that need it
+        self.ready: list[tuple[int, int, str]] = []  # a heap: (priority, order, step)
+        self.nursery: trio.Nursery | None = None  # the steps' tasks
 
     def summary(self) -> RunSummary:
         steps = []
@@ -953,55 +963,40 @@ class _Run:
         """Start ready steps, at most ``max_parallel`` asking at once, until
         none is ready and none runs; after a step that did not succeed, start
         none. A step's slot is free once its agent answered; the steps that
-        need it start once it is journaled."""
+        need it start once it is journaled. The steps' own tasks start the
+        next ones (no task of the run's in between)."""
         needs = self.workflow.dependencies()
-        waiting = {
+        self.waiting = {
             name: sum(1 for d in needs[name] if d not in self.ended)
             for name in self.by_name
             if name not in self.ended
         }
-        dependents: dict[str, list[str]] = {name: [] for name in self.by_name}
-        for name in waiting:
+        for name in self.waiting:
             for needed in needs[name]:
-                dependents[needed].append(name)
-        order = {name: index for index, name in enumerate(self.by_name)}
-        ready: list[tuple[int, int, str]] = []
-
-        def make_ready(name: str) -> None:
-            rank = PRIORITY_INDEX[self.by_name[name].priority]
-            heapq.heappush(ready, (rank, order[name], name))
-
-        for name, count in waiting.items():
+                self.dependents.setdefault(needed, []).append(name)
+        for name, count in self.waiting.items():
             if not count:
-                make_ready(name)
-        # Bounded by the workflow's steps: each posts twice (answered, journaled).
-        send, receive = trio.open_memory_channel[tuple[bool, str]](  # runtime: ignore[RT202]
-            math.inf
-        )
-        unjournaled = 0  # started, not journaled yet
+                self._make_ready(name)
         async with trio.open_nursery() as nursery:
-            while True:
-                while ready and self.asking < self.workflow.max_parallel and not self.halted:
-                    name = heapq.heappop(ready)[2]
-                    self.asking += 1
-                    unjournaled += 1
-                    self.started_steps.add(name)
-                    nursery.start_soon(self._step, self.by_name[name], send)
-                if not unjournaled:
-                    return
-                journaled, name = await receive.receive()
-                if not journaled:
-                    self.asking -= 1
-                    continue
-                unjournaled -= 1
-                if self.ended[name].status != "succeeded":
-                    continue
-                for dependent in dependents[name]:
-                    waiting[dependent] -= 1
-                    if not waiting[dependent]:
-                        make_ready(dependent)
+            self.nursery = nursery
+            self._start_ready()
 
-    async def _step(self, step: Step, done: trio.MemorySendChannel[tuple[bool, str]]) -> None:
+    def _make_ready(self, name: str) -> None:
+        rank = PRIORITY_INDEX[self.by_name[name].priority]
+        heapq.heappush(self.ready, (rank, self.order[name], name))
+
+    def _start_ready(self) -> None:
+        """Start ready steps, in priority then listed order, while slots are
+        free and no step has failed."""
+        ready, nursery = self.ready, self.nursery
+        assert nursery is not None
+        while ready and self.asking < self.workflow.max_parallel and not self.halted:
+            name = heapq.heappop(ready)[2]
+            self.asking += 1
+            self.started_steps.add(name)
+            nursery.start_soon(self._step, self.by_name[name])
+
+    async def _step(self, step: Step) -> None:
         started = trio.current_time()
         result = await self._attempts(step)
         self.runs.step_ended(self.workflow.name, step.name, trio.current_time() - started)
@@ -1019,8 +1014,9 @@ class _Run:
         self.ended[step.name] = result
         if result.status != "succeeded":
             self.halted = True
-        done.send_nowait((False, step.name))  # its slot is free
+        self.asking -= 1
         self.asking_ended += 1
+        self._start_ready()  # its slot is free
         if self.asking_ended == len(self.started_steps) and (
             self.halted or len(self.ended) == len(self.by_name)
         ):
@@ -1038,7 +1034,13 @@ class _Run:
             attempts=result.attempts,
             agent=result.agent,
         )
-        done.send_nowait((True, step.name))
+        if result.status == "succeeded":
+            waiting = self.waiting
+            for dependent in self.dependents.get(step.name, ()):
+                waiting[dependent] -= 1
+                if not waiting[dependent]:
+                    self._make_ready(dependent)
+            self._start_ready()
 
     async def _attempts(self, step: Step) -> StepResult:
         """Ask each agent in turn, ``retry.attempts`` times each, until a result
