@@ -428,11 +428,15 @@ async def test_a_one_step_run_makes_one_write(autojump_clock: trio.abc.Clock) ->
 
 
 async def test_a_run_in_flight_keeps_the_system_busy_and_shows_in_status(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a run waits out a retry's backoff, no actor works, yet the
     system is not idle; progress and ``/status`` show the run and its steps."""
     from runtime._endpoint import status_document
+
+    # The backoff's jitter draws from the whole range below ``initial``:
+    # half of it (50 s) is still running at the look, 1 s in.
+    monkeypatch.setattr("runtime.workflow.random.random", lambda: 0.5)
 
     tally = Tally()
     steps = [
