@@ -14,7 +14,7 @@ result = await system.run_workflow(wf, run_id="pr-42")
 
 A step is an ``ask`` of its message to its agent (any path ``system.ref``
 knows). Ready steps start in priority order, then in the order they are
-listed, at most ``max_parallel`` at once. An attempt fails when the ask
+listed, at most ``max_parallel`` asking at once. An attempt fails when the ask
 raises (the handler crashed, a timeout, an open circuit, ...) or when
 ``validate`` refuses the result by raising ``Invalid(feedback)``; the step is
 then tried again (``retry``: attempts per agent, with backoff on the trio
@@ -25,13 +25,14 @@ person should look), else ``failed``. Either way no further step starts;
 steps already running finish and are journaled, and the run ends with that
 status (``failed`` first).
 
-The journal of a run is one entry of the checkpoint store, at
-``workflow/<name>/<run_id>``, written (with the store's version
-compare-and-set) after every step that ends and before any step that
-depends on it starts; steps ending at the same moment share one write. A run
-started again with the same ``run_id`` takes the steps that succeeded from
-the journal and runs the others. A step that was running when the process
-died runs again: its ask carries the idempotency key
+The journal of a run (``Journal``) is one entry of the checkpoint store per
+step that ended, at ``workflow/<name>/<run_id>/step/<step>``, written (with
+the store's version compare-and-set) before any step that depends on it
+starts, and the run's own entry at ``workflow/<name>/<run_id>`` (its status).
+Steps ending at the same moment reach the store in one transaction (the
+store's group commit). A run started again with the same ``run_id`` takes
+the steps that succeeded from the journal and runs the others. A step that
+was running when the process died runs again: its ask carries the idempotency key
 ``<run_id>/<step>/<attempt>`` (``current_step_key()``), the same key in the
 new process, so an agent can tell a repeated request from a new one.
 """
