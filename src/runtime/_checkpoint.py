@@ -785,9 +785,7 @@ class PostgresStore:
         )
         return int(found or 0)
 
-    async def _save_fenced(
-        self, path: str, data: str, version: int, fence: tuple[str, int]
-    ) -> int:
+    async def _save_fenced(self, path: str, data: str, version: int, fence: tuple[str, int]) -> int:
         unit, epoch = fence
         # FOR SHARE: raise_fence waits for this write, and this write sees a
         # raise committed before it (READ COMMITTED re-reads a locked row).

@@ -48,7 +48,7 @@ from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._services import open_system
-from ._specs import MetricsSpec, Topology, to_seconds
+from ._specs import Topology, to_seconds
 from ._status import show_status, table
 from ._system import ActorSystem, Progress, TreeNode
 from ._topology import iter_children, load_topology
@@ -136,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         metavar="HOST:PORT",
         help=(
-            "serve /metrics, /healthz, /readyz and /status there (overrides the topology's "
-            "metrics.listen; a port alone binds to 127.0.0.1)"
+            "serve /metrics, /healthz, /readyz, /status and the console /ui there (overrides "
+            "the topology's metrics.listen; a port alone binds to 127.0.0.1)"
         ),
     )
     start.add_argument(
@@ -410,7 +410,8 @@ async def _start(
         except ValueError as exc:
             print(f"error: --metrics-listen: {exc}", file=sys.stderr)
             return EXIT_INVALID
-        topology = attrs.evolve(topology, metrics=MetricsSpec(listen=metrics_listen))
+        metrics = attrs.evolve(topology.metrics, listen=metrics_listen)
+        topology = attrs.evolve(topology, metrics=metrics)
     started = trio.current_time()
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
     hard = trio.CancelScope()  # a second one cancels what is still stopping
@@ -490,6 +491,7 @@ async def _run(
                 f"{system.endpoint_url}/readyz, {system.endpoint_url}/status",
                 flush=True,
             )
+            print(f"console: {system.endpoint_url}/ui", flush=True)
         if progress_interval > 0:
             display.start_soon(_show_progress, system, progress_interval)
         with run:

@@ -815,6 +815,18 @@ class WorkflowRuns:
         self.fallbacks: dict[str, int] = {}
         self.parked: set[tuple[str, str]] = set()  # needs_attention, not run again
         self.durations: dict[tuple[str, str], Durations] = {}  # by (workflow, step)
+        # The workflow of each recent run, by (workflow, run_id): what
+        # running it again with the same id (the console's resume) needs.
+        self.definitions: dict[tuple[str, str], Workflow] = {}
+
+    def remember(self, key: tuple[str, str], workflow: Workflow) -> None:
+        """Keep ``workflow`` as the definition of run ``key`` (the last
+        ``_KEYS_KEPT`` runs are kept)."""
+        definitions = self.definitions
+        definitions.pop(key, None)
+        definitions[key] = workflow
+        if len(definitions) > _KEYS_KEPT:
+            del definitions[next(iter(definitions))]
 
     def step_ended(self, workflow: str, step: str, seconds: float) -> None:
         durations = self.durations.get((workflow, step))
@@ -886,6 +898,7 @@ async def run(
     this = _Run(workflow, run_id, ref, journal, runs)
     runs.running[key] = this
     runs.parked.discard(key)
+    runs.remember(key, workflow)
     try:
         result = await this.go()
     finally:
