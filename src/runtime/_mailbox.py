@@ -8,6 +8,7 @@ message itself for ``tell`` (no envelope is allocated) or an ``Ask`` for
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,8 +20,16 @@ import trio
 from ._priority import PRIORITIES, PRIORITY_INDEX
 from .errors import MailboxFull
 
-__all__ = ["Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
-
+__all__ = [
+    "TIMED_OUT",
+    "Ask",
+    "AskDeadlines",
+    "Envelope",
+    "Mailbox",
+    "MailboxStatistics",
+    "ask_deadlines",
+    "unwrap",
+]
 
 
 class Ask:
@@ -55,6 +64,92 @@ class Ask:
         if waiter is not None:
             self.waiter = None
             trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        """The abort function of the asker's wait (``wait_task_rescheduled``):
+        the asker is cancelled, so nobody is answered any more. The request
+        is its own abort function: a wait allocates nothing for it."""
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+TIMED_OUT = object()
+"""The value an asker is woken with when its ask's timeout passes."""
+
+
+class AskDeadlines:
+    """The timeouts of the asks waiting in one trio run, kept without a
+    cancel scope per ask: one system task sleeps until the earliest and
+    wakes each asker whose timeout has passed with ``TIMED_OUT``.
+
+    Asks are kept by timeout, each group in the order they were added,
+    which for one timeout is the order of their deadlines (trio's clock
+    never goes back): adding and removing one is a dict operation, and the
+    earliest deadline is the first of each group.
+    """
+
+    __slots__ = ("groups", "scope")
+
+    def __init__(self) -> None:
+        self.groups: dict[float, dict[Ask, float]] = {}
+        self.scope = trio.CancelScope()  # the keeper's sleep, until the earliest deadline
+
+    def add(self, ask: Ask, timeout: float) -> None:
+        """Wake ``ask``'s waiter with ``TIMED_OUT`` ``timeout`` seconds from
+        now, unless ``discard`` comes first. Call it right before the waiter
+        parks (no checkpoint between): only a parked waiter may be woken."""
+        deadline = trio.current_time() + timeout
+        group = self.groups.get(timeout)
+        if group is None:
+            group = self.groups[timeout] = {}
+        group[ask] = deadline
+        if deadline < self.scope.deadline:  # noqa: PLR1730 (a write to it costs; most adds skip it)
+            self.scope.deadline = deadline
+
+    def discard(self, ask: Ask, timeout: float) -> None:
+        """Forget ``ask`` (answered, or its asker left)."""
+        group = self.groups.get(timeout)
+        if group is not None:
+            group.pop(ask, None)
+
+    def expire(self, now: float) -> float:
+        """Wake the askers whose deadline is ``now`` or earlier; returns the
+        earliest deadline left (``inf``: none)."""
+        earliest = math.inf
+        for timeout, group in list(self.groups.items()):
+            while group:
+                ask, deadline = next(iter(group.items()))
+                if deadline > now:
+                    earliest = min(earliest, deadline)
+                    break
+                del group[ask]
+                ask.reply(TIMED_OUT)
+            if not group:
+                del self.groups[timeout]
+        return earliest
+
+    async def run(self) -> None:
+        """The keeper: a system task of the run, as long as the run."""
+        while True:
+            # No checkpoint between the expiry and the new scope: an ask
+            # added meanwhile lowers that scope's deadline.
+            self.scope = trio.CancelScope(deadline=self.expire(trio.current_time()))
+            with self.scope:
+                await trio.sleep_forever()
+
+
+_ASK_DEADLINES: trio.lowlevel.RunVar[AskDeadlines] = trio.lowlevel.RunVar("runtime_ask_deadlines")
+
+
+def ask_deadlines() -> AskDeadlines:
+    """The ask timeouts of the current trio run (its keeper started on first use)."""
+    try:
+        return _ASK_DEADLINES.get()
+    except LookupError:
+        deadlines = AskDeadlines()
+        _ASK_DEADLINES.set(deadlines)
+        trio.lowlevel.spawn_system_task(deadlines.run, name="runtime ask timeouts")
+        return deadlines
 
 
 class Envelope:
@@ -116,6 +211,7 @@ class Mailbox:
     """
 
     __slots__ = (
+        "_blocked",
         "_owner",
         "_queues",
         "_receiver",
@@ -136,6 +232,7 @@ class Mailbox:
         self._owner = owner
         self._receiver: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self._senders: trio.lowlevel.ParkingLot | None = None
+        self._blocked = 0  # senders in wait_not_full (one int read per message taken)
 
     def put_nowait(self, item: object, priority: str) -> bool:
         """Queue ``item`` at ``priority`` without waiting.
@@ -199,7 +296,11 @@ class Mailbox:
         """Wait until an item is taken (or the mailbox drained); the caller retries."""
         if self._senders is None:
             self._senders = trio.lowlevel.ParkingLot()
-        await self._senders.park()
+        self._blocked += 1
+        try:
+            await self._senders.park()
+        finally:
+            self._blocked -= 1
 
     def get_nowait(self) -> object | None:
         """Take the next item (highest priority first), or None when empty."""
@@ -210,8 +311,8 @@ class Mailbox:
             high.popleft() if high else normal.popleft() if normal else low.popleft()  # type: ignore[union-attr]
         )
         self.size -= 1
-        if self._senders:
-            self._senders.unpark()
+        if self._blocked:
+            self._senders.unpark()  # type: ignore[union-attr]
         return item
 
     async def wait_nonempty(self) -> None:

@@ -9,6 +9,7 @@ through ``ServingCell`` and imports neither the cell nor the system.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -40,56 +41,123 @@ class ServingCell(Protocol):
 
     async def handle_item(self, actor: Any, item: object) -> None: ...
 
+    def told_handlers(self) -> dict[type, Any] | None:
+        """The handlers a told message may go to straight from the loop,
+        by message type (then ``told_handled`` or ``told_failed`` after
+        each), or None when every item goes through ``handle_item``."""
+        ...
 
-async def serve(cell: ServingCell, actor: Any) -> None:
-    """Handle ``cell``'s messages one at a time until it is asked to stop.
+    def told_handled(self) -> None: ...
+
+    def told_failed(self) -> None: ...
+
+
+def serve(cell: ServingCell, actor: Any) -> Coroutine[Any, Any, None]:
+    """Handle ``cell``'s messages one at a time until it is asked to stop
+    (a coroutine to await: the loop itself, with no frame around it).
 
     Waits for messages while the mailbox is empty (a checkpoint); a message
     woken for in the same round that the incarnation was cancelled stays
     queued for the next one. Yields to the scheduler at least every
     ``YIELD_EVERY`` messages. Correlation, tracing and the sampled handling
-    time are applied here, around ``cell.handle_item``.
+    time are applied here, around ``cell.handle_item``; without metrics
+    and tracing, a told message goes straight to its handler when the cell
+    allows (``told_handlers``).
     """
-    mailbox = cell.mailbox
-    get = mailbox.get_nowait
+    if cell.durations is None and cell.tracer is None:
+        return _serve_plain(cell, actor, cell.told_handlers())
+    return _serve_observed(cell, actor)
+
+
+def _carried(slot: CorrelationSlot, item: object) -> tuple[object, Any]:
+    """Set ``slot`` to ``item``'s chain; returns what to handle and its
+    sender's trace context (an ``Envelope`` is unwrapped, an ``Ask`` kept)."""
+    kind = type(item)
+    if kind is Envelope:
+        slot.value = item.correlation  # type: ignore[attr-defined]
+        return item.msg, item.trace  # type: ignore[attr-defined]
+    if kind is Ask:
+        slot.value = item.correlation  # type: ignore[attr-defined]
+        return item, item.trace  # type: ignore[attr-defined]
+    slot.value = 0  # told from outside a handler
+    return item, None
+
+
+async def _wait_for_message(cell: ServingCell) -> None:
+    """Park until a message comes (or a stop wakes the loop)."""
+    cell.waiting = True
+    await trio.lowlevel.wait_task_rescheduled(cell.mailbox.park_receiver())
+    cell.waiting = False
+    # Woken by a message in the same round that a background task
+    # crashed: leave the message queued for the next incarnation.
+    await trio.lowlevel.checkpoint_if_cancelled()
+
+
+async def _serve_plain(cell: ServingCell, actor: Any, told: dict[type, Any] | None) -> None:
+    """``serve`` without metrics or tracing."""
+    get = cell.mailbox.get_nowait
     handle = cell.handle_item
-    durations = cell.durations
-    # With metrics on: messages until the next timed one, and how many
-    # messages that one stands for.
-    countdown = weight = 1
-    tracer = cell.tracer
-    plain = durations is None and tracer is None
+    handled = cell.told_handled
+    failed = cell.told_failed
     slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
     budget = YIELD_EVERY
     while not cell.stop_requested:
         item = get()
         if item is None:
-            cell.waiting = True
-            await trio.lowlevel.wait_task_rescheduled(mailbox.park_receiver())
-            cell.waiting = False
-            # Woken by a message in the same round that a background task
-            # crashed: leave the message queued for the next incarnation.
-            await trio.lowlevel.checkpoint_if_cancelled()
+            await _wait_for_message(cell)
             budget = YIELD_EVERY
             continue
-        # The message's chain (an ask's or an envelope's; 0: a new one).
         if slot is None:
             slot = CorrelationSlot()
             CURRENT.set(slot)
         kind = type(item)
-        if kind is not Envelope and kind is not Ask:  # told from outside a handler
-            slot.value = 0
-            trace = None
-        elif kind is Envelope:
+        if kind is Ask:
             slot.value = item.correlation  # type: ignore[attr-defined]
-            trace = item.trace  # type: ignore[attr-defined]
-            item = item.msg  # type: ignore[attr-defined]
-        else:
-            slot.value = item.correlation  # type: ignore[attr-defined]
-            trace = item.trace  # type: ignore[attr-defined]
-        if plain:
             await handle(actor, item)
-        elif tracer is not None:
+        else:
+            if kind is Envelope:
+                slot.value = item.correlation  # type: ignore[attr-defined]
+                item = item.msg  # type: ignore[attr-defined]
+            else:
+                slot.value = 0  # told from outside a handler
+            if told is None:
+                await handle(actor, item)
+            else:
+                # Straight to its handler: one coroutine less per message.
+                try:
+                    await told[type(item)](actor, item)
+                except Exception:
+                    failed()
+                    raise
+                handled()
+        budget -= 1
+        if not budget:
+            budget = YIELD_EVERY
+            await trio.lowlevel.checkpoint()
+
+
+async def _serve_observed(cell: ServingCell, actor: Any) -> None:
+    """``serve`` with metrics (sampled handling times) or tracing."""
+    get = cell.mailbox.get_nowait
+    handle = cell.handle_item
+    durations = cell.durations
+    tracer = cell.tracer
+    # With metrics on: messages until the next timed one, and how many
+    # messages that one stands for.
+    countdown = weight = 1
+    slot: CorrelationSlot | None = None
+    budget = YIELD_EVERY
+    while not cell.stop_requested:
+        item = get()
+        if item is None:
+            await _wait_for_message(cell)
+            budget = YIELD_EVERY
+            continue
+        if slot is None:
+            slot = CorrelationSlot()
+            CURRENT.set(slot)
+        item, trace = _carried(slot, item)
+        if tracer is not None:
             await handle_traced(cell, actor, item, trace)
         else:
             countdown -= 1
