@@ -79,8 +79,10 @@ TIMED_OUT = object()
 
 class AskDeadlines:
     """The timeouts of the asks waiting in one trio run, kept without a
-    cancel scope per ask: one system task sleeps until the earliest and
-    wakes each asker whose timeout has passed with ``TIMED_OUT``.
+    deadline per ask: one system task sleeps until the earliest and wakes
+    each asker whose timeout has passed with ``TIMED_OUT`` (an ``Ask``), or
+    cancels its cancel scope (a request served in its asker's task, whose
+    scope then needs no deadline of its own).
 
     Asks are kept by timeout, each group in the order they were added,
     which for one timeout is the order of their deadlines (trio's clock
@@ -91,13 +93,14 @@ class AskDeadlines:
     __slots__ = ("groups", "scope")
 
     def __init__(self) -> None:
-        self.groups: dict[float, dict[Ask, float]] = {}
+        self.groups: dict[float, dict[Ask | trio.CancelScope, float]] = {}
         self.scope = trio.CancelScope()  # the keeper's sleep, until the earliest deadline
 
-    def add(self, ask: Ask, timeout: float) -> None:
-        """Wake ``ask``'s waiter with ``TIMED_OUT`` ``timeout`` seconds from
-        now, unless ``discard`` comes first. Call it right before the waiter
-        parks (no checkpoint between): only a parked waiter may be woken."""
+    def add(self, ask: Ask | trio.CancelScope, timeout: float) -> None:
+        """Wake ``ask``'s waiter with ``TIMED_OUT`` (or cancel the scope)
+        ``timeout`` seconds from now, unless ``discard`` comes first. For an
+        ``Ask``, call it right before the waiter parks (no checkpoint
+        between): only a parked waiter may be woken."""
         deadline = trio.current_time() + timeout
         group = self.groups.get(timeout)
         if group is None:
@@ -106,7 +109,7 @@ class AskDeadlines:
         if deadline < self.scope.deadline:  # noqa: PLR1730 (a write to it costs; most adds skip it)
             self.scope.deadline = deadline
 
-    def discard(self, ask: Ask, timeout: float) -> None:
+    def discard(self, ask: Ask | trio.CancelScope, timeout: float) -> None:
         """Forget ``ask`` (answered, or its asker left)."""
         group = self.groups.get(timeout)
         if group is not None:
@@ -123,7 +126,10 @@ class AskDeadlines:
                     earliest = min(earliest, deadline)
                     break
                 del group[ask]
-                ask.reply(TIMED_OUT)
+                if isinstance(ask, Ask):
+                    ask.reply(TIMED_OUT)
+                else:
+                    ask.cancel()
             if not group:
                 del self.groups[timeout]
         return earliest

@@ -33,7 +33,7 @@ from ._budget import BudgetStatistics, UsageStatistics
 from ._cell import ActorCell, LocalRef
 from ._correlation import ACTOR_PATH, current_actor
 from ._limiter import Limiter, LimiterStatistics
-from ._mailbox import Ask
+from ._mailbox import Ask, AskDeadlines, ask_deadlines
 from ._priority import PRIORITY_INDEX, check_priority
 from ._serving import span
 from ._shared import SharedLimits
@@ -418,15 +418,11 @@ class ResourceCell(ActorCell):
         self, actor: Actor[Any], msg: object, timeout: float, priority: str
     ) -> Any:
         """Run ``msg``'s handler in the calling task, as this incarnation's."""
-        # One cancel scope for both ends: the ask's timeout (its deadline)
-        # and the end of the incarnation (which cancels it with a reason).
-        deadline = trio.current_time() + timeout
-        scope = trio.CancelScope(deadline=deadline)
+        scope, deadlines, token = self._inline_scope(timeout, priority)
         inline = self.inline
         inline[scope] = None
         self.pending_asks += 1
         self.in_flight += 1
-        token = _REQUEST.set((priority, deadline))
         # An asyncio kind's calls need the loop the system runs, whatever task asks.
         loop = self.asyncio_loop
         loop_token = None if loop is None else trio_asyncio.current_loop.set(loop)
@@ -457,6 +453,8 @@ class ResourceCell(ActorCell):
                 f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )
         finally:
+            if deadlines is not None:
+                deadlines.discard(scope, timeout)
             if durations is not None:
                 durations.observe(perf_counter() - started)
             if loop_token is not None:
@@ -467,6 +465,33 @@ class ResourceCell(ActorCell):
             self.in_flight -= 1
             if not inline and self.inline_done is not None:
                 self.inline_done.set()
+
+    def _inline_scope(
+        self, timeout: float, priority: str
+    ) -> tuple[trio.CancelScope, AskDeadlines | None, contextvars.Token[tuple[str, float]]]:
+        """The cancel scope of one request served inline, the ``AskDeadlines``
+        that times it out (None: its own deadline does), and the token of
+        the request's ``_REQUEST``.
+
+        One scope for both ends: the ask's timeout and the end of the
+        incarnation (which cancels it with a reason). With a limiter
+        timeout, the scope has the ask's deadline, which the limiter reads
+        (an attempt it would end no sooner needs no scope of its own);
+        without one, the run's ``AskDeadlines`` cancels it at its timeout,
+        and the scope registers no deadline with trio.
+        """
+        if self.limiter.timeout is not None or not 0 < timeout < math.inf:
+            deadline = trio.current_time() + timeout
+            return (
+                trio.CancelScope(deadline=deadline),
+                None,
+                _REQUEST.set((priority, deadline)),
+            )
+        scope = trio.CancelScope()
+        deadlines = ask_deadlines()
+        deadlines.add(scope, timeout)
+        request = _NORMAL if priority == "normal" else (priority, math.inf)
+        return scope, deadlines, _REQUEST.set(request)
 
     async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
         """The handler in an OpenTelemetry span, child of the asker's."""
