@@ -132,8 +132,9 @@ class Limiter:
     """Admission and retry policy for calls to one backend.
 
     Args:
-        max_concurrency: calls running at once (the tokens of a
-            ``trio.CapacityLimiter``); None for no limit.
+        max_concurrency: calls running at once (tokens, counted as a
+            ``trio.CapacityLimiter`` counts them, admitted in priority
+            order); None for no limit.
         rate: at most ``rate.requests`` admissions in every ``rate.period``.
         timeout: seconds each attempt may take; it then fails with
             ``TimeoutError`` (transient).

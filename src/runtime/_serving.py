@@ -65,37 +65,44 @@ def serve(cell: ServingCell, actor: Any) -> Coroutine[Any, Any, None]:
     allows (``told_handlers``).
     """
     if cell.durations is None and cell.tracer is None:
-        return _serve_plain(cell, actor, cell.told_handlers())
-    return _serve_observed(cell, actor)
+        return _serve(cell, actor, cell.told_handlers(), None)
+    return _serve(cell, actor, None, _Observed(cell))
 
 
-def _carried(slot: CorrelationSlot, item: object) -> tuple[object, Any]:
-    """Set ``slot`` to ``item``'s chain; returns what to handle and its
-    sender's trace context (an ``Envelope`` is unwrapped, an ``Ask`` kept)."""
-    kind = type(item)
-    if kind is Envelope:
-        slot.value = item.correlation  # type: ignore[attr-defined]
-        return item.msg, item.trace  # type: ignore[attr-defined]
-    if kind is Ask:
-        slot.value = item.correlation  # type: ignore[attr-defined]
-        return item, item.trace  # type: ignore[attr-defined]
-    slot.value = 0  # told from outside a handler
-    return item, None
+class _Observed:
+    """Handling with metrics (sampled handling times) or tracing."""
+
+    __slots__ = ("cell", "countdown", "weight")
+
+    def __init__(self, cell: ServingCell) -> None:
+        self.cell = cell
+        # With metrics on: messages until the next timed one, and how many
+        # messages that one stands for.
+        self.countdown = self.weight = 1
+
+    async def handle(self, actor: Any, item: object, trace: Any) -> None:
+        cell = self.cell
+        if cell.tracer is not None:
+            await handle_traced(cell, actor, item, trace)
+            return
+        self.countdown -= 1
+        if self.countdown:
+            await cell.handle_item(actor, item)
+            return
+        durations = cell.durations
+        assert durations is not None  # not traced: timed
+        started = perf_counter()
+        await cell.handle_item(actor, item)
+        self.countdown = self.weight = durations.observe(perf_counter() - started, self.weight)
 
 
-async def _wait_for_message(cell: ServingCell) -> None:
-    """Park until a message comes (or a stop wakes the loop)."""
-    cell.waiting = True
-    await trio.lowlevel.wait_task_rescheduled(cell.mailbox.park_receiver())
-    cell.waiting = False
-    # Woken by a message in the same round that a background task
-    # crashed: leave the message queued for the next incarnation.
-    await trio.lowlevel.checkpoint_if_cancelled()
-
-
-async def _serve_plain(cell: ServingCell, actor: Any, told: dict[type, Any] | None) -> None:
-    """``serve`` without metrics or tracing."""
-    get = cell.mailbox.get_nowait
+async def _serve(
+    cell: ServingCell, actor: Any, told: dict[type, Any] | None, observed: _Observed | None
+) -> None:
+    """``serve``'s loop: ``told`` the handlers told messages go straight to
+    (None: through ``handle_item``), ``observed`` the metrics or tracing."""
+    mailbox = cell.mailbox
+    get = mailbox.get_nowait
     handle = cell.handle_item
     handled = cell.told_handled
     failed = cell.told_failed
@@ -104,70 +111,41 @@ async def _serve_plain(cell: ServingCell, actor: Any, told: dict[type, Any] | No
     while not cell.stop_requested:
         item = get()
         if item is None:
-            await _wait_for_message(cell)
+            cell.waiting = True
+            await trio.lowlevel.wait_task_rescheduled(mailbox.park_receiver())
+            cell.waiting = False
+            # Woken by a message in the same round that a background task
+            # crashed: leave the message queued for the next incarnation.
+            await trio.lowlevel.checkpoint_if_cancelled()
             budget = YIELD_EVERY
             continue
+        # The message's chain (an ask's or an envelope's; 0: a new one).
         if slot is None:
             slot = CorrelationSlot()
             CURRENT.set(slot)
         kind = type(item)
-        if kind is Ask:
+        trace = None
+        if kind is Envelope:
             slot.value = item.correlation  # type: ignore[attr-defined]
+            trace = item.trace  # type: ignore[attr-defined]
+            item = item.msg  # type: ignore[attr-defined]
+        elif kind is Ask:
+            slot.value = item.correlation  # type: ignore[attr-defined]
+            trace = item.trace  # type: ignore[attr-defined]
+        else:  # told from outside a handler
+            slot.value = 0
+        if observed is not None:
+            await observed.handle(actor, item, trace)
+        elif told is None or kind is Ask:
             await handle(actor, item)
         else:
-            if kind is Envelope:
-                slot.value = item.correlation  # type: ignore[attr-defined]
-                item = item.msg  # type: ignore[attr-defined]
-            else:
-                slot.value = 0  # told from outside a handler
-            if told is None:
-                await handle(actor, item)
-            else:
-                # Straight to its handler: one coroutine less per message.
-                try:
-                    await told[type(item)](actor, item)
-                except Exception:
-                    failed()
-                    raise
-                handled()
-        budget -= 1
-        if not budget:
-            budget = YIELD_EVERY
-            await trio.lowlevel.checkpoint()
-
-
-async def _serve_observed(cell: ServingCell, actor: Any) -> None:
-    """``serve`` with metrics (sampled handling times) or tracing."""
-    get = cell.mailbox.get_nowait
-    handle = cell.handle_item
-    durations = cell.durations
-    tracer = cell.tracer
-    # With metrics on: messages until the next timed one, and how many
-    # messages that one stands for.
-    countdown = weight = 1
-    slot: CorrelationSlot | None = None
-    budget = YIELD_EVERY
-    while not cell.stop_requested:
-        item = get()
-        if item is None:
-            await _wait_for_message(cell)
-            budget = YIELD_EVERY
-            continue
-        if slot is None:
-            slot = CorrelationSlot()
-            CURRENT.set(slot)
-        item, trace = _carried(slot, item)
-        if tracer is not None:
-            await handle_traced(cell, actor, item, trace)
-        else:
-            countdown -= 1
-            if countdown:
-                await handle(actor, item)
-            else:
-                assert durations is not None  # not plain, not traced: timed
-                started = perf_counter()
-                await handle(actor, item)
-                countdown = weight = durations.observe(perf_counter() - started, weight)
+            # Straight to its handler: one coroutine less per message.
+            try:
+                await told[type(item)](actor, item)
+            except Exception:
+                failed()
+                raise
+            handled()
         budget -= 1
         if not budget:
             budget = YIELD_EVERY
