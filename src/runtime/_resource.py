@@ -50,7 +50,8 @@ T = TypeVar("T")
 RESOURCES_SUPERVISOR = "resources"
 """The name (and path) of the supervisor every resource runs under."""
 
-_NORMAL = ("normal", math.inf)
+_UNTIMED = {priority: (priority, math.inf) for priority in PRIORITY_INDEX}
+_NORMAL = _UNTIMED["normal"]
 _REQUEST: contextvars.ContextVar[tuple[str, float]] = contextvars.ContextVar(
     "runtime_request", default=_NORMAL
 )
@@ -490,8 +491,7 @@ class ResourceCell(ActorCell):
         scope = trio.CancelScope()
         deadlines = ask_deadlines()
         deadlines.add(scope, timeout)
-        request = _NORMAL if priority == "normal" else (priority, math.inf)
-        return scope, deadlines, _REQUEST.set(request)
+        return scope, deadlines, _REQUEST.set(_UNTIMED[priority])
 
     async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
         """The handler in an OpenTelemetry span, child of the asker's."""
@@ -552,7 +552,7 @@ class ResourceCell(ActorCell):
     async def handle_item(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority and the asker are that task's.
         if type(item) is Ask:
-            _REQUEST.set((item.priority, math.inf))
+            _REQUEST.set(_UNTIMED[item.priority])
             waiter = item.waiter  # the asking task, while it waits
             ACTOR_PATH.set(None if waiter is None else waiter.context.get(ACTOR_PATH))
         else:  # an Envelope: normal, from no one known

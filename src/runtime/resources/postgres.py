@@ -10,15 +10,15 @@ and no more)::
         Transaction([Execute("UPDATE ...", [...]), FetchVal("SELECT count(*) FROM ...")])
     )
 
-asyncpg runs on asyncio. With ``loop: shared`` (the default) the pool runs on
-the system's trio-asyncio loop, in trio's thread, and each request is one
-asyncio task (acquire, run, release) awaited from trio with
-``trio_asyncio.aio_as_trio``. With ``loop: thread`` the pool runs on an
-asyncio loop of the resource's own in a worker thread: each request is
-handed to that loop (``asyncio.run_coroutine_threadsafe``) and its answer
-handed back to trio, so asyncpg's work runs beside trio's rather than
-between its tasks (see docs/benchmarks.md for what each costs). Rows come
-back as plain dicts: they cross actors, survive checkpoints and compare equal.
+asyncpg runs on asyncio. With ``loop: thread`` (the default) the pool runs on
+an asyncio loop of the resource's own in a worker thread: each request is
+one asyncio task (acquire, run, release) handed to that loop
+(``asyncio.run_coroutine_threadsafe``), its answer handed back to trio, so
+asyncpg's work runs beside trio's rather than between its tasks. With
+``loop: shared`` the pool runs on the system's trio-asyncio loop, in trio's
+own thread, each request awaited from trio with ``trio_asyncio.aio_as_trio``
+(docs/benchmarks.md compares the two). Rows come back as plain dicts: they
+cross actors, survive checkpoints and compare equal.
 
 Errors. SQL errors (syntax, constraints, permissions, ``statement_timeout``)
 are the request's fault: the asker gets asyncpg's own exception, nothing is
@@ -224,11 +224,11 @@ class PostgresOptions:
         server_settings: session settings sent at connect, such as
             ``statement_timeout``, ``search_path`` or ``application_name``
             (default ``runtime/<resource name>``).
-        loop: where the pool's asyncio code runs: ``shared``, the system's
-            trio-asyncio loop in trio's own thread; or ``thread``, an asyncio
-            loop of this resource's own in a worker thread (asyncpg's work
-            then runs in parallel with trio's, at the cost of two thread
-            hand-offs per request).
+        loop: where the pool's asyncio code runs: ``thread`` (the default),
+            an asyncio loop of this resource's own in a worker thread
+            (asyncpg's work runs in parallel with trio's, at the cost of two
+            thread hand-offs per request); or ``shared``, the system's
+            trio-asyncio loop in trio's own thread.
     """
 
     dsn: str = attrs.field(repr=_redact)
@@ -239,7 +239,7 @@ class PostgresOptions:
     statement_cache_size: int = attrs.field(default=100)
     server_settings: dict[str, str] = attrs.field(factory=dict, converter=_to_settings)
     loop: Literal["shared", "thread"] = attrs.field(
-        default="shared", validator=attrs.validators.in_(("shared", "thread"))
+        default="thread", validator=attrs.validators.in_(("shared", "thread"))
     )
 
     @min_size.validator
