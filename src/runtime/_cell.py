@@ -517,7 +517,7 @@ class ActorCell:
                 raise
         self.handled += 1
         if self.record.consecutive_crashes:
-            self._recovered()
+            self.recovered()
 
     def told_handlers(self) -> dict[type, Any] | None:
         """``ServingCell.told_handlers``: the dispatch table, when handling
@@ -526,16 +526,6 @@ class ActorCell:
         if self.save_each or type(self).handle_item is not ActorCell.handle_item:
             return None
         return self.table
-
-    def told_handled(self) -> None:
-        """A told message's handler returned (``handle_item``'s bookkeeping)."""
-        self.handled += 1
-        if self.record.consecutive_crashes:
-            self._recovered()
-
-    def told_failed(self) -> None:
-        """A told message's handler raised."""
-        self.failed += 1
 
     def _failure(self, msg: object, exc: BaseException) -> Exception:
         if isinstance(exc, Exception):
@@ -553,7 +543,7 @@ class ActorCell:
             self.circuit.reset()
             self.refusal = None
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
         """A message was handled: the crashes in a row are over, a half-open
         circuit's trial succeeded."""
         self.record.consecutive_crashes = 0

@@ -205,8 +205,9 @@ class Mailbox:
     wait. One task consumes (the actor's loop); any number may send.
 
     A queue per priority is made on its first use, and the parking lot of
-    waiting senders when a sender first has to wait: an idle actor's mailbox
-    stays small.
+    waiting senders when a sender has to wait (it is dropped once the last
+    one is woken): an idle actor's mailbox stays small, and taking a message
+    looks at no lot while nobody waits.
 
     Args:
         capacity: the most messages it holds, over all priorities.
@@ -217,7 +218,6 @@ class Mailbox:
     """
 
     __slots__ = (
-        "_blocked",
         "_owner",
         "_queues",
         "_receiver",
@@ -238,7 +238,6 @@ class Mailbox:
         self._owner = owner
         self._receiver: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self._senders: trio.lowlevel.ParkingLot | None = None
-        self._blocked = 0  # senders in wait_not_full (one int read per message taken)
 
     def put_nowait(self, item: object, priority: str) -> bool:
         """Queue ``item`` at ``priority`` without waiting.
@@ -302,11 +301,7 @@ class Mailbox:
         """Wait until an item is taken (or the mailbox drained); the caller retries."""
         if self._senders is None:
             self._senders = trio.lowlevel.ParkingLot()
-        self._blocked += 1
-        try:
-            await self._senders.park()
-        finally:
-            self._blocked -= 1
+        await self._senders.park()
 
     def get_nowait(self) -> object | None:
         """Take the next item (highest priority first), or None when empty."""
@@ -317,8 +312,11 @@ class Mailbox:
             high.popleft() if high else normal.popleft() if normal else low.popleft()  # type: ignore[union-attr]
         )
         self.size -= 1
-        if self._blocked:
-            self._senders.unpark()  # type: ignore[union-attr]
+        senders = self._senders
+        if senders is not None:
+            senders.unpark()
+            if not senders:
+                self._senders = None  # nobody waits: no lot to look at per message
         return item
 
     async def wait_nonempty(self) -> None:

@@ -444,7 +444,7 @@ class ResourceCell(ActorCell):
                     raise
                 self.handled += 1
                 if self.record.consecutive_crashes or self.refusal is not None:
-                    self._recovered()  # see _served
+                    self.recovered()  # see _served
                 return result
             reason = inline.get(scope)
             if reason is not None:  # the incarnation ended (crash, kill): why, as it was then
@@ -504,7 +504,7 @@ class ResourceCell(ActorCell):
         # A half-open circuit is one whose refusal is set (the trial marker, or
         # CircuitOpen while its trial runs): one attribute, read per request.
         if self.record.consecutive_crashes or self.refusal is not None:
-            self._recovered()
+            self.recovered()
 
     async def run_incarnation(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False

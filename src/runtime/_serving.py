@@ -17,6 +17,7 @@ import trio
 
 from ._correlation import CURRENT, CorrelationSlot, correlation_id
 from ._durations import Durations
+from ._host import RestartRecord
 from ._mailbox import Ask, Envelope, Mailbox
 
 __all__ = ["YIELD_EVERY", "ServingCell", "handle_traced", "serve", "serve_concurrently", "span"]
@@ -41,15 +42,19 @@ class ServingCell(Protocol):
 
     async def handle_item(self, actor: Any, item: object) -> None: ...
 
+    handled: int
+    failed: int
+    record: RestartRecord
+
     def told_handlers(self) -> dict[type, Any] | None:
         """The handlers a told message may go to straight from the loop,
-        by message type (then ``told_handled`` or ``told_failed`` after
-        each), or None when every item goes through ``handle_item``."""
+        by message type, or None when every item goes through
+        ``handle_item``. After each the loop counts it in ``handled`` (and
+        calls ``recovered`` if ``record`` counts crashes in a row) or in
+        ``failed``, as ``handle_item`` would."""
         ...
 
-    def told_handled(self) -> None: ...
-
-    def told_failed(self) -> None: ...
+    def recovered(self) -> None: ...
 
 
 def serve(cell: ServingCell, actor: Any) -> Coroutine[Any, Any, None]:
@@ -104,8 +109,7 @@ async def _serve(
     mailbox = cell.mailbox
     get = mailbox.get_nowait
     handle = cell.handle_item
-    handled = cell.told_handled
-    failed = cell.told_failed
+    record = cell.record
     slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
     budget = YIELD_EVERY
     while not cell.stop_requested:
@@ -143,9 +147,11 @@ async def _serve(
             try:
                 await told[type(item)](actor, item)
             except Exception:
-                failed()
+                cell.failed += 1
                 raise
-            handled()
+            cell.handled += 1
+            if record.consecutive_crashes:
+                cell.recovered()
         budget -= 1
         if not budget:
             budget = YIELD_EVERY
