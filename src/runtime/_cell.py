@@ -722,29 +722,32 @@ class LocalRef(ActorRef[Any]):
 
         The timeout needs no cancel scope of its own: the run's
         ``AskDeadlines`` wakes the parked asker with ``TIMED_OUT`` (a wait
-        for room in a full mailbox runs under ``trio.move_on_at``)."""
+        for room in a full mailbox runs under ``trio.move_on_after``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        # 0 (or less, or NaN): trio's own checks (made before anything is
+        # taken) and timing, as ever.
+        scope = None if 0 < timeout <= math.inf else trio.move_on_after(timeout)
         cell = self._cell
         trial = False  # while True: this message took the half-open trial, not yet queued
         if type(msg) not in cell.table or cell.refusal is not None:
             trial = cell.admit(msg, priority)
         if priority not in PRIORITY_INDEX:
             check_priority(priority)
-        if not 0 < timeout < math.inf:
-            if timeout != math.inf:
-                # 0 (or less, or NaN): trio's own checks and timing, as ever.
-                with trio.move_on_after(timeout):
-                    return await self._ask(
-                        cell, msg, priority=priority, trial=trial, timeout=timeout, deadlines=None
-                    )
-                raise AskTimeout(
-                    f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+        if scope is not None:
+            with scope:
+                return await self._ask(
+                    cell, msg, priority=priority, trial=trial, timeout=timeout, deadlines=None
                 )
-            return await self._ask(
-                cell, msg, priority=priority, trial=trial, timeout=timeout, deadlines=None
+            raise AskTimeout(
+                f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )
         return await self._ask(
-            cell, msg, priority=priority, trial=trial, timeout=timeout, deadlines=ask_deadlines()
+            cell,
+            msg,
+            priority=priority,
+            trial=trial,
+            timeout=timeout,
+            deadlines=None if timeout == math.inf else ask_deadlines(),
         )
 
     @staticmethod
