@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import attrs
 import pytest
 import structlog.testing
@@ -147,6 +150,73 @@ async def test_ask_times_out_at_its_timeout_and_leaves_no_waiter(
             assert trio.current_time() - start == pytest.approx(2.5)
             assert ref.statistics().pending_asks == 0
             assert isinstance(AskTimeout("x"), TimeoutError)
+
+
+@attrs.frozen
+class Later:
+    delay: float
+
+
+class Sleeper(runtime.Actor[None]):
+    """Answers each request after its delay, several at once."""
+
+    @runtime.handler
+    async def later(self, msg: Later) -> float:
+        await trio.sleep(msg.delay)
+        return msg.delay
+
+
+async def test_asks_with_different_timeouts_each_time_out_at_their_own(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """Asks waiting at once with different timeouts (kept by one keeper per
+    run, not a cancel scope each) time out each exactly at its own, in any
+    order of asking; one answered in time gets its answer, and a reply that
+    comes after its asker timed out goes nowhere."""
+    spec = topology(child("s", Sleeper, concurrency=10, shutdown_timeout=1))
+    outcomes: dict[str, object] = {}
+
+    async def ask(ref: runtime.ActorRef[Any], name: str, delay: float, patience: float) -> None:
+        start = trio.current_time()
+        try:
+            outcomes[name] = await ref.ask(Later(delay), timeout=patience)
+        except AskTimeout:
+            outcomes[name] = ("timed out", trio.current_time() - start)
+
+    with trio.fail_after(100):
+        async with runtime.open_system(spec) as system:
+            ref = system.ref("root/s")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(ask, ref, "a", 50.0, 5.0)
+                nursery.start_soon(ask, ref, "b", 50.0, 2.0)
+                nursery.start_soon(ask, ref, "c", 7.0, 10.0)
+                nursery.start_soon(ask, ref, "d", 50.0, 5.0)
+                nursery.start_soon(ask, ref, "e", 50.0, 8.0)
+            assert outcomes == {
+                "a": ("timed out", 5.0),
+                "b": ("timed out", 2.0),
+                "c": 7.0,
+                "d": ("timed out", 5.0),
+                "e": ("timed out", 8.0),
+            }
+            assert ref.statistics().pending_asks == 0
+            await trio.sleep(60)  # the handlers still running reply to nobody
+            assert await ref.ask(Later(0.0), timeout=1) == 0.0
+
+
+async def test_ask_timeouts_of_zero_and_infinity(autojump_clock: trio.abc.Clock) -> None:
+    """A timeout of 0 times out before the actor runs, even when it would
+    answer at once; ``inf`` waits as long as it takes; a negative one is
+    refused."""
+    with trio.fail_after(10_000):
+        async with runtime.open_system(topology(child("s", Sleeper))) as system:
+            ref = system.ref("root/s")
+            with pytest.raises(AskTimeout):
+                await ref.ask(Later(0.0), timeout=0)
+            assert await ref.ask(Later(1000.0), timeout=math.inf) == 1000.0
+            with pytest.raises(ValueError):
+                await ref.ask(Later(0.0), timeout=-1)
+            assert ref.statistics().pending_asks == 0
 
 
 async def test_ask_timeout_covers_waiting_for_mailbox_space(

@@ -905,3 +905,27 @@ async def test_a_retry_in_a_half_open_circuit_takes_the_trial(
         assert results == ["up"]
         assert limiter.breaker == "closed"
         await _goes_through(limiter)
+
+
+async def test_a_caller_deadline_stands_in_for_the_attempt_timeout_only_where_it_applies(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``deadline``: under a scope of the caller's that ends the call no
+    later than the attempt's timeout would, the caller's scope ends it (no
+    timeout counted); a deadline no scope of the task enforces leaves the
+    limiter's own timeout in force."""
+    limiter = Limiter(timeout=5)
+
+    async def slow() -> None:
+        await trio.sleep(100)
+
+    with trio.move_on_after(3) as scope:
+        await limiter.call(slow, deadline=scope.deadline)
+    assert scope.cancelled_caught
+    assert limiter.statistics().timeouts == 0
+    start = trio.current_time()
+    with pytest.raises(TimeoutError):
+        await limiter.call(slow, deadline=trio.current_time() + 3)
+    assert trio.current_time() - start == 5
+    stats = limiter.statistics()
+    assert (stats.timeouts, stats.tokens_in_use) == (1, 0)

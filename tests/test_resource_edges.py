@@ -21,7 +21,8 @@ from runtime import (
     Topology,
     open_system,
 )
-from runtime.errors import ActorStopped, CircuitOpen, ResourceError
+from runtime.errors import ActorStopped, AskTimeout, CircuitOpen, ResourceError
+from tests import resource_kinds
 from tests.resource_kinds import Backend, Break, Greeting, Ping
 from tests.test_resources import _topology
 
@@ -587,3 +588,93 @@ async def test_requests_cut_short_by_a_crash_count_as_failures(
                 await _crash(ref)
             stats = system.resource_statistics()["echo"]
     assert (stats.requests, stats.failures) == (2, 2)  # the lost ping and the Break
+
+
+# -- the timeouts of a request served in its asker's task ------------------------
+
+
+@attrs.frozen
+class Shielded:
+    value: Any
+
+
+class ShieldingEcho(runtime.Resource):
+    """Runs its backend call shielded from the ask (as a handler may, to
+    finish what it started); the limiter's timeout still bounds it."""
+
+    Options = resource_kinds.EchoOptions
+
+    @runtime.handler
+    async def shielded(self, msg: Shielded) -> Any:
+        with trio.CancelScope(shield=True):
+            return await self.call(self.options.backend.serve, msg.value)
+
+
+@pytest.mark.parametrize("limiter_timeout", [None, 50.0])
+async def test_an_inline_ask_times_out_at_its_own_timeout(
+    autojump_clock: trio.abc.Clock, limiter_timeout: float | None
+) -> None:
+    """With or without a limiter timeout (later than the ask's), an ask
+    whose backend call hangs gets ``AskTimeout`` exactly at its own
+    timeout; its call is cancelled, not counted as the limiter's timeout,
+    and the resource goes on serving."""
+    backend = Backend(delay=1000)
+    with trio.fail_after(10_000):
+        async with open_system(
+            _topology(backend, timeout=limiter_timeout), store="memory://"
+        ) as system:
+            ref = system.resource("echo")
+            start = trio.current_time()
+            with pytest.raises(AskTimeout, match=r"within 3\.5s"):
+                await ref.ask(Ping("slow"), timeout=3.5)
+            assert trio.current_time() - start == 3.5
+            stats = system.resource_statistics()["echo"]
+            assert (backend.running, stats.limiter.timeouts, stats.limiter.tokens_in_use) == (
+                0,
+                0,
+                0,
+            )
+            backend.delay = 0
+            assert await ref.ask(Ping("next"), timeout=1) == "next"
+            assert ref.statistics().pending_asks == 0
+
+
+async def test_the_limiter_timeout_ends_an_attempt_before_a_later_ask_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A limiter timeout shorter than the ask's ends the attempt with
+    ``TimeoutError`` at its own time (counted), not the ask's."""
+    backend = Backend(delay=1000)
+    with trio.fail_after(10_000):
+        async with open_system(_topology(backend, timeout=2), store="memory://") as system:
+            ref = system.resource("echo")
+            start = trio.current_time()
+            with pytest.raises(TimeoutError) as caught:
+                await ref.ask(Ping("slow"), timeout=30)
+            assert not isinstance(caught.value, AskTimeout)
+            assert trio.current_time() - start == 2
+            assert system.resource_statistics()["echo"].limiter.timeouts == 1
+
+
+async def test_a_call_shielded_from_its_ask_keeps_the_limiter_timeout(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """The ask's scope cannot end a call its handler shields; the limiter's
+    own timeout (later than the ask's) then still ends the attempt."""
+    backend = Backend(delay=1000)
+    topology = Topology(
+        system="res",
+        resources={
+            "echo": ResourceSpec(
+                kind=ShieldingEcho, options={"backend": backend}, timeout=5, retry=None
+            )
+        },
+    )
+    with trio.fail_after(10_000):
+        async with open_system(topology, store="memory://") as system:
+            ref = system.resource("echo")
+            start = trio.current_time()
+            with pytest.raises(TimeoutError):
+                await ref.ask(Shielded("slow"), timeout=3)
+            assert trio.current_time() - start == 5
+            assert system.resource_statistics()["echo"].limiter.timeouts == 1

@@ -9,7 +9,7 @@ import contextlib
 import secrets
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import asyncpg
@@ -39,8 +39,21 @@ def _app() -> str:
     return f"rt-test-{uuid.uuid4().hex[:10]}"
 
 
+LOOP = {"mode": "shared"}  # the pool's loop in this test: see the fixture below
+
+
+@pytest.fixture(autouse=True, params=["shared", "thread"])
+def pool_loop(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Every test runs with the pool on the system's trio-asyncio loop and
+    on a loop of its own in a worker thread (the ``loop`` option)."""
+    LOOP["mode"] = request.param
+    yield request.param
+    LOOP["mode"] = "shared"
+
+
 def _topology(app: str, dsn: str = POSTGRES_URL, options: Any = None, **fields: Any) -> Topology:
     fields.setdefault("retry", {"attempts": 3, "initial": "10ms"})
+    options = {"loop": LOOP["mode"], **(options or {})}
     return Topology(
         system="pg",
         resources={

@@ -180,6 +180,12 @@ class CircuitBreaker:
         return self._state
 
     @property
+    def closed(self) -> bool:
+        """Whether the circuit is closed: every call may go ahead and none is
+        a trial (one read, for the fast path of a call)."""
+        return self._state is BreakerState.CLOSED
+
+    @property
     def trial_taken(self) -> bool:
         """Whether a half-open trial is out and has not ended."""
         return self._trial

@@ -410,6 +410,12 @@ class Ledger:
         """Every budget, resources' first."""
         return [*self.resource_budgets.values(), *self.supervisor_budgets.values()]
 
+    def may_limit(self, resource: str) -> bool:
+        """Whether any budget may apply to a request to ``resource``: its
+        own, or some supervisor's (False: a request needs no account looked up
+        to be admitted)."""
+        return bool(self.supervisor_budgets) or resource in self.resource_budgets
+
     def set_resource_budget(self, name: str, spec: BudgetSpec | None) -> None:
         """Set (or remove, with None) the budget of resource ``name``; a
         budget that changes keeps what its window has spent."""

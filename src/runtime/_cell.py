@@ -26,8 +26,8 @@ from ._correlation import ACTOR_PATH, CURRENT, current
 from ._durations import Durations
 from ._host import RestartRecord
 from ._logging import get_logger
-from ._mailbox import Ask, Envelope, Mailbox, unwrap
-from ._priority import check_priority
+from ._mailbox import TIMED_OUT, Ask, AskDeadlines, Envelope, Mailbox, ask_deadlines, unwrap
+from ._priority import PRIORITY_INDEX, check_priority
 from ._ref import ActorRef, ActorStatistics
 from ._serving import YIELD_EVERY, serve, serve_concurrently
 from .errors import (
@@ -517,7 +517,15 @@ class ActorCell:
                 raise
         self.handled += 1
         if self.record.consecutive_crashes:
-            self._recovered()
+            self.recovered()
+
+    def told_handlers(self) -> dict[type, Any] | None:
+        """``ServingCell.told_handlers``: the dispatch table, when handling
+        a told message is only its handler (no checkpoint after it, no
+        ``handle_item`` of a subclass's)."""
+        if self.save_each or type(self).handle_item is not ActorCell.handle_item:
+            return None
+        return self.table
 
     def _failure(self, msg: object, exc: BaseException) -> Exception:
         if isinstance(exc, Exception):
@@ -535,7 +543,7 @@ class ActorCell:
             self.circuit.reset()
             self.refusal = None
 
-    def _recovered(self) -> None:
+    def recovered(self) -> None:
         """A message was handled: the crashes in a row are over, a half-open
         circuit's trial succeeded."""
         self.record.consecutive_crashes = 0
@@ -710,33 +718,84 @@ class LocalRef(ActorRef[Any]):
 
     async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
         """``ActorRef.ask``: the asker parks until the handler's reply
-        reschedules it, with no event or channel in between."""
+        reschedules it, with no event or channel in between.
+
+        The timeout needs no cancel scope of its own: the run's
+        ``AskDeadlines`` wakes the parked asker with ``TIMED_OUT`` (a wait
+        for room in a full mailbox runs under ``trio.move_on_after``)."""
         await trio.lowlevel.checkpoint_if_cancelled()
+        # 0 (or less, or NaN): trio's own checks (made before anything is
+        # taken) and timing, as ever.
+        scope = None if 0 < timeout <= math.inf else trio.move_on_after(timeout)
         cell = self._cell
         trial = False  # while True: this message took the half-open trial, not yet queued
         if type(msg) not in cell.table or cell.refusal is not None:
             trial = cell.admit(msg, priority)
-        check_priority(priority)
-        request = Ask(msg, trio.lowlevel.current_task(), priority, current())
-        if cell.tracer is not None:
-            request.trace = cell.host.trace_context()
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            request.waiter = None
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        cell.pending_asks += 1
-        try:
-            with trio.move_on_after(timeout):
-                if not cell.mailbox.put_nowait(request, priority):
-                    await cell.put(request, priority)
-                trial = False  # queued: its handling is the trial
-                # Nothing may yield between queueing and parking: the reply
-                # reschedules this task and must find it parked here.
-                return await trio.lowlevel.wait_task_rescheduled(abort)
+        if priority not in PRIORITY_INDEX:
+            check_priority(priority)
+        if scope is not None:
+            with scope:
+                return await self._ask(
+                    cell, msg, priority=priority, trial=trial, timeout=timeout, deadlines=None
+                )
             raise AskTimeout(
                 f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )
+        return await self._ask(
+            cell,
+            msg,
+            priority=priority,
+            trial=trial,
+            timeout=timeout,
+            deadlines=None if timeout == math.inf else ask_deadlines(),
+        )
+
+    @staticmethod
+    async def _ask(
+        cell: ActorCell,
+        msg: object,
+        *,
+        priority: str,
+        trial: bool,
+        timeout: float,
+        deadlines: AskDeadlines | None,
+    ) -> Any:
+        """Queue the request and park until it is answered; ``deadlines``
+        (None: under a cancel scope of the caller's, or no timeout) wakes it
+        with ``TIMED_OUT`` once ``timeout`` has passed."""
+        request = Ask(msg, trio.lowlevel.current_task(), priority, current())
+        if cell.tracer is not None:
+            request.trace = cell.host.trace_context()
+        cell.pending_asks += 1
+        try:
+            if not cell.mailbox.put_nowait(request, priority):
+                if deadlines is None:
+                    await cell.put(request, priority)
+                else:
+                    # A wait for room: the timeout as a cancel scope, over
+                    # the wait and the reply alike.
+                    with trio.move_on_after(timeout):
+                        await cell.put(request, priority)
+                        trial = False  # queued: its handling is the trial
+                        return await trio.lowlevel.wait_task_rescheduled(request)
+                    raise AskTimeout(
+                        f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+                    )
+            trial = False  # queued: its handling is the trial
+            # Nothing may yield between queueing and parking: the reply
+            # reschedules this task and must find it parked here.
+            if deadlines is None:
+                return await trio.lowlevel.wait_task_rescheduled(request)
+            deadlines.add(request, timeout)
+            try:
+                result = await trio.lowlevel.wait_task_rescheduled(request)
+            finally:
+                deadlines.discard(request, timeout)
+            if result is TIMED_OUT:
+                raise AskTimeout(
+                    f"{cell.path} did not reply to {type(msg).__qualname__} within {timeout}s"
+                )
+            return result
         finally:
             request.waiter = None
             cell.pending_asks -= 1

@@ -105,6 +105,9 @@ class _Keep:
 
 KEEP = _Keep()
 
+_LOCAL = object()
+"""The borrower of a token admitted without a grant from the coordination engine."""
+
 _GRANT_NEEDED = -1.0
 """``_blocked_until``: only a grant from the coordination engine is missing."""
 
@@ -129,8 +132,9 @@ class Limiter:
     """Admission and retry policy for calls to one backend.
 
     Args:
-        max_concurrency: calls running at once (the tokens of a
-            ``trio.CapacityLimiter``); None for no limit.
+        max_concurrency: calls running at once (tokens, counted as a
+            ``trio.CapacityLimiter`` counts them, admitted in priority
+            order); None for no limit.
         rate: at most ``rate.requests`` admissions in every ``rate.period``.
         timeout: seconds each attempt may take; it then fails with
             ``TimeoutError`` (transient).
@@ -174,11 +178,11 @@ class Limiter:
         _check_concurrency(max_concurrency)
         self.name = name
         self.max_concurrency = max_concurrency
-        # Tokens: the CapacityLimiter counts them; admission order is this
-        # class's (priorities), so nothing ever waits inside the CapacityLimiter.
-        self._tokens = trio.CapacityLimiter(
-            max_concurrency if max_concurrency is not None else math.inf
-        )
+        # Tokens: a count of calls running against this process's capacity
+        # (admission order is this class's, by priority, so no task ever
+        # waits on the count itself).
+        self._capacity: float = max_concurrency if max_concurrency is not None else math.inf
+        self._in_use = 0
         self.rate = rate
         self._local_rate = rate  # the rate this process applies (its share in fallback)
         self.timeout = timeout
@@ -275,9 +279,7 @@ class Limiter:
         shared = self._shared
         members = shared.members if shared is not None and shared.mode == "fallback" else 1
         concurrency = self.max_concurrency
-        self._tokens.total_tokens = (
-            math.inf if concurrency is None else max(1, concurrency // members)
-        )
+        self._capacity = math.inf if concurrency is None else max(1, concurrency // members)
         rate = self.rate
         if rate is None or shared is None or shared.mode != "fallback":
             self._local_rate = rate
@@ -443,7 +445,7 @@ class Limiter:
         room = self._rate_full(now)
         if room is not None:
             return room
-        if self._tokens.available_tokens < 1:
+        if self._in_use >= self._capacity:
             return math.inf
         if self._shared is not None and self._grant is None and self._shared.mode == "backend":
             return _GRANT_NEEDED
@@ -489,13 +491,14 @@ class Limiter:
             self._publish_waiting()
 
     def _take(self) -> object:
-        """Take a token; returns the borrower (the engine's grant, if any)."""
+        """Take a token; returns its borrower: the engine's grant, if any,
+        else ``_LOCAL``."""
         borrower = self._grant
         if borrower is None:
-            borrower = object()
+            borrower = _LOCAL
         else:
             self._grant = None
-        self._tokens.acquire_on_behalf_of_nowait(borrower)
+        self._in_use += 1
         self._admitted += 1
         return borrower
 
@@ -508,9 +511,11 @@ class Limiter:
                 self._timed.event.set()  # its deadline can be known now: time it again
 
     def _release(self, borrower: object) -> None:
-        self._tokens.release_on_behalf_of(borrower)
+        self._in_use -= 1
         if self._shared is not None:
             self._shared.release(borrower)
+        elif not (self._queues[0] or self._queues[1] or self._queues[2]):
+            return  # nobody waits: nothing to admit or wake
         self._pump()
 
     async def _admit(self, priority: str) -> tuple[object, CircuitBreaker | None]:
@@ -524,15 +529,30 @@ class Limiter:
         await trio.lowlevel.checkpoint_if_cancelled()
         now = trio.current_time()
         breaker = self._breaker
-        if breaker is not None:
+        closed = breaker is None or breaker.closed
+        if not closed:
+            assert breaker is not None
             refusal = breaker.refusal(now)
             if refusal is not None:
                 self._rejected += 1
                 raise refusal
-        if self._head() is None and self._blocked_until(now) is None:
+        queues = self._queues
+        if not (queues[0] or queues[1] or queues[2]) and (
+            # Nothing else limits: the checks of _blocked_until, inline.
+            (
+                self._in_use < self._capacity
+                and self._local_rate is None
+                and self._shared is None
+                and self._paused_until <= now
+            )
+            or self._blocked_until(now) is None
+        ):
             # The fast path: nobody waits and nothing blocks. No schedule
             # point from here to the call: it starts now.
-            trial = breaker if breaker is not None and breaker.try_take_trial(now) else None
+            trial = None
+            if not closed:
+                assert breaker is not None
+                trial = breaker if breaker.try_take_trial(now) else None
             borrower = self._take()
             if self._local_rate is not None:
                 self._window.append(now)
@@ -625,7 +645,11 @@ class Limiter:
         self._pump()
 
     async def call(
-        self, fn: Callable[..., Awaitable[T]], *args: Any, priority: str = "normal"
+        self,
+        fn: Callable[..., Awaitable[T]],
+        *args: Any,
+        priority: str = "normal",
+        deadline: float = math.inf,
     ) -> T:
         """Run ``await fn(*args)`` under the limits, retrying transient failures.
 
@@ -636,19 +660,27 @@ class Limiter:
         closes the circuit, a failure (transient or not) opens it again, a
         cancellation frees the trial for the next call.
 
+        ``deadline`` (trio's clock) is when a cancel scope of the caller's,
+        whose deadline never moves, ends the call anyway: an attempt whose
+        ``timeout`` would end it no sooner runs without a cancel scope of
+        its own, where that scope encloses it unshielded (the task's
+        effective deadline is no later); the caller's scope ends it first,
+        as it would have.
+
         Raises:
             CircuitOpen: the breaker is open (or half-open with its trial running).
             TimeoutError: the last attempt ran past ``timeout``.
             ValueError: ``priority`` is not high, normal or low.
             Whatever ``fn`` raised on its last attempt.
         """
-        check_priority(priority)
+        if priority not in PRIORITY_INDEX:
+            check_priority(priority)
         attempt = 0
         while True:
             attempt += 1
             borrower, trial = await self._admit(priority)
             try:
-                result = await self._attempt(fn, args)
+                result = await self._attempt(fn, args, deadline)
             except Exception as exc:
                 self._failed += 1
                 transient = self.is_transient(exc)
@@ -658,7 +690,8 @@ class Limiter:
                     raise
             else:
                 ended, trial = trial, None
-                self._succeeded(ended)
+                if ended is not None or self._breaker is not None:
+                    self._succeeded(ended)
                 return result
             finally:
                 # Cancelled (alone, or in a group from the call's own
@@ -679,9 +712,14 @@ class Limiter:
             return False
         return self._breaker is None or self._breaker.refusal() is None
 
-    async def _attempt(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> T:
+    async def _attempt(
+        self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...], deadline: float
+    ) -> T:
         timeout = self.timeout
-        if timeout is None:
+        if timeout is None or (
+            deadline <= trio.current_time() + timeout
+            and trio.current_effective_deadline() <= deadline
+        ):
             return await fn(*args)
         with trio.move_on_after(timeout) as scope:
             return await fn(*args)
@@ -695,7 +733,7 @@ class Limiter:
         shared = self._shared
         fallback = shared is not None and shared.mode == "fallback"
         return LimiterStatistics(
-            tokens_in_use=self._tokens.borrowed_tokens,
+            tokens_in_use=self._in_use,
             max_concurrency=self.max_concurrency,
             waiting={p: len(self._queues[i]) for p, i in PRIORITY_INDEX.items()},
             admitted=self._admitted,
@@ -718,9 +756,7 @@ class Limiter:
             shared=shared.mode if shared is not None else None,
             members=shared.members if shared is not None else None,
             share_concurrency=(
-                int(self._tokens.total_tokens)
-                if fallback and self.max_concurrency is not None
-                else None
+                int(self._capacity) if fallback and self.max_concurrency is not None else None
             ),
             share_rate=(
                 self._local_rate.requests if fallback and self._local_rate is not None else None

@@ -8,6 +8,7 @@ message itself for ``tell`` (no envelope is allocated) or an ``Ask`` for
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,8 +20,16 @@ import trio
 from ._priority import PRIORITIES, PRIORITY_INDEX
 from .errors import MailboxFull
 
-__all__ = ["Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
-
+__all__ = [
+    "TIMED_OUT",
+    "Ask",
+    "AskDeadlines",
+    "Envelope",
+    "Mailbox",
+    "MailboxStatistics",
+    "ask_deadlines",
+    "unwrap",
+]
 
 class Ask:
     """A message that wants a reply, and the task waiting for it.
@@ -54,6 +63,98 @@ class Ask:
         if waiter is not None:
             self.waiter = None
             trio.lowlevel.reschedule(waiter, outcome.Error(error))
+
+    def __call__(self, _: object) -> trio.lowlevel.Abort:
+        """The abort function of the asker's wait (``wait_task_rescheduled``):
+        the asker is cancelled, so nobody is answered any more. The request
+        is its own abort function: a wait allocates nothing for it."""
+        self.waiter = None
+        return trio.lowlevel.Abort.SUCCEEDED
+
+
+TIMED_OUT = object()
+"""The value an asker is woken with when its ask's timeout passes."""
+
+
+class AskDeadlines:
+    """The timeouts of the asks waiting in one trio run, kept without a
+    deadline per ask: one system task sleeps until the earliest and wakes
+    each asker whose timeout has passed with ``TIMED_OUT`` (an ``Ask``), or
+    cancels its cancel scope (a request served in its asker's task, whose
+    scope then needs no deadline of its own).
+
+    Asks are kept by timeout, each group in the order they were added,
+    which for one timeout is the order of their deadlines (trio's clock
+    never goes back): adding and removing one is a dict operation, and the
+    earliest deadline is the first of each group.
+    """
+
+    __slots__ = ("groups", "scope")
+
+    def __init__(self) -> None:
+        self.groups: dict[float, dict[Ask | trio.CancelScope, float]] = {}
+        self.scope = trio.CancelScope()  # the keeper's sleep, until the earliest deadline
+
+    def add(self, ask: Ask | trio.CancelScope, timeout: float) -> None:
+        """Wake ``ask``'s waiter with ``TIMED_OUT`` (or cancel the scope)
+        ``timeout`` seconds from now, unless ``discard`` comes first. For an
+        ``Ask``, call it right before the waiter parks (no checkpoint
+        between): only a parked waiter may be woken."""
+        deadline = trio.current_time() + timeout
+        group = self.groups.get(timeout)
+        if group is None:
+            group = self.groups[timeout] = {}
+        group[ask] = deadline
+        if deadline < self.scope.deadline:  # noqa: PLR1730 (a write to it costs; most adds skip it)
+            self.scope.deadline = deadline
+
+    def discard(self, ask: Ask | trio.CancelScope, timeout: float) -> None:
+        """Forget ``ask`` (answered, or its asker left)."""
+        group = self.groups.get(timeout)
+        if group is not None:
+            group.pop(ask, None)
+
+    def expire(self, now: float) -> float:
+        """Wake the askers whose deadline is ``now`` or earlier; returns the
+        earliest deadline left (``inf``: none)."""
+        earliest = math.inf
+        for timeout, group in list(self.groups.items()):
+            while group:
+                ask, deadline = next(iter(group.items()))
+                if deadline > now:
+                    earliest = min(earliest, deadline)
+                    break
+                del group[ask]
+                if isinstance(ask, Ask):
+                    ask.reply(TIMED_OUT)
+                else:
+                    ask.cancel()
+            if not group:
+                del self.groups[timeout]
+        return earliest
+
+    async def run(self) -> None:
+        """The keeper: a system task of the run, as long as the run."""
+        while True:
+            # No checkpoint between the expiry and the new scope: an ask
+            # added meanwhile lowers that scope's deadline.
+            self.scope = trio.CancelScope(deadline=self.expire(trio.current_time()))
+            with self.scope:
+                await trio.sleep_forever()
+
+
+_ASK_DEADLINES: trio.lowlevel.RunVar[AskDeadlines] = trio.lowlevel.RunVar("runtime_ask_deadlines")
+
+
+def ask_deadlines() -> AskDeadlines:
+    """The ask timeouts of the current trio run (its keeper started on first use)."""
+    try:
+        return _ASK_DEADLINES.get()
+    except LookupError:
+        deadlines = AskDeadlines()
+        _ASK_DEADLINES.set(deadlines)
+        trio.lowlevel.spawn_system_task(deadlines.run, name="runtime ask timeouts")
+        return deadlines
 
 
 class Envelope:
@@ -103,8 +204,9 @@ class Mailbox:
     wait. One task consumes (the actor's loop); any number may send.
 
     A queue per priority is made on its first use, and the parking lot of
-    waiting senders when a sender first has to wait: an idle actor's mailbox
-    stays small.
+    waiting senders when a sender has to wait (it is dropped once the last
+    one is woken): an idle actor's mailbox stays small, and taking a message
+    looks at no lot while nobody waits.
 
     Args:
         capacity: the most messages it holds, over all priorities.
@@ -209,8 +311,11 @@ class Mailbox:
             high.popleft() if high else normal.popleft() if normal else low.popleft()  # type: ignore[union-attr]
         )
         self.size -= 1
-        if self._senders:
-            self._senders.unpark()
+        senders = self._senders
+        if senders is not None:
+            senders.unpark()
+            if not senders:
+                self._senders = None  # nobody waits: no lot to look at per message
         return item
 
     async def wait_nonempty(self) -> None:

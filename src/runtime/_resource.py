@@ -19,6 +19,7 @@ serving. It crashes, and is restarted by its supervisor, only when
 from __future__ import annotations
 
 import contextvars
+import math
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
@@ -32,8 +33,8 @@ from ._budget import BudgetStatistics, UsageStatistics
 from ._cell import ActorCell, LocalRef
 from ._correlation import ACTOR_PATH, current_actor
 from ._limiter import Limiter, LimiterStatistics
-from ._mailbox import Ask
-from ._priority import check_priority
+from ._mailbox import Ask, AskDeadlines, ask_deadlines
+from ._priority import PRIORITY_INDEX, check_priority
 from ._serving import span
 from ._shared import SharedLimits
 from ._specs import ChildSpec, ResourceSpec, shared_default
@@ -49,9 +50,14 @@ T = TypeVar("T")
 RESOURCES_SUPERVISOR = "resources"
 """The name (and path) of the supervisor every resource runs under."""
 
-_PRIORITY: contextvars.ContextVar[str] = contextvars.ContextVar(
-    "runtime_request_priority", default="normal"
+_UNTIMED = {priority: (priority, math.inf) for priority in PRIORITY_INDEX}
+_NORMAL = _UNTIMED["normal"]
+_REQUEST: contextvars.ContextVar[tuple[str, float]] = contextvars.ContextVar(
+    "runtime_request", default=_NORMAL
 )
+"""The request being served: its priority, and the deadline of the ask's
+cancel scope when it is served in the asker's task (``inf`` in a task of
+the resource's own)."""
 
 
 @attrs.frozen
@@ -180,7 +186,8 @@ class Resource(Actor[None]):
             TimeoutError: the last attempt ran past ``timeout``.
             Whatever ``fn`` raised on its last attempt.
         """
-        return await self.limiter.call(fn, *args, priority=_PRIORITY.get())
+        priority, deadline = _REQUEST.get()
+        return await self.limiter.call(fn, *args, priority=priority, deadline=deadline)
 
     async def check_budget(self) -> None:
         """Return once the budgets this request spends allow it: the
@@ -195,6 +202,8 @@ class Resource(Actor[None]):
             BudgetExceeded: a budget with ``on_exhausted: refuse`` is spent.
         """
         ledger = self._resource_cell.host.ledger
+        if not ledger.may_limit(self.name):
+            return  # no budget applies: nothing to look up per request
         budgets = ledger.account(self.name, current_actor()).budgets
         if budgets:
             await ledger.admit(budgets)
@@ -327,21 +336,21 @@ class ResourceRef(LocalRef):
                 while serving the request.
             The handler's own error (the backend's, ``CircuitOpen``, ...).
         """
-        cell = self._cell
-        assert isinstance(cell, ResourceCell)
+        cell: ResourceCell = self._cell  # type: ignore[assignment]
         actor = cell.current
         scope = cell.scope
         if (
             actor is None
+            or cell.refusal is not None
+            or cell.stop_requested
             or cell.status != "running"
+            or type(msg) not in cell.table
             or scope is None
             or scope.cancel_called  # a crash or kill is unwinding
-            or cell.stop_requested
-            or cell.refusal is not None
-            or type(msg) not in cell.table
         ):
             return await super().ask(msg, timeout=timeout, priority=priority)
-        check_priority(priority)
+        if priority not in PRIORITY_INDEX:
+            check_priority(priority)
         return await cell.serve_inline(actor, msg, timeout, priority)
 
 
@@ -410,21 +419,16 @@ class ResourceCell(ActorCell):
         self, actor: Actor[Any], msg: object, timeout: float, priority: str
     ) -> Any:
         """Run ``msg``'s handler in the calling task, as this incarnation's."""
-        scope = trio.CancelScope()
-        self.inline[scope] = None
+        scope, deadlines, token = self._inline_scope(timeout, priority)
+        inline = self.inline
+        inline[scope] = None
         self.pending_asks += 1
         self.in_flight += 1
-        token = _PRIORITY.set(priority)
         # An asyncio kind's calls need the loop the system runs, whatever task asks.
-        loop_token = (
-            trio_asyncio.current_loop.set(self.asyncio_loop)
-            if self.asyncio_loop is not None
-            else None
-        )
-        started = perf_counter()
-        # One cancel scope for both ends: the ask's timeout (its deadline)
-        # and the end of the incarnation (which cancels it with a reason).
-        scope.deadline = trio.current_time() + timeout
+        loop = self.asyncio_loop
+        loop_token = None if loop is None else trio_asyncio.current_loop.set(loop)
+        durations = self.durations
+        started = 0.0 if durations is None else perf_counter()
         try:
             with scope:
                 try:
@@ -439,9 +443,10 @@ class ResourceCell(ActorCell):
                     self._served()
                     raise
                 self.handled += 1
-                self._served()
+                if self.record.consecutive_crashes or self.refusal is not None:
+                    self.recovered()  # see _served
                 return result
-            reason = self.inline.get(scope)
+            reason = inline.get(scope)
             if reason is not None:  # the incarnation ended (crash, kill): why, as it was then
                 self.failed += 1
                 raise reason
@@ -449,16 +454,44 @@ class ResourceCell(ActorCell):
                 f"{self.path} did not reply to {type(msg).__qualname__} within {timeout}s"
             )
         finally:
-            if self.durations is not None:
-                self.durations.observe(perf_counter() - started)
+            if deadlines is not None:
+                deadlines.discard(scope, timeout)
+            if durations is not None:
+                durations.observe(perf_counter() - started)
             if loop_token is not None:
                 trio_asyncio.current_loop.reset(loop_token)
-            _PRIORITY.reset(token)
-            del self.inline[scope]
+            _REQUEST.reset(token)
+            del inline[scope]
             self.pending_asks -= 1
             self.in_flight -= 1
-            if not self.inline and self.inline_done is not None:
+            if not inline and self.inline_done is not None:
                 self.inline_done.set()
+
+    def _inline_scope(
+        self, timeout: float, priority: str
+    ) -> tuple[trio.CancelScope, AskDeadlines | None, contextvars.Token[tuple[str, float]]]:
+        """The cancel scope of one request served inline, the ``AskDeadlines``
+        that times it out (None: its own deadline does), and the token of
+        the request's ``_REQUEST``.
+
+        One scope for both ends: the ask's timeout and the end of the
+        incarnation (which cancels it with a reason). With a limiter
+        timeout, the scope has the ask's deadline, which the limiter reads
+        (an attempt it would end no sooner needs no scope of its own);
+        without one, the run's ``AskDeadlines`` cancels it at its timeout,
+        and the scope registers no deadline with trio.
+        """
+        if self.limiter.timeout is not None or not 0 < timeout < math.inf:
+            deadline = trio.current_time() + timeout
+            return (
+                trio.CancelScope(deadline=deadline),
+                None,
+                _REQUEST.set((priority, deadline)),
+            )
+        scope = trio.CancelScope()
+        deadlines = ask_deadlines()
+        deadlines.add(scope, timeout)
+        return scope, deadlines, _REQUEST.set(_UNTIMED[priority])
 
     async def _traced_call(self, actor: Actor[Any], msg: object) -> Any:
         """The handler in an OpenTelemetry span, child of the asker's."""
@@ -471,7 +504,7 @@ class ResourceCell(ActorCell):
         # A half-open circuit is one whose refusal is set (the trial marker, or
         # CircuitOpen while its trial runs): one attribute, read per request.
         if self.record.consecutive_crashes or self.refusal is not None:
-            self._recovered()
+            self.recovered()
 
     async def run_incarnation(
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED, *, begun: bool = False
@@ -519,11 +552,11 @@ class ResourceCell(ActorCell):
     async def handle_item(self, actor: Actor[Any], item: object) -> None:
         # Each request runs in its own task: the priority and the asker are that task's.
         if type(item) is Ask:
-            _PRIORITY.set(item.priority)
+            _REQUEST.set(_UNTIMED[item.priority])
             waiter = item.waiter  # the asking task, while it waits
             ACTOR_PATH.set(None if waiter is None else waiter.context.get(ACTOR_PATH))
         else:  # an Envelope: normal, from no one known
-            _PRIORITY.set("normal")
+            _REQUEST.set(_NORMAL)
             ACTOR_PATH.set(None)
         try:
             await super().handle_item(actor, item)

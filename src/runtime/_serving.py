@@ -9,6 +9,7 @@ through ``ServingCell`` and imports neither the cell nor the system.
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ import trio
 
 from ._correlation import CURRENT, CorrelationSlot, correlation_id
 from ._durations import Durations
+from ._host import RestartRecord
 from ._mailbox import Ask, Envelope, Mailbox
 
 __all__ = ["YIELD_EVERY", "ServingCell", "handle_traced", "serve", "serve_concurrently", "span"]
@@ -40,25 +42,74 @@ class ServingCell(Protocol):
 
     async def handle_item(self, actor: Any, item: object) -> None: ...
 
+    handled: int
+    failed: int
+    record: RestartRecord
 
-async def serve(cell: ServingCell, actor: Any) -> None:
-    """Handle ``cell``'s messages one at a time until it is asked to stop.
+    def told_handlers(self) -> dict[type, Any] | None:
+        """The handlers a told message may go to straight from the loop,
+        by message type, or None when every item goes through
+        ``handle_item``. After each the loop counts it in ``handled`` (and
+        calls ``recovered`` if ``record`` counts crashes in a row) or in
+        ``failed``, as ``handle_item`` would."""
+        ...
+
+    def recovered(self) -> None: ...
+
+
+def serve(cell: ServingCell, actor: Any) -> Coroutine[Any, Any, None]:
+    """Handle ``cell``'s messages one at a time until it is asked to stop
+    (a coroutine to await: the loop itself, with no frame around it).
 
     Waits for messages while the mailbox is empty (a checkpoint); a message
     woken for in the same round that the incarnation was cancelled stays
     queued for the next one. Yields to the scheduler at least every
     ``YIELD_EVERY`` messages. Correlation, tracing and the sampled handling
-    time are applied here, around ``cell.handle_item``.
+    time are applied here, around ``cell.handle_item``; without metrics
+    and tracing, a told message goes straight to its handler when the cell
+    allows (``told_handlers``).
     """
+    if cell.durations is None and cell.tracer is None:
+        return _serve(cell, actor, cell.told_handlers(), None)
+    return _serve(cell, actor, None, _Observed(cell))
+
+
+class _Observed:
+    """Handling with metrics (sampled handling times) or tracing."""
+
+    __slots__ = ("cell", "countdown", "weight")
+
+    def __init__(self, cell: ServingCell) -> None:
+        self.cell = cell
+        # With metrics on: messages until the next timed one, and how many
+        # messages that one stands for.
+        self.countdown = self.weight = 1
+
+    async def handle(self, actor: Any, item: object, trace: Any) -> None:
+        cell = self.cell
+        if cell.tracer is not None:
+            await handle_traced(cell, actor, item, trace)
+            return
+        self.countdown -= 1
+        if self.countdown:
+            await cell.handle_item(actor, item)
+            return
+        durations = cell.durations
+        assert durations is not None  # not traced: timed
+        started = perf_counter()
+        await cell.handle_item(actor, item)
+        self.countdown = self.weight = durations.observe(perf_counter() - started, self.weight)
+
+
+async def _serve(
+    cell: ServingCell, actor: Any, told: dict[type, Any] | None, observed: _Observed | None
+) -> None:
+    """``serve``'s loop: ``told`` the handlers told messages go straight to
+    (None: through ``handle_item``), ``observed`` the metrics or tracing."""
     mailbox = cell.mailbox
     get = mailbox.get_nowait
     handle = cell.handle_item
-    durations = cell.durations
-    # With metrics on: messages until the next timed one, and how many
-    # messages that one stands for.
-    countdown = weight = 1
-    tracer = cell.tracer
-    plain = durations is None and tracer is None
+    record = cell.record
     slot: CorrelationSlot | None = None  # made at the first message: idle actors have none
     budget = YIELD_EVERY
     while not cell.stop_requested:
@@ -77,29 +128,30 @@ async def serve(cell: ServingCell, actor: Any) -> None:
             slot = CorrelationSlot()
             CURRENT.set(slot)
         kind = type(item)
-        if kind is not Envelope and kind is not Ask:  # told from outside a handler
-            slot.value = 0
-            trace = None
-        elif kind is Envelope:
+        trace = None
+        if kind is Envelope:
             slot.value = item.correlation  # type: ignore[attr-defined]
             trace = item.trace  # type: ignore[attr-defined]
             item = item.msg  # type: ignore[attr-defined]
-        else:
+        elif kind is Ask:
             slot.value = item.correlation  # type: ignore[attr-defined]
             trace = item.trace  # type: ignore[attr-defined]
-        if plain:
+        else:  # told from outside a handler
+            slot.value = 0
+        if observed is not None:
+            await observed.handle(actor, item, trace)
+        elif told is None or kind is Ask:
             await handle(actor, item)
-        elif tracer is not None:
-            await handle_traced(cell, actor, item, trace)
         else:
-            countdown -= 1
-            if countdown:
-                await handle(actor, item)
-            else:
-                assert durations is not None  # not plain, not traced: timed
-                started = perf_counter()
-                await handle(actor, item)
-                countdown = weight = durations.observe(perf_counter() - started, weight)
+            # Straight to its handler: one coroutine less per message.
+            try:
+                await told[type(item)](actor, item)
+            except Exception:
+                cell.failed += 1
+                raise
+            cell.handled += 1
+            if record.consecutive_crashes:
+                cell.recovered()
         budget -= 1
         if not budget:
             budget = YIELD_EVERY

@@ -10,10 +10,15 @@ and no more)::
         Transaction([Execute("UPDATE ...", [...]), FetchVal("SELECT count(*) FROM ...")])
     )
 
-asyncpg runs on asyncio; the kind sets ``uses_asyncio``, so the system opens
-a trio-asyncio loop, and each request is one asyncio task (acquire, run,
-release) awaited from trio with ``trio_asyncio.aio_as_trio``. Rows come back
-as plain dicts: they cross actors, survive checkpoints and compare equal.
+asyncpg runs on asyncio. With ``loop: thread`` (the default) the pool runs on
+an asyncio loop of the resource's own in a worker thread: each request is
+one asyncio task (acquire, run, release) handed to that loop
+(``asyncio.run_coroutine_threadsafe``), its answer handed back to trio, so
+asyncpg's work runs beside trio's rather than between its tasks. With
+``loop: shared`` the pool runs on the system's trio-asyncio loop, in trio's
+own thread, each request awaited from trio with ``trio_asyncio.aio_as_trio``
+(docs/benchmarks.md compares the two). Rows come back as plain dicts: they
+cross actors, survive checkpoints and compare equal.
 
 Errors. SQL errors (syntax, constraints, permissions, ``statement_timeout``)
 are the request's fault: the asker gets asyncpg's own exception, nothing is
@@ -44,11 +49,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ClassVar, Literal
 
 import asyncpg
 import attrs
+import outcome
 import trio
 import trio_asyncio
 
@@ -216,6 +224,11 @@ class PostgresOptions:
         server_settings: session settings sent at connect, such as
             ``statement_timeout``, ``search_path`` or ``application_name``
             (default ``runtime/<resource name>``).
+        loop: where the pool's asyncio code runs: ``thread`` (the default),
+            an asyncio loop of this resource's own in a worker thread
+            (asyncpg's work runs in parallel with trio's, at the cost of two
+            thread hand-offs per request); or ``shared``, the system's
+            trio-asyncio loop in trio's own thread.
     """
 
     dsn: str = attrs.field(repr=_redact)
@@ -225,6 +238,9 @@ class PostgresOptions:
     idle_timeout: Seconds = attrs.field(default=Seconds(300.0), converter=to_seconds)
     statement_cache_size: int = attrs.field(default=100)
     server_settings: dict[str, str] = attrs.field(factory=dict, converter=_to_settings)
+    loop: Literal["shared", "thread"] = attrs.field(
+        default="thread", validator=attrs.validators.in_(("shared", "thread"))
+    )
 
     @min_size.validator
     @statement_cache_size.validator
@@ -381,6 +397,78 @@ async def _serve(pool: Any, msg: Any, progress: _Progress, limits: _Limits) -> A
 _serve_from_trio = trio_asyncio.aio_as_trio(_serve)
 
 
+_CANCELLED = object()
+"""What a thread loop's call is woken with when its coroutine was cancelled."""
+
+
+class LoopThread:
+    """An asyncio loop of its own in a worker thread, called from trio.
+
+    ``await run(fn, *args)`` schedules ``fn(*args)`` on the loop and parks
+    the trio task until the loop's done callback wakes it (through trio's
+    ``run_sync_soon``): no task, channel or cancel scope on trio's side.
+    Cancelling the trio task cancels the coroutine and waits for it to end:
+    if it ends cancelled, the trio task gets ``trio.Cancelled``; if it ends
+    otherwise (it finished first), its outcome.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.SelectorEventLoop()  # not the policy's: trio-asyncio's refuses
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        loop = self.loop
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+    async def run(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await fn(*args)`` on the thread's loop, from trio."""
+        token = trio.lowlevel.current_trio_token()
+        task = trio.lowlevel.current_task()
+        future = asyncio.run_coroutine_threadsafe(_call(fn, args), self.loop)
+
+        def done(finished: Any) -> None:
+            if finished.cancelled():
+                result: Any = outcome.Value(_CANCELLED)
+            else:
+                result = outcome.capture(finished.result)
+            token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            future.cancel()
+            return trio.lowlevel.Abort.FAILED  # the done callback wakes the task
+
+        future.add_done_callback(done)
+        result = await trio.lowlevel.wait_task_rescheduled(abort)
+        if result is _CANCELLED:
+            await trio.lowlevel.checkpoint()  # raises trio's Cancelled: we cancelled it
+            raise RuntimeError("the asyncio loop thread is stopping: the call was cancelled")
+        return result
+
+    def run_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Call ``fn(*args)`` on the loop's thread, without waiting."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed already
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def stop(self) -> None:
+        """Stop the loop: its thread cancels what runs there and closes it."""
+        self.run_soon(self.loop.stop)
+
+
+async def _call(fn: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> Any:
+    # asyncpg's methods return awaitables that are not coroutines.
+    return await fn(*args)
+
+
 # -- the resource ------------------------------------------------------------
 
 
@@ -410,40 +498,57 @@ class Postgres(Resource):
         settings = dict(options.server_settings)
         if "application_name" not in settings and "application_name=" not in options.dsn:
             settings["application_name"] = f"runtime/{self.name}"
+        create = functools.partial(
+            asyncpg.create_pool,
+            options.dsn,
+            min_size=min(options.min_size, size),
+            max_size=size,
+            max_inactive_connection_lifetime=options.idle_timeout,
+            timeout=options.connect_timeout,
+            statement_cache_size=options.statement_cache_size,
+            server_settings=settings,
+        )
+        self._thread: LoopThread | None = None
+        if options.loop == "thread":
+            self._thread = LoopThread(f"runtime {self.ctx.path}")
         try:
-            self._pool: Any = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
-                options.dsn,
-                min_size=min(options.min_size, size),
-                max_size=size,
-                max_inactive_connection_lifetime=options.idle_timeout,
-                timeout=options.connect_timeout,
-                statement_cache_size=options.statement_cache_size,
-                server_settings=settings,
-            )
-        except _CONNECTION_ERRORS as exc:
-            raise ResourceError(
-                f"{self.ctx.path}: cannot open the pool to {self.server}: {exc}",
-                resource=self.name,
-                transient=True,
-            ) from exc
-        self.ctx.nursery.start_soon(self._terminate_at_exit, self._pool)
+            if self._thread is None:
+                self._pool: Any = await trio_asyncio.aio_as_trio(create)()
+            else:
+                self._pool = await self._thread.run(create)
+        except BaseException as exc:
+            if self._thread is not None:
+                self._thread.stop()
+            if isinstance(exc, _CONNECTION_ERRORS):
+                raise ResourceError(
+                    f"{self.ctx.path}: cannot open the pool to {self.server}: {exc}",
+                    resource=self.name,
+                    transient=True,
+                ) from exc
+            raise
+        self.ctx.nursery.start_soon(self._terminate_at_exit, self._pool, self._thread)
 
     async def on_stop(self) -> None:
         """Close the pool gracefully within ``shutdown_timeout``, else abort
         its connections."""
         pool = self._pool
         with trio.move_on_after(self.spec.shutdown_timeout):
-            await trio_asyncio.aio_as_trio(pool.close)()
-        pool.terminate()  # a no-op once closed
+            if self._thread is None:
+                await trio_asyncio.aio_as_trio(pool.close)()
+            else:
+                await self._thread.run(pool.close)
+        _terminate(pool, self._thread)  # a no-op once closed
 
     @staticmethod
-    async def _terminate_at_exit(pool: Any) -> None:
+    async def _terminate_at_exit(pool: Any, thread: LoopThread | None) -> None:
         # Lives as long as the incarnation: a crash (which skips on_stop)
         # still closes every connection.
         try:
             await trio.sleep_forever()
         finally:
-            pool.terminate()
+            _terminate(pool, thread)
+            if thread is not None:
+                thread.stop()
 
     # -- handlers ------------------------------------------------------------
 
@@ -488,6 +593,8 @@ class Postgres(Resource):
     async def _attempt(self, msg: Any, idempotent: bool) -> Any:
         progress = _Progress(idempotent)
         _PROGRESS.set(progress)  # read by is_transient and _explain, in this task
+        if self._thread is not None:
+            return await self._thread.run(_serve, self._pool, msg, progress, self._limits)
         return await _serve_from_trio(self._pool, msg, progress, self._limits)
 
     def is_transient(self, error: BaseException) -> bool:
@@ -542,6 +649,14 @@ class Postgres(Resource):
             "idle": idle,
             "max_size": pool.get_max_size(),
         }
+
+
+def _terminate(pool: Any, thread: LoopThread | None) -> None:
+    """Abort the pool's connections, on the thread its loop runs in."""
+    if thread is None:
+        pool.terminate()
+    else:
+        thread.run_soon(pool.terminate)
 
 
 _TIMEOUT_NOTES = {
