@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -22,6 +22,7 @@ from ._actor import Actor
 from ._backends import Backends, backend_kind
 from ._budget import BudgetStatistics, Ledger, UsageStatistics
 from ._cell import ActorCell
+from ._durable_cell import DurableCell
 from ._checkpoint import (
     CheckpointCounters,
     CheckpointStatistics,
@@ -151,6 +152,8 @@ class SystemHost:
         self.items_done = self.items_total = self.items_retried = 0
         self.progress_by_path: dict[str, tuple[int, int, int]] = {}
         self.topics: dict[str, dict[ActorCell, set[type]]] = {}
+        # A cluster node's publisher of its topics' events to the other nodes.
+        self.topic_relay: Callable[[str, object], Awaitable[None]] | None = None
         self.pools: dict[str, PoolSupervisor] = {}
         # Each supervisor's spec by path, from before it builds its children:
         # a pool takes its restart policy from its parent's.
@@ -174,6 +177,8 @@ class SystemHost:
             self.supervisors[path] = self.pools[path] = node
         elif prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
             node = self.cells[path] = ResourceCell(spec, path, self, resource)
+        elif spec.mailbox.durable:
+            node = self.cells[path] = DurableCell(spec, path, self)
         else:
             node = self.cells[path] = ActorCell(spec, path, self)
         for tag in spec.tags:
@@ -277,6 +282,13 @@ class SystemHost:
             subscribers.pop(subscriber, None)
 
     async def publish(self, topic: str, event: object) -> None:
+        await self.publish_here(topic, event)
+        relay = self.topic_relay
+        if relay is not None:
+            await relay(topic, event)
+
+    async def publish_here(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to this process's subscribers of ``topic`` only."""
         for cell, types in list(self.topics.get(topic, {}).items()):
             if isinstance(event, tuple(types)):
                 await cell.deliver(event)
@@ -412,6 +424,11 @@ class ActorSystem:
             ActorNotFound: no actor or pool at that path (a supervisor is not
                 an actor).
         """
+        cluster = self.cluster
+        if cluster is not None:
+            durable: ActorRef[Any] | None = cluster.durable_ref(path)
+            if durable is not None:
+                return durable  # its tells go through its stream, from any node
         cell = self._host.cells.get(path)
         if cell is None:
             pool = self._host.pools.get(path)
@@ -437,6 +454,24 @@ class ActorSystem:
         through ``fence(store)`` (before its first use)."""
         self.cluster = cluster
         self._host.store_wrapper = fence
+
+    def relay_topics(self, relay: Callable[[str, object], Awaitable[None]] | None) -> None:
+        """Have ``relay(topic, event)`` called after each publish's local
+        delivery (a cluster node sends the event to the other nodes)."""
+        self._host.topic_relay = relay
+
+    async def publish_here(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to this process's subscribers of ``topic`` only
+        (an event another node published)."""
+        await self._host.publish_here(topic, event)
+
+    def topic_subscribers(self, topic: str) -> dict[type[Actor[Any]], set[type]]:
+        """The actor classes subscribed to ``topic`` in this process, and the
+        event types each subscribed for."""
+        found: dict[type[Actor[Any]], set[type]] = {}
+        for cell, types in self._host.topics.get(topic, {}).items():
+            found.setdefault(cell.actor_cls, set()).update(types)
+        return found
 
     def record_dead_letter(self, path: str, message: object, reason: str) -> None:
         """A message received for ``path`` that it refused (see ``DeadLetter``)."""

@@ -1,0 +1,87 @@
+"""The cell of an actor with a durable mailbox (``mailbox: {durable: true}``).
+
+A tell taken from the actor's JetStream stream reaches the cell as an ask of
+a ``Sequenced`` message: the tell and its stream sequence. The cell skips it
+if its checkpoint already records that sequence (a redelivery after a crash
+or a failover); else it runs the handler, then writes the state and the
+sequence in one checkpoint, then replies. The consumer acknowledges the
+stream message only after that reply, so an acknowledged tell was applied
+once and is never applied again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ._actor import Actor, state_class
+from ._cell import ActorCell
+from ._checkpoint import Checkpointer
+from ._mailbox import Ask
+
+__all__ = ["DurableCell", "Sequenced"]
+
+
+@attrs.frozen
+class Sequenced:
+    """A tell from a durable mailbox's stream, with its stream sequence."""
+
+    message: object
+    sequence: int
+
+
+class DurableCell(ActorCell):
+    """An actor cell whose checkpoint keeps the last stream sequence applied."""
+
+    __slots__ = ()
+
+    def check_type(self, msg: object) -> None:
+        super().check_type(msg.message if type(msg) is Sequenced else msg)
+
+    async def _initial_state(self) -> object:
+        if self.checkpointer is None:
+            state_type = state_class(self.actor_cls)
+            assert state_type is not None  # checkpoint: message (checked with the topology)
+            self.checkpointer = Checkpointer(
+                self.path,
+                self.host.checkpoint_store(),
+                self.host.checkpoints,
+                state_type,
+                self.log,
+                sequenced=True,
+            )
+        return await super()._initial_state()
+
+    @property
+    def applied(self) -> int:
+        """The last stream sequence applied to the state (0: none yet)."""
+        checkpointer = self.checkpointer
+        return 0 if checkpointer is None else checkpointer.sequence or 0
+
+    async def handle_item(self, actor: Actor[Any], item: object) -> None:
+        if type(item) is not Ask or type(item.msg) is not Sequenced:
+            await super().handle_item(actor, item)
+            return
+        told: Sequenced = item.msg
+        checkpointer = self.checkpointer
+        assert checkpointer is not None and checkpointer.sequence is not None
+        if told.sequence <= checkpointer.sequence:
+            item.reply(False)  # applied before (a redelivery): acknowledged, not handled
+            return
+        msg = told.message
+        try:
+            await self.table[type(msg)](actor, msg)
+            # The sequence is recorded only once the handler is done, and
+            # written with the state it produced.
+            checkpointer.sequence = told.sequence
+            await self.save(actor)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.failed += 1
+            item.fail(self._failure(msg, exc))
+            raise
+        item.reply(True)
+        self.handled += 1
+        if self.record.consecutive_crashes:
+            self._recovered()
