@@ -20,6 +20,7 @@ import contextlib
 import functools
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -45,6 +46,7 @@ __all__ = [
     "backend_kind",
     "process_identity",
     "redacted",
+    "subject_token",
 ]
 
 T = TypeVar("T")
@@ -151,6 +153,12 @@ def backend_kind(url: str) -> str:
             "postgresql://... or nats://..."
         )
     return kind
+
+
+def subject_token(name: str) -> str:
+    """``name`` as one NATS subject token or stream/bucket-name part: other
+    characters than letters, digits, ``_`` and ``-`` become ``=XX``."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"={ord(m.group()):02x}", name)
 
 
 def redacted(url: str) -> str:
@@ -426,11 +434,9 @@ class NatsBackend:
         not exist (file storage; a message is removed once acknowledged)."""
         js = await self._connected()
         errors = _nats().js.errors
-        try:
+        with contextlib.suppress(errors.NotFoundError):
             await self.call(js.stream_info, stream)
             return
-        except errors.NotFoundError:
-            pass
         api = _nats().js.api
         config = api.StreamConfig(
             name=stream,

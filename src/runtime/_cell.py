@@ -644,7 +644,6 @@ class ActorCell:
         )
 
 
-
 def _unwrap(exc: Exception) -> Exception:
     while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -674,9 +673,7 @@ class LocalRef(ActorRef[Any]):
         """``ActorRef.tell``: straight into the mailbox, a yield every few calls."""
         await trio.lowlevel.checkpoint_if_cancelled()
         cell = self._cell
-        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
-            msg, priority
-        ):
+        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(msg, priority):
             await cell.queue_trial(msg, priority)
             return
         # Bare from outside a handler; from inside, or when tracing, with the chain.
@@ -698,9 +695,7 @@ class LocalRef(ActorRef[Any]):
         """``ActorRef.tell_nowait``; the same steps as ``tell`` without a wait
         (kept apart rather than shared: each is one call per message)."""
         cell = self._cell
-        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(
-            msg, priority
-        ):
+        if (type(msg) not in cell.table or cell.refusal is not None) and cell.admit(msg, priority):
             cell.queue_trial_nowait(msg, priority)
             return
         # Bare from outside a handler; from inside, or when tracing, with the chain.
@@ -750,5 +745,3 @@ class LocalRef(ActorRef[Any]):
 
     def statistics(self) -> ActorStatistics:
         return self._cell.statistics()
-
-

@@ -60,10 +60,10 @@ __all__ = [
     "SqliteStore",
     "StateError",
     "decode_state",
-    "stored_sequence",
     "encode_state",
     "json_converter",
     "open_store",
+    "stored_sequence",
 ]
 
 
@@ -182,14 +182,18 @@ def encode_state(path: str, state: object, sequence: int | None = None) -> str:
     try:
         raw = _converter.unstructure(state)
         if sequence is not None:
-            if not isinstance(raw, dict):
-                raise TypeError("a durable mailbox's actor needs a state that is a JSON object")
-            raw = {**raw, SEQUENCE_KEY: sequence}
+            raw = _with_sequence(raw, sequence)
         return json.dumps(raw, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise StateError(
             f"{path}: state {type(state).__qualname__} cannot be checkpointed as JSON: {exc}"
         ) from exc
+
+
+def _with_sequence(raw: object, sequence: int) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise TypeError("a durable mailbox's actor needs a state that is a JSON object")
+    return {**raw, SEQUENCE_KEY: sequence}
 
 
 def stored_sequence(data: str) -> int:
@@ -804,9 +808,7 @@ class PostgresStore:
         )
         return int(found or 0)
 
-    async def _save_fenced(
-        self, path: str, data: str, version: int, fence: tuple[str, int]
-    ) -> int:
+    async def _save_fenced(self, path: str, data: str, version: int, fence: tuple[str, int]) -> int:
         unit, epoch = fence
         # FOR SHARE: raise_fence waits for this write, and this write sees a
         # raise committed before it (READ COMMITTED re-reads a locked row).

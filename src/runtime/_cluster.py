@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -42,8 +41,11 @@ from ._backends import (
     NatsSubscription,
     process_identity,
     redacted,
+    subject_token,
 )
 from ._checkpoint import CheckpointStore, PostgresStore
+from ._cluster_topics import ClusterTopics
+from ._durable import DurableMailboxes
 from ._logging import get_logger
 from ._ref import ActorRef
 from ._remote import (
@@ -89,9 +91,7 @@ def rendezvous(unit: str, nodes: list[str]) -> str | None:
     return max(nodes, key=lambda node: hashlib.blake2b(f"{unit}\0{node}".encode()).digest())
 
 
-def _token(name: str) -> str:
-    """``name`` as one NATS subject token or bucket-name part."""
-    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"={ord(m.group()):02x}", name)
+_token = subject_token
 
 
 @attrs.frozen
@@ -216,6 +216,16 @@ class Cluster:
         )
         self.tracing = topology.metrics.tracing
         self.interval = spec.lease / 4
+        self.durable = DurableMailboxes(
+            system,
+            self.backend,
+            self.base,
+            f"{bucket}_mailboxes",
+            dict(iter_children(topology.supervisor)),
+            direct=self._direct_ref,
+            tracing=self.tracing,
+        )
+        self.topics = ClusterTopics(system, self.backend, self.base, self.member, self.interval)
         self.held: dict[str, _Lease] = {}
         self.placement: dict[str, Placement] = {u: Placement(u, None, None) for u in self.units}
         self.nodes: tuple[str, ...] = ()
@@ -299,6 +309,15 @@ class Cluster:
         ref = self._refs[path] = RemoteRef(path, self.subject(unit), actor, self)
         return ref
 
+    def durable_ref(self, path: str) -> ActorRef[Any] | None:
+        """The ref of ``path`` if its mailbox is durable (its tells go
+        through its stream from every node, its holder's too)."""
+        return self.durable.ref(path)
+
+    def _direct_ref(self, path: str) -> ActorRef[Any]:
+        """``path``'s ref not through its stream: in process here, else remote."""
+        return self.system.local_ref(path) or self.ref(path)
+
     def fence_of(self, path: str) -> tuple[str, int] | None:
         """The fence a checkpoint write of ``path`` carries (None: not in a unit).
 
@@ -339,6 +358,8 @@ class Cluster:
             self._nursery = nursery
             nursery.start_soon(self._send_outgoing)
             nursery.start_soon(self._listen_for_rebalance)
+            nursery.start_soon(self.topics.run)
+            nursery.start_soon(self.durable.run)
             await self._round()
             task_status.started()
             while True:
@@ -466,12 +487,15 @@ class Cluster:
                 logger.warning("unit_start_failed", unit=unit, error=repr(exc))
                 self._lose(unit, "start_failed")
                 return
-            subscription = await self._subscribe(unit)
-            try:
-                await self._serve(subscription)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await subscription.unsubscribe()
+            async with trio.open_nursery() as nursery:
+                for path in self.durable.paths_in(f"{self.root}/{unit}"):
+                    nursery.start_soon(self.durable.consume, path, lease.epoch)
+                subscription = await self._subscribe(unit)
+                try:
+                    await self._serve(subscription)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await subscription.unsubscribe()
 
     async def _subscribe(self, unit: str) -> NatsSubscription:
         while True:

@@ -151,9 +151,7 @@ def _cluster(system: ActorSystem) -> dict[str, Any] | None:
     return {
         "node": stats.node,
         "nodes": list(stats.nodes),
-        "placement": [
-            {"unit": p.unit, "node": p.node, "epoch": p.epoch} for p in stats.placement
-        ],
+        "placement": [{"unit": p.unit, "node": p.node, "epoch": p.epoch} for p in stats.placement],
         "held": stats.held,
         "failovers": stats.failovers,
         "handovers": stats.handovers,

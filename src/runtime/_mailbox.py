@@ -22,7 +22,6 @@ from .errors import MailboxFull
 __all__ = ["Ask", "Envelope", "Mailbox", "MailboxStatistics", "unwrap"]
 
 
-
 class Ask:
     """A message that wants a reply, and the task waiting for it.
 

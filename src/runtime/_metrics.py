@@ -376,6 +376,7 @@ class RuntimeCollector(Collector):
             held.add_metric([prefix], held_now.get(prefix, 0))
             waiting.add_metric([prefix], counters.waiting.get(prefix, 0))
         yield from (acquisitions, wait, contentions, held, waiting)
+
     # -- tokens, costs and budgets ------------------------------------------------------
 
     def _spending(self, system: ActorSystem) -> Iterator[Metric]:

@@ -45,7 +45,6 @@ def check_store(store: object) -> CheckpointStore | str | None:
     return store
 
 
-
 async def _open_services(
     stack: contextlib.AsyncExitStack,
     system: ActorSystem,

@@ -157,6 +157,8 @@ def _run_lines(workflows: dict[str, Any]) -> list[str]:
         for run in runs
     ]
     return ["", *table(["RUN", "STATUS", "STEPS"], rows)]
+
+
 def _limit(spent: float, limit: float | None, dollars: bool) -> str:
     if limit is None:
         return "-"
@@ -202,6 +204,8 @@ def _spending_lines(document: dict[str, Any]) -> list[str]:
         header = ["BUDGET", "TOKENS", "DOLLARS", "ON EXHAUSTED", "RESETS AT", "REFUSED", "WAITED"]
         lines += ["", *table(header, rows)]
     return lines
+
+
 def _cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
     """The nodes, and where each unit runs under which lease epoch."""
     if not cluster:

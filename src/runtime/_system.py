@@ -22,7 +22,6 @@ from ._actor import Actor
 from ._backends import Backends, backend_kind
 from ._budget import BudgetStatistics, Ledger, UsageStatistics
 from ._cell import ActorCell
-from ._durable_cell import DurableCell
 from ._checkpoint import (
     CheckpointCounters,
     CheckpointStatistics,
@@ -31,6 +30,7 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
+from ._durable_cell import DurableCell
 from ._host import Child
 from ._lock_backends import open_lock_backend
 from ._locks import Lease, LockManager, LockStatistics

@@ -351,7 +351,11 @@ def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) 
             check_actor(done.actor, getattr(done, "args", {}), getattr(done, "checkpoint", "off"))
         )
         mailbox = getattr(done, "mailbox", None)
-        if mailbox is not None and mailbox.durable and getattr(done, "checkpoint", "off") != "message":
+        if (
+            mailbox is not None
+            and mailbox.durable
+            and getattr(done, "checkpoint", "off") != "message"
+        ):
             problems.append(
                 (
                     "checkpoint",
@@ -630,15 +634,7 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             check_locks_url(topology.locks)
         except ValueError as exc:
             yield "$.locks", str(exc)
-    if topology.cluster is not None:
-        yield from _cluster_problems(topology)
-    else:
-        for field in _durable_mailboxes(topology.supervisor, "$.supervisor"):
-            yield (
-                field,
-                "a durable mailbox needs cluster: (its tells go through a NATS JetStream "
-                "stream); without one, use checkpoint: message and a plain mailbox",
-            )
+    yield from _cluster_problems(topology)
 
 
 def workflow_problems(topology: Topology) -> Iterator[tuple[str, str]]:
@@ -671,8 +667,16 @@ def _unpriced_budgets(topology: Topology) -> Iterator[tuple[str, str]]:
 
 
 def _cluster_problems(topology: Topology) -> Iterator[tuple[str, str]]:
-    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS."""
-    assert topology.cluster is not None
+    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS; a
+    durable mailbox needs a cluster."""
+    if topology.cluster is None:
+        for field in _durable_mailboxes(topology.supervisor, "$.supervisor"):
+            yield (
+                field,
+                "a durable mailbox needs cluster: (its tells go through a NATS JetStream "
+                "stream); without one, use checkpoint: message and a plain mailbox",
+            )
+        return
     store = topology.store or ""
     if not store.startswith(("postgresql://", "postgres://")):
         yield (
