@@ -30,15 +30,20 @@ class ClusterRun:
         lease: float = 1.0,
         tick: float = 0.0,
         checkpoint: str = "message",
+        mailbox: str = "",
+        actor: str = "tests.cluster_app:Counter",
+        args: str = "",
     ) -> None:
         self.tmp_path = tmp_path
         self.name = unique("cl")
         self.root = unique("root")
         self.units = list(units)
         self.lease = lease
+        extra = f", mailbox: {mailbox}" if mailbox else ""
+        arguments = args or f"{{tick: {tick}}}"
         children = "\n".join(
-            f"    - {{name: {unit}, actor: 'tests.cluster_app:Counter', checkpoint: {checkpoint},"
-            f" args: {{tick: {tick}}}}}"
+            f"    - {{name: {unit}, actor: '{actor}', checkpoint: {checkpoint},"
+            f" args: {arguments}{extra}}}"
             for unit in self.units
         )
         self.topology = tmp_path / "cluster.yaml"

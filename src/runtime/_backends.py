@@ -199,9 +199,12 @@ class NatsKV:
 
     async def create(self, key: str, value: dict[str, Any]) -> int | None:
         """Set ``key`` if it has no value; its revision, or None if it has one."""
+        errors = _nats().js.errors
         try:
             return int(await self.backend.call(self._kv.create, key, _encode(value)))
-        except _nats().js.errors.KeyWrongLastSequenceError:
+        except (errors.KeyWrongLastSequenceError, errors.KeyNotFoundError):
+            # nats-py reads the key after a create that lost; the other write
+            # may be gone by then (deleted, expired): either way, not created.
             return None
 
     async def update(self, key: str, value: dict[str, Any], revision: int) -> int | None:

@@ -225,17 +225,19 @@ class DurableMailboxes:
                 consumer = await self.backend.pull_consumer(
                     self.stream, name, subject, ack_wait=ACK_WAIT, max_ack_pending=4 * BATCH
                 )
-            except BackendUnavailable as exc:
+            except Exception as exc:  # an outage, or the stream gone (made again)
                 self._stream_ready = False
-                logger.warning("durable_consumer_unavailable", path=path, error=str(exc))
+                logger.warning(
+                    "durable_consumer_unavailable", path=path, error=f"{type(exc).__name__}: {exc}"
+                )
                 await trio.sleep(delay)
                 delay = min(RETRY_MAX, delay * 2)
                 continue
             delay = RETRY_INITIAL
             try:
                 await _Consumer(self, path, consumer, max_deliver).run()
-            except BackendUnavailable as exc:
-                logger.warning("durable_consumer_unavailable", path=path, error=str(exc))
+            except Exception as exc:  # an outage, or the consumer replaced: a fresh one
+                logger.warning("durable_consumer_failed", path=path, exc_info=exc)
                 await trio.sleep(RETRY_INITIAL)
             finally:
                 with trio.CancelScope(shield=True):
