@@ -16,8 +16,8 @@ import trio
 import runtime
 from runtime._checkpoint import (
     SEQUENCE_KEY,
-    Checkpointer,
     CheckpointCounters,
+    Checkpointer,
     MemoryStore,
     decode_state,
     encode_state,
@@ -231,7 +231,7 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
                 await ref.tell(Boom("poison"))
                 await ref.tell(Add(1, "after"))
                 with trio.fail_after(30):
-                    while "after" not in (await _applied(system, run, "a")).applied:
+                    while "after" not in (await _applied(system, run, "a")).applied:  # noqa: ASYNC110
                         await trio.sleep(0.1)
                 snapshot = await _applied(system, run, "a")
                 assert snapshot.applied == ["before", "after"]
