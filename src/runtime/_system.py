@@ -442,9 +442,13 @@ class ActorSystem:
         return cell.ref
 
     def local_ref(self, path: str) -> ActorRef[Any] | None:
-        """The ref of the actor at ``path`` if it runs in this process, else None."""
+        """The ref of the actor or pool at ``path`` if it runs in this
+        process, else None."""
         cell = self._host.cells.get(path)
-        return None if cell is None else cell.ref
+        if cell is None:
+            pool = self._host.pools.get(path)
+            return None if pool is None else pool.ref
+        return cell.ref
 
     def join_cluster(
         self, cluster: Any, fence: Callable[[CheckpointStore], CheckpointStore]

@@ -351,7 +351,11 @@ def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) 
             check_actor(done.actor, getattr(done, "args", {}), getattr(done, "checkpoint", "off"))
         )
         mailbox = getattr(done, "mailbox", None)
-        if (
+        if mailbox is not None and mailbox.durable and getattr(done, "pool", None) is not None:
+            problems.append(
+                ("mailbox", "a pool cannot have a durable mailbox (give it to a single actor)")
+            )
+        elif (
             mailbox is not None
             and mailbox.durable
             and getattr(done, "checkpoint", "off") != "message"
