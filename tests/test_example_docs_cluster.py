@@ -44,9 +44,16 @@ def test_three_nodes_write_the_document_together(tmp_path: Path) -> None:
     try:
         for node, log in logs.items():
             with log.open("wb") as out:
+                command = [
+                    sys.executable,
+                    "-m",
+                    "runtime",
+                    "start",
+                    "supervisors/docs_cluster.yaml",
+                ]
+                command += ["--node", node, "--log-format", "json", "--progress-interval", "0"]
                 processes[node] = subprocess.Popen(
-                    [sys.executable, "-m", "runtime", "start", "supervisors/docs_cluster.yaml"]
-                    + ["--node", node, "--log-format", "json", "--progress-interval", "0"],
+                    command,
                     cwd=REPO,
                     env=env,
                     stdout=out,
