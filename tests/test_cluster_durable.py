@@ -5,9 +5,12 @@ validation."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections import Counter as Tally
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -92,12 +95,25 @@ def test_a_durable_mailbox_needs_a_cluster_and_checkpoint_message() -> None:
 # -- three node processes -------------------------------------------------------------
 
 
-async def _cleanup(system: runtime.ActorSystem, run: ClusterRun) -> None:
-    """Stop the nodes, then remove the run's stream from the shared server."""
-    cluster = system.cluster
-    with trio.CancelScope(shield=True), trio.move_on_after(30):
-        await trio.to_thread.run_sync(run.stop_all)
-        await cluster.backend.delete_stream(cluster.durable.stream)
+@asynccontextmanager
+async def _client(run: ClusterRun, nodes: tuple[str, ...]) -> AsyncIterator[runtime.ActorSystem]:
+    """Start ``nodes``, join as a client, and once every unit answers, give
+    the client's system; at the end stop the nodes and remove the run's
+    stream from the shared server."""
+    try:
+        for node in nodes:
+            run.start(node)
+        async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
+            try:
+                await _wait_placed(system, run, len(nodes))
+                yield system
+            finally:
+                cluster = system.cluster
+                with trio.CancelScope(shield=True), trio.move_on_after(30):
+                    await trio.to_thread.run_sync(run.stop_all)
+                    await cluster.backend.delete_stream(cluster.durable.stream)
+    finally:
+        run.stop_all()
 
 
 async def _wait_placed(system: runtime.ActorSystem, run: ClusterRun, nodes: int) -> None:
@@ -142,64 +158,52 @@ async def test_a_rolling_restart_applies_every_acknowledged_durable_tell_once(
         mailbox="{durable: true}",
     )
     acknowledged: dict[str, list[str]] = {unit: [] for unit in run.units}
-    refused = 0
-    try:
-        for node in NODES:
-            run.start(node)
-        async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
-            try:
+    async with _client(run, NODES) as system:
+
+        async def send(stop: trio.Event) -> None:
+            i = 0
+            while not stop.is_set():
+                unit = run.units[i % len(run.units)]
+                key = f"t{i}"
+                # A tell that raises MailboxFull was not acknowledged: it may
+                # or may not be applied, and is not counted.
+                with contextlib.suppress(MailboxFull):
+                    await system.ref(run.path(unit)).tell(Add(1, key))
+                    acknowledged[unit].append(key)
+                i += 1
+                await trio.sleep(0.01)
+
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send, stop)
+            await trio.sleep(1)
+            for node in NODES:
+                run.signal(node, signal.SIGTERM)
+                assert await trio.to_thread.run_sync(run.processes[node].wait, 20) == 0
+                run.start(node)
                 await _wait_placed(system, run, 3)
-
-                async def send(stop: trio.Event) -> None:
-                    nonlocal refused
-                    i = 0
-                    while not stop.is_set():
-                        unit = run.units[i % len(run.units)]
-                        key = f"t{i}"
-                        try:
-                            await system.ref(run.path(unit)).tell(Add(1, key))
-                        except MailboxFull:
-                            refused += 1  # not acknowledged: may or may not be applied
-                        else:
-                            acknowledged[unit].append(key)
-                        i += 1
-                        await trio.sleep(0.01)
-
-                stop = trio.Event()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(send, stop)
-                    await trio.sleep(1)
-                    for node in NODES:
-                        run.signal(node, signal.SIGTERM)
-                        assert await trio.to_thread.run_sync(run.processes[node].wait, 20) == 0
-                        run.start(node)
-                        await _wait_placed(system, run, 3)
-                        await trio.sleep(0.5)
-                    stop.set()
-                total = sum(len(keys) for keys in acknowledged.values())
-                assert total > 100, acknowledged
-                for unit in run.units:
-                    with trio.fail_after(30):  # the stream drained into every unit
-                        while True:
-                            snapshot = await _applied(system, run, unit)
-                            if set(acknowledged[unit]) <= set(snapshot.applied):
-                                break
-                            await trio.sleep(0.1)
-                    twice = [key for key, n in Tally(snapshot.applied).items() if n > 1]
-                    assert not twice, (unit, twice)
-                    assert snapshot.total == len(snapshot.applied)
-                    assert snapshot.starts >= 2  # it did move
-                handovers = sum(
-                    1
-                    for node in NODES
-                    for event in run.events(node)
-                    if event.get("event") == "unit_released"
-                )
-                assert handovers >= len(run.units)
-            finally:
-                await _cleanup(system, run)
-    finally:
-        run.stop_all()
+                await trio.sleep(0.5)
+            stop.set()
+        total = sum(len(keys) for keys in acknowledged.values())
+        assert total > 100, acknowledged
+        for unit in run.units:
+            with trio.fail_after(30):  # the stream drained into every unit
+                while True:
+                    snapshot = await _applied(system, run, unit)
+                    if set(acknowledged[unit]) <= set(snapshot.applied):
+                        break
+                    await trio.sleep(0.1)
+            twice = [key for key, n in Tally(snapshot.applied).items() if n > 1]
+            assert not twice, (unit, twice)
+            assert snapshot.total == len(snapshot.applied)
+            assert snapshot.starts >= 2  # it did move
+        released = [
+            event
+            for node in NODES
+            for event in run.events(node)
+            if event.get("event") == "unit_released"
+        ]
+        assert len(released) >= len(run.units)
 
 
 @pytest.mark.multiprocess
@@ -220,36 +224,25 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
         lease=1.0,
         mailbox="{durable: true, max_deliver: 3}",
     )
-    try:
-        for node in NODES[:2]:
-            run.start(node)
-        async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
-            try:
-                await _wait_placed(system, run, 2)
-                ref = system.ref(run.path("a"))
-                await ref.tell(Add(1, "before"))
-                await ref.tell(Boom("poison"))
-                await ref.tell(Add(1, "after"))
-                with trio.fail_after(30):
-                    while "after" not in (await _applied(system, run, "a")).applied:  # noqa: ASYNC110
-                        await trio.sleep(0.1)
-                snapshot = await _applied(system, run, "a")
-                assert snapshot.applied == ["before", "after"]
-                holder = await ref.ask(Where(), timeout=5)
-                events = run.events(holder)
-                dead = [e for e in events if e.get("event") == "durable_dead_letter"]
-                assert len(dead) == 1 and dead[0]["attempts"] == 3, dead
-                assert "poison" in str(dead[0]["error"])
-                letters = [e for e in events if e.get("event") == "dead_letter"]
-                assert [(e["reason"], e["message_type"]) for e in letters] == [
-                    ("max_deliver", "Boom")
-                ]
-                crashes = [e for e in events if e.get("event") == "actor_crashed"]
-                assert len(crashes) == 3
-            finally:
-                await _cleanup(system, run)
-    finally:
-        run.stop_all()
+    async with _client(run, NODES[:2]) as system:
+        ref = system.ref(run.path("a"))
+        await ref.tell(Add(1, "before"))
+        await ref.tell(Boom("poison"))
+        await ref.tell(Add(1, "after"))
+        with trio.fail_after(30):
+            while "after" not in (await _applied(system, run, "a")).applied:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        snapshot = await _applied(system, run, "a")
+        assert snapshot.applied == ["before", "after"]
+        holder = await ref.ask(Where(), timeout=5)
+        events = run.events(holder)
+        dead = [e for e in events if e.get("event") == "durable_dead_letter"]
+        assert len(dead) == 1 and dead[0]["attempts"] == 3, dead
+        assert "poison" in str(dead[0]["error"])
+        letters = [e for e in events if e.get("event") == "dead_letter"]
+        assert [(e["reason"], e["message_type"]) for e in letters] == [("max_deliver", "Boom")]
+        crashes = [e for e in events if e.get("event") == "actor_crashed"]
+        assert len(crashes) == 3
 
 
 @pytest.mark.multiprocess

@@ -4,7 +4,6 @@ processes on this machine, against NATS and PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.clusterkit import log_events
 from tests.conftest import POSTGRES_URL, require_postgres
 from tests.servers import require_nats, unique
 from tests.test_example_docs import assert_document
@@ -71,7 +71,7 @@ def test_three_nodes_write_the_document_together(tmp_path: Path) -> None:
         holders = {
             node
             for node, log in logs.items()
-            for event in _events(log)
+            for event in log_events(log)
             if event.get("event") == "unit_acquired"
         }
         assert holders == set(logs), _tails(logs)  # alpha, beta, gamma: one unit each
@@ -84,17 +84,6 @@ def test_three_nodes_write_the_document_together(tmp_path: Path) -> None:
             except subprocess.TimeoutExpired:
                 process.kill()
                 raise
-
-
-def _events(log: Path) -> list[dict[str, object]]:
-    found = []
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-    return found
 
 
 def _tails(logs: dict[str, Path]) -> str:
