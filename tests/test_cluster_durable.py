@@ -12,6 +12,7 @@ from collections import Counter as Tally
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -124,19 +125,70 @@ async def _wait_placed(system: runtime.ActorSystem, run: ClusterRun, nodes: int)
             if live and all(p.node in stats.nodes for p in stats.placement):
                 break
             await trio.sleep(0.05)
-        for unit in run.units:
-            await system.ref(run.path(unit)).ask(Where(), timeout=20)
+    for unit in run.units:
+        await _asked(system, run, unit, Where())
+
+
+async def _asked(system: runtime.ActorSystem, run: ClusterRun, unit: str, msg: object) -> Any:
+    """The unit's answer to ``msg``, asked again while its node changes (an
+    ask sent to a node as it hands the unit over is lost with it)."""
+    with trio.fail_after(30):
+        while True:
+            try:
+                return await system.ref(run.path(unit)).ask(msg, timeout=2)
+            except runtime.errors.AskTimeout:
+                continue
 
 
 async def _applied(system: runtime.ActorSystem, run: ClusterRun, unit: str) -> Snapshot:
-    """The unit's state, asked again while its node changes."""
-    with trio.fail_after(20):
-        while True:
-            try:
-                snapshot: Snapshot = await system.ref(run.path(unit)).ask(Get(), timeout=1)
-            except runtime.errors.AskTimeout:
-                continue
-            return snapshot
+    """The unit's state."""
+    snapshot: Snapshot = await _asked(system, run, unit, Get())
+    return snapshot
+
+
+async def _send_steadily(
+    system: runtime.ActorSystem,
+    run: ClusterRun,
+    acknowledged: dict[str, list[str]],
+    stop: trio.Event,
+) -> None:
+    """Durable tells to the units in turn, every 10 ms, until ``stop``; the
+    keys of those acknowledged, by unit."""
+    i = 0
+    while not stop.is_set():
+        unit = run.units[i % len(run.units)]
+        key = f"t{i}"
+        # A tell that raises MailboxFull was not acknowledged: it may or may
+        # not be applied, and is not counted.
+        with contextlib.suppress(MailboxFull):
+            await system.ref(run.path(unit)).tell(Add(1, key))
+            acknowledged[unit].append(key)
+        i += 1
+        await trio.sleep(0.01)
+
+
+async def _assert_applied_once(
+    system: runtime.ActorSystem,
+    run: ClusterRun,
+    acknowledged: dict[str, list[str]],
+    moved: tuple[str, ...],
+) -> None:
+    """Every acknowledged tell is in its unit's state, and none twice; the
+    ``moved`` units were started more than once."""
+    total = sum(len(keys) for keys in acknowledged.values())
+    assert total > 100, acknowledged
+    for unit in run.units:
+        with trio.fail_after(30):  # the stream drained into every unit
+            while True:
+                snapshot = await _applied(system, run, unit)
+                if set(acknowledged[unit]) <= set(snapshot.applied):
+                    break
+                await trio.sleep(0.1)
+        twice = [key for key, n in Tally(snapshot.applied).items() if n > 1]
+        assert not twice, (unit, twice)
+        assert snapshot.total == len(snapshot.applied)
+        if unit in moved:
+            assert snapshot.starts >= 2, unit
 
 
 @pytest.mark.multiprocess
@@ -159,23 +211,9 @@ async def test_a_rolling_restart_applies_every_acknowledged_durable_tell_once(
     )
     acknowledged: dict[str, list[str]] = {unit: [] for unit in run.units}
     async with _client(run, NODES) as system:
-
-        async def send(stop: trio.Event) -> None:
-            i = 0
-            while not stop.is_set():
-                unit = run.units[i % len(run.units)]
-                key = f"t{i}"
-                # A tell that raises MailboxFull was not acknowledged: it may
-                # or may not be applied, and is not counted.
-                with contextlib.suppress(MailboxFull):
-                    await system.ref(run.path(unit)).tell(Add(1, key))
-                    acknowledged[unit].append(key)
-                i += 1
-                await trio.sleep(0.01)
-
         stop = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(send, stop)
+            nursery.start_soon(_send_steadily, system, run, acknowledged, stop)
             await trio.sleep(1)
             for node in NODES:
                 run.signal(node, signal.SIGTERM)
@@ -184,19 +222,7 @@ async def test_a_rolling_restart_applies_every_acknowledged_durable_tell_once(
                 await _wait_placed(system, run, 3)
                 await trio.sleep(0.5)
             stop.set()
-        total = sum(len(keys) for keys in acknowledged.values())
-        assert total > 100, acknowledged
-        for unit in run.units:
-            with trio.fail_after(30):  # the stream drained into every unit
-                while True:
-                    snapshot = await _applied(system, run, unit)
-                    if set(acknowledged[unit]) <= set(snapshot.applied):
-                        break
-                    await trio.sleep(0.1)
-            twice = [key for key, n in Tally(snapshot.applied).items() if n > 1]
-            assert not twice, (unit, twice)
-            assert snapshot.total == len(snapshot.applied)
-            assert snapshot.starts >= 2  # it did move
+        await _assert_applied_once(system, run, acknowledged, moved=run.units)
         released = [
             event
             for node in NODES
@@ -204,6 +230,42 @@ async def test_a_rolling_restart_applies_every_acknowledged_durable_tell_once(
             if event.get("event") == "unit_released"
         ]
         assert len(released) >= len(run.units)
+
+
+@pytest.mark.multiprocess
+@pytest.mark.nats
+@pytest.mark.postgres
+async def test_a_killed_holder_loses_no_durable_tell_and_applies_none_twice(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL of the node holding units under a steady stream of durable
+    tells (messages applied but not acknowledged, fetched but not applied),
+    then the node started again: every acknowledged tell applied once."""
+    require_postgres()
+    run = ClusterRun(
+        tmp_path,
+        require_nats(),
+        POSTGRES_URL,
+        units=("a", "b", "c", "d"),
+        lease=1.0,
+        mailbox="{durable: true}",
+    )
+    acknowledged: dict[str, list[str]] = {unit: [] for unit in run.units}
+    async with _client(run, NODES) as system:
+        stop = trio.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_send_steadily, system, run, acknowledged, stop)
+            for unit in ("a", "b"):
+                await trio.sleep(1)
+                victim = await _asked(system, run, unit, Where())
+                run.signal(victim, signal.SIGKILL)
+                await trio.to_thread.run_sync(run.processes[victim].wait, 10)
+                await _applied(system, run, unit)  # taken over
+                run.start(victim)
+                await _wait_placed(system, run, 3)
+            await trio.sleep(0.5)
+            stop.set()
+        await _assert_applied_once(system, run, acknowledged, moved=("a", "b"))
 
 
 @pytest.mark.multiprocess
@@ -234,7 +296,7 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
                 await trio.sleep(0.1)
         snapshot = await _applied(system, run, "a")
         assert snapshot.applied == ["before", "after"]
-        holder = await ref.ask(Where(), timeout=5)
+        holder = await _asked(system, run, "a", Where())
         events = run.events(holder)
         dead = [e for e in events if e.get("event") == "durable_dead_letter"]
         assert len(dead) == 1 and dead[0]["attempts"] == 3, dead

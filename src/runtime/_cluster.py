@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import socket
@@ -318,6 +319,9 @@ class Cluster:
         """``path``'s ref not through its stream: in process here, else remote."""
         return self.system.local_ref(path) or self.ref(path)
 
+    def _holds(self, unit: str, lease: _Lease) -> bool:
+        return self.held.get(unit) is lease
+
     def fence_of(self, path: str) -> tuple[str, int] | None:
         """The fence a checkpoint write of ``path`` carries (None: not in a unit).
 
@@ -489,7 +493,8 @@ class Cluster:
                 return
             async with trio.open_nursery() as nursery:
                 for path in self.durable.paths_in(f"{self.root}/{unit}"):
-                    nursery.start_soon(self.durable.consume, path, lease.epoch)
+                    held = functools.partial(self._holds, unit, lease)
+                    nursery.start_soon(self.durable.consume, path, lease.epoch, held)
                 subscription = await self._subscribe(unit)
                 try:
                     await self._serve(subscription)

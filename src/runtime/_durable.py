@@ -212,14 +212,15 @@ class DurableMailboxes:
 
     # -- consuming -------------------------------------------------------------------
 
-    async def consume(self, path: str, epoch: int) -> None:
+    async def consume(self, path: str, epoch: int, held: Callable[[], bool]) -> None:
         """Apply the tells of ``path``'s stream subject to it, in order, until
-        cancelled (the unit is released or lost)."""
+        cancelled (the unit is released or lost) or ``held()`` is false: a
+        node that lost the unit never replaces its new holder's consumer."""
         subject = self.subject(path)
         name = consumer_name(path, epoch)
         max_deliver = self.specs[path].mailbox.max_deliver
         delay = RETRY_INITIAL
-        while True:
+        while held():
             try:
                 await self.ensure_stream()
                 consumer = await self.backend.pull_consumer(
@@ -303,7 +304,7 @@ class _Consumer:
         finally:
             self.current = None
         if outcome is None:
-            await trio.sleep_forever()  # the unit is lost here: its new holder carries on
+            raise CheckpointConflict(f"{self.path}: written by another node now")
         if outcome == "dead":
             await self.consumer.term(message)
         else:
