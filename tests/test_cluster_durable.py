@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import trio
+from prometheus_client import CollectorRegistry
 
 import runtime
 from runtime._checkpoint import (
@@ -26,7 +27,9 @@ from runtime._checkpoint import (
     decode_state,
     encode_state,
 )
+from runtime._endpoint import status_document
 from runtime._logging import get_logger
+from runtime._status import format_status
 from runtime._topology import parse_topology
 from runtime.errors import MailboxFull, TopologyError
 from tests.cluster_app import (
@@ -97,14 +100,18 @@ def test_a_durable_mailbox_needs_a_cluster_and_checkpoint_message() -> None:
 
 
 @asynccontextmanager
-async def _client(run: ClusterRun, nodes: tuple[str, ...]) -> AsyncIterator[runtime.ActorSystem]:
+async def _client(
+    run: ClusterRun, nodes: tuple[str, ...], registry: CollectorRegistry | None = None
+) -> AsyncIterator[runtime.ActorSystem]:
     """Start ``nodes``, join as a client, and once every unit answers, give
     the client's system; at the end stop the nodes and remove the run's
     stream from the shared server."""
     try:
         for node in nodes:
             run.start(node)
-        async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
+        async with runtime.open_system(
+            run.topology, node="client", hosts_units=False, registry=registry
+        ) as system:
             try:
                 await _wait_placed(system, run, len(nodes))
                 yield system
@@ -286,7 +293,8 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
         lease=1.0,
         mailbox="{durable: true, max_deliver: 3}",
     )
-    async with _client(run, NODES[:2]) as system:
+    registry = CollectorRegistry()
+    async with _client(run, NODES[:2], registry) as system:
         ref = system.ref(run.path("a"))
         await ref.tell(Add(1, "before"))
         await ref.tell(Boom("poison"))
@@ -305,6 +313,10 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
         assert [(e["reason"], e["message_type"]) for e in letters] == [("max_deliver", "Boom")]
         crashes = [e for e in events if e.get("event") == "actor_crashed"]
         assert len(crashes) == 3
+        # The client counts what it stored in the stream: /status and metrics.
+        assert "durable tells: 3 published" in format_status(status_document(system))
+        published = {"outcome": "published"}
+        assert registry.get_sample_value("runtime_cluster_durable_tells_total", published) == 3
 
 
 @pytest.mark.multiprocess

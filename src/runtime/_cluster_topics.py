@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, cast
 
+import attrs
 import trio
 
 from ._backends import BackendUnavailable, NatsBackend, subject_token
@@ -27,9 +28,24 @@ from ._logging import get_logger
 from ._remote import accepted_types, type_path
 from ._system import ActorSystem
 
-__all__ = ["ClusterTopics"]
+__all__ = ["ClusterTopics", "TopicStatistics"]
 
 logger = get_logger()
+
+
+@attrs.frozen
+class TopicStatistics:
+    """This node's topic events across nodes, since it started.
+
+    Attributes:
+        sent: events sent to the other nodes.
+        received: events from other nodes delivered here.
+        dropped: events not sent (not JSON, or NATS unreachable).
+    """
+
+    sent: int
+    received: int
+    dropped: int
 
 
 class ClusterTopics:
@@ -52,6 +68,9 @@ class ClusterTopics:
         self.member = member
         self.retry = retry
         self.sent = self.received = self.dropped = 0
+
+    def statistics(self) -> TopicStatistics:
+        return TopicStatistics(self.sent, self.received, self.dropped)
 
     def subject(self, topic: str) -> str:
         return f"{self.prefix}.t.{subject_token(topic)}"
