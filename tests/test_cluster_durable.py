@@ -88,6 +88,13 @@ def test_a_durable_mailbox_needs_a_cluster_and_checkpoint_message() -> None:
             + child % "checkpoint: message, mailbox: {durable: true, max_deliver: 0}",
             "t.yaml",
         )
+    with pytest.raises(TopologyError, match=r"concurrency: a durable mailbox needs concurrency"):
+        parse_topology(
+            cluster
+            + head
+            + child % "checkpoint: message, concurrency: 4, mailbox: {durable: true}",
+            "t.yaml",
+        )
     topology = parse_topology(
         cluster + head + child % "checkpoint: message, mailbox: {durable: true, max_deliver: 2}",
         "t.yaml",

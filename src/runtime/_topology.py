@@ -355,6 +355,14 @@ def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) 
             problems.append(
                 ("mailbox", "a pool cannot have a durable mailbox (give it to a single actor)")
             )
+        elif mailbox is not None and mailbox.durable and getattr(done, "concurrency", 1) != 1:
+            problems.append(
+                (
+                    "concurrency",
+                    "a durable mailbox needs concurrency: 1 (its tells are applied one "
+                    "after the other, in stream order)",
+                )
+            )
         elif (
             mailbox is not None
             and mailbox.durable
