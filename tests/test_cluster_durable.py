@@ -319,7 +319,8 @@ async def test_a_poison_tell_is_dead_lettered_after_max_deliver_attempts(
         letters = [e for e in events if e.get("event") == "dead_letter"]
         assert [(e["reason"], e["message_type"]) for e in letters] == [("max_deliver", "Boom")]
         crashes = [e for e in events if e.get("event") == "actor_crashed"]
-        assert len(crashes) == 3
+        # max_deliver attempts alone, after one in a batch if it came in one.
+        assert len(crashes) in (3, 4), crashes
         # The client counts what it stored in the stream: /status and metrics.
         assert "durable tells: 3 published" in format_status(status_document(system))
         published = {"outcome": "published"}

@@ -591,6 +591,15 @@ class NatsPullConsumer:
         """Acknowledge ``message``: the stream removes it."""
         await self.backend.call(message.ack)
 
+    async def ack_all(self, messages: list[Any]) -> None:
+        """Acknowledge each of ``messages`` (one call into asyncio for all)."""
+
+        async def ack_each() -> None:
+            for message in messages:
+                await message.ack()
+
+        await self.backend.call(ack_each)
+
     async def term(self, message: Any) -> None:
         """Never deliver ``message`` again."""
         await self.backend.call(message.term)

@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from ._backends import BackendUnavailable, NatsBackend, NatsPullConsumer, subject_token
-from ._durable_cell import Sequenced
+from ._durable_cell import Sequenced, SequencedBatch
 from ._logging import get_logger
 from ._priority import check_priority
 from ._ref import ActorRef, ActorStatistics
@@ -256,7 +256,7 @@ class _Consumer:
         self.consumer = consumer
         self.max_deliver = max_deliver
         self.done = 0  # the last sequence acknowledged or terminated in this session
-        self.current: Any = None  # the message being handled
+        self.current: list[Any] | None = None  # the messages being handled
         self.current_since = 0.0
 
     async def run(self) -> None:
@@ -265,7 +265,15 @@ class _Consumer:
             nursery.start_soon(self._fetch, send)
             nursery.start_soon(self._keep_alive)
             async for message in receive:
-                await self._apply(message)
+                batch = [message]
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                if len(batch) == 1 or not await self._apply_batch(batch):
+                    for one in batch:
+                        await self._apply(one)
 
     async def _fetch(self, send: trio.MemorySendChannel[Any]) -> None:
         async with send:
@@ -274,13 +282,55 @@ class _Consumer:
                     await send.send(message)
 
     async def _keep_alive(self) -> None:
-        """Tell the stream a message handled for long is still in progress."""
+        """Tell the stream the messages handled for long are still in progress."""
         while True:
             await trio.sleep(ACK_WAIT / 3)
-            message = self.current
-            if message is not None and trio.current_time() - self.current_since >= ACK_WAIT / 3:
+            messages = self.current
+            if messages and trio.current_time() - self.current_since >= ACK_WAIT / 3:
                 with contextlib.suppress(BackendUnavailable):
-                    await self.consumer.in_progress(message)
+                    for message in messages:
+                        await self.consumer.in_progress(message)
+
+    async def _apply_batch(self, batch: list[Any]) -> bool:
+        """Apply ``batch`` as one ask and one checkpoint, then acknowledge
+        it; False when it must be applied one message at a time instead (a
+        message that does not decode, a handler that raised, the actor not
+        running)."""
+        fresh, tells = [], []
+        for message in batch:
+            sequence = int(message.metadata.sequence.stream)
+            if sequence <= self.done:
+                continue  # delivered again: acknowledged below
+            try:
+                request = decode_request(message.data, self._actor_here)
+            except Exception:
+                return False
+            fresh.append(message)
+            tells.append(Sequenced(request.message, sequence, request.correlation or 0))
+        owner = self.owner
+        ref = owner.system.local_ref(self.path)
+        if ref is None:
+            return False
+        if tells:
+            self.current, self.current_since = fresh, trio.current_time()
+            try:
+                applied = await ref.ask(SequencedBatch(tuple(tells)), timeout=math.inf)
+            except ActorFailed as exc:
+                if isinstance(exc.__cause__, CheckpointConflict):
+                    logger.warning(
+                        "durable_tell_fenced", path=self.path, sequence=tells[0].sequence
+                    )
+                    raise CheckpointConflict(f"{self.path}: written by another node now") from exc
+                return False
+            except (ActorStopped, CircuitOpen, MailboxFull):
+                return False
+            finally:
+                self.current = None
+            owner.applied += applied
+            owner.duplicates += len(tells) - applied
+            self.done = tells[-1].sequence
+        await self.consumer.ack_all(batch)
+        return True
 
     async def _apply(self, message: Any) -> None:
         sequence = int(message.metadata.sequence.stream)
@@ -298,7 +348,7 @@ class _Consumer:
             await self.consumer.term(message)
             self.done = sequence
             return
-        self.current, self.current_since = message, trio.current_time()
+        self.current, self.current_since = [message], trio.current_time()
         try:
             outcome = await self._ask(request, sequence)
         finally:
@@ -330,7 +380,7 @@ class _Consumer:
             try:
                 with request.context():
                     applied = await ref.ask(
-                        Sequenced(request.message, sequence),
+                        Sequenced(request.message, sequence, request.correlation or 0),
                         timeout=math.inf,
                         priority=request.priority,
                     )

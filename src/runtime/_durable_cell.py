@@ -7,6 +7,12 @@ or a failover); else it runs the handler, then writes the state and the
 sequence in one checkpoint, then replies. The consumer acknowledges the
 stream message only after that reply, so an acknowledged tell was applied
 once and is never applied again.
+
+Tells that arrived together come as one ``SequencedBatch``: their handlers
+run one after the other, in stream order, and one checkpoint records the
+state after the last with its sequence. A handler that raises fails the
+whole batch (none of it is written: the actor restarts from its checkpoint)
+and the consumer hands the batch's tells over one at a time.
 """
 
 from __future__ import annotations
@@ -18,17 +24,27 @@ import attrs
 from ._actor import Actor, state_class
 from ._cell import ActorCell
 from ._checkpoint import Checkpointer
+from ._correlation import CURRENT
 from ._mailbox import Ask
 
-__all__ = ["DurableCell", "Sequenced"]
+__all__ = ["DurableCell", "Sequenced", "SequencedBatch"]
 
 
 @attrs.frozen
 class Sequenced:
-    """A tell from a durable mailbox's stream, with its stream sequence."""
+    """A tell from a durable mailbox's stream, with its stream sequence and
+    its sender's correlation id (0: none)."""
 
     message: object
     sequence: int
+    correlation: int | str = 0
+
+
+@attrs.frozen
+class SequencedBatch:
+    """Tells from a durable mailbox's stream, in stream order."""
+
+    tells: tuple[Sequenced, ...]
 
 
 class DurableCell(ActorCell):
@@ -37,6 +53,10 @@ class DurableCell(ActorCell):
     __slots__ = ()
 
     def check_type(self, msg: object) -> None:
+        if type(msg) is SequencedBatch:
+            for told in msg.tells:
+                super().check_type(told.message)
+            return
         super().check_type(msg.message if type(msg) is Sequenced else msg)
 
     async def _initial_state(self) -> object:
@@ -60,6 +80,9 @@ class DurableCell(ActorCell):
         return 0 if checkpointer is None else checkpointer.sequence or 0
 
     async def handle_item(self, actor: Actor[Any], item: object) -> None:
+        if type(item) is Ask and type(item.msg) is SequencedBatch:
+            await self._handle_batch(actor, item)
+            return
         if type(item) is not Ask or type(item.msg) is not Sequenced:
             await super().handle_item(actor, item)
             return
@@ -83,5 +106,36 @@ class DurableCell(ActorCell):
             raise
         item.reply(True)
         self.handled += 1
+        if self.record.consecutive_crashes:
+            self._recovered()
+
+    async def _handle_batch(self, actor: Actor[Any], item: Ask) -> None:
+        """Apply the batch's new tells, write one checkpoint, reply with how
+        many were applied."""
+        batch: SequencedBatch = item.msg  # type: ignore[assignment]
+        checkpointer = self.checkpointer
+        assert checkpointer is not None and checkpointer.sequence is not None
+        slot = CURRENT.get()
+        applied = 0
+        msg: object = batch
+        try:
+            for told in batch.tells:
+                if told.sequence <= checkpointer.sequence:
+                    continue
+                msg = told.message
+                if slot is not None:
+                    slot.value = told.correlation  # each tell's own chain
+                await self.table[type(msg)](actor, msg)
+                checkpointer.sequence = told.sequence
+                applied += 1
+            if applied:
+                await self.save(actor)
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                self.failed += 1
+            item.fail(self._failure(msg, exc))
+            raise
+        item.reply(applied)
+        self.handled += applied
         if self.record.consecutive_crashes:
             self._recovered()
