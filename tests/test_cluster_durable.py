@@ -160,6 +160,19 @@ async def _applied(system: runtime.ActorSystem, run: ClusterRun, unit: str) -> S
     return snapshot
 
 
+def _durable_run(tmp_path: Path) -> ClusterRun:
+    """Four units whose mailboxes are durable."""
+    require_postgres()
+    return ClusterRun(
+        tmp_path,
+        require_nats(),
+        POSTGRES_URL,
+        units=("a", "b", "c", "d"),
+        lease=1.0,
+        mailbox="{durable: true}",
+    )
+
+
 async def _send_steadily(
     system: runtime.ActorSystem,
     run: ClusterRun,
@@ -214,15 +227,7 @@ async def test_a_rolling_restart_applies_every_acknowledged_durable_tell_once(
     """Three nodes restarted one after the other (SIGTERM, then started
     again) under a steady stream of durable tells: every tell whose ``tell``
     returned is in its unit's checkpointed state exactly once."""
-    require_postgres()
-    run = ClusterRun(
-        tmp_path,
-        require_nats(),
-        POSTGRES_URL,
-        units=("a", "b", "c", "d"),
-        lease=1.0,
-        mailbox="{durable: true}",
-    )
+    run = _durable_run(tmp_path)
     acknowledged: dict[str, list[str]] = {unit: [] for unit in run.units}
     async with _client(run, NODES) as system:
         stop = trio.Event()
@@ -255,15 +260,7 @@ async def test_a_killed_holder_loses_no_durable_tell_and_applies_none_twice(
     """SIGKILL of the node holding units under a steady stream of durable
     tells (messages applied but not acknowledged, fetched but not applied),
     then the node started again: every acknowledged tell applied once."""
-    require_postgres()
-    run = ClusterRun(
-        tmp_path,
-        require_nats(),
-        POSTGRES_URL,
-        units=("a", "b", "c", "d"),
-        lease=1.0,
-        mailbox="{durable: true}",
-    )
+    run = _durable_run(tmp_path)
     acknowledged: dict[str, list[str]] = {unit: [] for unit in run.units}
     async with _client(run, NODES) as system:
         stop = trio.Event()

@@ -100,14 +100,9 @@ class DurableCell(ActorCell):
             checkpointer.sequence = told.sequence
             await self.save(actor)
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                self.failed += 1
-            item.fail(self._failure(msg, exc))
+            self._failed(item, msg, exc)
             raise
-        item.reply(True)
-        self.handled += 1
-        if self.record.consecutive_crashes:
-            self._recovered()
+        self._replied(item, True, 1)
 
     async def _handle_batch(self, actor: Actor[Any], item: Ask) -> None:
         """Apply the batch's new tells, write one checkpoint, reply with how
@@ -131,11 +126,19 @@ class DurableCell(ActorCell):
             if applied:
                 await self.save(actor)
         except BaseException as exc:
-            if isinstance(exc, Exception):
-                self.failed += 1
-            item.fail(self._failure(msg, exc))
+            self._failed(item, msg, exc)
             raise
-        item.reply(applied)
-        self.handled += applied
+        self._replied(item, applied, applied)
+
+    def _failed(self, item: Ask, msg: object, exc: BaseException) -> None:
+        """A handler or the checkpoint failed: the asking consumer hears why
+        (the actor crashes, its state back to its checkpoint)."""
+        if isinstance(exc, Exception):
+            self.failed += 1
+        item.fail(self._failure(msg, exc))
+
+    def _replied(self, item: Ask, reply: object, handled: int) -> None:
+        item.reply(reply)
+        self.handled += handled
         if self.record.consecutive_crashes:
             self._recovered()
