@@ -35,7 +35,7 @@ import attrs
 import trio
 
 from ._backends import BackendUnavailable, NatsBackend, NatsPullConsumer, subject_token
-from ._durable_cell import Sequenced, SequencedBatch
+from ._durable_cell import BatchFailed, Sequenced, SequencedBatch
 from ._logging import get_logger
 from ._priority import check_priority
 from ._ref import ActorRef, ActorStatistics
@@ -271,9 +271,11 @@ class _Consumer:
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                if len(batch) == 1 or not await self._apply_batch(batch):
-                    for one in batch:
-                        await self._apply(one)
+                failed_at = None if len(batch) == 1 else await self._apply_batch(batch)
+                if failed_at != 0:
+                    for one in batch:  # alone; the one that failed in the batch tried once
+                        tried = int(failed_at == int(one.metadata.sequence.stream))
+                        await self._apply(one, tried)
 
     async def _fetch(self, send: trio.MemorySendChannel[Any]) -> None:
         async with send:
@@ -291,11 +293,11 @@ class _Consumer:
                     for message in messages:
                         await self.consumer.in_progress(message)
 
-    async def _apply_batch(self, batch: list[Any]) -> bool:
+    async def _apply_batch(self, batch: list[Any]) -> int | None:
         """Apply ``batch`` as one ask and one checkpoint, then acknowledge
-        it; False when it must be applied one message at a time instead (a
-        message that does not decode, a handler that raised, the actor not
-        running)."""
+        it: 0. Else its messages must be applied one at a time: None (a
+        message that does not decode, the actor not running), or the
+        sequence of the one whose handler raised."""
         fresh, tells = [], []
         for message in batch:
             sequence = int(message.metadata.sequence.stream)
@@ -304,13 +306,13 @@ class _Consumer:
             try:
                 request = decode_request(message.data, self._actor_here)
             except Exception:
-                return False
+                return None
             fresh.append(message)
             tells.append(Sequenced(request.message, sequence, request.correlation or 0))
         owner = self.owner
         ref = owner.system.local_ref(self.path)
         if ref is None:
-            return False
+            return None
         if tells:
             self.current, self.current_since = fresh, trio.current_time()
             try:
@@ -321,18 +323,18 @@ class _Consumer:
                         "durable_tell_fenced", path=self.path, sequence=tells[0].sequence
                     )
                     raise CheckpointConflict(f"{self.path}: written by another node now") from exc
-                return False
+                return exc.sequence if isinstance(exc, BatchFailed) else None
             except (ActorStopped, CircuitOpen, MailboxFull):
-                return False
+                return None
             finally:
                 self.current = None
             owner.applied += applied
             owner.duplicates += len(tells) - applied
             self.done = tells[-1].sequence
         await self.consumer.ack_all(batch)
-        return True
+        return 0
 
-    async def _apply(self, message: Any) -> None:
+    async def _apply(self, message: Any, tried: int = 0) -> None:
         sequence = int(message.metadata.sequence.stream)
         if sequence <= self.done:  # delivered again while this session had it
             await self.consumer.ack(message)
@@ -350,7 +352,7 @@ class _Consumer:
             return
         self.current, self.current_since = [message], trio.current_time()
         try:
-            outcome = await self._ask(request, sequence)
+            outcome = await self._ask(request, sequence, tried)
         finally:
             self.current = None
         if outcome is None:
@@ -365,11 +367,27 @@ class _Consumer:
         spec = self.owner.specs.get(path)
         return None if spec is None or path != self.path else spec.actor
 
-    async def _ask(self, request: Any, sequence: int) -> str | None:
-        """``applied``, ``duplicate`` or ``dead``; None when this node may no
-        longer write the actor's state."""
+    def _dead(self, request: Any, sequence: int, attempts: int, error: object) -> str:
+        """Give the message up: a dead letter (reason ``max_deliver``)."""
+        self.owner.dead_letters += 1
+        logger.warning(
+            "durable_dead_letter",
+            path=self.path,
+            sequence=sequence,
+            attempts=attempts,
+            error=str(error),
+        )
+        self.owner.system.record_dead_letter(self.path, request.message, "max_deliver")
+        return "dead"
+
+    async def _ask(self, request: Any, sequence: int, tried: int) -> str | None:
+        """``applied``, ``duplicate`` or ``dead`` (after ``tried`` failed
+        attempts already); None when this node may no longer write the
+        actor's state."""
         owner, path = self.owner, self.path
-        attempts = 0
+        attempts = tried
+        if attempts >= self.max_deliver:
+            return self._dead(request, sequence, attempts, "its handler raised in a batch")
         delay = RETRY_INITIAL
         while True:
             ref = owner.system.local_ref(path)
@@ -394,16 +412,7 @@ class _Consumer:
                 attempts += 1
                 if attempts < self.max_deliver:
                     continue  # its supervisor restarts it; the message is next
-                owner.dead_letters += 1
-                logger.warning(
-                    "durable_dead_letter",
-                    path=path,
-                    sequence=sequence,
-                    attempts=attempts,
-                    error=str(cause if cause is not None else exc),
-                )
-                owner.system.record_dead_letter(path, request.message, "max_deliver")
-                return "dead"
+                return self._dead(request, sequence, attempts, cause if cause is not None else exc)
             except (ActorStopped, CircuitOpen, MailboxFull):
                 await trio.sleep(delay)  # restarting, or the circuit not yet half-open
                 delay = min(RETRY_MAX, delay * 2)

@@ -26,8 +26,18 @@ from ._cell import ActorCell
 from ._checkpoint import Checkpointer
 from ._correlation import CURRENT
 from ._mailbox import Ask
+from .errors import ActorFailed
 
-__all__ = ["DurableCell", "Sequenced", "SequencedBatch"]
+__all__ = ["BatchFailed", "DurableCell", "Sequenced", "SequencedBatch"]
+
+
+class BatchFailed(ActorFailed):
+    """A batch's handler raised (or its checkpoint failed) on the tell at
+    stream sequence ``sequence``; nothing of the batch was written."""
+
+    def __init__(self, message: str, sequence: int) -> None:
+        super().__init__(message)
+        self.sequence = sequence
 
 
 @attrs.frozen
@@ -113,20 +123,28 @@ class DurableCell(ActorCell):
         slot = CURRENT.get()
         applied = 0
         msg: object = batch
+        at = batch.tells[-1].sequence  # a failed write: the batch's last
         try:
             for told in batch.tells:
                 if told.sequence <= checkpointer.sequence:
                     continue
-                msg = told.message
+                msg, at = told.message, told.sequence
                 if slot is not None:
                     slot.value = told.correlation  # each tell's own chain
                 await self.table[type(msg)](actor, msg)
                 checkpointer.sequence = told.sequence
                 applied += 1
+            at = batch.tells[-1].sequence
             if applied:
                 await self.save(actor)
         except BaseException as exc:
-            self._failed(item, msg, exc)
+            if isinstance(exc, Exception):
+                self.failed += 1
+                failure = BatchFailed(str(self._failure(msg, exc)), at)
+                failure.__cause__ = exc
+                item.fail(failure)
+            else:
+                item.fail(self._failure(msg, exc))
             raise
         self._replied(item, applied, applied)
 

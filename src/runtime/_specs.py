@@ -217,7 +217,8 @@ class MailboxSpec:
             ``cluster:`` and ``checkpoint: message``; DESIGN 6.5).
         max_deliver: with ``durable``, how many times a tell is handled
             before a handler that keeps failing on it makes it a dead
-            letter (reason ``max_deliver``).
+            letter (reason ``max_deliver``); keep it at most the
+            supervisor's ``max_restarts``, or the supervisor gives up first.
     """
 
     capacity: int = attrs.field(default=100, validator=at_least(1))
@@ -226,7 +227,7 @@ class MailboxSpec:
         validator=one_of("block", "reject", "drop_oldest", "drop_newest"),
     )
     durable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
-    max_deliver: int = attrs.field(default=5, validator=at_least(1))
+    max_deliver: int = attrs.field(default=3, validator=at_least(1))
 
 
 @attrs.frozen
