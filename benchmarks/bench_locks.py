@@ -3,20 +3,25 @@ backend, against the backend's own primitive measured bare in the same run.
 
 The bare primitives: a ``trio.Lock`` (memory); ``BEGIN IMMEDIATE`` and
 ``COMMIT`` on the same SQLite file, each in a worker thread as the backend
-runs its calls (sqlite); ``pg_advisory_lock`` and ``pg_advisory_unlock``
-round trips on one connection through trio-asyncio (postgresql); a KV
-``create`` of a new key and its ``delete`` (nats). A lock adds what a lease
-needs over them: its holder and expiry written, a fencing token, and (for
-PostgreSQL and SQLite) a write that survives the process. Also recorded:
-the p99 of the acquire alone (target: under 100 ms on every backend).
+runs its calls (sqlite; also, as the analogue of the KV baseline, a row
+inserted and deleted in two write transactions: "sqlite, row");
+``pg_advisory_lock`` and ``pg_advisory_unlock`` round trips on one
+connection through trio-asyncio (postgresql); a KV ``create`` of a new key
+and its ``delete`` (nats). A lock adds what a lease needs over them: its
+holder and expiry written, a fencing token, and (for SQLite) a write that
+survives the process. Also recorded: the p99 of the acquire alone (target:
+under 100 ms on every backend). The bare primitives and the lock run in
+alternating rounds of 50 cycles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,33 +37,43 @@ from runtime._backends import NatsBackend
 
 from ._measure import percentile
 
-BACKENDS = ["memory", "sqlite", "postgresql", "postgresql-async-commit", "nats"]
+BACKENDS = ["memory", "sqlite", "postgresql", "nats"]
 
 
 def _url(kind: str, directory: Path) -> str:
-    if kind.startswith("postgresql"):
+    if kind == "postgresql":
         postgres_session.require()  # this session's own schema on the shared server
-        url = postgres_session.URL
-        if kind == "postgresql-async-commit":
-            url = url.replace("options=", "options=-csynchronous_commit%3Doff%20", 1)
-        return url
+        return postgres_session.URL
     if kind == "nats":
         return require_nats()
     return "memory://" if kind == "memory" else f"sqlite:///{directory / 'locks.db'}"
 
 
-async def _timed(cycle: Callable[[], Awaitable[None]], count: int) -> list[float]:
-    for _ in range(max(10, count // 10)):  # warm-up: connections, caches, statements
-        await cycle()
-    samples = []
-    for _ in range(count):
-        start = time.perf_counter()
-        await cycle()
-        samples.append(time.perf_counter() - start)
+Cycle = Callable[[], Awaitable[None]]
+
+ROUND = 50
+"""Cycles of one kind in a row: the bare primitive and the lock alternate
+by rounds, so a load that changes during the run weighs on both alike."""
+
+
+async def _interleaved(cycles: list[Cycle], count: int) -> list[list[float]]:
+    """``count`` timed runs of each cycle, alternating by rounds, after a warm-up."""
+    for cycle in cycles:
+        for _ in range(max(10, count // 10)):  # warm-up: connections, caches, statements
+            await cycle()
+    samples: list[list[float]] = [[] for _ in cycles]
+    for _ in range(0, count, ROUND):
+        for cycle, found in zip(cycles, samples, strict=True):
+            for _ in range(ROUND):
+                start = time.perf_counter()
+                await cycle()
+                found.append(time.perf_counter() - start)
     return samples
 
 
-async def _bare(kind: str, url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare(kind: str, url: str) -> AsyncIterator[Cycle]:
+    """The backend's own primitive as one cycle."""
     if kind == "memory":
         lock = trio.Lock()
 
@@ -66,27 +81,37 @@ async def _bare(kind: str, url: str, count: int) -> list[float]:
             await lock.acquire()
             lock.release()
 
-        return await _timed(cycle, count)
-    if kind == "sqlite":
-        connection = sqlite3.connect(
-            url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
-        )
-        connection.execute("PRAGMA journal_mode=WAL")
-
-        async def cycle() -> None:
-            await trio.to_thread.run_sync(connection.execute, "BEGIN IMMEDIATE")
-            await trio.to_thread.run_sync(connection.execute, "COMMIT")
-
-        try:
-            return await _timed(cycle, count)
-        finally:
-            connection.close()
-    if kind == "nats":
-        return await _bare_nats(url, count)
-    return await _bare_postgres(url, count)
+        yield cycle
+    elif kind == "sqlite":
+        async with _bare_sqlite(url) as cycle:
+            yield cycle
+    elif kind == "nats":
+        async with _bare_nats(url) as cycle:
+            yield cycle
+    else:
+        async with _bare_postgres(url) as cycle:
+            yield cycle
 
 
-async def _bare_postgres(url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare_sqlite(url: str) -> AsyncIterator[Cycle]:
+    connection = sqlite3.connect(
+        url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+
+    async def cycle() -> None:
+        await trio.to_thread.run_sync(connection.execute, "BEGIN IMMEDIATE")
+        await trio.to_thread.run_sync(connection.execute, "COMMIT")
+
+    try:
+        yield cycle
+    finally:
+        connection.close()
+
+
+@asynccontextmanager
+async def _bare_postgres(url: str) -> AsyncIterator[Cycle]:
     connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(url)
     fetch = trio_asyncio.aio_as_trio(connection.fetchval)
 
@@ -95,12 +120,13 @@ async def _bare_postgres(url: str, count: int) -> list[float]:
         await fetch("SELECT pg_advisory_unlock(7240499)")
 
     try:
-        return await _timed(cycle, count)
+        yield cycle
     finally:
         await trio_asyncio.aio_as_trio(connection.close)()
 
 
-async def _bare_nats(url: str, count: int) -> list[float]:
+@asynccontextmanager
+async def _bare_nats(url: str) -> AsyncIterator[Cycle]:
     backend = NatsBackend(url)
     bucket = unique("bench_kv")
     kv = await backend.kv(bucket, ttl=600)
@@ -113,34 +139,56 @@ async def _bare_nats(url: str, count: int) -> list[float]:
         await kv.delete(key, revision)
 
     try:
-        return await _timed(cycle, count)
+        yield cycle
     finally:
         await backend.delete_bucket(bucket)
         await backend.aclose()
 
 
-async def _locks(url: str, count: int) -> tuple[list[float], list[float]]:
-    """Acquire+release cycles and, separately, the acquire alone."""
+@asynccontextmanager
+async def _bare_sqlite_row(url: str) -> AsyncIterator[Cycle]:
+    """A row written and deleted, each in its own write transaction in a
+    worker thread: what a lease that outlives its process costs at least."""
+    connection = sqlite3.connect(
+        url.removeprefix("sqlite:///"), check_same_thread=False, isolation_level=None
+    )
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("CREATE TABLE IF NOT EXISTS bare_rows (name TEXT PRIMARY KEY, v REAL)")
+
+    async def cycle() -> None:
+        await trio.to_thread.run_sync(
+            connection.execute, "INSERT INTO bare_rows VALUES ('one', 1.0)"
+        )
+        await trio.to_thread.run_sync(connection.execute, "DELETE FROM bare_rows WHERE name='one'")
+
+    try:
+        yield cycle
+    finally:
+        connection.close()
+
+
+async def _run(
+    kind: str, url: str, count: int
+) -> tuple[list[list[float]], list[float], list[float]]:
+    """The bare primitives' cycles, the lock's acquire+release cycles and,
+    separately, the lock's acquire alone."""
+    acquired: list[float] = []
     topology = runtime.Topology(system=unique("bench_locks"), locks=url)
-    async with runtime.open_system(topology, store="memory://") as system:
-        acquired: list[float] = []
-        started = 0.0
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(trio_asyncio.open_loop())
+        bares = [await stack.enter_async_context(_bare(kind, url))]
+        if kind == "sqlite":
+            bares.append(await stack.enter_async_context(_bare_sqlite_row(url)))
+        system = await stack.enter_async_context(runtime.open_system(topology, store="memory://"))
 
         async def cycle() -> None:
-            nonlocal started
             started = time.perf_counter()
             async with system.lock("bench:one", ttl=30):
                 acquired.append(time.perf_counter() - started)
 
-        cycles = await _timed(cycle, count)
-        return cycles, acquired[-count:]
-
-
-async def _run(kind: str, url: str, count: int) -> tuple[list[float], list[float], list[float]]:
-    async with trio_asyncio.open_loop():
-        bare = await _bare(kind, url, count)
-        cycles, acquired = await _locks(url, count)
-    return bare, cycles, acquired
+        *bare_samples, cycles = await _interleaved([*bares, cycle], count)
+    return bare_samples, cycles, acquired[-count:]
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -150,21 +198,23 @@ def test_lock_acquire_release(bench: Any, quick: bool, kind: str) -> None:
     of the acquire alone (target: under 100 ms)."""
     count = 100 if quick else 2_000
     with tempfile.TemporaryDirectory() as directory:
-        bare, cycles, acquired = trio.run(_run, kind, _url(kind, Path(directory)), count)
+        bares, cycles, acquired = trio.run(_run, kind, _url(kind, Path(directory)), count)
     baseline = {
         "memory": "trio.Lock",
         "sqlite": "BEGIN IMMEDIATE+COMMIT",
         "nats": "KV create+delete",
     }.get(kind, "pg_advisory_lock+unlock")
-    for q in (50, 99):
-        bench.record(
-            f"lock acquire+release p{q} ({kind})",
-            percentile(cycles, q),
-            "s",
-            baseline=percentile(bare, q),
-            baseline_name=baseline,
-            higher_is_better=False,
-        )
+    names = [(kind, baseline), ("sqlite, row", "row INSERT+DELETE")]
+    for (label, name), bare in zip(names, bares, strict=False):
+        for q in (50, 99):
+            bench.record(
+                f"lock acquire+release p{q} ({label})",
+                percentile(cycles, q),
+                "s",
+                baseline=percentile(bare, q),
+                baseline_name=name,
+                higher_is_better=False,
+            )
     bench.record(
         f"lock acquire p99, uncontended ({kind})",
         percentile(acquired, 99),

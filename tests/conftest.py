@@ -15,6 +15,7 @@ import trio_asyncio
 
 from runtime._checkpoint import CheckpointStore, open_store
 from tests import postgres_session
+from tests.browserkit import require_browser
 from tests.servers import private_nats, private_postgres, require_nats  # noqa: F401 (fixtures for every test)
 
 
@@ -23,11 +24,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_postgres()
     if item.get_closest_marker("nats"):
         require_nats()
+    if item.get_closest_marker("browser"):
+        require_browser()
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs the PostgreSQL test server")
     config.addinivalue_line("markers", "nats: needs the NATS (JetStream) test server")
+    config.addinivalue_line(
+        "markers",
+        "browser: drives a real headless Chromium (skip locally with -m 'not browser')",
+    )
     config.addinivalue_line(
         "markers",
         "multiprocess: runs several OS processes (skip locally with -m 'not multiprocess')",

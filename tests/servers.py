@@ -176,6 +176,11 @@ class PrivatePostgres:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
+    def crash(self) -> None:
+        """Stop at once, as a crash does: no shutdown checkpoint; the next
+        start recovers from the WAL (and empties unlogged tables)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+
 
 @pytest.fixture
 def private_postgres() -> Iterator[PrivatePostgres]:

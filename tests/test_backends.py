@@ -18,6 +18,7 @@ from runtime._backends import (
     PostgresBackend,
     backend_kind,
     redacted,
+    run_inline,
 )
 from tests.conftest import POSTGRES_URL
 from tests.servers import NATS_URL, PrivateNats, PrivatePostgres, unique
@@ -151,3 +152,35 @@ def test_nats_is_not_imported_by_a_system_that_does_not_use_it() -> None:
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_run_inline_returns_at_once_or_waits_for_the_futures_it_awaits(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A coroutine that never waits completes in the calling task; one that
+    waits for asyncio futures is resumed as they complete; one that waits
+    past the limit is closed where it waits."""
+    import asyncio
+
+    async def at_once() -> int:
+        return 1
+
+    async def waits() -> int:
+        await asyncio.sleep(1)
+        await asyncio.sleep(0)
+        return 2
+
+    closed = []
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            closed.append(True)
+
+    async with trio_asyncio.open_loop():
+        assert await run_inline(at_once(), 1) == 1
+        assert await run_inline(waits(), 5) == 2
+        with pytest.raises(trio.TooSlowError):
+            await run_inline(forever(), 0.5)
+    assert closed == [True]

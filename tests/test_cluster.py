@@ -193,6 +193,11 @@ async def test_units_are_spread_run_once_and_answer_remote_calls(
         snapshot = await ref.ask(Get(), timeout=10)
         assert isinstance(snapshot, Snapshot)
         assert (snapshot.total, snapshot.applied) == (5, ["one", "two"])
+        keys = [f"k{i}" for i in range(300)]  # several batches of tells, then an ask
+        for key in keys:
+            await ref.tell(Add(1, key))
+        snapshot = await ref.ask(Get(), timeout=10)
+        assert (snapshot.total, snapshot.applied[2:]) == (305, keys)
         with pytest.raises(ActorFailed, match="ValueError") as failed:
             await ref.ask(Boom("bad input"), timeout=10)
         assert "bad input" in str(failed.value.__cause__)

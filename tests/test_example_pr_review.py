@@ -27,6 +27,7 @@ import trio
 from actors.pr_review import Deploy, Deployer, Deployment, Environment, PullRequest
 
 from runtime import ActorRef, ChildSpec, SqliteStore, SupervisorSpec, Topology, open_system
+from tests.workflow_agents import sqlite_journals
 
 REPO = Path(__file__).resolve().parent.parent
 TIMEOUT = 60.0
@@ -74,7 +75,8 @@ def read_journal(tmp_path: Path) -> list[dict[str, Any]]:
 
 
 def read_checkpoints(tmp_path: Path) -> dict[str, Any]:
-    """The checkpointed state of every actor, by path, as JSON."""
+    """The checkpointed state of every actor, by path, as JSON, and each
+    workflow run's journal."""
 
     async def load() -> dict[str, Any]:
         store = SqliteStore(tmp_path / "pr_review.db")
@@ -88,7 +90,11 @@ def read_checkpoints(tmp_path: Path) -> dict[str, Any]:
         finally:
             await store.aclose()
 
-    return trio.run(load)
+    states = trio.run(load)
+    # The workflow journals are no actor's checkpoint (``paths()`` leaves
+    # them out): each run's, read back whole, at its run's key.
+    journals = sqlite_journals(tmp_path / "pr_review.db", "pr")
+    return states | {f"workflow/pr/{run_id}": journal for run_id, journal in journals.items()}
 
 
 def journals_in(checkpoints: dict[str, Any]) -> dict[int, dict[str, Any]]:

@@ -353,7 +353,8 @@ async def test_until_idle_with_an_open_circuit_exits_3(
 
 def test_judge_decides_the_exit_code() -> None:
     """The verdict alone: a signal is 0 whatever the progress; idle is 0 only
-    with done >= total and no circuit open; the time up is always 4."""
+    with done >= total, no circuit open and no workflow run needing
+    attention; the time up is always 4."""
     unfinished = runtime.Progress(done=24, total=30, retried=0, working=())
     finished = runtime.Progress(done=30, total=30, retried=2, working=())
     uncounted = runtime.Progress(done=0, total=0, retried=0, working=())
@@ -364,6 +365,12 @@ def test_judge_decides_the_exit_code() -> None:
     code, lines = judge(RunEnd("idle", circuits=("root/a (half-open)",)), finished)
     assert code == 3
     assert lines[0].startswith("idle with 1 circuit(s) open: root/a (half-open); ")
+    code, lines = judge(RunEnd("idle", attention=("pr/pr-3", "pr/pr-5")), finished)
+    assert code == 3
+    assert lines == [
+        "idle with 2 workflow run(s) needing attention: pr/pr-3, pr/pr-5; "
+        "run each again with its run id once fixed"
+    ]
     assert judge(RunEnd("time", limit=1.5), uncounted) == (
         4,
         ["time ran out after 1.5s (--max-time)"],

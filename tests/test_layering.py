@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_correlation", "_priority", "_durations", "_tracing", "_listen", "_yaml"},
     {"_logging", "_specs", "_breaker", "_outage", "_backends", "_routing"},
     # Mechanisms: mailbox, checkpoint stores and lifecycle, the fake LLM backend.
-    {"_mailbox", "_checkpoint", "_fake_llm", "_lock_backends"},
+    {"_mailbox", "_checkpoint", "_fake_llm", "_lock_backends", "_shared"},
     {"_limiter", "_ref", "_locks", "_budget"},
     # The tree's view of the system, and an incarnation's view of its cell.
     {"_host"},
@@ -40,6 +40,8 @@ LAYERS: list[set[str]] = [
     {"_cluster"},
     {"_health"},
     {"_metrics", "_endpoint"},
+    # The live console: /ui's routes, served by the endpoint.
+    {"_console"},
     {"_services"},
     # The audit (a tool of the command line), from its rules up to its command.
     {"_audit.rules"},

@@ -120,13 +120,33 @@ async def test_renewal_keeps_a_long_holder(autojump_clock: object) -> None:
             assert again.token > lease.token
 
 
+class Renewed(MemoryLocks):
+    """Leases in process renewed as a remote engine's are (a task renews
+    them every ttl/3): the renewal logic on the virtual clock."""
+
+    in_process = False
+
+
+async def test_an_in_process_lease_lasts_while_its_block_runs(autojump_clock: object) -> None:
+    """memory://: the holder is in process, so nothing renews or expires its
+    lease: held for 100 ttls, its end stays ttl ahead; no task is started."""
+    async with open_system(store="memory://") as system:
+        async with system.lock("long", ttl=1.0) as lease:
+            tasks = len(trio.lowlevel.current_task().parent_nursery.child_tasks)  # type: ignore[union-attr]
+            await trio.sleep(100.0)
+            assert lease.held and lease.expires_in == pytest.approx(1.0)
+            assert await system.is_locked("long")
+            assert len(trio.lowlevel.current_task().parent_nursery.child_tasks) == tasks  # type: ignore[union-attr]
+        assert not lease.held and lease.expires_in == 0.0
+        assert system.lock_statistics().lost == 0
+
+
 async def test_a_stolen_lease_cancels_the_body_with_lock_lost(autojump_clock: object) -> None:
     """When the lease is taken from under its holder (removed on the backend
     here), the next renewal finds it gone: the body is cancelled and
     LockLost is raised out of the block; the lock is counted as lost."""
     async with open_system(store="memory://") as system:
-        backend = system.lock_manager.backend
-        assert isinstance(backend, MemoryLocks)
+        backend = system.lock_manager.backend = Renewed()
         reached = False
         start = trio.current_time()
         with pytest.raises(LockLost, match="taken over or removed") as info:
@@ -140,7 +160,7 @@ async def test_a_stolen_lease_cancels_the_body_with_lock_lost(autojump_clock: ob
         assert system.lock_statistics().lost == 1
 
 
-class Unreachable(MemoryLocks):
+class Unreachable(Renewed):
     """Leases in process whose renewals fail as an unreachable engine's do."""
 
     async def renew(self, *args: object) -> int | None:
@@ -163,7 +183,7 @@ async def test_backend_unreachable_while_acquiring(autojump_clock: object) -> No
     """An acquisition that cannot reach the backend before wait_timeout
     raises StoreUnavailable and counts an error."""
 
-    class Down(MemoryLocks):
+    class Down(Renewed):
         async def try_acquire(self, *args: object) -> None:
             raise BackendUnavailable("refused")
 

@@ -11,6 +11,7 @@ holder or the engine stops.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import socket
@@ -29,7 +30,7 @@ from runtime._backends import NatsBackend, PostgresBackend
 from runtime._lock_backends import nats_bucket, nats_key
 from runtime.errors import LockHeld, LockLost
 from tests.conftest import POSTGRES_URL, require_postgres
-from tests.servers import PrivateNats, require_nats, unique
+from tests.servers import PrivateNats, PrivatePostgres, require_nats, unique
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ["sqlite", "postgresql", "nats"]
@@ -50,6 +51,13 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         url = require_nats()
         yield kind, url, system
         trio.run(_delete_bucket, url, nats_bucket(system))
+
+
+@pytest.fixture
+def postgres_url() -> str:
+    """This session's schema on the shared PostgreSQL (skipped when unreachable)."""
+    require_postgres()
+    return POSTGRES_URL
 
 
 async def _delete_bucket(url: str, bucket: str) -> None:
@@ -117,7 +125,7 @@ async def _remove(kind: str, url: str, system: str, name: str) -> None:
 
         async def delete(connection: object) -> None:
             await connection.execute(  # type: ignore[attr-defined]
-                "DELETE FROM runtime_locks WHERE system = $1 AND name = $2", system, name
+                "DELETE FROM runtime_lock_leases WHERE system = $1 AND name = $2", system, name
             )
 
         await backend.run(delete)
@@ -129,10 +137,12 @@ async def _remove(kind: str, url: str, system: str, name: str) -> None:
         await backend_nats.aclose()
 
 
-def _holder(url: str, system: str, name: str, hold: str) -> tuple[subprocess.Popen[str], int]:
+def _holder(
+    url: str, system: str, name: str, hold: str, ttl: float = TTL
+) -> tuple[subprocess.Popen[str], int]:
     """A holder in another process; its token once it holds the lock."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.lock_holder", url, system, name, str(TTL), hold],
+        [sys.executable, "-m", "tests.lock_holder", url, system, name, str(ttl), hold],
         cwd=REPO,
         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)])},
         stdout=subprocess.PIPE,
@@ -219,3 +229,82 @@ async def test_nats_stopped_under_a_holder_loses_the_lock(private_nats: PrivateN
                     await trio.to_thread.run_sync(private_nats.stop)
                     await trio.sleep(10)
             assert trio.current_time() <= lease.expires_at + 0.1
+
+
+@pytest.mark.multiprocess
+async def test_postgresql_frees_a_killed_holders_lock_at_once(postgres_url: str) -> None:
+    """PostgreSQL: the lock is the holder's session advisory lock, so a
+    SIGKILLed holder's lock is free as soon as the server sees its
+    connection end, long before its ttl (30 s here)."""
+    system_name = unique("locks")
+    process, dead_token = await trio.to_thread.run_sync(
+        functools.partial(_holder, POSTGRES_URL, system_name, "job", "inf", ttl=30.0)
+    )
+    try:
+        with trio.fail_after(20):
+            async with open_system(_topology(POSTGRES_URL, system_name), store="memory://") as s:
+                assert await s.is_locked("job")
+                process.send_signal(signal.SIGKILL)
+                killed = time.monotonic()
+                async with s.lock("job", ttl=30.0, wait_timeout=10) as lease:
+                    freed_after = time.monotonic() - killed
+                    assert lease.token > dead_token
+    finally:
+        process.kill()
+        process.wait()
+    assert freed_after < 3.0
+
+
+@pytest.mark.multiprocess
+async def test_postgresql_ends_the_session_of_a_stalled_holder(postgres_url: str) -> None:
+    """PostgreSQL: a holder that stops renewing (SIGSTOPped: its connection
+    stays open, so the server keeps its advisory lock) loses its lock when
+    its lease expires: the next acquirer ends its session. Resumed, the
+    stalled holder finds its lease lost and does not print "released"."""
+    system_name = unique("locks")
+    process, stalled_token = await trio.to_thread.run_sync(
+        _holder, POSTGRES_URL, system_name, "job", "inf"
+    )
+    try:
+        with trio.fail_after(20):
+            async with open_system(_topology(POSTGRES_URL, system_name), store="memory://") as s:
+                process.send_signal(signal.SIGSTOP)
+                stopped = time.monotonic()
+                async with s.lock("job", ttl=TTL, wait_timeout=10) as lease:
+                    taken_after = time.monotonic() - stopped
+                    assert lease.token > stalled_token
+                    process.send_signal(signal.SIGCONT)
+                    status = await trio.to_thread.run_sync(process.wait, 10)
+    finally:
+        process.kill()
+        process.wait()
+    assert TTL * 2 / 3 <= taken_after <= TTL + 1.0  # its last renewal was at most ttl/3 before
+    assert status != 0  # LockLost: it never printed "released"
+
+
+async def test_postgresql_crash_loses_held_locks_at_once_and_tokens_keep_growing(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """A server crash ends the holder's session: the body is cancelled with
+    LockLost at once (not after the ttl). After the restart (crash recovery
+    empties the unlogged lease table) the next grant's token is still
+    greater than every token granted before the crash."""
+    system_name = unique("locks")
+    url = private_postgres.url
+    with trio.fail_after(60):
+        async with open_system(_topology(url, system_name), store="memory://") as s:
+            tokens = []
+            for _ in range(3):
+                async with s.lock("job", ttl=30.0) as lease:
+                    tokens.append(lease.token)
+            with pytest.raises(LockLost, match="ended the session"):
+                async with s.lock("job", ttl=30.0) as lease:
+                    tokens.append(lease.token)
+                    await trio.to_thread.run_sync(private_postgres.crash)
+                    crashed = trio.current_time()
+                    await trio.sleep(30)
+            assert trio.current_time() - crashed < 2.0
+            await trio.to_thread.run_sync(private_postgres.start)
+            async with s.lock("job", ttl=30.0, wait_timeout=10) as after:
+                assert after.token > max(tokens)
+    assert tokens == sorted(set(tokens))

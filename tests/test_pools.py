@@ -201,17 +201,29 @@ async def test_a_crash_in_one_worker_leaves_the_others_messages_alone(
     assert ("root/pool/1", 3) in HANDLED
 
 
-async def test_all_circuits_open_fails_fast(autojump_clock: trio.abc.Clock) -> None:
+@pytest.mark.parametrize("routing", ["round_robin", "least_busy", "random"])
+async def test_all_circuits_open_fails_fast(autojump_clock: trio.abc.Clock, routing: str) -> None:
     """Once every worker's circuit is open, ask and tell raise CircuitOpen
-    at once (no virtual time passes); while one is open, routing skips it."""
-    topology = pool_topology(2, circuit_breaker={"failures": 1, "reset_timeout": 60})
+    at once (no virtual time passes); while one is open, routing skips it
+    (each policy: their tell paths differ)."""
+    topology = pool_topology(2, routing, circuit_breaker={"failures": 1, "reset_timeout": 60})
     with trio.fail_after(GUARD):
         async with open_system(topology) as system:
             pool = system.ref("root/pool")
             with pytest.raises(ActorFailed):
-                await pool.ask(Job(1, crash=True))  # worker 0: its circuit opens
+                await pool.ask(Job(1, crash=True))  # its worker's circuit opens
             await trio.testing.wait_all_tasks_blocked()
-            assert [await pool.ask(Job(n)) for n in range(3)] == ["root/pool/1"] * 3
+            closed = [
+                path
+                for path in ("root/pool/0", "root/pool/1")
+                if system.ref(path).statistics().breaker == "closed"
+            ]
+            assert len(closed) == 1  # round_robin: worker 1
+            assert [await pool.ask(Job(n)) for n in range(3)] == closed * 3
+            for n in range(10, 16):
+                await pool.tell(Job(n))
+            await system.wait_until_idle()
+            assert {path for path, n in HANDLED if n >= 10} == set(closed)
             with pytest.raises(ActorFailed):
                 await pool.ask(Job(2, crash=True))  # worker 1 too
             await trio.testing.wait_all_tasks_blocked()

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 import runtime
 from runtime import ChildSpec, RetrySpec, SupervisorSpec, Topology, open_system
 from runtime.errors import ActorNotFound, TopologyError
-from runtime.workflow import Step, StepResult, Workflow, current_step_key
+from runtime.workflow import Journal, Step, StepResult, Workflow, current_step_key, step_key
 from tests.workflow_agents import Echo, Job, Relay, Tally, Verdict, Worker
 
 
@@ -336,15 +336,107 @@ async def test_a_cancelled_run_resumes_with_the_same_keys(autojump_clock: trio.a
     assert result.status == "succeeded" and result.resumed == ("a",)
     assert tally.runs == {"a": 1, "b": 2}
     assert tally.keys == ["c1/a/1", "c1/b/1", "c1/b/1"]
-    assert await store.paths() == ["workflow/cancel/c1"]
+    assert await store.paths() == []  # journals are no actor's checkpoint
+    # ``a`` has its own entry; ``b`` ended the run: the run's last write has it.
+    assert await store.load(step_key("cancel", "c1", "a")) is not None
+    assert await store.load(step_key("cancel", "c1", "b")) is None
+    journal = Journal(store, "cancel", "c1", ["a", "b"])
+    steps = await journal.load()
+    assert journal.status == "succeeded"
+    assert {name: step.status for name, step in steps.items()} == {
+        "a": "succeeded",
+        "b": "succeeded",
+    }
+
+
+class SizedStore(runtime.MemoryStore):
+    """A memory store that keeps the path and size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[str, int]] = []
+
+    async def save(self, path: str, data: str, version: int) -> int:
+        self.writes.append((path, len(data)))
+        return await super().save(path, data, version)
+
+
+async def test_each_journal_write_has_one_step_whatever_the_run_length(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A 40-step sequential run writes the run's entry, each step but the
+    last in an entry of its own, then the run's entry with its status and
+    the last step: 41 writes, none larger than the first step's."""
+    tally = Tally()
+    names = [f"s{index:02}" for index in range(40)]
+    wf = Workflow("long", jobs(*names), strategy="sequential")
+    store = SizedStore()
+    with trio.fail_after(600):
+        async with open_system(topology(tally), store=store) as system:
+            result = await system.run_workflow(wf, run_id="l1")
+    assert result.status == "succeeded"
+    run_key = "workflow/long/l1"
+    assert [path for path, _ in store.writes] == [
+        run_key,
+        *(step_key("long", "l1", name) for name in names[:-1]),
+        run_key,
+    ]
+    step_sizes = [size for path, size in store.writes[1:-1]]
+    assert max(step_sizes) == min(step_sizes)
+    assert store.writes[-1][1] < 2 * (store.writes[0][1] + step_sizes[0])
+    journal = Journal(store, "long", "l1", names)
+    assert set(await journal.load()) == set(names)
+
+
+async def test_a_step_journaled_as_failed_is_written_over_when_it_succeeds(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """``a`` fails while ``b`` runs: its own entry says failed, and ``b``,
+    ending the run, is in the run's entry. Run again, ``a`` succeeds over
+    its entry (the version it read), ``b`` is taken from the run's entry;
+    a third run runs nothing."""
+    tally = Tally()
+    steps = [
+        Step("a", "root/worker", Job("a", sleep=1, fail_first=1)),
+        Step("b", "root/other", Job("b", sleep=5)),  # its own actor: a's crash spares it
+        Step("c", "root/worker", Job("c"), depends_on=["a"]),
+    ]
+    wf = Workflow("over", steps)
+    store = SizedStore()
+    with trio.fail_after(60):
+        async with open_system(topology(tally, other="b"), store=store) as system:
+            first = await system.run_workflow(wf, run_id="o1")
+            second = await system.run_workflow(wf, run_id="o1")
+            third = await system.run_workflow(wf, run_id="o1")
+    assert first.status == "failed" and first.steps["b"].status == "succeeded"
+    assert second.status == "succeeded" and second.resumed == ("b",)
+    assert third.resumed == ("a", "b", "c")
+    assert tally.runs == {"a": 2, "b": 1, "c": 1}
+    a_key = step_key("over", "o1", "a")
+    assert [path for path, _ in store.writes].count(a_key) == 2
+    assert (await store.load(a_key) or (0, ""))[0] == 2
+
+
+async def test_a_one_step_run_makes_one_write(autojump_clock: trio.abc.Clock) -> None:
+    tally = Tally()
+    store = SizedStore()
+    with trio.fail_after(60):
+        async with open_system(topology(tally), store=store) as system:
+            result = await system.run_workflow(Workflow("one", jobs("only")), run_id="o1")
+    assert result.status == "succeeded"
+    assert [path for path, _ in store.writes] == ["workflow/one/o1"]
 
 
 async def test_a_run_in_flight_keeps_the_system_busy_and_shows_in_status(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """While a run waits out a retry's backoff, no actor works, yet the
     system is not idle; progress and ``/status`` show the run and its steps."""
     from runtime._endpoint import status_document
+
+    # The backoff's jitter draws from the whole range below ``initial``:
+    # half of it (50 s) is still running at the look, 1 s in.
+    monkeypatch.setattr("runtime.workflow.random.random", lambda: 0.5)
 
     tally = Tally()
     steps = [

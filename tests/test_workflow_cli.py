@@ -3,11 +3,9 @@ SIGKILL at random points without repeating a finished step."""
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.clikit import REPO, SOURCE, SUBPROCESS_TIMEOUT, run_cli
+from tests.workflow_agents import sqlite_journals
 
 TOPOLOGY = """\
 system: wf
@@ -138,19 +137,8 @@ def test_a_run_needing_attention_exits_3(topology: Path) -> None:
 
 def journaled(store: Path, run_id: str) -> set[str]:
     """The steps the run's journal has as succeeded."""
-    if not store.exists():
-        return set()
-    with sqlite3.connect(store) as db:
-        try:
-            row = db.execute(
-                "SELECT data FROM runtime_checkpoints WHERE path = ?", (f"workflow/long/{run_id}",)
-            ).fetchone()
-        except sqlite3.OperationalError:  # killed before the store's table was made
-            return set()
-    if row is None:
-        return set()
-    steps = json.loads(row[0])["steps"]
-    return {name for name, entry in steps.items() if entry["status"] == "succeeded"}
+    journal = sqlite_journals(store, "long").get(run_id, {"steps": {}})
+    return {name for name, entry in journal["steps"].items() if entry["status"] == "succeeded"}
 
 
 def executions(record: Path) -> list[tuple[str, int]]:
@@ -210,3 +198,29 @@ def test_sigkill_at_random_points_never_repeats_a_finished_step(
     # Some kills landed mid-run: the journal grew between them.
     sizes = [len(finished) for finished, _ in finished_at_kill]
     assert len(set(sizes)) >= 3, sizes
+
+
+def test_start_until_idle_exits_3_with_a_run_needing_attention(
+    topology: Path, tmp_path: Path
+) -> None:
+    """An actor runs ``refused`` under ``start --until-idle``: the run parks
+    as needs_attention, the system goes idle, and the command exits 3 with
+    the summary and the run named on stderr."""
+    launched = tmp_path / "launched.yaml"
+    launched.write_text(
+        topology.read_text().replace(
+            "  children:\n",
+            "  children:\n"
+            "    - name: launcher\n"
+            "      actor: tests.workflow_agents:Launcher\n"
+            "      args: {workflow: refused, run_id: n2}\n",
+            1,
+        )
+    )
+    result = run_cli("start", str(launched), "--until-idle", "--progress-interval", "0")
+    assert result.returncode == 3, result.stderr
+    assert "workflow runs: 1 needs_attention" in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "idle with 1 workflow run(s) needing attention: refused/n2; "
+        "run each again with its run id once fixed"
+    )

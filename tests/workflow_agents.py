@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -111,6 +114,27 @@ class Relay(runtime.Actor[None]):
         return answer
 
 
+@attrs.frozen
+class Launch:
+    pass
+
+
+class Launcher(runtime.Actor[None]):
+    """Once started, runs the topology's workflow ``workflow`` as ``run_id``
+    (what an application's actor does under ``runtime start``)."""
+
+    def __init__(self, *, workflow: str, run_id: str) -> None:
+        self.workflow = workflow
+        self.run_id = run_id
+
+    async def on_start(self) -> None:
+        self.ctx.self_ref.tell_nowait(Launch())
+
+    @runtime.handler
+    async def launch(self, msg: Launch) -> None:
+        await self.ctx.system.run_workflow(self.workflow, run_id=self.run_id)
+
+
 def no_bad_answers(value: str) -> None:
     """Refuse an answer that says ``bad``."""
     if "bad" in value:
@@ -119,3 +143,38 @@ def no_bad_answers(value: str) -> None:
 
 def always_refuse(value: object) -> None:
     raise Invalid("not good enough")
+
+
+def sqlite_journals(store: Path, workflow: str) -> dict[str, dict[str, Any]]:
+    """The journals of ``workflow``'s runs in a SQLite checkpoint store, by
+    run id, each ``{"status": ..., "steps": {name: entry}}``: the run's entry
+    with the steps journaled in entries of their own (a step in both is
+    taken from the one that says it succeeded, else from the run's entry).
+    Empty while the store's file or table does not exist yet."""
+    prefix = f"workflow/{workflow}/"
+    if not store.exists():
+        return {}
+    with sqlite3.connect(store) as db:
+        try:
+            rows = db.execute(
+                "SELECT path, data FROM runtime_checkpoints WHERE substr(path, 1, ?) = ?",
+                (len(prefix), prefix),
+            ).fetchall()
+        except sqlite3.OperationalError:  # killed before the store's table was made
+            return {}
+    runs: dict[str, dict[str, Any]] = {}
+    own: list[tuple[str, str, dict[str, Any]]] = []
+    for path, data in rows:
+        run_id, _, step = path[len(prefix) :].partition("/step/")
+        if step:
+            own.append((run_id, step, json.loads(data)))
+        else:
+            document = json.loads(data)
+            runs[run_id] = {"status": document["status"], "steps": dict(document["steps"])}
+    for run_id, step, entry in own:
+        if run_id not in runs:
+            continue  # not the step of a run that was begun
+        steps = runs[run_id]["steps"]
+        if step not in steps or entry["status"] == "succeeded":
+            steps[step] = entry
+    return runs

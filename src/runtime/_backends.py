@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import os
 import re
@@ -25,7 +26,7 @@ import secrets
 import socket
 import sqlite3
 import urllib.parse
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ __all__ = [
     "backend_kind",
     "process_identity",
     "redacted",
+    "run_inline",
     "subject_token",
 ]
 
@@ -53,6 +55,14 @@ T = TypeVar("T")
 
 DEFAULT_OP_TIMEOUT = 2.0
 """Seconds one call to an engine may take before it counts as unreachable."""
+
+NATS_PENDING_SIZE = 2 * 1024 * 1024
+"""Bytes nats-py buffers for sending before a publish waits for a flush
+(its ``pending_size``, unless the connect options name another)."""
+
+PUBLISH_HEADROOM = 64 * 1024
+"""Bytes an inline publish keeps free in that buffer: one that would fill it
+closer than this is made on asyncio, where nats-py may wait for the flush."""
 
 _KINDS = {
     "memory": "memory",
@@ -122,6 +132,41 @@ class BackendUnavailable(Exception):
 class NoResponders(Exception):
     """A NATS request found nobody subscribed to its subject (the server said
     so at once: during a failover, nobody serves the subject for a moment)."""
+
+
+async def run_inline(coro: Coroutine[Any, Any, T], limit: float) -> T:
+    """Run the asyncio coroutine ``coro`` in the calling trio task.
+
+    trio-asyncio runs the asyncio loop in this thread, so a nats-py call that
+    only appends to its buffers and kicks its flusher (a publish with room in
+    the buffer) completes here at once, with no hop to an asyncio task and
+    back (several scheduling rounds each way). Should it wait for an asyncio
+    future after all, this task waits for that future, within ``limit``
+    seconds, and carries on; cancelled or out of time, the coroutine is
+    closed where it waits.
+    """
+    try:
+        yielded = coro.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    try:
+        with trio.fail_after(limit):
+            while True:
+                if yielded is not None:  # an asyncio future it waits for
+                    yielded._asyncio_future_blocking = False
+                    with contextlib.suppress(Exception):  # the coroutine reads its outcome
+                        await trio_asyncio.run_aio_future(yielded)
+                else:  # a bare yield: give the loop a turn
+                    await trio.lowlevel.checkpoint()
+                try:
+                    yielded = coro.send(None)
+                except StopIteration as done:
+                    result = done.value
+                    return result
+    except BaseException:
+        coro.close()
+        raise
 
 
 def process_identity() -> tuple[str, int, str]:
@@ -290,6 +335,9 @@ class NatsBackend:
         self._js: Any = None
         self._buckets: dict[str, NatsKV] = {}
         self._lock = trio.Lock()
+        self._replies: _Replies | None = None
+        self._replies_lock = trio.Lock()
+        self._pending_limit = int(self.options.get("pending_size", NATS_PENDING_SIZE))
 
     async def _connected(self) -> Any:
         """The JetStream context, connecting first if need be."""
@@ -304,7 +352,14 @@ class NatsBackend:
             reconnect: dict[str, Any] = (
                 {"allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.2}
                 if self.reconnect
-                else {"allow_reconnect": False, "max_reconnect_attempts": 0}
+                # nats-py reads 0 as "no limit" and retries a refused first
+                # connect forever: one retry, at once, then NoServersError
+                # (the next call connects anew).
+                else {
+                    "allow_reconnect": False,
+                    "max_reconnect_attempts": 1,
+                    "reconnect_time_wait": 0,
+                }
             )
             try:
                 with trio.fail_after(self.op_timeout * 2):
@@ -315,8 +370,9 @@ class NatsBackend:
                         error_cb=_quiet,
                         disconnected_cb=_quiet_event,
                         closed_cb=_quiet_event,
+                        pending_size=self._pending_limit,
                         **reconnect,
-                        **self.options,
+                        **{k: v for k, v in self.options.items() if k != "pending_size"},
                     )
             except nats_unreachable() as exc:
                 raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
@@ -375,36 +431,70 @@ class NatsBackend:
         return self._client
 
     async def publish(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None, reply: str = ""
     ) -> None:
-        """Publish ``data`` on ``subject`` (at most once: nobody may listen)."""
-        client = await self.client()
-        await self.call(client.publish, subject, data, "", headers)
+        """Publish ``data`` on ``subject`` (at most once: nobody may listen).
+
+        The message goes into nats-py's buffer from this task, in the order
+        of the calls; nats-py's flusher writes the buffer out in the
+        background, so this waits neither for the network nor for asyncio
+        (unless the buffer is nearly full: then for the flush).
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        client = self._client
+        if client is None or not client.is_connected:
+            client = await self.client()
+        try:
+            if client.pending_data_size + len(data) + PUBLISH_HEADROOM < self._pending_limit:
+                await run_inline(client.publish(subject, data, reply, headers), self.op_timeout)
+            else:
+                with trio.fail_after(self.op_timeout):
+                    await trio_asyncio.aio_as_trio(client.publish)(subject, data, reply, headers)
+        except nats_unreachable() as exc:
+            raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
 
     async def request(
         self, subject: str, data: bytes, timeout: float, headers: dict[str, str] | None = None
     ) -> bytes:
         """Send ``data`` to one subscriber of ``subject`` and return its reply.
 
+        The reply comes to this connection's inbox subscription, which hands
+        it to the waiting task directly (no asyncio task per request).
+
         Raises:
             NoResponders: nobody is subscribed to ``subject`` now.
             TimeoutError: no reply within ``timeout`` seconds.
             BackendUnavailable: the server cannot be reached.
         """
-        client = await self.client()
-        errors = _nats().errors
+        replies = self._replies
+        if replies is None or replies.client is not self._client or not replies.client.is_connected:
+            replies = await self._reply_inbox()
+        token, waiter = replies.expect()
         try:
-            with trio.fail_after(timeout + 1.0):  # nats-py's own timeout comes first
-                message = await trio_asyncio.aio_as_trio(client.request)(
-                    subject, data, timeout, headers=headers
-                )
-        except errors.NoRespondersError as exc:
-            raise NoResponders(subject) from exc
-        except (errors.TimeoutError, trio.TooSlowError, TimeoutError) as exc:
-            raise TimeoutError(f"no reply on {subject} within {timeout}s") from exc
-        except nats_unreachable() as exc:
-            raise BackendUnavailable(f"NATS at {redacted(self.url)}: {exc!r}") from exc
+            with trio.move_on_after(timeout):
+                await self.publish(subject, data, headers, replies.prefix + token)
+                await waiter.event.wait()
+        finally:
+            replies.waiting.pop(token, None)
+        message = waiter.message
+        if message is None:
+            raise TimeoutError(f"no reply on {subject} within {timeout}s")
+        status = message.headers.get(_nats().js.api.Header.STATUS) if message.headers else None
+        if status == _NO_RESPONDERS:
+            raise NoResponders(subject)
         return bytes(message.data)
+
+    async def _reply_inbox(self) -> _Replies:
+        """The inbox of the current connection's requests, subscribed once."""
+        async with self._replies_lock:
+            client = await self.client()
+            replies = self._replies
+            if replies is not None and replies.client is client:
+                return replies
+            replies = _Replies(client, client.new_inbox() + ".")
+            await self.call(client.subscribe, replies.prefix + "*", "", replies.deliver)
+            self._replies = replies
+            return replies
 
     async def subscribe(
         self, subject: str, *, queue: str = "", capacity: int = 256
@@ -519,6 +609,7 @@ class NatsBackend:
 
     async def _close_client(self) -> None:
         client, self._client = self._client, None
+        self._replies = None
         if client is not None:
             try:
                 with trio.move_on_after(self.op_timeout):
@@ -531,6 +622,43 @@ class NatsBackend:
         async with self._lock:
             await self._close_client()
             self._buckets.clear()
+
+
+_NO_RESPONDERS = "503"
+"""The status the server answers a request with when nobody is subscribed."""
+
+
+class _Reply:
+    """One request waiting for its reply."""
+
+    __slots__ = ("event", "message")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.message: Any = None
+
+
+class _Replies:
+    """The replies to one connection's requests: one subscription to
+    ``prefix*``, each request waiting on its own token."""
+
+    def __init__(self, client: Any, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.waiting: dict[str, _Reply] = {}
+        self._tokens = itertools.count()
+
+    def expect(self) -> tuple[str, _Reply]:
+        token = format(next(self._tokens), "x")
+        waiter = self.waiting[token] = _Reply()
+        return token, waiter
+
+    async def deliver(self, message: Any) -> None:
+        # nats-py calls this on asyncio, in the trio run's own thread.
+        waiter = self.waiting.pop(message.subject[len(self.prefix) :], None)
+        if waiter is not None:
+            waiter.message = message
+            waiter.event.set()
 
 
 class NatsSubscription:

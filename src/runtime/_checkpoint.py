@@ -50,6 +50,7 @@ __all__ = [
     "RESERVED_PREFIX",
     "SEQUENCE_KEY",
     "STORE_OUTAGE_DEADLINE",
+    "WORKFLOW_PREFIX",
     "CheckpointCounters",
     "CheckpointStatistics",
     "CheckpointStore",
@@ -121,9 +122,13 @@ RESERVED_PREFIX = "__budget__/"
 """Paths of the runtime's own records in a store (budgets' spending), which
 are no actor's checkpoint: ``paths()`` leaves them out."""
 
+WORKFLOW_PREFIX = "workflow/"
+"""Paths of workflow journals (``runtime.workflow``), no actor's checkpoint
+either: ``paths()`` leaves them out too."""
+
 
 def _actor_paths(paths: list[str]) -> list[str]:
-    return [path for path in paths if not path.startswith(RESERVED_PREFIX)]
+    return [path for path in paths if not path.startswith((RESERVED_PREFIX, WORKFLOW_PREFIX))]
 
 
 def json_converter() -> cattrs.Converter:
@@ -159,7 +164,8 @@ class CheckpointStore(Protocol):
 
     async def paths(self) -> list[str]:
         """Every actor path that has a checkpoint, sorted; the runtime's own
-        records (under ``RESERVED_PREFIX``, ``__budget__/``) are left out."""
+        records (under ``RESERVED_PREFIX``, ``__budget__/``, and
+        ``WORKFLOW_PREFIX``, ``workflow/``) are left out."""
         ...
 
     async def aclose(self) -> None:

@@ -17,8 +17,9 @@ Exit codes:
        ``run`` an unknown workflow or inputs that do not fit it; for
        ``audit`` a path or baseline that cannot be read.
     3: ``start --until-idle``: the system went idle with work left undone:
-       fewer items done than counted (``ctx.progress``), or a circuit left
-       open. It was stopped gracefully. ``run``: the workflow run needs
+       fewer items done than counted (``ctx.progress``), a circuit left
+       open, or a workflow run parked as ``needs_attention``. It was stopped
+       gracefully. ``run``: the workflow run needs
        attention (a step's results were refused by its ``validate`` and its
        fallbacks are used up).
     4: ``start --max-time``: the time ran out; the system was stopped gracefully.
@@ -47,7 +48,7 @@ from ._listen import parse_listen
 from ._logging import configure_logging
 from ._resource import ResourceStatistics
 from ._services import open_system
-from ._specs import MetricsSpec, Topology, to_seconds
+from ._specs import Topology, to_seconds
 from ._status import show_status, table
 from ._system import ActorSystem, Progress, TreeNode
 from ._topology import iter_children, load_topology
@@ -72,11 +73,14 @@ class RunEnd:
         circuits: with ``idle``, the actors whose circuit was open or
             half-open then, each as ``path (state)``.
         limit: with ``time``, the ``--max-time`` in seconds.
+        attention: with ``idle``, the workflow runs parked as
+            ``needs_attention`` then, each as ``workflow/run_id``.
     """
 
     reason: str
     circuits: tuple[str, ...] = ()
     limit: float = 0.0
+    attention: tuple[str, ...] = ()
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
         epilog=(
             "Exit codes: 0 stopped gracefully (with --until-idle: idle, every counted "
             "item done, no circuit open), 1 the system failed, 2 invalid topology, "
-            "3 idle with items not done or a circuit left open, 4 --max-time passed."
+            "3 idle with items not done, a circuit left open or a workflow run needing "
+            "attention, 4 --max-time passed."
         ),
     )
     start.add_argument("topology", metavar="TOPOLOGY", help="path to topology.yaml")
@@ -117,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         help=(
             "stop once the system is idle: every mailbox empty, and no handler, restart, "
             "one-shot timer or ctx.nursery task pending (exit 3 if items counted with "
-            "ctx.progress are not all done, or a circuit is left open)"
+            "ctx.progress are not all done, a circuit is left open, or a workflow run "
+            "needs attention)"
         ),
     )
     start.add_argument(
@@ -130,8 +136,8 @@ def _parser() -> argparse.ArgumentParser:
         "--metrics-listen",
         metavar="HOST:PORT",
         help=(
-            "serve /metrics, /healthz, /readyz and /status there (overrides the topology's "
-            "metrics.listen; a port alone binds to 127.0.0.1)"
+            "serve /metrics, /healthz, /readyz, /status and the console /ui there (overrides "
+            "the topology's metrics.listen; a port alone binds to 127.0.0.1)"
         ),
     )
     start.add_argument(
@@ -404,7 +410,8 @@ async def _start(
         except ValueError as exc:
             print(f"error: --metrics-listen: {exc}", file=sys.stderr)
             return EXIT_INVALID
-        topology = attrs.evolve(topology, metrics=MetricsSpec(listen=metrics_listen))
+        metrics = attrs.evolve(topology.metrics, listen=metrics_listen)
+        topology = attrs.evolve(topology, metrics=metrics)
     started = trio.current_time()
     run = trio.CancelScope()  # the first signal ends the run: a graceful stop
     hard = trio.CancelScope()  # a second one cancels what is still stopping
@@ -484,6 +491,7 @@ async def _run(
                 f"{system.endpoint_url}/readyz, {system.endpoint_url}/status",
                 flush=True,
             )
+            print(f"console: {system.endpoint_url}/ui", flush=True)
         if progress_interval > 0:
             display.start_soon(_show_progress, system, progress_interval)
         with run:
@@ -491,7 +499,11 @@ async def _run(
                 if until_idle:
                     await system.wait_until_idle()
                     # Before the stop: retiring an actor closes its circuit.
-                    ended = RunEnd("idle", circuits=_open_circuits(system))
+                    ended = RunEnd(
+                        "idle",
+                        circuits=_open_circuits(system),
+                        attention=system.workflow_runs.parked_runs(),
+                    )
                 else:
                     await trio.sleep_forever()
             if timer.cancelled_caught:
@@ -536,8 +548,9 @@ def _open_circuits(system: ActorSystem) -> tuple[str, ...]:
 
 def judge(ended: RunEnd | None, progress: Progress) -> tuple[int, list[str]]:
     """The exit code of a run that stopped gracefully, and the lines that say why
-    it is not 0: a signal (None) or an idle system with every counted item done
-    and no circuit open is 0; idle with work left undone is 3; time up is 4."""
+    it is not 0: a signal (None) or an idle system with every counted item done,
+    no circuit open and no workflow run needing attention is 0; idle with work
+    left undone is 3; time up is 4."""
     if ended is None:
         return EXIT_OK, []
     left = progress.total - progress.done
@@ -556,6 +569,11 @@ def judge(ended: RunEnd | None, progress: Progress) -> tuple[int, list[str]]:
         lines.append(
             f"idle with {len(ended.circuits)} circuit(s) open: {', '.join(ended.circuits)}; "
             "they refuse messages until a half-open trial succeeds"
+        )
+    if ended.attention:
+        lines.append(
+            f"idle with {len(ended.attention)} workflow run(s) needing attention: "
+            f"{', '.join(ended.attention)}; run each again with its run id once fixed"
         )
     return (EXIT_UNFINISHED if lines else EXIT_OK), lines
 
@@ -679,6 +697,12 @@ def _summary(
             f"items: {progress.done}/{progress.total} done, {progress.retried} retried",
             file=out,
         )
+    outcomes: dict[str, int] = {}
+    for (_, status), count in system.workflow_statistics().outcomes.items():
+        outcomes[status] = outcomes.get(status, 0) + count
+    if outcomes:
+        ended = ", ".join(f"{count} {status}" for status, count in sorted(outcomes.items()))
+        print(f"workflow runs: {ended}", file=out)
     for name, stats in system.resource_statistics().items():
         limiter = stats.limiter
         print(

@@ -56,6 +56,7 @@ from ._remote import (
     encode_error,
     encode_reply,
 )
+from ._serving import YIELD_EVERY
 from ._specs import ChildSpec, ClusterSpec, SupervisorSpec, Topology
 from ._system import ActorSystem
 from ._topology import iter_children
@@ -74,7 +75,11 @@ __all__ = ["Cluster", "ClusterStatistics", "default_node_name", "open_cluster", 
 logger = get_logger()
 
 OUTGOING_CAPACITY = 1024
-"""Remote ``tell_nowait`` messages queued for the sender task."""
+"""Remote tells queued for one unit and not published yet, at most (beyond
+it ``tell_nowait`` raises ``MailboxFull``; ``tell`` publishes them at once)."""
+
+BATCH_BYTES = 64 * 1024
+"""Bytes of tells to one unit published as one NATS message, at most."""
 
 ASK_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of the remote-ask latency histogram."""
@@ -238,36 +243,60 @@ class Cluster:
         self._wake = trio.Event()
         self._leaving = False
         self._nursery: trio.Nursery | None = None
-        self._outgoing_send, self._outgoing = trio.open_memory_channel[tuple[str, bytes]](
-            OUTGOING_CAPACITY
-        )
-        self._queued = self._sent = 0  # tell_nowait messages queued, and sent
-        self._progress = trio.Event()  # set at each one sent
+        self._batches: dict[str, _Batch] = {}  # tells queued per subject, not published yet
+        self._batched = trio.Event()  # set when a batch starts: the sender task publishes
+        self._flushing = trio.Lock()  # one batch published at a time, in order
+        self._unyielded = 0  # tells since this node's tellers last yielded
 
     # -- what remote refs send through (the Transport protocol) --------------------
 
     async def publish(self, subject: str, data: bytes) -> None:
-        await self._after_queued()
-        await self.backend.publish(subject, data)
+        """A remote tell: queued in its unit's batch, which the sender task
+        publishes as one NATS message once this task yields, with a yield
+        every few calls (a teller never starves other tasks)."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if not self.publish_nowait(subject, data):
+            await self._flush(subject)
+            self.publish_nowait(subject, data)
+        if self._unyielded < YIELD_EVERY:
+            self._unyielded += 1
+        else:
+            self._unyielded = 0
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def request(self, subject: str, data: bytes, timeout: float) -> bytes:
-        await self._after_queued()
+        # The tells sent before it are published first.
+        if subject in self._batches or self._flushing.locked():
+            await self._flush(subject)
         return await self.backend.request(subject, data, timeout)
 
     def publish_nowait(self, subject: str, data: bytes) -> bool:
-        try:
-            self._outgoing_send.send_nowait((subject, data))
-        except trio.WouldBlock:
+        batch = self._batches.get(subject)
+        if batch is None:
+            batch = self._batches[subject] = _Batch()
+            self._batched.set()
+        elif len(batch.parts) >= OUTGOING_CAPACITY or batch.size + len(data) > BATCH_BYTES:
             return False
-        self._queued += 1
+        batch.parts.append(data)
+        batch.size += len(data) + 1
         return True
 
-    async def _after_queued(self) -> None:
-        """Wait until the ``tell_nowait`` messages queued before now are sent:
-        messages from this node leave in the order they were sent."""
-        target = self._queued
-        while self._sent < target:
-            await self._progress.wait()
+    async def _flush(self, subject: str) -> None:
+        """Publish the tells queued for ``subject``, as one message: JSON
+        requests one a line (JSON's own newlines are escaped)."""
+        batch = self._batches.pop(subject, None)
+        try:
+            self._flushing.acquire_nowait()  # no yield unless another batch is on its way
+        except trio.WouldBlock:
+            await self._flushing.acquire()
+        try:
+            if batch is not None:
+                await self.backend.publish(subject, b"\n".join(batch.parts))
+        except BackendUnavailable as exc:
+            count = 0 if batch is None else len(batch.parts)
+            logger.warning("remote_tell_lost", subject=subject, messages=count, error=str(exc))
+        finally:
+            self._flushing.release()
 
     def remote_status(self, path: str) -> str:
         held = self.placement.get(self.unit_of(path) or "")
@@ -360,7 +389,7 @@ class Cluster:
         date until cancelled. ``started`` once the first round is done."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._send_outgoing)
+            nursery.start_soon(self._send_batches)
             nursery.start_soon(self._listen_for_rebalance)
             nursery.start_soon(self.topics.run)
             nursery.start_soon(self.durable.run)
@@ -510,12 +539,31 @@ class Cluster:
                 await trio.sleep(self.interval)
 
     async def _serve(self, subscription: NatsSubscription) -> None:
+        """Deliver the unit's messages: a tell in turn (so tells keep their
+        order), an ask in a task of its own. Messages already received are
+        taken without a task switch each, with a yield every few."""
+        messages = subscription.messages
+        budget = YIELD_EVERY
         async with trio.open_nursery() as nursery:
-            async for message in subscription.messages:
+            while True:
+                try:
+                    message = messages.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        message = await messages.receive()
+                    except trio.EndOfChannel:
+                        return
+                    budget = YIELD_EVERY
+                except trio.EndOfChannel:
+                    return
                 if message.reply:
                     nursery.start_soon(self._answer, subscription, message)
                 else:
                     await self._deliver(message.data)
+                budget -= 1
+                if budget <= 0:
+                    budget = YIELD_EVERY
+                    await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _actor_here(self, path: str) -> Any:
         ref = self.system.local_ref(path)
@@ -542,6 +590,11 @@ class Cluster:
             )
 
     async def _deliver(self, data: bytes) -> None:
+        """The tells of one NATS message (one a line), in order."""
+        for part in data.split(b"\n"):
+            await self._deliver_one(part)
+
+    async def _deliver_one(self, data: bytes) -> None:
         try:
             request = decode_request(data, self._actor_here)
         except Exception as exc:
@@ -609,15 +662,21 @@ class Cluster:
                 self._wake.set()
             await trio.sleep(self.interval)
 
-    async def _send_outgoing(self) -> None:
-        async for subject, data in self._outgoing:
-            try:
-                await self.backend.publish(subject, data)
-            except BackendUnavailable as exc:
-                logger.warning("remote_tell_lost", subject=subject, error=str(exc))
-            self._sent += 1
-            self._progress.set()
-            self._progress = trio.Event()
+    async def _send_batches(self) -> None:
+        """Publish the batches of tells, each as soon as its teller yields."""
+        while True:
+            await self._batched.wait()
+            self._batched = trio.Event()
+            for subject in list(self._batches):
+                await self._flush(subject)
+
+
+@attrs.define
+class _Batch:
+    """Tells queued for one subject, in the order sent."""
+
+    parts: list[bytes] = attrs.field(factory=list)
+    size: int = 0
 
 
 class FencedStore:

@@ -259,7 +259,9 @@ class ActorContext:
         until the lock is free and takes it; ``lease.token`` is its fencing
         token, greater than every token granted for the name before. While
         the block runs the lease is renewed every ``ttl / 3``; if this process
-        dies, the lock frees ``ttl`` seconds after its last renewal. Leaving
+        dies, the lock frees ``ttl`` seconds after its last renewal at most
+        (on PostgreSQL, as soon as the server sees its connection end; on
+        ``memory://`` the lease lasts exactly as long as the block). Leaving
         the block releases it (also when the block raises or is cancelled).
         Locks are not re-entrant: taking one already held by the same actor
         waits for itself.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,8 @@ if TYPE_CHECKING:
     from .workflow import RunSummary
 
 __all__ = [
+    "Routes",
+    "answer",
     "health_answer",
     "open_endpoint",
     "ready_answer",
@@ -45,6 +48,9 @@ __all__ = [
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
+Routes = Callable[[Scope, Receive, Send], Awaitable[bool]]
+"""More routes (the console's): answers a request and returns True, or
+returns False without answering."""
 
 
 def _node(node: TreeNode) -> dict[str, Any]:
@@ -84,11 +90,12 @@ def status_document(system: ActorSystem) -> dict[str, Any]:
     """What ``/status`` serves: the system's state and health, its trees
     and resources."""
     resources = system.resource_tree()
+    tree = system.tree()  # once, for the health and the document
     return {
         "system": system.name,
         "state": system.state(),
-        "health": health_of(system).as_dict(),
-        "tree": _node(system.tree()),
+        "health": health_of(system, tree).as_dict(),
+        "tree": _node(tree),
         "resources": None if resources is None else _node(resources),
         "limiters": {
             name: {
@@ -226,11 +233,14 @@ def _asks_json(scope: Scope) -> bool:
 
 
 class EndpointApp:
-    """The ASGI application: four read-only routes."""
+    """The ASGI application: four read-only routes, and ``routes``' (the console's)."""
 
-    def __init__(self, system: ActorSystem, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, system: ActorSystem, registry: CollectorRegistry, routes: Routes | None = None
+    ) -> None:
         self.system = system
         self.registry = registry
+        self.routes = routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -243,21 +253,22 @@ class EndpointApp:
                     return
         if scope["type"] != "http":
             return
+        if self.routes is not None and await self.routes(scope, receive, send):
+            return
         if scope["method"] not in ("GET", "HEAD"):
-            await _answer(send, 405, b"method not allowed\n", "text/plain; charset=utf-8")
+            await answer(send, 405, b"method not allowed\n", "text/plain; charset=utf-8")
             return
         path = scope["path"]
         if path == "/metrics":
-            await _answer(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            await answer(send, 200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
         elif path in ("/healthz", "/readyz"):
             await self._health(path, _asks_json(scope), send)
         elif path == "/status":
             body = json.dumps(status_document(self.system), indent=2).encode() + b"\n"
-            await _answer(send, 200, body, "application/json")
+            await answer(send, 200, body, "application/json")
         else:
-            await _answer(
-                send, 404, b"not found: try /metrics, /healthz, /readyz or /status\n", "text/plain"
-            )
+            hint = b"not found: try /metrics, /healthz, /readyz, /status or /ui\n"
+            await answer(send, 404, hint, "text/plain")
 
     async def _health(self, path: str, json_asked: bool, send: Send) -> None:
         health = health_of(self.system)
@@ -266,13 +277,20 @@ class EndpointApp:
         else:
             status, word = ready_answer(health, json_asked=json_asked)
         if word is not None:
-            await _answer(send, status, f"{word}\n".encode(), "text/plain; charset=utf-8")
+            await answer(send, status, f"{word}\n".encode(), "text/plain; charset=utf-8")
         else:
             body = _health_body(health, self.system.name)
-            await _answer(send, status, body, "application/json")
+            await answer(send, status, body, "application/json")
 
 
-async def _answer(send: Send, status: int, body: bytes, content_type: str) -> None:
+async def answer(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """Send one whole response: ``body`` with its type, length and ``headers``."""
     await send(
         {
             "type": "http.response.start",
@@ -280,6 +298,7 @@ async def _answer(send: Send, status: int, body: bytes, content_type: str) -> No
             "headers": [
                 (b"content-type", content_type.encode()),
                 (b"content-length", str(len(body)).encode()),
+                *(headers or ()),
             ],
         }
     )
@@ -292,6 +311,8 @@ async def serve_endpoint(
     listen: Listen,
     stop: trio.Event,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    *,
+    routes: Routes | None = None,
 ) -> None:
     """Serve until ``stop`` is set; ``task_status`` gets the base URL once bound.
 
@@ -306,7 +327,9 @@ async def serve_endpoint(
     config.keep_alive_timeout = 5.0
 
     async with trio.open_nursery() as nursery:
-        binds: list[str] = await nursery.start(_serve, EndpointApp(system, registry), config, stop)
+        binds: list[str] = await nursery.start(
+            _serve, EndpointApp(system, registry, routes), config, stop
+        )
         task_status.started(binds[0])
 
 
@@ -324,14 +347,19 @@ def _os_error(error: BaseException) -> OSError | None:
 
 @contextlib.asynccontextmanager
 async def open_endpoint(
-    system: ActorSystem, registry: CollectorRegistry, listen: Listen
+    system: ActorSystem,
+    registry: CollectorRegistry,
+    listen: Listen,
+    routes: Routes | None = None,
 ) -> AsyncIterator[str]:
-    """Serve the endpoint for the duration of the block; yields its base URL."""
+    """Serve the endpoint (and ``routes``) for the duration of the block;
+    yields its base URL."""
     stop = trio.Event()
     bound = False
     try:
         async with trio.open_nursery() as nursery:
-            url: str = await nursery.start(serve_endpoint, system, registry, listen, stop)
+            serving = functools.partial(serve_endpoint, routes=routes)
+            url: str = await nursery.start(serving, system, registry, listen, stop)
             bound = True
             try:
                 yield url

@@ -29,13 +29,24 @@ import trio
 
 from ._specs import ResourceSpec
 
-__all__ = ["FakeLLM", "FakeRequest", "Fault", "Reply", "fake_llm"]
+__all__ = ["FakeLLM", "FakeRequest", "Fault", "Reply", "fake_llm", "most_in_window"]
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 _MAX_BODY = 16 * 1024 * 1024
 
 Wire = Literal["openai", "anthropic"]
+
+
+def most_in_window(times: list[float], period: float) -> int:
+    """The most of ``times`` in any window ``[t, t + period)``."""
+    ordered = sorted(times)
+    most = end = 0
+    for start, first in enumerate(ordered):
+        while end < len(ordered) and ordered[end] < first + period:
+            end += 1
+        most = max(most, end - start)
+    return most
 
 
 def _text(content: object) -> str:
@@ -274,13 +285,7 @@ class FakeLLM:
 
     def most_in_window(self, period: float) -> int:
         """The most requests that arrived in any window ``[t, t + period)``."""
-        times = sorted(request.time for request in self.requests)
-        most = end = 0
-        for start, first in enumerate(times):
-            while end < len(times) and times[end] < first + period:
-                end += 1
-            most = max(most, end - start)
-        return most
+        return most_in_window([request.time for request in self.requests], period)
 
     @property
     def url(self) -> str:

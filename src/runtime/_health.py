@@ -196,8 +196,11 @@ def problems_of(
     return tuple(found)
 
 
-def health_of(system: ActorSystem) -> Health:
-    """The health of ``system`` now (a snapshot: it does not wait)."""
-    problems = problems_of(system.resource_statistics().values(), system.tree())
+def health_of(system: ActorSystem, tree: TreeNode | None = None) -> Health:
+    """The health of ``system`` now (a snapshot: it does not wait); ``tree``:
+    ``system.tree()`` if the caller has just taken it."""
+    problems = problems_of(
+        system.resource_statistics().values(), system.tree() if tree is None else tree
+    )
     warnings = tuple(budget_warnings(system.budget_statistics().values()))
     return Health(system.state(), problems, warnings)

@@ -10,6 +10,12 @@ the start of a call), no pause in force (``pause()``, for ``Retry-After``) and
 a breaker that lets the call through (a ``CircuitBreaker``, whose half-open
 trial every way a call can end gives back). Waiters are admitted highest
 priority first, FIFO within one.
+
+A shared limiter (``shared=SharedLimits(...)``) also needs a grant from the
+coordination engine before it admits its head waiter: one waiter at a time
+asks for it, and whichever waiter is the head when it comes is admitted
+with it. When the engine cannot be reached, the limits fall back to this
+process's share (``limit / members``) until it is back.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import trio
 from ._breaker import BreakerState, CircuitBreaker, TrialOutcome
 from ._logging import get_logger
 from ._priority import PRIORITY_INDEX, check_priority
+from ._shared import SharedLimits
 from ._specs import RateSpec, RetrySpec
 from .errors import CircuitOpen
 
@@ -58,6 +65,13 @@ class LimiterStatistics:
         failures: attempts that failed (transient or not).
         last_failure: the last failure the breaker counted (``repr``), also
             after it closed; None without a breaker or before any.
+        shared: ``backend`` (the limits are counted on the coordination
+            engine, for every process), ``fallback`` (the engine cannot be
+            reached: this process admits its share) or None (not shared).
+        members: the processes sharing the limits, as last counted on the
+            engine (None: not shared).
+        share_concurrency, share_rate: this process's own limits in
+            fallback (``limit / members``, at least 1); None otherwise.
     """
 
     tokens_in_use: int
@@ -76,6 +90,10 @@ class LimiterStatistics:
     timeouts: int = 0
     failures: int = 0
     last_failure: str | None = None
+    shared: str | None = None
+    members: int | None = None
+    share_concurrency: int | None = None
+    share_rate: int | None = None
 
 
 class _Keep:
@@ -86,6 +104,9 @@ class _Keep:
 
 
 KEEP = _Keep()
+
+_GRANT_NEEDED = -1.0
+"""``_blocked_until``: only a grant from the coordination engine is missing."""
 
 
 class _Waiter:
@@ -126,6 +147,8 @@ class Limiter:
         should_retry: of those, which may be tried again (False, say, for a
             request that may have taken effect); by default all.
         name: shown in errors and logs.
+        shared: the limits' shared side (a resource with ``shared: true``);
+            None for limits of this process alone.
 
     Every limit can be changed while calls run, with ``configure``.
 
@@ -146,6 +169,7 @@ class Limiter:
         is_transient: Callable[[BaseException], bool] = _is_transient,
         should_retry: Callable[[BaseException], bool] | None = None,
         name: str = "limiter",
+        shared: SharedLimits | None = None,
     ) -> None:
         _check_concurrency(max_concurrency)
         self.name = name
@@ -156,6 +180,7 @@ class Limiter:
             max_concurrency if max_concurrency is not None else math.inf
         )
         self.rate = rate
+        self._local_rate = rate  # the rate this process applies (its share in fallback)
         self.timeout = timeout
         self.retry = retry
         self.failures = failures
@@ -182,6 +207,13 @@ class Limiter:
         self._failed = 0
         self._breaker = self._new_breaker()
         self._random = random.Random()
+        self._shared = shared
+        self._grant: object = None  # a grant from the engine, for the head waiter
+        self._acquiring = False  # a waiter is asking the engine for a grant
+        self._grant_retry_at = -math.inf  # when to ask the engine again
+        if shared is not None:
+            shared.on_change = self._shared_changed
+            shared.on_pause = self._pause_locally
 
     def configure(
         self,
@@ -222,17 +254,79 @@ class Limiter:
         self.reset_timeout = new_reset
         if not isinstance(max_concurrency, _Keep):
             self.max_concurrency = max_concurrency
-            self._tokens.total_tokens = max_concurrency if max_concurrency is not None else math.inf
         if not isinstance(rate, _Keep):
             self.rate = rate
             if rate is None:
                 self._window.clear()
+        self._apply_share()
         if not isinstance(timeout, _Keep):
             self.timeout = timeout
         if not isinstance(retry, _Keep):
             self.retry = retry
+        self._grant_retry_at = -math.inf
         self._timed = None
         self._pump()
+
+    # -- shared limits -------------------------------------------------------
+
+    def _apply_share(self) -> None:
+        """Set this process's own limits: the whole limits, or in fallback
+        its share of them (``limit / members``, at least 1)."""
+        shared = self._shared
+        members = shared.members if shared is not None and shared.mode == "fallback" else 1
+        concurrency = self.max_concurrency
+        self._tokens.total_tokens = (
+            math.inf if concurrency is None else max(1, concurrency // members)
+        )
+        rate = self.rate
+        if rate is None or shared is None or shared.mode != "fallback":
+            self._local_rate = rate
+        else:  # its share, over the period the engine counts (with its guard)
+            self._local_rate = RateSpec(
+                requests=max(1, rate.requests // members), period=shared.window(rate)
+            )
+
+    def _shared_changed(self) -> None:
+        """The engine's side changed (a lease came back, fallback, recovery):
+        the head waiter asks again."""
+        self._apply_share()
+        self._grant_retry_at = -math.inf
+        self._timed = None
+        self._pump()
+
+    async def _head_deadline(self, head: _Waiter) -> float | None:
+        """When the head waiter should look again; None once it asked the
+        engine for a grant (it then looks at once)."""
+        now = trio.current_time()
+        blocked = self._blocked_until(now)
+        if blocked != _GRANT_NEEDED:
+            return blocked or math.inf
+        if self._acquiring:
+            return math.inf  # the asker wakes the head when answered
+        if now < self._grant_retry_at:
+            return self._grant_retry_at
+        await self._acquire_grant(head.priority)
+        return None
+
+    async def _acquire_grant(self, priority: int) -> None:
+        """Ask the engine for a grant for the head (at ``priority``); then the
+        head, whichever waiter it is by then, is woken to take it."""
+        assert self._shared is not None
+        self._acquiring = True
+        try:
+            result = await self._shared.acquire(priority, self.max_concurrency, self.rate)
+        finally:
+            self._acquiring = False
+        if isinstance(result, float):
+            self._grant_retry_at = trio.current_time() + result
+        elif result is not None:
+            self._grant = result
+        self._timed = None  # the next pump wakes the head
+
+    def _publish_waiting(self) -> None:
+        assert self._shared is not None
+        best = next((i for i, queue in enumerate(self._queues) if queue), None)
+        self._shared.set_waiting(best)
 
     # -- the breaker ---------------------------------------------------------
 
@@ -290,6 +384,11 @@ class Limiter:
                 self._rejected += 1
                 waiter.event.set()
         self._timed = None
+        if self._shared is not None:
+            if self._grant is not None:
+                self._shared.release(self._grant)
+                self._grant = None
+            self._publish_waiting()
 
     # -- admission -----------------------------------------------------------
 
@@ -309,7 +408,7 @@ class Limiter:
         t + period)``" evaluates, so the rule and its accounting agree
         exactly, boundaries included.
         """
-        rate = self.rate
+        rate = self._local_rate
         if rate is None:
             return None
         window = self._window
@@ -329,15 +428,16 @@ class Limiter:
 
     def _in_window(self, now: float) -> int:
         """Admissions in the rate window at ``now`` (reads only)."""
-        if self.rate is None:
+        if self._local_rate is None:
             return 0
-        period = self.rate.period
+        period = self._local_rate.period
         gone = next((i for i, t in enumerate(self._window) if t + period > now), len(self._window))
         return len(self._window) - gone + self._reserved
 
     def _blocked_until(self, now: float) -> float | None:
         """None if one more call may be admitted now, else when that may change
-        (``inf``: only when a token is released)."""
+        (``inf``: only when a token is released; ``_GRANT_NEEDED``: when the
+        coordination engine grants it)."""
         if self._paused_until > now:
             return self._paused_until
         room = self._rate_full(now)
@@ -345,6 +445,8 @@ class Limiter:
             return room
         if self._tokens.available_tokens < 1:
             return math.inf
+        if self._shared is not None and self._grant is None and self._shared.mode == "backend":
+            return _GRANT_NEEDED
         return None
 
     def _pump(self) -> None:
@@ -380,10 +482,19 @@ class Limiter:
             self._timed = head
             if head is not None:
                 head.event.set()  # let the new head time the next slot
+        if self._shared is not None:
+            if head is None and self._grant is not None:
+                self._shared.release(self._grant)  # its waiter left: nobody takes it
+                self._grant = None
+            self._publish_waiting()
 
     def _take(self) -> object:
-        """Take a token; returns the borrower."""
-        borrower = object()
+        """Take a token; returns the borrower (the engine's grant, if any)."""
+        borrower = self._grant
+        if borrower is None:
+            borrower = object()
+        else:
+            self._grant = None
         self._tokens.acquire_on_behalf_of_nowait(borrower)
         self._admitted += 1
         return borrower
@@ -398,6 +509,8 @@ class Limiter:
 
     def _release(self, borrower: object) -> None:
         self._tokens.release_on_behalf_of(borrower)
+        if self._shared is not None:
+            self._shared.release(borrower)
         self._pump()
 
     async def _admit(self, priority: str) -> tuple[object, CircuitBreaker | None]:
@@ -421,7 +534,7 @@ class Limiter:
             # point from here to the call: it starts now.
             trial = breaker if breaker is not None and breaker.try_take_trial(now) else None
             borrower = self._take()
-            if self.rate is not None:
+            if self._local_rate is not None:
                 self._window.append(now)
             return borrower, trial
         return await self._wait(_Waiter(PRIORITY_INDEX[priority]), now)
@@ -444,7 +557,10 @@ class Limiter:
                     break
                 deadline = math.inf
                 if waiter is self._timed:
-                    deadline = self._blocked_until(trio.current_time()) or math.inf
+                    found = await self._head_deadline(waiter)
+                    if found is None:
+                        continue  # the engine answered: admit (or time) the head again
+                    deadline = found
                 with trio.move_on_at(deadline):
                     await waiter.event.wait()
                 if waiter.admitted is not None or waiter.error is not None:
@@ -464,7 +580,7 @@ class Limiter:
         if waiter.error is not None:
             raise waiter.error
         started = trio.current_time()
-        if self.rate is not None:
+        if self._local_rate is not None:
             # Every start in the window came at or before `started`: it stays in order.
             self._window.append(started)
         self._unreserve()
@@ -475,11 +591,36 @@ class Limiter:
     # -- calls ---------------------------------------------------------------
 
     def pause(self, seconds: float) -> None:
-        """Admit nothing for ``seconds`` (a ``Retry-After``); calls running go on."""
+        """Admit nothing for ``seconds`` (a ``Retry-After``); calls running go
+        on. A shared limiter pauses every process."""
+        if self._shared is not None:
+            self._shared.pause(seconds)
+        self._pause_locally(seconds)
+
+    def _pause_locally(self, seconds: float) -> None:
         until = trio.current_time() + seconds
         if until > self._paused_until:
             self._paused_until = until
             logger.info("limiter_paused", resource=self.name, seconds=seconds)
+        self._timed = None
+        self._pump()
+
+    def resume(self) -> None:
+        """End a pause now (``pause``'s opposite): waiters are admitted at
+        once if the other limits allow."""
+        if self._paused_until > trio.current_time():
+            logger.info("limiter_resumed", resource=self.name)
+        self._paused_until = -math.inf
+        self._timed = None
+        self._pump()
+
+    def reset_breaker(self) -> None:
+        """Close the breaker now and forget its failures in a row (an
+        operator's reset); nothing without a breaker."""
+        if self._breaker is None:
+            return
+        self._breaker.reset()
+        logger.info("breaker_reset", resource=self.name)
         self._timed = None
         self._pump()
 
@@ -551,6 +692,8 @@ class Limiter:
     def statistics(self) -> LimiterStatistics:
         """Tokens, waiters, admissions, rejections, window, breaker and counters, now."""
         now = trio.current_time()
+        shared = self._shared
+        fallback = shared is not None and shared.mode == "fallback"
         return LimiterStatistics(
             tokens_in_use=self._tokens.borrowed_tokens,
             max_concurrency=self.max_concurrency,
@@ -571,6 +714,16 @@ class Limiter:
                 None
                 if self._breaker is None or self._breaker.last_failure is None
                 else repr(self._breaker.last_failure)
+            ),
+            shared=shared.mode if shared is not None else None,
+            members=shared.members if shared is not None else None,
+            share_concurrency=(
+                int(self._tokens.total_tokens)
+                if fallback and self.max_concurrency is not None
+                else None
+            ),
+            share_rate=(
+                self._local_rate.requests if fallback and self._local_rate is not None else None
             ),
         )
 

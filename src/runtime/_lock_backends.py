@@ -20,6 +20,7 @@ wall clocks for NATS (see docs/locks.md on clock assumptions).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -29,11 +30,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Protocol
 
+import asyncpg
 import attrs
 import trio
+import trio_asyncio
 
 from ._backends import (
+    PG_UNREACHABLE,
     Backends,
+    BackendUnavailable,
     NatsBackend,
     NatsKV,
     PostgresBackend,
@@ -41,6 +46,7 @@ from ._backends import (
     backend_kind,
     redacted,
 )
+from ._logging import get_logger
 
 __all__ = [
     "Grant",
@@ -54,6 +60,8 @@ __all__ = [
     "check_locks_url",
     "open_lock_backend",
 ]
+
+logger = get_logger()
 
 
 @attrs.frozen
@@ -91,6 +99,8 @@ class LockBackend(Protocol):
     kind: str
     url: str
     poll: float  # the longest wait between two tries of a waiter
+    in_process: bool  # leases held in this process only: nothing to renew
+    sessions: bool  # a lease's revision names a session whose end ``wait_lost`` reports
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         """Grant the lease if it is free or expired; else who holds it (None:
@@ -110,6 +120,11 @@ class LockBackend(Protocol):
 
     async def holder(self, name: str) -> Holding | None:
         """Who holds the lease now (None: nobody, or it expired)."""
+        ...
+
+    async def wait_lost(self, revision: int) -> None:
+        """Return when the backend knows that the lease granted with
+        ``revision`` is lost (its PostgreSQL session ended); most never do."""
         ...
 
     async def sweep(self) -> int:
@@ -155,69 +170,74 @@ def open_lock_backend(url: str, system: str, backends: Backends) -> LockBackend:
 # -- in process ---------------------------------------------------------------------
 
 
-@attrs.define
-class _Lease:
-    token: int
-    owner: Owner
-    expires_at: float  # trio's clock
-
-
 class MemoryLocks:
-    """Leases in this process, on trio's clock (virtual under a mock clock).
+    """Leases in this process.
 
-    Tokens come from one counter for every name, so a name's tokens grow
-    with every grant while a released name keeps nothing behind.
+    The holder of a lease is a task of this process, which releases it when
+    its block ends (also when it fails or is cancelled), and a process that
+    dies takes its locks with it: a lease lasts as long as its block, with
+    nothing to renew and nothing to expire. Tokens come from one counter
+    for every name, so a name's tokens grow with every grant while a
+    released name keeps nothing behind.
     """
 
     kind = "memory"
     url = "memory://"
     poll = math.inf  # waiters here are woken by the release itself
+    in_process = True
+    sessions = False
 
     def __init__(self) -> None:
-        self.leases: dict[str, _Lease] = {}
+        self.leases: dict[str, tuple[int, Owner, float]] = {}  # token, owner, ttl
         self.last_token = 0
+
+    def grant_nowait(self, name: str, owner: Owner, ttl: float) -> int | None:
+        """The token of a new lease of ``name``; None if it is held."""
+        if name in self.leases:
+            return None
+        token = self.last_token = self.last_token + 1
+        self.leases[name] = (token, owner, ttl)
+        return token
+
+    def release_nowait(self, name: str, token: int) -> None:
+        """End the lease of ``name`` if it is still the one of ``token``."""
+        lease = self.leases.get(name)
+        if lease is not None and lease[0] == token:
+            del self.leases[name]
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         await trio.lowlevel.checkpoint()
-        now = trio.current_time()
-        lease = self.leases.get(name)
-        if lease is not None and lease.expires_at > now:
-            return _holding(lease.owner, lease.expires_at - now)
-        self.last_token += 1
-        self.leases[name] = _Lease(self.last_token, owner, now + ttl)
-        return Grant(self.last_token, self.last_token)
+        token = self.grant_nowait(name, owner, ttl)
+        if token is None:
+            _, holder, held_for = self.leases[name]
+            return _holding(holder, held_for)
+        return Grant(token, token)
 
     async def renew(
         self, name: str, owner: Owner, token: int, revision: int, ttl: float
     ) -> int | None:
         await trio.lowlevel.checkpoint()
         lease = self.leases.get(name)
-        if lease is None or lease.token != token:
+        if lease is None or lease[0] != token:
             return None
-        lease.expires_at = trio.current_time() + ttl
+        self.leases[name] = (token, lease[1], ttl)
         return revision
 
     async def release(self, name: str, token: int, revision: int) -> None:
         await trio.lowlevel.checkpoint()
-        lease = self.leases.get(name)
-        if lease is not None and lease.token == token:
-            del self.leases[name]
+        self.release_nowait(name, token)
 
     async def holder(self, name: str) -> Holding | None:
         await trio.lowlevel.checkpoint()
         lease = self.leases.get(name)
-        now = trio.current_time()
-        if lease is None or lease.expires_at <= now:
-            return None
-        return _holding(lease.owner, lease.expires_at - now)
+        return None if lease is None else _holding(lease[1], lease[2])
+
+    async def wait_lost(self, revision: int) -> None:
+        await trio.sleep_forever()
 
     async def sweep(self) -> int:
         await trio.lowlevel.checkpoint()
-        now = trio.current_time()
-        expired = [name for name, lease in self.leases.items() if lease.expires_at <= now]
-        for name in expired:
-            del self.leases[name]
-        return len(expired)
+        return 0  # nothing expires: every lease ends with its block
 
     async def aclose(self) -> None:
         await trio.lowlevel.checkpoint()
@@ -243,24 +263,49 @@ _SQLITE_HOLDER = (
     "SELECT holder, node, pid, expires_at FROM runtime_locks WHERE system = ? AND name = ?"
 )
 
+# One statement, its own write transaction: a new row takes the counter's
+# next token; a free or expired row is taken with its own token plus one;
+# a held row is left as it is (no row returned). A released lease keeps its
+# row (ended now), so the name's tokens keep growing.
+_SQLITE_ACQUIRE = (
+    "INSERT INTO runtime_locks (system, name, token, holder, node, pid, member, expires_at)"
+    " VALUES (?1, ?2, (SELECT last + 1 FROM runtime_lock_tokens WHERE id = 0),"
+    " ?3, ?4, ?5, ?6, ?7 + ?8)"
+    " ON CONFLICT (system, name) DO UPDATE SET token = token + 1, holder = excluded.holder,"
+    " node = excluded.node, pid = excluded.pid, member = excluded.member,"
+    " expires_at = excluded.expires_at"
+    " WHERE expires_at <= ?7"
+    " RETURNING token"
+)
+_SQLITE_RELEASE = (
+    "UPDATE runtime_locks SET expires_at = ? WHERE system = ? AND name = ? AND token = ?"
+)
 SQLITE_BUSY_TIMEOUT = 5.0
 """Seconds a SQLite call waits for another process's write transaction."""
+
+SQLITE_KEEP_ENDED = 3600.0
+"""Seconds the row of an ended lease is kept before a sweep deletes it (the
+counter row is raised past its token first, so a new row's token exceeds it)."""
 
 
 class SqliteLocks:
     """Leases in a table of a SQLite file, for the processes of one machine.
 
-    A grant is one ``BEGIN IMMEDIATE`` transaction (the file's write lock
-    orders it against every other process) that reads the lease, and takes
-    it if it is free or expired with a token from a counter row kept in the
-    same file: tokens grow across every name and every process. Expiry is
-    the machine's wall clock, which every process on it shares. Calls run
-    in a worker thread, one at a time, so the trio thread never waits on
-    the file.
+    A grant is one statement (its own write transaction: the file's write
+    lock orders it against every other process) that takes the lease only if
+    it is free or expired; renewal and release are one statement each. A
+    name's token is its row's plus one; rows of ended leases are kept an
+    hour, and a counter row in the same file, raised past the tokens of the
+    rows a sweep deletes, starts new rows: tokens grow across every process.
+    Expiry is the machine's wall clock, which every process on it shares.
+    Calls run in a worker thread, one at a time, so the trio thread never
+    waits on the file.
     """
 
     kind = "sqlite"
     poll = 0.2
+    in_process = False
+    sessions = False
 
     def __init__(self, file: str | os.PathLike[str], system: str) -> None:
         self.file = Path(file)
@@ -276,35 +321,19 @@ class SqliteLocks:
             return None
         return Holding(row[0], row[1], int(row[2]), row[3] - now)
 
-    def _try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding:
+    def _try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
         connection = self._connect()
-        # A read first: a waiter polling a held lock takes no write lock.
-        held = self._read(connection, name, time.time())
-        if held is not None:
-            return held
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            now = time.time()
-            held = self._read(connection, name, now)
-            if held is not None:
-                connection.execute("COMMIT")
-                return held
-            (token,) = connection.execute(
-                "UPDATE runtime_lock_tokens SET last = last + 1 WHERE id = 0 RETURNING last"
-            ).fetchone()
-            connection.execute(
-                "INSERT OR REPLACE INTO runtime_locks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (self.system, name, token, owner.path, owner.node, owner.pid, owner.member,
-                 now + ttl),
-            )  # fmt: skip
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        return Grant(int(token), int(token))
+        now = time.time()
+        row = connection.execute(
+            _SQLITE_ACQUIRE,
+            (self.system, name, owner.path, owner.node, owner.pid, owner.member, now, ttl),
+        ).fetchone()
+        if row is not None:
+            return Grant(int(row[0]), int(row[0]))
+        return self._read(connection, name, now)  # None: released meanwhile
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
-        result: Grant | Holding = await self._run(self._try_acquire, name, owner, ttl)
+        result: Grant | Holding | None = await self._run(self._try_acquire, name, owner, ttl)
         return result
 
     async def renew(
@@ -322,10 +351,7 @@ class SqliteLocks:
 
     async def release(self, name: str, token: int, revision: int) -> None:
         def release() -> None:
-            self._connect().execute(
-                "DELETE FROM runtime_locks WHERE system = ? AND name = ? AND token = ?",
-                (self.system, name, token),
-            )
+            self._connect().execute(_SQLITE_RELEASE, (time.time(), self.system, name, token))
 
         await self._run(release)
 
@@ -336,11 +362,23 @@ class SqliteLocks:
         result: Holding | None = await self._run(holder)
         return result
 
+    async def wait_lost(self, revision: int) -> None:
+        await trio.sleep_forever()  # only a renewal finds out
+
     async def sweep(self) -> int:
         def sweep() -> int:
-            cursor = self._connect().execute(
-                "DELETE FROM runtime_locks WHERE expires_at <= ?", (time.time(),)
-            )
+            connection = self._connect()
+            ended = (time.time() - SQLITE_KEEP_ENDED,)
+            with connection:  # one transaction: the counter passes what is deleted
+                connection.execute("BEGIN IMMEDIATE")
+                connection.execute(
+                    "UPDATE runtime_lock_tokens SET last = max(last, coalesce("
+                    "(SELECT max(token) FROM runtime_locks WHERE expires_at <= ?), 0))",
+                    ended,
+                )
+                cursor = connection.execute(
+                    "DELETE FROM runtime_locks WHERE expires_at <= ?", ended
+                )
             return cursor.rowcount
 
         swept: int = await self._run(sweep)
@@ -353,33 +391,39 @@ class SqliteLocks:
 # -- PostgreSQL ----------------------------------------------------------------------
 
 _PG_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS runtime_locks ("
+    # UNLOGGED: the leases live as long as the sessions that hold their
+    # advisory locks, and a crash ends both together; writing them costs no
+    # WAL and no wait for the disk.
+    "CREATE UNLOGGED TABLE IF NOT EXISTS runtime_lock_leases ("
     " system text NOT NULL, name text NOT NULL, token bigint NOT NULL,"
     " holder text NOT NULL, node text NOT NULL, pid integer NOT NULL, member text NOT NULL,"
-    " expires_at timestamptz NOT NULL, PRIMARY KEY (system, name))",
-    "CREATE SEQUENCE IF NOT EXISTS runtime_lock_tokens",
+    " session integer NOT NULL, expires_at timestamptz NOT NULL, PRIMARY KEY (system, name))",
 )
 
 _PG_MIGRATION_LOCK = 7240413  # an advisory lock key: one migration at a time
 
-# One round trip: the advisory lock orders the acquirers of one name, the
-# upsert takes the lease only if it is free or expired (server clock), and
-# the holder is read in the same statement when it is not taken. The
-# statement's snapshot predates the advisory lock, so a lease granted by a
-# concurrent statement may be missing from that read: the caller then sees
-# None (held, holder unknown) and tries again.
+# One round trip. The session advisory lock of (system, name) is the mutual
+# exclusion: it is held by the session (this process's lock connection)
+# until released, and the server drops it the moment the session ends (the
+# process killed, its connection closed). When it is taken, the lease row
+# (holder, expiry, token) is written in the same statement; the token is the
+# server's clock in microseconds, raised past the name's last token when the
+# clock is behind it. Otherwise the row says who holds it (a row written by
+# a statement that committed after this one's snapshot may be missing: the
+# caller then sees None, held by someone unknown, and tries again).
 _PG_ACQUIRE = """
 WITH locked AS (
-    SELECT pg_advisory_xact_lock(hashtext($1), hashtext($2))
+    SELECT pg_try_advisory_lock(hashtext($1), hashtext($2)) AS got
 ), taken AS (
-    INSERT INTO runtime_locks AS l (system, name, token, holder, node, pid, member, expires_at)
-    SELECT $1, $2, nextval('runtime_lock_tokens'), $3, $4, $5, $6,
-           clock_timestamp() + make_interval(secs => $7)
-    FROM locked
+    INSERT INTO runtime_lock_leases AS l
+        (system, name, token, holder, node, pid, member, session, expires_at)
+    SELECT $1, $2, (extract(epoch FROM clock_timestamp()) * 1000000)::bigint,
+           $3, $4, $5, $6, pg_backend_pid(), clock_timestamp() + make_interval(secs => $7)
+    FROM locked WHERE got
     ON CONFLICT (system, name) DO UPDATE
-        SET token = EXCLUDED.token, holder = EXCLUDED.holder, node = EXCLUDED.node,
-            pid = EXCLUDED.pid, member = EXCLUDED.member, expires_at = EXCLUDED.expires_at
-        WHERE l.expires_at <= clock_timestamp()
+        SET token = greatest(l.token + 1, EXCLUDED.token), holder = EXCLUDED.holder,
+            node = EXCLUDED.node, pid = EXCLUDED.pid, member = EXCLUDED.member,
+            session = EXCLUDED.session, expires_at = EXCLUDED.expires_at
     RETURNING l.token
 )
 SELECT true AS granted, token, NULL::text AS holder, NULL::text AS node, NULL::int AS pid,
@@ -388,20 +432,54 @@ FROM taken
 UNION ALL
 SELECT false, token, holder, node, pid,
        extract(epoch FROM expires_at - clock_timestamp())::float8
-FROM runtime_locks
+FROM runtime_lock_leases
 WHERE system = $1 AND name = $2 AND NOT EXISTS (SELECT 1 FROM taken)
 """
 
+# A lease that expired while its advisory lock is still held: its holder
+# stopped renewing (stalled, or its machine is gone and the server has not
+# noticed the connection's end yet). Its session is ended, which frees the
+# lock; the row is locked first, so a grant that just renewed or replaced it
+# is not ended by mistake.
+_PG_END_EXPIRED = """
+SELECT pg_terminate_backend(l.session)
+FROM runtime_lock_leases AS l
+WHERE l.system = $1 AND l.name = $2 AND l.expires_at <= clock_timestamp()
+  AND l.session <> pg_backend_pid()
+  AND EXISTS (
+      SELECT 1 FROM pg_locks
+      WHERE locktype = 'advisory' AND granted AND pid = l.session AND objsubid = 2
+        AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid
+        AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))
+FOR UPDATE OF l
+"""
+
 _PG_RENEW = (
-    "UPDATE runtime_locks SET expires_at = clock_timestamp() + make_interval(secs => $4) "
-    "WHERE system = $1 AND name = $2 AND token = $3 RETURNING token"
+    "UPDATE runtime_lock_leases SET expires_at = clock_timestamp() + make_interval(secs => $4) "
+    "WHERE system = $1 AND name = $2 AND token = $3 AND session = pg_backend_pid() "
+    "RETURNING token"
 )
-_PG_RELEASE = "DELETE FROM runtime_locks WHERE system = $1 AND name = $2 AND token = $3"
-_PG_HOLDER = (
-    "SELECT holder, node, pid, extract(epoch FROM expires_at - clock_timestamp())::float8 "
-    "FROM runtime_locks WHERE system = $1 AND name = $2 AND expires_at > clock_timestamp()"
+# A release is the unlock alone, no write: the row stays as it was, the
+# description of the last holder and the name's last token; a reader trusts
+# a row only while its session holds the advisory lock (see _PG_HOLDER).
+_PG_UNLOCK = "SELECT pg_advisory_unlock(hashtext($1), hashtext($2))"
+_PG_HOLDER = """
+SELECT holder, node, pid, extract(epoch FROM expires_at - clock_timestamp())::float8
+FROM runtime_lock_leases AS l
+WHERE system = $1 AND name = $2 AND expires_at > clock_timestamp()
+  AND EXISTS (
+      SELECT 1 FROM pg_locks
+      WHERE locktype = 'advisory' AND granted AND pid = l.session AND objsubid = 2
+        AND classid = hashtext($1)::oid AND objid = hashtext($2)::oid)
+"""
+# Rows of leases that ended (released or expired) an hour ago: only the
+# token chain of a name that nobody locked for an hour is forgotten (its next
+# token is the clock's). A row's lease ends at its last expiry at the latest.
+_PG_SWEEP = (
+    "DELETE FROM runtime_lock_leases WHERE expires_at <= clock_timestamp() - interval '1 hour'"
 )
-_PG_SWEEP = "DELETE FROM runtime_locks WHERE expires_at <= clock_timestamp()"
+
+PG_DOWN: tuple[type[BaseException], ...] = (*PG_UNREACHABLE, trio.TooSlowError)
 
 
 async def _pg_migrate(connection: Any) -> None:
@@ -412,76 +490,162 @@ async def _pg_migrate(connection: Any) -> None:
 
 
 class PostgresLocks:
-    """Leases in a PostgreSQL table, with expiry on the server's clock.
+    """Leases held as session advisory locks of PostgreSQL, described in an
+    unlogged table.
 
-    Acquire and release are one statement each (one round trip): see
-    ``_PG_ACQUIRE``. Tokens come from a sequence, so they grow across every
-    name and every process; a released lease's row is deleted, and expired
-    ones are taken over by the next acquirer or deleted by ``sweep``.
+    The process keeps one connection of its own for its locks (the pool's
+    connections go back to the pool after each call; a session lock must
+    stay with its session). Acquire, renew and release are one statement
+    each (one round trip; see ``_PG_ACQUIRE``), and only the grant and the
+    renewal write. A killed holder's lock is
+    free at once: the server ends its session. A holder that stops renewing
+    (stalled, or unreachable while the server still sees its connection)
+    has its session ended by the next acquirer once its lease expired.
+    When this process's lock connection ends, every lease it held is lost.
     """
 
     kind = "postgresql"
     poll = 0.2
+    in_process = False
+    sessions = True
 
     def __init__(self, backend: PostgresBackend, system: str) -> None:
         self.backend = backend
         self.url = redacted(backend.url)
         self.system = system
-        backend.migrate_with(_pg_migrate)
+        self._connection: Any = None
+        self._session = 0  # the connection's generation: a lease's revision
+        self._lost: trio.Event = trio.Event()  # set when that connection ends
+        self._lock = trio.Lock()  # one statement at a time on the connection
+        # Held through the current session: owner and ttl, by name.
+        self._local: dict[str, tuple[Owner, float]] = {}
+
+    async def _call(self, query: str, *args: Any) -> tuple[Any, int]:
+        """``fetch(query, *args)`` on the lock connection (made if need be),
+        and the connection's generation."""
+        async with self._lock:
+            if self._connection is None or self._connection.is_closed():
+                await self._connect()
+            connection = self._connection
+            try:
+                # Shielded (and bounded): a statement cancelled half-way
+                # would leave the session's locks unknown.
+                with trio.CancelScope(shield=True), trio.fail_after(self.backend.op_timeout):
+                    rows = await trio_asyncio.aio_as_trio(connection.fetch)(query, *args)
+            except PG_DOWN as exc:
+                self._drop(connection)  # its locks end with it, surely
+                raise BackendUnavailable(f"PostgreSQL at {self.url}: {exc!r}") from exc
+            return rows, self._session
+
+    async def _connect(self) -> None:
+        self._drop(self._connection)
+        try:
+            with trio.fail_after(self.backend.op_timeout * 2):
+                connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(
+                    self.backend.url, timeout=self.backend.op_timeout
+                )
+                await trio_asyncio.aio_as_trio(_pg_migrate)(connection)
+        except PG_DOWN as exc:
+            raise BackendUnavailable(f"PostgreSQL at {self.url}: {exc!r}") from exc
+        lost = self._lost = trio.Event()
+        local = self._local = {}
+
+        def ended(_connection: Any) -> None:
+            lost.set()  # every lease of the session is lost with it
+            local.clear()
+
+        connection.add_termination_listener(ended)
+        self._connection = connection
+        self._session += 1
+
+    def _drop(self, connection: Any) -> None:
+        """Forget ``connection`` (its session's locks are gone with it)."""
+        if connection is not None:
+            self._lost.set()
+            if connection is self._connection:
+                self._connection = None
+                self._local.clear()
+            connection.terminate()
 
     async def try_acquire(self, name: str, owner: Owner, ttl: float) -> Grant | Holding | None:
-        system = self.system
-
-        async def acquire(connection: Any) -> Any:
-            return await connection.fetchrow(
-                _PG_ACQUIRE, system, name, owner.path, owner.node, owner.pid, owner.member, ttl
-            )
-
-        row = await self.backend.run(acquire)
-        if row is None:
+        local = self._local.get(name)
+        if local is not None:
+            # Advisory locks are re-entrant in a session: a holder in this
+            # process is answered here, without asking the server.
+            await trio.lowlevel.checkpoint()
+            return _holding(local[0], local[1])
+        rows, session = await self._call(
+            _PG_ACQUIRE, self.system, name, owner.path, owner.node, owner.pid, owner.member, ttl
+        )
+        if not rows:
             return None
+        row = rows[0]
         if row["granted"]:
-            return Grant(int(row["token"]), int(row["token"]))
+            self._local[name] = (owner, ttl)
+            return Grant(int(row["token"]), session)
         if row["expires_in"] <= 0:
-            return None  # expired: taken over by a concurrent acquirer just now
+            await self._end_expired(name)
+            return None
         return Holding(row["holder"], row["node"], int(row["pid"]), float(row["expires_in"]))
+
+    async def _end_expired(self, name: str) -> None:
+        try:
+            await self._call(_PG_END_EXPIRED, self.system, name)
+        except asyncpg.PostgresError as exc:  # not allowed to: the lease waits for its end
+            logger.warning("lock_session_not_ended", lock=name, error=repr(exc))
 
     async def renew(
         self, name: str, owner: Owner, token: int, revision: int, ttl: float
     ) -> int | None:
-        system = self.system
-
-        async def renew(connection: Any) -> Any:
-            return await connection.fetchval(_PG_RENEW, system, name, token, ttl)
-
-        return revision if await self.backend.run(renew) is not None else None
+        if revision != self._session or self._lost.is_set():
+            await trio.lowlevel.checkpoint()
+            return None  # the session that held it has ended
+        rows, session = await self._call(_PG_RENEW, self.system, name, token, ttl)
+        if session != revision:
+            return None
+        if not rows:
+            # The lease row was removed or taken over: the lease is lost, and
+            # this session lets go of the advisory lock it may still hold.
+            self._local.pop(name, None)
+            await self._call(_PG_UNLOCK, self.system, name)
+            return None
+        self._local[name] = (owner, ttl)
+        return revision
 
     async def release(self, name: str, token: int, revision: int) -> None:
-        system = self.system
+        self._local.pop(name, None)
+        if revision != self._session or self._lost.is_set():
+            await trio.lowlevel.checkpoint()
+            return  # the lock ended with its session
+        await self._call(_PG_UNLOCK, self.system, name)
 
-        async def release(connection: Any) -> None:
-            await connection.execute(_PG_RELEASE, system, name, token)
-
-        await self.backend.run(release)
+    async def wait_lost(self, revision: int) -> None:
+        """Return when the session of ``revision`` has ended (its locks with it)."""
+        if revision == self._session:
+            await self._lost.wait()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def holder(self, name: str) -> Holding | None:
-        system = self.system
-
-        async def holder(connection: Any) -> Any:
-            return await connection.fetchrow(_PG_HOLDER, system, name)
-
-        row = await self.backend.run(holder)
-        return None if row is None else Holding(row[0], row[1], int(row[2]), float(row[3]))
+        rows, _ = await self._call(_PG_HOLDER, self.system, name)
+        if not rows:
+            return None
+        row = rows[0]
+        return Holding(row[0], row[1], int(row[2]), float(row[3]))
 
     async def sweep(self) -> int:
-        async def sweep(connection: Any) -> str:
-            return str(await connection.execute(_PG_SWEEP))
-
-        status = await self.backend.run(sweep)  # "DELETE <count>"
-        return int(status.rsplit(" ", 1)[-1])
+        rows, _ = await self._call(f"WITH d AS ({_PG_SWEEP} RETURNING 1) SELECT count(*) FROM d")
+        return int(rows[0][0])
 
     async def aclose(self) -> None:
-        await trio.lowlevel.checkpoint()  # the pool is the system's Backends'
+        async with self._lock:
+            connection, self._connection = self._connection, None
+            self._local.clear()
+            if connection is not None:
+                # A lost connection has nothing left to close.
+                with trio.move_on_after(self.backend.op_timeout), contextlib.suppress(Exception):
+                    await trio_asyncio.aio_as_trio(connection.close)()
+                connection.terminate()
 
 
 # -- NATS JetStream KV ------------------------------------------------------------------
@@ -527,6 +691,8 @@ class NatsLocks:
 
     kind = "nats"
     poll = 0.2
+    in_process = False
+    sessions = False
 
     def __init__(self, backend: NatsBackend, system: str, url: str) -> None:
         self.backend = backend
@@ -590,6 +756,9 @@ class NatsLocks:
         if expires_in <= 0:
             return None
         return Holding(str(value["holder"]), str(value["node"]), int(value["pid"]), expires_in)
+
+    async def wait_lost(self, revision: int) -> None:
+        await trio.sleep_forever()  # only a renewal finds out
 
     async def sweep(self) -> int:
         await trio.lowlevel.checkpoint()

@@ -10,17 +10,20 @@ happens for ``lock_statistics()`` and the metrics.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import TracebackType
 
 import attrs
 import trio
 
 from ._backends import BackendUnavailable, process_identity
 from ._durations import Durations
-from ._lock_backends import Grant, Holding, LockBackend, Owner
+from ._lock_backends import Grant, Holding, LockBackend, MemoryLocks, Owner
 from ._logging import get_logger
 from .errors import LockHeld, LockLost, StoreUnavailable
 
@@ -28,6 +31,7 @@ __all__ = [
     "LOCK_WAIT_BUCKETS",
     "OUTCOMES",
     "HeldLock",
+    "Hold",
     "Lease",
     "LockCounters",
     "LockManager",
@@ -57,6 +61,12 @@ up to the backend's ``poll`` (0.2 s for SQLite, PostgreSQL and NATS)."""
 
 SWEEP_EVERY = 60.0
 """Seconds between two sweeps of expired leases from the backend."""
+
+NAMES_KEPT = 1024
+"""Lock names whose counters a manager keeps at hand for its fast path."""
+
+OWNERS_KEPT = 1024
+"""Holders' ``Owner`` records kept by a manager (the actors' paths)."""
 
 RELEASE_TIMEOUT = 5.0
 """Seconds a release may take (shielded from cancellation) before the lease
@@ -128,24 +138,53 @@ class Lease:
             greatest it has seen.
         holder: the holder's path.
         ttl: the lease's length; it is renewed every ``ttl / 3``.
-        expires_at: when the lease ends unless renewed, on trio's clock
-            (``trio.current_time()``): measured from before the last grant
-            or renewal was sent, so never later than the backend's own expiry.
     """
 
-    __slots__ = ("expires_at", "holder", "lost", "name", "released", "revision", "token", "ttl")
+    __slots__ = (
+        "_expires_at",
+        "body",
+        "holder",
+        "lost",
+        "name",
+        "released",
+        "revision",
+        "token",
+        "ttl",
+    )
 
     def __init__(  # noqa: PLR0917 (made by the manager only)
-        self, name: str, token: int, revision: int, holder: str, ttl: float, expires_at: float
+        self,
+        name: str,
+        token: int,
+        revision: int,
+        holder: str,
+        ttl: float,
+        expires_at: float | None,
     ) -> None:
         self.name = name
         self.token = token
         self.revision = revision
         self.holder = holder
         self.ttl = ttl
-        self.expires_at = expires_at
+        # None: held in process (memory://), where nothing expires while
+        # the block runs: its end is always ttl ahead.
+        self._expires_at = expires_at
         self.lost: str | None = None  # why, once lost
         self.released = False
+        self.body: trio.CancelScope | None = None  # the holder's block, cancelled if lost
+
+    @property
+    def expires_at(self) -> float:
+        """When the lease ends unless renewed, on trio's clock
+        (``trio.current_time()``): measured from before the last grant or
+        renewal was sent, so never later than the backend's own expiry."""
+        if self._expires_at is None:
+            return trio.current_time() + self.ttl
+        return self._expires_at
+
+    @expires_at.setter
+    def expires_at(self, value: float) -> None:
+        self._expires_at = value
 
     @property
     def expires_in(self) -> float:
@@ -158,7 +197,9 @@ class Lease:
     def held(self) -> bool:
         """Whether the lock is still held: not released, not lost, and its
         lease not past ``expires_at``."""
-        return self.lost is None and not self.released and trio.current_time() < self.expires_at
+        if self.lost is not None or self.released:
+            return False
+        return self._expires_at is None or trio.current_time() < self._expires_at
 
     def __repr__(self) -> str:
         return f"<Lease {self.name!r} token={self.token} holder={self.holder!r}>"
@@ -173,6 +214,8 @@ class LockCounters:
         self.contentions: dict[str, int] = {}
         self.waits: dict[str, Durations] = {}
         self.waiting: dict[str, int] = {}
+        # name -> its outcome key for a grant, and its wait histogram
+        self._granted: dict[str, tuple[tuple[str, str], Durations]] = {}
 
     def label(self, name: str) -> str:
         """The ``prefix`` label of the lock ``name``."""
@@ -189,6 +232,21 @@ class LockCounters:
             durations = self.waits[prefix] = Durations(LOCK_WAIT_BUCKETS)
         if waited is not None:
             durations.observe(waited)
+
+    def count_granted(self, name: str) -> None:
+        """Count a grant with no wait: ``count(label(name), "acquired", 0.0)``,
+        with the name's counters looked up once."""
+        found = self._granted.get(name)
+        if found is None:
+            prefix = self.label(name)
+            self.count(prefix, "acquired", 0.0)
+            if len(self._granted) >= NAMES_KEPT:
+                self._granted.clear()
+            self._granted[name] = ((prefix, "acquired"), self.waits[prefix])
+            return
+        key, durations = found
+        self.outcomes[key] += 1
+        durations.counts[0] += 1  # a wait of 0 s: the first bucket
 
     def total(self, outcome: str) -> int:
         return sum(count for (_, kind), count in self.outcomes.items() if kind == outcome)
@@ -225,6 +283,12 @@ class LockManager:
         self._sweeping = False  # the sweeper starts with the first lock taken
         self._released: dict[str, trio.Event] = {}  # local waiters, woken on release
         self._wait_seconds = 0.0
+        self._owners: dict[str, Owner] = {}
+        self._due: list[tuple[float, int, Lease]] = []  # renewals: (when, order, lease)
+        self._order = itertools.count()
+        self._renewing = False  # the renewing task starts with the first lease
+        self._wakeup: trio.CancelScope | None = None  # its sleep until the next renewal
+        self._watched: set[int] = set()  # backend sessions watched for their end
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[LockManager]:
@@ -252,11 +316,10 @@ class LockManager:
 
     # -- taking and holding ----------------------------------------------------------
 
-    @asynccontextmanager
-    async def lock(
+    def lock(
         self, name: str, *, holder: str, ttl: float = 30.0, wait_timeout: float | None = None
-    ) -> AsyncIterator[Lease]:
-        """Hold the lock ``name`` for the block (see ``ActorContext.lock``).
+    ) -> Hold:
+        """Hold the lock ``name`` for an ``async with`` block (see ``ActorContext.lock``).
 
         Raises:
             LockHeld: another holder kept it past ``wait_timeout``.
@@ -265,37 +328,66 @@ class LockManager:
             ValueError: a bad ``ttl`` or ``wait_timeout``.
         """
         _check(name, ttl, wait_timeout)
+        return Hold(self, name, holder, ttl, wait_timeout)
+
+    def owner(self, holder: str) -> Owner:
+        """The ``Owner`` record of ``holder`` in this process (kept: one per path)."""
+        owner = self._owners.get(holder)
+        if owner is None:
+            if len(self._owners) >= OWNERS_KEPT:
+                self._owners.clear()
+            owner = self._owners[holder] = Owner(holder, *process_identity())
+        return owner
+
+    def start_service(self) -> trio.Nursery:
+        """The nursery of renewals (the sweeper started on the first lock).
+
+        Raises:
+            RuntimeError: the system does not run.
+        """
         nursery = self._nursery
-        if nursery is not None and not self._sweeping:
+        if nursery is None:
+            raise RuntimeError("locks are served only while the system runs")
+        if not self._sweeping:
             # A system that never takes a lock never touches its backend.
             self._sweeping = True
             nursery.start_soon(self._sweep_every, SWEEP_EVERY)
-        if nursery is None:
-            raise RuntimeError("locks are served only while the system runs")
-        lease = await self.acquire(name, holder, ttl, wait_timeout)
-        body = trio.CancelScope()
-        renewal = trio.CancelScope()
-        nursery.start_soon(self._renew, lease, body, renewal)
-        try:
-            with body:
-                yield lease
-        finally:
-            renewal.cancel()
-            await self._release(lease)
-        if lease.lost is not None:
-            raise LockLost(
-                f"lock {name!r} (token {lease.token}) was lost by {holder}: {lease.lost}; "
-                "the block was cancelled",
-                name=name,
-                token=lease.token,
-            )
+        return nursery
+
+    def grant_in_process(self, name: str, holder: str, ttl: float) -> Lease | None:
+        """The lease of ``name`` if the in-process backend grants it now
+        (no wait, no renewal: the lease lasts while the block runs); None
+        if it is held."""
+        backend = self.backend
+        if not isinstance(backend, MemoryLocks):
+            return None
+        token = backend.grant_nowait(name, self.owner(holder), ttl)
+        if token is None:
+            return None
+        self.counters.count_granted(name)
+        lease = Lease(name, token, token, holder, ttl, None)
+        self.held[name] = lease
+        return lease
+
+    def release_in_process(self, lease: Lease) -> None:
+        """Release an in-process lease (no wait: nothing to reach)."""
+        name = lease.name
+        lease.released = True
+        lease._expires_at = trio.current_time()
+        if self.held.get(name) is lease:
+            del self.held[name]
+        backend = self.backend
+        if isinstance(backend, MemoryLocks):
+            backend.release_nowait(name, lease.token)
+        if name in self._released:
+            self._wake(name)
 
     async def acquire(
         self, name: str, holder: str, ttl: float, wait_timeout: float | None
     ) -> Lease:
         """Wait for the lock and take it; the caller releases it (``lock``
         does). Cancellation while waiting takes nothing."""
-        owner = Owner(holder, *process_identity())
+        owner = self.owner(holder)
         start = trio.current_time()
         deadline = math.inf if wait_timeout is None else start + wait_timeout
         ask = _Acquisition(name, owner, ttl, self.counters.label(name), start, deadline)
@@ -343,8 +435,8 @@ class LockManager:
             counters.contentions[ask.prefix] = counters.contentions.get(ask.prefix, 0) + 1
             self._wait_seconds += waited
         counters.count(ask.prefix, "acquired", waited)
-        owner = ask.owner
-        lease = Lease(ask.name, grant.token, grant.revision, owner.path, ask.ttl, sent + ask.ttl)
+        expires_at = None if self.backend.in_process else sent + ask.ttl
+        lease = Lease(ask.name, grant.token, grant.revision, ask.owner.path, ask.ttl, expires_at)
         self.held[ask.name] = lease
         return lease
 
@@ -383,30 +475,56 @@ class LockManager:
         if event is not None:
             event.set()
 
-    async def _renew(self, lease: Lease, body: trio.CancelScope, renewal: trio.CancelScope) -> None:
-        """Renew ``lease`` every ttl/3 until ``renewal`` is cancelled; cancel
-        ``body`` once it cannot be renewed before it expires."""
-        with renewal:
-            why = await self._keep(lease)
-            lease.lost = why
-            self.held.pop(lease.name, None)
-            self.counters.count(self.counters.label(lease.name), "lost")
-            logger.warning("lock_lost", lock=lease.name, token=lease.token, holder=lease.holder,
-                           reason=why)  # fmt: skip
-            body.cancel()
-            self._wake(lease.name)
+    def hold(self, lease: Lease, body: trio.CancelScope) -> None:
+        """Keep ``lease`` renewed while it is held; cancel ``body`` if it is lost.
 
-    async def _keep(self, lease: Lease) -> str:
-        """Renew ``lease`` until that fails; why it failed."""
-        owner = Owner(lease.holder, *process_identity())
-        interval = lease.ttl / 3
-        retry = min(interval, 1.0) / 3
-        next_at = lease.expires_at - lease.ttl + interval
+        One task renews every held lease when it is due (ttl/3 after its
+        last renewal), so taking a lock starts no task of its own.
+        """
+        lease.body = body
+        self._schedule(lease, lease.expires_at - lease.ttl * 2 / 3)
+        if self.backend.sessions and lease.revision not in self._watched:
+            self._watched.add(lease.revision)
+            self.start_service().start_soon(self._watch_session, lease.revision)
+
+    def _schedule(self, lease: Lease, at: float) -> None:
+        due = self._due
+        if len(due) > 64 and len(due) > 4 * len(self.held):
+            # Entries of released leases wait for their time: drop them now.
+            due[:] = [entry for entry in due if _renewable(entry[2])]
+            heapq.heapify(due)
+        heapq.heappush(due, (at, next(self._order), lease))
+        wakeup = self._wakeup
+        if wakeup is not None and at < wakeup.deadline:
+            wakeup.deadline = at
+        if not self._renewing:
+            self._renewing = True
+            self.start_service().start_soon(self._renew_due)
+
+    async def _renew_due(self) -> None:
+        """Start the renewal of each held lease when it is due."""
+        due = self._due
         while True:
-            await trio.sleep_until(next_at)
+            with trio.CancelScope(deadline=due[0][0] if due else math.inf) as wakeup:
+                self._wakeup = wakeup
+                await trio.sleep_forever()
+            self._wakeup = None
+            now = trio.current_time()
+            while due and due[0][0] <= now:
+                lease = heapq.heappop(due)[2]
+                if _renewable(lease):
+                    self.start_service().start_soon(self._renew, lease)
+
+    async def _renew(self, lease: Lease) -> None:
+        """Renew ``lease`` once (trying again every ``min(ttl/3, 1 s) / 3``
+        until it expires), then schedule the next renewal; lose it if that fails."""
+        owner = self.owner(lease.holder)
+        retry = min(lease.ttl / 3, 1.0) / 3
+        while _renewable(lease):
             sent = trio.current_time()
             if sent >= lease.expires_at:
-                return "the lease expired before it could be renewed"
+                self._lose(lease, "the lease expired before it could be renewed")
+                return
             revision: int | None = -1  # -1: no answer before the lease expired
             try:
                 with trio.move_on_after(lease.expires_at - sent):
@@ -415,17 +533,40 @@ class LockManager:
                     )
             except Exception as exc:  # unreachable, or failing: try again until it expires
                 logger.warning("lock_renewal_failed", lock=lease.name, error=repr(exc))
-                next_at = min(trio.current_time() + retry, lease.expires_at)
+                await trio.sleep_until(min(trio.current_time() + retry, lease.expires_at))
                 continue
+            if not _renewable(lease):
+                return  # released (or lost) meanwhile
             if revision is None:
-                return "the lease was taken over or removed on the backend"
-            if revision == -1:
-                return "the lease expired before it could be renewed"
-            lease.revision = revision
-            lease.expires_at = sent + lease.ttl
-            next_at = sent + interval
+                self._lose(lease, "the lease was taken over or removed on the backend")
+            elif revision == -1:
+                self._lose(lease, "the lease expired before it could be renewed")
+            else:
+                lease.revision = revision
+                lease.expires_at = sent + lease.ttl
+                self._schedule(lease, sent + lease.ttl / 3)
+            return
 
-    async def _release(self, lease: Lease) -> None:
+    async def _watch_session(self, revision: int) -> None:
+        """Lose every lease granted in the backend session ``revision`` when it ends."""
+        await self.backend.wait_lost(revision)
+        self._watched.discard(revision)
+        for lease in list(self.held.values()):
+            if lease.revision == revision and _renewable(lease):
+                self._lose(lease, "the backend ended the session that held it")
+
+    def _lose(self, lease: Lease, why: str) -> None:
+        lease.lost = why
+        if self.held.get(lease.name) is lease:
+            del self.held[lease.name]
+        self.counters.count(self.counters.label(lease.name), "lost")
+        logger.warning("lock_lost", lock=lease.name, token=lease.token, holder=lease.holder,
+                       reason=why)  # fmt: skip
+        if lease.body is not None:
+            lease.body.cancel()
+        self._wake(lease.name)
+
+    async def release(self, lease: Lease) -> None:
         """Release the lease on the backend (shielded: a cancelled holder
         releases too); a failure leaves it to expire."""
         if self.held.get(lease.name) is lease:
@@ -494,13 +635,84 @@ class LockManager:
                 logger.info("locks_swept", expired=swept)
 
 
+class Hold:
+    """``async with manager.lock(...) as lease``: waits for the lock and
+    takes it on entry, releases it on exit.
+
+    In process (``memory://``) a free lock is granted and released with no
+    task and no wait beyond one checkpoint on entry, as ``trio.Lock``: the
+    holder is in this process, so there is nothing to renew. On the other
+    backends a task renews the lease while the block runs and cancels the
+    block if the lease is lost (``LockLost`` is raised out of it then).
+    """
+
+    __slots__ = ("_body", "_holder", "_lease", "_manager", "_name", "_ttl", "_wait")
+
+    def __init__(
+        self, manager: LockManager, name: str, holder: str, ttl: float, wait: float | None
+    ) -> None:
+        self._manager = manager
+        self._name = name
+        self._holder = holder
+        self._ttl = ttl
+        self._wait = wait
+        self._lease: Lease | None = None
+        self._body: trio.CancelScope | None = None
+
+    async def __aenter__(self) -> Lease:
+        manager = self._manager
+        manager.start_service()
+        if manager.backend.in_process:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            lease = manager.grant_in_process(self._name, self._holder, self._ttl)
+            if lease is not None:
+                self._lease = lease
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return lease
+        lease = await manager.acquire(self._name, self._holder, self._ttl, self._wait)
+        self._lease = lease
+        if not manager.backend.in_process:
+            self._body = body = trio.CancelScope()
+            manager.hold(lease, body)
+            body.__enter__()
+        return lease
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        lease, body = self._lease, self._body
+        assert lease is not None
+        if body is None:
+            self._manager.release_in_process(lease)
+            return False
+        try:
+            handled = body.__exit__(exc_type, exc, traceback)
+        finally:
+            await self._manager.release(lease)
+        if lease.lost is not None and (exc is None or handled):
+            raise LockLost(
+                f"lock {lease.name!r} (token {lease.token}) was lost by {lease.holder}: "
+                f"{lease.lost}; the block was cancelled",
+                name=lease.name,
+                token=lease.token,
+            )
+        return handled
+
+
+def _renewable(lease: Lease) -> bool:
+    return lease.lost is None and not lease.released
+
+
 def _check(name: str, ttl: float, wait_timeout: float | None) -> None:
     if not isinstance(name, str) or not name:
         raise ValueError(f"a lock's name is a non-empty string, got {name!r}")
-    if not (isinstance(ttl, int | float) and 0 < ttl < math.inf):
+    if not (isinstance(ttl, (int, float)) and 0 < ttl < math.inf):
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
     if wait_timeout is not None and not (
-        isinstance(wait_timeout, int | float) and wait_timeout >= 0
+        isinstance(wait_timeout, (int, float)) and wait_timeout >= 0
     ):
         raise ValueError(f"wait_timeout must be None or seconds >= 0, got {wait_timeout!r}")
 

@@ -203,7 +203,8 @@ class RuntimeCollector(Collector):
             "runtime_restarts",
             "Restarts by actor or supervisor and reason (crash, normal_exit: it "
             "ended and is permanent; group: a sibling's restart took it along; "
-            "supervisor: its supervisor was restarted; half_open: a circuit trial).",
+            "supervisor: its supervisor was restarted; half_open: a circuit trial; "
+            "manual: system.restart, the console's restart).",
             labels=["actor", "reason"],
         )
         for cell in system.cells():
@@ -285,6 +286,20 @@ class RuntimeCollector(Collector):
                     "Admissions in the current rate window.",
                     ["resource"],
                 ).add_metric([name], limiter.in_window)
+            if limiter.shared is not None:
+                family(
+                    gauge,
+                    "runtime_resource_shared_fallback",
+                    "1 while a shared resource's coordination engine cannot be reached "
+                    "and this process admits its share (limit / members) alone.",
+                    ["resource"],
+                ).add_metric([name], 1.0 if limiter.shared == "fallback" else 0.0)
+                family(
+                    gauge,
+                    "runtime_resource_shared_members",
+                    "Processes sharing the resource's limits, as last counted on the engine.",
+                    ["resource"],
+                ).add_metric([name], limiter.members or 1)
             family(
                 gauge,
                 "runtime_limiter_paused_seconds",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import sys
 from collections.abc import Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ import trio
 
 from ._cell import ActorCell
 from ._logging import get_logger
+from ._mailbox import Mailbox
 from ._ref import ActorRef, ActorStatistics
 from ._routing import key_hash, next_usable, rendezvous, worker_salt
 from ._specs import ChildSpec, SupervisorSpec, renamed
@@ -44,7 +46,8 @@ logger = get_logger()
 DRAIN_POLL = 0.01
 """Seconds between two looks at a draining worker (is its mailbox empty yet?)."""
 
-_BUSY_MAILBOX = 1 << 20  # least_busy: one queued message outweighs any number in hand
+_UNREAD = sys.maxsize  # least_busy: more than any mailbox or messages in hand
+_DRAWS = 1024  # random: workers drawn at once, taken one per message
 
 
 @attrs.frozen
@@ -95,12 +98,12 @@ class PoolRef(ActorRef[Any]):
     """
 
     __slots__ = (
-        "_cycle",
         "_key",
-        "_next",
         "_pool",
         "_random",
+        "_rotations",
         "_salts",
+        "_turns",
         "broadcast",
         "refused",
         "routed",
@@ -115,8 +118,12 @@ class PoolRef(ActorRef[Any]):
         self._key = hash_key
         self.workers: list[ActorCell] = []  # those taking routes, in index order
         self._salts: list[int] = []
-        self._cycle: Iterator[ActorCell] | None = None  # round_robin's turns
-        self._next = 0
+        # round_robin: the workers in turn, endlessly; random: the next ones
+        # drawn (a block of ``_DRAWS``, drawn again once used up).
+        self._turns: Iterator[ActorCell] | None = None
+        # least_busy: each rotation of the workers in turn (ties go to the
+        # first in the rotation, so ties are taken in turn).
+        self._rotations: Iterator[list[tuple[ActorCell, Mailbox]]] | None = None
         self._random = random.Random()
         self.routed = 0
         self.refused = 0
@@ -126,8 +133,15 @@ class PoolRef(ActorRef[Any]):
         keeps the one it read)."""
         self.workers = workers
         self._salts = [worker_salt(int(cell.name)) for cell in workers]
-        if self.routing == "round_robin":
-            self._cycle = itertools.cycle(workers) if workers else None
+        routing = self.routing
+        if routing == "round_robin":
+            self._turns = itertools.cycle(workers) if workers else None
+        elif routing == "random":
+            self._turns = iter(()) if workers else None  # drawn at the first message
+        elif routing == "least_busy":
+            pairs = [(cell, cell.mailbox) for cell in workers]
+            rotations = [pairs[index:] + pairs[:index] for index in range(len(pairs))]
+            self._rotations = itertools.cycle(rotations) if rotations else None
 
     @property
     def path(self) -> str:
@@ -152,7 +166,7 @@ class PoolRef(ActorRef[Any]):
         workers = self.workers
         routing = self.routing
         if routing == "round_robin":
-            cycle = self._cycle
+            cycle = self._turns
             if cycle is not None:
                 for _ in range(len(workers)):
                     turn = next(cycle)
@@ -161,13 +175,21 @@ class PoolRef(ActorRef[Any]):
                         return turn
             raise self._none_available()
         if routing == "least_busy":
-            found = self._least_busy(workers)
-        elif routing == "random":
+            cell = self._least_busy()
+            if cell is None:
+                raise self._none_available()
+            self.routed += 1
+            return cell
+        if routing == "random":
+            turns = self._turns
+            if turns is not None:
+                cell = next(turns, None)
+                if cell is None:
+                    cell = self._draw()
+                if cell.refusal is None and cell.status == "running":
+                    self.routed += 1
+                    return cell
             index = int(self._random.random() * len(workers))
-            cell = workers[index] if workers else None
-            if cell is not None and cell.refusal is None and cell.status == "running":
-                self.routed += 1
-                return cell
             found = next_usable(len(workers), index, self._usable)
         else:
             found = rendezvous(key_hash(self._key_of(msg)), self._salts, self._usable)
@@ -176,28 +198,38 @@ class PoolRef(ActorRef[Any]):
         self.routed += 1
         return workers[found]
 
-    def _least_busy(self, workers: list[ActorCell]) -> int | None:
-        """``least_busy`` of ``_routing`` with the load read inline (a call
-        per worker would cost more than the pick): the shortest mailbox,
-        then the fewest messages in hand; ties taken in turn."""
-        count = len(workers)
-        start = self._next = self._next + 1 if self._next + 1 < count else 0
+    def _draw(self) -> ActorCell:
+        """random: the next worker drawn, drawing a new block when the last
+        one is used up (one call per ``_DRAWS`` messages, each worker equally
+        likely at each draw)."""
+        turns = self._turns = iter(self._random.choices(self.workers, k=_DRAWS))
+        return next(turns)
+
+    def _least_busy(self) -> ActorCell | None:
+        """``least_busy`` of ``_routing``, read inline (a call per worker
+        would cost more than the pick): the routable worker with the shortest
+        mailbox, then the fewest messages in hand; ties go to the first from
+        this message's turn on (so they are taken in turn). Exact for every
+        pool size: each mailbox's size is read (an attribute), a worker's
+        other fields only when its mailbox could still win; an idle worker
+        with an empty mailbox ends the scan."""
+        rotations = self._rotations
+        if rotations is None:
+            return None
         best = None
-        best_load = 0
-        for step in range(count):
-            index = start + step
-            if index >= count:
-                index -= count
-            cell = workers[index]
-            if cell.status != "running" or (cell.refusal is not None and not cell.routable()):
+        best_size = best_busy = _UNREAD
+        for cell, mailbox in next(rotations):
+            size = mailbox.size
+            if size >= best_size and (size > best_size or not best_busy):
+                continue  # cannot beat the best so far: nothing else to read
+            closed = cell.refusal is None and cell.status == "running"  # the common case
+            if not closed and not cell.routable():
                 continue
-            load = cell.mailbox.size * _BUSY_MAILBOX + (
-                cell.in_flight or (0 if cell.waiting else 1)
-            )
-            if best is None or load < best_load:
-                if not load:
-                    return index
-                best, best_load = index, load
+            busy = cell.in_flight or (0 if cell.waiting else 1)
+            if size < best_size or busy < best_busy:
+                if not size and not busy:
+                    return cell
+                best, best_size, best_busy = cell, size, busy
         return best
 
     def _usable(self, index: int) -> bool:
@@ -232,12 +264,19 @@ class PoolRef(ActorRef[Any]):
             UnknownMessage, MailboxFull, ActorStopped, ValueError: as
                 ``ActorRef.tell`` of the worker.
         """
-        cycle = self._cycle
-        if cycle is not None:  # round_robin's fast path: one C call picks
-            cell = next(cycle)
+        turns = self._turns
+        if turns is not None:  # round_robin's and random's fast path: one C call picks
+            cell = next(turns, None)
+            if cell is None:
+                cell = self._draw()
             if cell.refusal is None and cell.status == "running":
                 self.routed += 1
                 return cell.ref.tell(msg, priority=priority)
+        elif self._rotations is not None:
+            found = self._least_busy()
+            if found is not None:
+                self.routed += 1
+                return found.ref.tell(msg, priority=priority)
         if self.broadcast:
             return self._tell_all(msg, priority)
         try:

@@ -83,9 +83,21 @@ class Transport(Protocol):
     def observe_ask(self, seconds: float, outcome: str) -> None: ...
 
 
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_loads = json.JSONDecoder().decode
+"""The wire's JSON, compact, with no NaN or infinity (one encoder and one
+decoder made once)."""
+
+
 def type_path(cls: type) -> str:
     """``package.module:Qualname``, the name a type crosses the wire by."""
-    return f"{cls.__module__}:{cls.__qualname__}"
+    found = _TYPE_PATHS.get(cls)
+    if found is None:
+        found = _TYPE_PATHS[cls] = f"{cls.__module__}:{cls.__qualname__}"
+    return found
+
+
+_TYPE_PATHS: dict[type, str] = {}
 
 
 @functools.cache
@@ -108,9 +120,31 @@ def reply_type(actor: Any, message_type: Any) -> Any:
     return Any if found is type(None) else found
 
 
-def _encode_message(msg: object) -> Any:
+@functools.cache
+def _unstructure_hook(cls: Any) -> Callable[[Any], Any]:
+    """cattrs' unstructure function for ``cls``, looked up once per type."""
+    return json_converter().get_unstructure_hook(cls)
+
+
+@functools.cache
+def _structure_hook(cls: Any) -> Callable[[Any, Any], Any]:
+    """cattrs' structure function for ``cls``, looked up once per type."""
+    return json_converter().get_structure_hook(cls)
+
+
+def _structure(value: Any, cls: Any) -> Any:
     try:
-        return json_converter().unstructure(msg)
+        hook = _structure_hook(cls)
+    except TypeError:  # a type that cannot be a cache key: cattrs looks it up
+        return json_converter().structure(value, cls)
+    return hook(value, cls)
+
+
+def _encode_message(msg: object) -> str:
+    """``msg``'s fields as JSON, by cattrs."""
+    kind: Any = type(msg)
+    try:
+        return _dumps(_unstructure_hook(kind)(msg))
     except Exception as exc:
         name = type(msg).__qualname__
         raise TypeError(f"{name} cannot cross the network as JSON: {exc}") from exc
@@ -124,24 +158,30 @@ def _trace_carrier() -> dict[str, str]:
     return carrier
 
 
+@functools.lru_cache(maxsize=4096)
+def _request_head(path: str, type_name: str, priority: str) -> str:
+    """The fields of a request that are the same for every message of one
+    type to one actor at one priority, as JSON without its closing brace."""
+    return _dumps({"p": path, "t": type_name, "pr": priority})[:-1]
+
+
 def encode_request(
     path: str, msg: object, priority: str, timeout: float | None, tracing: bool
 ) -> bytes:
-    """A message for the actor at ``path``, as sent on the wire."""
-    body: dict[str, Any] = {
-        "p": path,
-        "t": type_path(type(msg)),
-        "m": _encode_message(msg),
-        "pr": priority,
-    }
+    """A message for the actor at ``path``, as sent on the wire: a JSON
+    object with its path (``p``), type (``t``), priority (``pr``), fields
+    (``m``), and when there are some the sender's correlation id (``c``),
+    trace context (``tc``) and timeout (``d``)."""
+    parts = [_request_head(path, type_path(type(msg)), priority)]
     chain = correlation_id()
     if chain is not None:
-        body["c"] = chain
+        parts.append(',"c":' + _dumps(chain))
     if tracing:
-        body["tc"] = _trace_carrier()
+        parts.append(',"tc":' + _dumps(_trace_carrier()))
     if timeout is not None:
-        body["d"] = timeout
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        parts.append(',"d":' + _dumps(timeout))
+    parts.append(',"m":' + _encode_message(msg) + "}")
+    return "".join(parts).encode()
 
 
 @attrs.frozen
@@ -155,9 +195,14 @@ class Request:
     trace: dict[str, str] | None
     timeout: float | None
 
-    @contextlib.contextmanager
-    def context(self) -> Iterator[None]:
+    def context(self) -> contextlib.AbstractContextManager[None]:
         """The sender's correlation (and trace context) while it is delivered."""
+        if self.correlation is None and self.trace is None and CURRENT.get() is None:
+            return _NOTHING_TO_SET
+        return self._context()
+
+    @contextlib.contextmanager
+    def _context(self) -> Iterator[None]:
         token = CURRENT.set(CorrelationSlot(self.correlation) if self.correlation else None)
         detach: Callable[[], None] | None = None
         if self.trace:
@@ -173,6 +218,9 @@ class Request:
             CURRENT.reset(token)
 
 
+_NOTHING_TO_SET = contextlib.nullcontext()
+
+
 def decode_request(data: bytes, actor_of: Callable[[str], type[Actor[Any]] | None]) -> Request:
     """The message in ``data``, structured as the type its target handles.
 
@@ -181,7 +229,7 @@ def decode_request(data: bytes, actor_of: Callable[[str], type[Actor[Any]] | Non
         UnknownMessage: its type is not one its target has a handler for.
         ValueError: not a message of this protocol.
     """
-    body = json.loads(data)
+    body = _loads(data.decode())
     path = body["p"]
     actor: Any = actor_of(path)
     if actor is None:
@@ -191,7 +239,7 @@ def decode_request(data: bytes, actor_of: Callable[[str], type[Actor[Any]] | Non
     if cls is None:
         raise UnknownMessage(f"{path} has no handler for {name} (only its handlers' types)")
     try:
-        message: object = json_converter().structure(body["m"], cls)
+        message: object = _structure(body["m"], cls)
     except Exception as exc:
         raise UnknownMessage(f"{path}: the {name} received does not fit its type: {exc}") from None
     priority = body.get("pr", "normal")
@@ -202,11 +250,8 @@ def decode_request(data: bytes, actor_of: Callable[[str], type[Actor[Any]] | Non
 
 def encode_reply(value: object) -> bytes:
     """A handler's return value, as sent back."""
-    return json.dumps(
-        {"r": _encode_message(value), "t": type_path(type(value))},
-        separators=(",", ":"),
-        allow_nan=False,
-    ).encode()
+    head = '{"t":' + _dumps(type_path(type(value)))
+    return (head + ',"r":' + _encode_message(value) + "}").encode()
 
 
 def encode_error(error: BaseException) -> bytes:
@@ -226,18 +271,18 @@ def encode_error(error: BaseException) -> bytes:
     elif not isinstance(error, ActorSystemError):
         body["x"] = f"{type(error).__module__}.{type(error).__qualname__}"
         body["xm"] = str(error)
-    return json.dumps(body, separators=(",", ":")).encode()
+    return _dumps(body).encode()
 
 
 def decode_reply(data: bytes, annotation: Any) -> Any:
     """The value of a reply, or raises the error it carries."""
-    body = json.loads(data)
+    body = _loads(data.decode())
     if "e" in body:
         raise _error_of(body)
     value = body["r"]
     if annotation is Any:
         return value
-    return json_converter().structure(value, annotation)
+    return _structure(value, annotation)
 
 
 def _error_of(body: dict[str, Any]) -> Exception:

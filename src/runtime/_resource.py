@@ -35,7 +35,8 @@ from ._limiter import Limiter, LimiterStatistics
 from ._mailbox import Ask
 from ._priority import check_priority
 from ._serving import span
-from ._specs import ChildSpec, ResourceSpec
+from ._shared import SharedLimits
+from ._specs import ChildSpec, ResourceSpec, shared_default
 from .errors import ActorStopped, AskTimeout, BudgetExceeded, ResourceError
 
 if TYPE_CHECKING:
@@ -258,6 +259,28 @@ def _limits(spec: ResourceSpec) -> dict[str, Any]:
     }
 
 
+def _shared_limits(host: Host, name: str, spec: ResourceSpec, path: str) -> SharedLimits | None:
+    """The shared side of a resource's limits, for ``shared: true``: on
+    ``shared_via``, or on the topology's store when that is PostgreSQL."""
+    if not spec.shared:
+        return None
+    url = spec.shared_via or shared_default(getattr(host.system.topology, "store", None))
+    if url is None:
+        raise ValueError(
+            f"{path}: shared: true needs shared_via: postgresql://... or nats://... "
+            "(it defaults to the store only when that is PostgreSQL)"
+        )
+    return SharedLimits(
+        url,
+        host.backends,
+        system=host.name,
+        resource=name,
+        lease=spec.shared_lease,
+        guard=spec.shared_guard,
+        name=path,
+    )
+
+
 def _show(value: object) -> str:
     if attrs.has(type(value)):
         fields = ", ".join(f"{k}: {v!r}" for k, v in attrs.asdict(value).items())  # type: ignore[arg-type]
@@ -338,6 +361,7 @@ class ResourceCell(ActorCell):
         "inline_done",
         "limiter",
         "resource_spec",
+        "shared",
     )
 
     def __init__(self, child_spec: ChildSpec, path: str, host: Host, spec: ResourceSpec) -> None:
@@ -353,11 +377,13 @@ class ResourceCell(ActorCell):
         self.inline: dict[trio.CancelScope, Exception | None] = {}
         self.inline_done: trio.Event | None = None
         self.asyncio_loop: Any = None  # the system's trio-asyncio loop, for asyncio kinds
+        self.shared = _shared_limits(host, self.name, spec, path)
         self.limiter = Limiter(
             **_limits(spec),
             is_transient=self._is_transient,
             should_retry=self._should_retry,
             name=path,
+            shared=self.shared,
         )
 
     def _is_transient(self, error: BaseException) -> bool:
@@ -377,7 +403,7 @@ class ResourceCell(ActorCell):
         actor._resource_cell = self
         self.current = actor
         self.broken = None
-        if actor.uses_asyncio:
+        if actor.uses_asyncio or self.shared is not None:
             self.asyncio_loop = trio_asyncio.current_loop.get()
 
     async def serve_inline(
@@ -452,7 +478,17 @@ class ResourceCell(ActorCell):
     ) -> BaseException | None:
         error: BaseException | None = None
         try:
-            error = await super().run_incarnation(_CameUp(self, task_status), begun=begun)
+            if self.shared is None:
+                error = await super().run_incarnation(_CameUp(self, task_status), begun=begun)
+                return error
+            async with trio.open_nursery() as nursery:
+                # The shared limits' background work (leases, pauses,
+                # membership) runs while the incarnation does.
+                nursery.start_soon(self.shared.serve)
+                try:
+                    error = await super().run_incarnation(_CameUp(self, task_status), begun=begun)
+                finally:
+                    nursery.cancel_scope.cancel()
             return error
         finally:
             if self.broken is None and isinstance(error, Exception):
@@ -526,15 +562,24 @@ class ResourceCell(ActorCell):
         ``circuit_breaker``) change at once, while requests run. New options
         restart the resource (requests in flight finish first; queued ones
         wait). A new ``budget`` applies to the next request and keeps what
-        the window has spent. A new ``kind``, ``mailbox`` or
-        ``shutdown_timeout`` needs the system restarted: it is reported and
-        not applied.
+        the window has spent. A new ``kind``, ``mailbox``,
+        ``shutdown_timeout`` or shared setting (``shared``, ``shared_via``,
+        ``shared_lease``, ``shared_guard``) needs the system restarted: it is
+        reported and not applied.
         """
         old = self.resource_spec
         changes: list[str] = []
         kept = [
             field
-            for field in ("kind", "mailbox", "shutdown_timeout")
+            for field in (
+                "kind",
+                "mailbox",
+                "shutdown_timeout",
+                "shared",
+                "shared_via",
+                "shared_lease",
+                "shared_guard",
+            )
             if getattr(spec, field) != getattr(old, field)
         ]
         if kept:

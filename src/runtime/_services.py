@@ -18,6 +18,7 @@ import trio_asyncio
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
 from ._checkpoint import CheckpointStore, PostgresStore, open_store
+from ._console import open_console
 from ._endpoint import open_endpoint
 from ._listen import Listen, parse_listen
 from ._logging import get_logger
@@ -72,10 +73,18 @@ async def _open_services(
         stack.callback(registry.unregister, collector)
     if listen is not None:
         assert registry is not None
+        console = await stack.enter_async_context(open_console(system))
         system.endpoint_url = await stack.enter_async_context(
-            open_endpoint(system, registry, listen)
+            open_endpoint(system, registry, listen, console)
         )
-        logger.info("metrics_listening", url=system.endpoint_url, loopback=listen.loopback)
+        stack.callback(console.close)  # before the endpoint stops: end the event streams
+        logger.info(
+            "metrics_listening",
+            url=system.endpoint_url,
+            ui=f"{system.endpoint_url}/ui",
+            loopback=listen.loopback,
+            controls=console.controls,
+        )
 
 
 def _without_units(topology: Topology) -> Topology:

@@ -543,6 +543,19 @@ class SupervisorSpec:
             seen.add(child.name)
 
 
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _env_name(_inst: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise FieldError(
+            attribute.name,
+            # The value is not echoed: it may be the token itself, put here by mistake.
+            "expected the name of an environment variable (letters, digits and '_', "
+            "such as RUNTIME_CONTROL_TOKEN), never the token itself",
+        )
+
+
 @attrs.frozen
 class MetricsSpec:
     """Observability settings.
@@ -553,10 +566,18 @@ class MetricsSpec:
         tracing: an OpenTelemetry span per handled message, the asker's or
             sender's span as its parent (needs ``opentelemetry-api``; spans
             go to the tracer provider the application set up).
+        control_token_env: the name of an environment variable holding the
+            bearer token that the console's controls (``/ui``: restart, stop,
+            reset a breaker, pause a resource, resize a pool, resume a run)
+            require; None, or the variable unset or empty: the console is
+            read-only. The name is configured, never the token itself.
     """
 
     listen: str | None = None
     tracing: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    control_token_env: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_env_name)
+    )
 
 
 def _positive_seconds(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -636,6 +657,17 @@ class ResourceSpec:
         shutdown_timeout: seconds a stop waits for requests in flight.
         budget: optional spending limit on every request the resource
             serves, whoever asks; see ``BudgetSpec``.
+        shared: the limits hold for the sum of every process that runs a
+            system of the same name (``max_concurrency``, ``rate``, priority
+            and ``Retry-After`` pauses), coordinated through ``shared_via``.
+        shared_via: ``postgresql://...`` or ``nats://...``; by default the
+            topology's ``store`` when that is PostgreSQL. Only with ``shared``.
+        shared_lease: seconds a process's concurrency token and membership
+            last without renewal (renewed every third of it while held): a
+            process that dies gives its tokens back within this time.
+        shared_guard: seconds added to the rate period at the coordination
+            engine, against delivery jitter between the admission and the
+            backend (None: 2% of the period, at least 100 ms).
         options: the kind's own settings.
     """
 
@@ -670,7 +702,42 @@ class ResourceSpec:
     budget: BudgetSpec | None = attrs.field(
         default=None, converter=_to_budget, validator=_OPTIONAL_BUDGET
     )
+    shared: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    shared_via: str | None = attrs.field(default=None)
+    shared_lease: Seconds = attrs.field(default=Seconds(10.0), converter=to_seconds)
+    shared_guard: Seconds | None = attrs.field(
+        default=None, converter=attrs.converters.optional(to_seconds)
+    )
     options: Any = attrs.field(factory=dict)
+
+    @shared_via.validator
+    def _check_shared_via(self, _attr: object, value: str | None) -> None:
+        if value is None:
+            return
+        if not getattr(self, "shared", False):
+            raise FieldError(
+                "shared_via", "shared_via is set but shared is not true: add shared: true"
+            )
+        if not isinstance(value, str):
+            raise FieldError("shared_via", f"expected a URL; got {value!r}")
+        scheme = value.partition("://")[0].lower() if "://" in value else ""
+        if scheme in ("sqlite", "memory"):
+            raise FieldError(
+                "shared_via",
+                f"{scheme}:// cannot coordinate a shared limit: it needs an engine every "
+                "process reaches, with one clock and atomic updates: use postgresql://... "
+                "or nats://...",
+            )
+        if scheme not in SHARED_SCHEMES:
+            raise FieldError(
+                "shared_via",
+                f"expected a postgresql://... or nats://... URL; got {value.partition('@')[-1]!r}",
+            )
+
+    @shared_lease.validator
+    def _check_shared_lease(self, _attr: object, value: float) -> None:
+        if value < 0.5:
+            raise FieldError("shared_lease", f"expected at least 500ms; got {value!r}")
 
     def __attrs_post_init__(self) -> None:
         options_type = self.kind.Options  # type: ignore[attr-defined]
@@ -689,6 +756,18 @@ class ResourceSpec:
         return self.kind.default_max_concurrency  # type: ignore[attr-defined, no-any-return]
 
 
+SHARED_SCHEMES = ("postgresql", "postgres", "nats", "tls")
+"""The URL schemes ``shared_via`` takes."""
+
+
+def shared_default(store: str | None) -> str | None:
+    """Where a shared resource with no ``shared_via`` coordinates: the store,
+    when it is PostgreSQL; else None."""
+    if store is not None and store.partition("://")[0].lower() in ("postgresql", "postgres"):
+        return store
+    return None
+
+
 def _to_resources(value: Mapping[str, ResourceSpec | dict[str, Any]]) -> dict[str, ResourceSpec]:
     return {
         name: ResourceSpec(**spec) if isinstance(spec, dict) else spec
@@ -705,6 +784,13 @@ def _check_resources(_inst: object, _attr: object, value: dict[str, ResourceSpec
             )
         if not isinstance(spec, ResourceSpec):
             raise FieldError(f"resources.{name}", f"expected a ResourceSpec; got {spec!r}")
+        store = getattr(_inst, "store", None)
+        if spec.shared and spec.shared_via is None and shared_default(store) is None:
+            raise FieldError(
+                f"resources.{name}.shared",
+                "shared: true needs shared_via: postgresql://... or nats://... (it "
+                "defaults to store: only when the store is PostgreSQL)",
+            )
 
 
 @attrs.frozen

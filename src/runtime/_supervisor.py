@@ -701,6 +701,47 @@ class Supervisor:
         with trio.CancelScope(shield=True):
             await self._terminate(child)
 
+    async def restart_child(self, name: str) -> None:
+        """Restart the child ``name`` now, as an operator asks (``system.restart``).
+
+        Its running incarnation is stopped gracefully (its
+        ``shutdown_timeout``, then cancelled), its circuit is closed and its
+        crashes in a row forgotten, and a new incarnation is started; its
+        queued messages are kept for it. The restart is counted (reason
+        ``manual``) but not against the restart intensity. Waits for this
+        supervisor's lock, then until the new incarnation has started (a
+        start that fails is then handled as a crash, under the restart
+        policy). Called from inside the child itself, it returns at once
+        and the restart follows.
+
+        Raises:
+            ActorNotFound: no such child, or this supervisor is not running.
+            ActorStopped: the child was stopped for good.
+            RuntimeError: called from the on_start of a child being started.
+        """
+        child = self._by_name.get(name)
+        if child is None:
+            raise ActorNotFound(f"{self.path} has no child named {name!r}")
+        if self._nursery is None or self.stopping:
+            raise ActorNotFound(f"supervisor {self.path} is not running")
+        if child.status == "stopped":
+            raise ActorStopped(f"{child.path} was stopped for good")
+        self._refuse_from_starting_child("system.restart()")
+        if _runs_inside(child):
+            self._nursery.start_soon(self._restart_now, child)
+            return
+        await self._restart_now(child)
+
+    async def _restart_now(self, child: Child) -> None:
+        async with self._lock:
+            if not self._has(child) or child.status == "stopped" or self.stopping:
+                return
+            await self._stop_child(child, "restarting")
+            child.reset_breaker()
+            child.record.count("manual")
+            self.log.info("child_restarting", child=child.path, reason="manual", delay=0.0)
+            await self._start_child(child)
+
     async def _terminate(self, child: Child) -> None:
         async with self._lock:
             if not self._has(child):

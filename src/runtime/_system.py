@@ -32,6 +32,7 @@ from ._checkpoint import (
 )
 from ._durable_cell import DurableCell
 from ._host import Child
+from ._limiter import Limiter
 from ._lock_backends import open_lock_backend
 from ._locks import Lease, LockManager, LockStatistics
 from ._logging import get_logger
@@ -357,8 +358,12 @@ class ActorSystem:
 
     def uses_asyncio(self) -> bool:
         """Whether the store, the lock backend or a resource needs an asyncio
-        loop (asyncpg, nats-py, through trio-asyncio)."""
-        if any(spec.kind.uses_asyncio for spec in self.topology.resources.values()):  # type: ignore[attr-defined]
+        loop (asyncpg, nats-py, through trio-asyncio): a PostgreSQL store, an
+        asyncio kind, or a resource with shared limits."""
+        if any(
+            spec.kind.uses_asyncio or spec.shared  # type: ignore[attr-defined]
+            for spec in self.topology.resources.values()
+        ):
             return True
         if backend_kind(self.locks_url) in ("postgresql", "nats"):
             return True
@@ -719,6 +724,89 @@ class ActorSystem:
         if parent is None:
             raise ActorNotFound(f"{path!r}: not found")
         await parent.terminate_child(name)
+
+    async def restart(self, path: str) -> None:
+        """Restart the actor (or the subtree of the supervisor) at ``path``
+        now, as an operator asks: see ``Supervisor.restart_child``. Its
+        incarnation goes up by one, its queued messages are kept and its
+        circuit is closed. Returns once the new incarnation has started.
+
+        Raises:
+            ActorNotFound: nothing at that path, or its supervisor is not running.
+            ActorStopped: it was stopped for good.
+            ValueError: ``path`` is a top supervisor (stop the system instead).
+        """
+        parent_path, _, name = path.rpartition("/")
+        if not parent_path:
+            raise ValueError(f"{path!r} is a top supervisor: it is not restarted alone")
+        parent = self._host.supervisors.get(parent_path)
+        if parent is None:
+            raise ActorNotFound(f"{path!r}: not found")
+        await parent.restart_child(name)
+
+    async def reset_breaker(self, path: str) -> None:
+        """Close the circuit of the actor at ``path`` now and forget its
+        crashes in a row; an actor whose circuit is open is restarted at
+        once (``restart``) instead of waiting for its half-open trial. For a
+        resource (``resources/<name>``), its limiter's breaker is closed too.
+
+        Raises:
+            ActorNotFound: no actor at that path.
+            ActorStopped: it was stopped for good.
+        """
+        cell = self._host.cells.get(path)
+        if cell is None:
+            raise ActorNotFound(f"{path!r}: no actor at that path")
+        if isinstance(cell, ResourceCell):
+            cell.limiter.reset_breaker()
+        if cell.status == "circuit_open":
+            await self.restart(path)
+            return
+        cell.reset_breaker()
+        logger.info("breaker_reset", path=path)
+
+    def pause_resource(self, name: str, seconds: float) -> None:
+        """Admit no request to the resource ``name`` for ``seconds`` (its
+        requests in flight go on); a longer pause already set is kept.
+
+        Raises:
+            ActorNotFound: no running resource of that name.
+            ValueError: ``seconds`` is not above 0.
+        """
+        if not seconds > 0:
+            raise ValueError(f"seconds: expected a number above 0, got {seconds!r}")
+        self._resource_limiter(name).pause(seconds)
+
+    def resume_resource(self, name: str) -> None:
+        """End a pause of the resource ``name`` now (one from
+        ``pause_resource`` or from a backend's ``Retry-After``).
+
+        Raises:
+            ActorNotFound: no running resource of that name.
+        """
+        self._resource_limiter(name).resume()
+
+    def _resource_limiter(self, name: str) -> Limiter:
+        cell = self._resource_cell(name)
+        if cell is None:
+            self.resource(name)  # raises the ActorNotFound that says why
+        assert cell is not None
+        return cell.limiter
+
+    async def resume_workflow(self, workflow: str, run_id: str) -> WorkflowResult:
+        """Run again the run ``run_id`` of ``workflow`` that this system ran
+        (with the same definition and inputs): the steps that succeeded then
+        are not run again (see ``run_workflow``).
+
+        Raises:
+            KeyError: this system has not run that run (since it started).
+            ValueError, ActorNotFound, CheckpointConflict, StoreUnavailable:
+                as ``run_workflow``.
+        """
+        definition = self.workflow_runs.definitions.get((workflow, run_id))
+        if definition is None:
+            raise KeyError(f"workflow {workflow!r} run {run_id!r}: not run by this system")
+        return await self.run_workflow(definition, run_id=run_id)
 
     @property
     def dead_letters(self) -> Sequence[DeadLetter]:

@@ -14,7 +14,7 @@ result = await system.run_workflow(wf, run_id="pr-42")
 
 A step is an ``ask`` of its message to its agent (any path ``system.ref``
 knows). Ready steps start in priority order, then in the order they are
-listed, at most ``max_parallel`` at once. An attempt fails when the ask
+listed, at most ``max_parallel`` asking at once. An attempt fails when the ask
 raises (the handler crashed, a timeout, an open circuit, ...) or when
 ``validate`` refuses the result by raising ``Invalid(feedback)``; the step is
 then tried again (``retry``: attempts per agent, with backoff on the trio
@@ -25,13 +25,14 @@ person should look), else ``failed``. Either way no further step starts;
 steps already running finish and are journaled, and the run ends with that
 status (``failed`` first).
 
-The journal of a run is one entry of the checkpoint store, at
-``workflow/<name>/<run_id>``, written (with the store's version
-compare-and-set) after every step that ends and before any step that
-depends on it starts; steps ending at the same moment share one write. A run
-started again with the same ``run_id`` takes the steps that succeeded from
-the journal and runs the others. A step that was running when the process
-died runs again: its ask carries the idempotency key
+The journal of a run (``Journal``) is one entry of the checkpoint store per
+step that ended, at ``workflow/<name>/<run_id>/step/<step>``, written (with
+the store's version compare-and-set) before any step that depends on it
+starts, and the run's own entry at ``workflow/<name>/<run_id>`` (its status).
+Steps ending at the same moment reach the store in one transaction (the
+store's group commit). A run started again with the same ``run_id`` takes
+the steps that succeeded from the journal and runs the others. A step that
+was running when the process died runs again: its ask carries the idempotency key
 ``<run_id>/<step>/<attempt>`` (``current_step_key()``), the same key in the
 new process, so an agent can tell a repeated request from a new one.
 """
@@ -42,7 +43,6 @@ import difflib
 import heapq
 import inspect
 import json
-import math
 import pkgutil
 import random
 import re
@@ -57,7 +57,7 @@ import attrs
 import cattrs
 import trio
 
-from ._checkpoint import CheckpointStore
+from ._checkpoint import WORKFLOW_PREFIX, CheckpointStore
 from ._correlation import CURRENT, CorrelationSlot
 from ._durations import Durations
 from ._logging import get_logger
@@ -79,9 +79,12 @@ __all__ = [
 
 logger = get_logger()
 
-JOURNAL_PREFIX = "workflow/"
+JOURNAL_PREFIX = WORKFLOW_PREFIX
 """Checkpoint-store keys under this prefix are workflow journals, not actors'
-checkpoints (a root supervisor may not be named ``workflow``)."""
+checkpoints (a root supervisor may not be named ``workflow``; ``paths()``
+leaves them out)."""
+STEP_INFIX = "/step/"
+"""Between a run's key and a step's name in the step's journal key."""
 
 RUN_STATUSES = ("succeeded", "failed", "needs_attention")
 STRATEGIES = ("dag", "sequential", "parallel")
@@ -214,7 +217,8 @@ class Workflow:
         name: names the run's journal (``workflow/<name>/<run_id>``) and its
             metrics.
         steps: the steps, in order.
-        max_parallel: most steps running at once.
+        max_parallel: most steps asking their agents at once (a step whose
+            result is being journaled no longer counts).
         strategy: ``dag`` (the default: by ``depends_on``), ``sequential``
             (in order, one at a time) or ``parallel`` (no dependencies).
 
@@ -603,13 +607,22 @@ def from_template(name: str, spec: WorkflowSpec, inputs: Mapping[str, Any]) -> W
 
 
 def journal_key(workflow: str, run_id: str) -> str:
-    """Where a run's journal is kept in the checkpoint store."""
+    """Where a run's own journal entry (its status) is kept in the checkpoint store."""
     return f"{JOURNAL_PREFIX}{workflow}/{run_id}"
+
+
+def step_key(workflow: str, run_id: str, step: str) -> str:
+    """Where one step of a run is journaled in the checkpoint store."""
+    return f"{JOURNAL_PREFIX}{workflow}/{run_id}{STEP_INFIX}{step}"
 
 
 def _type_path(value: object) -> str | None:
     cls = type(value)
     return f"{cls.__module__}:{cls.__qualname__}" if attrs.has(cls) else None
+
+
+_JSON = json.JSONEncoder(sort_keys=True, allow_nan=False)  # one, not one per entry
+_PLAIN = (str, int, float, bool, type(None))  # values that are JSON as they are
 
 
 def encode_step(result: StepResult) -> str:
@@ -618,15 +631,17 @@ def encode_step(result: StepResult) -> str:
     Raises:
         ValueError: the value cannot be written as JSON.
     """
+    value = result.value
+    plain = type(value) in _PLAIN
     entry = {
         "status": result.status,
-        "value": _converter.unstructure(result.value),
-        "type": _type_path(result.value),
+        "value": value if plain else _converter.unstructure(value),
+        "type": None if plain else _type_path(value),
         "attempts": result.attempts,
         "agent": result.agent,
         "error": result.error,
     }
-    return json.dumps(entry, sort_keys=True, allow_nan=False)
+    return _JSON.encode(entry)
 
 
 def decode_step(entry: Mapping[str, Any]) -> StepResult:
@@ -649,67 +664,99 @@ def decode_step(entry: Mapping[str, Any]) -> StepResult:
 
 
 class Journal:
-    """A run's journal: loaded once, then written whole after steps end.
+    """A run's journal: one store entry per step that ended, and the run's own.
 
-    ``record()`` returns once everything recorded before it is in the store.
-    Writes are one at a time; steps that end while one is being written share
-    the next (group commit). Each write names the version it read, so two
-    processes running one ``run_id`` at once cannot both write: the second
+    Each step that ends is written at ``step_key`` (its status, value,
+    attempts, agent, error), so a write's size does not grow with the run.
+    The run's entry, at ``journal_key``, holds its status; it is written
+    before the first step's entry (a run without one has no steps
+    journaled, so a new run reads one entry) and when the run ends. The
+    step whose end ends the run is written into the run's entry (its
+    ``steps``) in that same last write rather than on its own: a one-step
+    run makes one write.
+
+    Writes of steps ending at the same time reach the store together (the
+    SQLite and PostgreSQL stores commit concurrent writes in one transaction,
+    ``GroupCommit``). Each write names the version it read, so two processes
+    running one ``run_id`` at once cannot both write an entry: the second
     gets ``CheckpointConflict``.
     """
 
-    def __init__(self, store: CheckpointStore, workflow: str, run_id: str) -> None:
+    def __init__(
+        self, store: CheckpointStore, workflow: str, run_id: str, steps: Iterable[str] = ()
+    ) -> None:
         self.store = store
+        self.workflow = workflow
+        self.run_id = run_id
         self.key = journal_key(workflow, run_id)
-        self.head = f'{{"run_id": {json.dumps(run_id)}, "workflow": {json.dumps(workflow)}, '
-        self.version = 0
+        self.steps = tuple(steps)  # the names of the workflow's steps
+        self.version = 0  # of the run's entry
         self.status = "running"
-        self.entries: dict[str, str] = {}  # step name -> encoded entry
-        self.changes = 0  # recorded so far
-        self.written = 0  # of those, in the store
-        self.writing = False
-        self.wrote = trio.Event()
+        self.versions: dict[str, int] = {}  # each step entry's stored version
+        self.inline: dict[str, str] = {}  # step -> encoded entry kept in the run's entry
+        self.opening: trio.Event | None = None  # set once a write of the run's entry ends
 
     async def load(self) -> dict[str, StepResult]:
-        """The steps the journal has, by name (empty for a new run)."""
+        """The steps the journal has, by name (empty for a new run). A step
+        journaled twice (in its own entry and in the run's) is taken as
+        succeeded when either says so, else as the run's entry has it."""
         loaded = await self.store.load(self.key)
         if loaded is None:
             return {}
         self.version, text = loaded
         document = json.loads(text)
         self.status = str(document.get("status", "running"))
-        steps = document.get("steps") or {}
-        results = {name: decode_step(entry) for name, entry in steps.items()}
-        self.entries = {name: json.dumps(entry, sort_keys=True) for name, entry in steps.items()}
+        inline = document.get("steps") or {}
+        results = {name: decode_step(entry) for name, entry in inline.items()}
+        for name in self.steps:
+            if name in results and results[name].status == "succeeded":
+                continue
+            found = await self.store.load(step_key(self.workflow, self.run_id, name))
+            if found is None:
+                continue
+            self.versions[name], data = found
+            own = decode_step(json.loads(data))
+            if name not in results or own.status == "succeeded":
+                results[name] = own
+        # Only succeeded steps are carried on in the run's entry: the others
+        # run again.
+        self.inline = {
+            name: json.dumps(entry, sort_keys=True)
+            for name, entry in inline.items()
+            if results[name].status == "succeeded"
+        }
         return results
 
     def text(self) -> str:
-        steps = ", ".join(f"{json.dumps(name)}: {entry}" for name, entry in self.entries.items())
-        return f'{self.head}"status": {json.dumps(self.status)}, "steps": {{{steps}}}}}'
+        steps = ", ".join(f"{json.dumps(name)}: {entry}" for name, entry in self.inline.items())
+        return (
+            f'{{"run_id": {json.dumps(self.run_id)}, "workflow": {json.dumps(self.workflow)}, '
+            f'"status": {json.dumps(self.status)}, "steps": {{{steps}}}}}'
+        )
 
-    async def record(self) -> None:
-        """Wait until the journal as it is now is in the store.
-
-        Cancellation while waiting for another task's write leaves the
-        record to that write or the next one.
-        """
-        self.changes += 1
-        wanted = self.changes
-        while self.written < wanted:
-            if self.writing:
-                await self.wrote.wait()
+    async def record_step(self, name: str, entry: str) -> None:
+        """Write one step's entry; returns once it is in the store."""
+        while not self.version:  # the run's entry first: a load then looks for steps
+            if self.opening is not None:
+                await self.opening.wait()  # written by another step, or to try again
                 continue
-            self.writing = True
+            self.opening = opening = trio.Event()
             try:
-                # Steps ending in this same scheduling round join this write.
-                await trio.lowlevel.cancel_shielded_checkpoint()
-                upto = self.changes
-                self.version = await self.store.save(self.key, self.text(), self.version)
-                self.written = upto
+                self.version = await self.store.save(self.key, self.text(), 0)
             finally:
-                self.writing = False
-                self.wrote.set()
-                self.wrote = trio.Event()
+                self.opening = None
+                opening.set()
+        key = step_key(self.workflow, self.run_id, name)
+        self.versions[name] = await self.store.save(key, entry, self.versions.get(name, 0))
+
+    async def record_end(self, status: str, last: Mapping[str, str]) -> None:
+        """Write the run's entry with ``status`` and the steps ``last`` (name
+        to encoded entry) whose own entries were not written."""
+        if status == self.status and not last:
+            return
+        self.status = status
+        self.inline.update(last)
+        self.version = await self.store.save(self.key, self.text(), self.version)
 
 
 # -- the runs a system has -------------------------------------------------------------
@@ -768,6 +815,18 @@ class WorkflowRuns:
         self.fallbacks: dict[str, int] = {}
         self.parked: set[tuple[str, str]] = set()  # needs_attention, not run again
         self.durations: dict[tuple[str, str], Durations] = {}  # by (workflow, step)
+        # The workflow of each recent run, by (workflow, run_id): what
+        # running it again with the same id (the console's resume) needs.
+        self.definitions: dict[tuple[str, str], Workflow] = {}
+
+    def remember(self, key: tuple[str, str], workflow: Workflow) -> None:
+        """Keep ``workflow`` as the definition of run ``key`` (the last
+        ``_KEYS_KEPT`` runs are kept)."""
+        definitions = self.definitions
+        definitions.pop(key, None)
+        definitions[key] = workflow
+        if len(definitions) > _KEYS_KEPT:
+            del definitions[next(iter(definitions))]
 
     def step_ended(self, workflow: str, step: str, seconds: float) -> None:
         durations = self.durations.get((workflow, step))
@@ -790,6 +849,11 @@ class WorkflowRuns:
             dict(self.fallbacks),
             needing,
         )
+
+    def parked_runs(self) -> tuple[str, ...]:
+        """The runs that ended ``needs_attention`` and were not run again
+        since, as ``workflow/run_id``, sorted."""
+        return tuple(sorted(f"{workflow}/{run_id}" for workflow, run_id in self.parked))
 
     def progress(self) -> tuple[tuple[str, int, int], ...]:
         """Each run in flight as ``(workflow/run_id, steps ended, steps)``."""
@@ -830,9 +894,11 @@ async def run(
     key = (workflow.name, run_id)
     if key in runs.running:
         raise ValueError(f"workflow {workflow.name!r} run {run_id!r} is running already")
-    this = _Run(workflow, run_id, ref, Journal(store, workflow.name, run_id), runs)
+    journal = Journal(store, workflow.name, run_id, (step.name for step in workflow.steps))
+    this = _Run(workflow, run_id, ref, journal, runs)
     runs.running[key] = this
     runs.parked.discard(key)
+    runs.remember(key, workflow)
     try:
         result = await this.go()
     finally:
@@ -861,6 +927,15 @@ class _Run:
         self.started_steps: set[str] = set()
         self.started = trio.current_time()
         self.status = "running"
+        self.asking = 0  # steps asking their agents (at most max_parallel)
+        self.asking_ended = 0  # steps started whose asks ended
+        self.halted = False  # a step did not succeed: no further step starts
+        self.last: dict[str, str] = {}  # the step that ended the run, for the run's entry
+        self.order = {name: index for index, name in enumerate(self.by_name)}
+        self.waiting: dict[str, int] = {}  # step -> prerequisites not journaled yet
+        self.dependents: dict[str, list[str]] = {}  # step -> the steps that need it
+        self.ready: list[tuple[int, int, str]] = []  # a heap: (priority, order, step)
+        self.nursery: trio.Nursery | None = None  # the steps' tasks
 
     def summary(self) -> RunSummary:
         steps = []
@@ -881,9 +956,6 @@ class _Run:
             if name in journaled and journaled[name].status == "succeeded"
         )
         self.ended = {name: journaled[name] for name in resumed}
-        # The journal keeps only this workflow's steps that succeeded: the
-        # others run again.
-        self.journal.entries = {name: self.journal.entries[name] for name in resumed}
         logger.info(
             "workflow_started",
             workflow=self.workflow.name,
@@ -894,9 +966,7 @@ class _Run:
         if len(resumed) < len(self.by_name):
             await self._schedule()
         self.status = _outcome(self.ended.values(), len(self.by_name))
-        if self.journal.status != self.status:
-            self.journal.status = self.status
-            await self.journal.record()
+        await self.journal.record_end(self.status, self.last)
         steps = {name: self.ended.get(name, StepResult("pending")) for name in self.by_name}
         logger.info(
             "workflow_ended", workflow=self.workflow.name, run_id=self.run_id, status=self.status
@@ -904,52 +974,43 @@ class _Run:
         return WorkflowResult(self.workflow.name, self.run_id, self.status, steps, resumed)
 
     async def _schedule(self) -> None:
-        """Start ready steps, at most ``max_parallel`` at once, until none is
-        ready and none runs; after a step that did not succeed, start none."""
+        """Start ready steps, at most ``max_parallel`` asking at once, until
+        none is ready and none runs; after a step that did not succeed, start
+        none. A step's slot is free once its agent answered; the steps that
+        need it start once it is journaled. The steps' own tasks start the
+        next ones (no task of the run's in between)."""
         needs = self.workflow.dependencies()
-        waiting = {
+        self.waiting = {
             name: sum(1 for d in needs[name] if d not in self.ended)
             for name in self.by_name
             if name not in self.ended
         }
-        dependents: dict[str, list[str]] = {name: [] for name in self.by_name}
-        for name in waiting:
+        for name in self.waiting:
             for needed in needs[name]:
-                dependents[needed].append(name)
-        order = {name: index for index, name in enumerate(self.by_name)}
-        ready: list[tuple[int, int, str]] = []
-
-        def make_ready(name: str) -> None:
-            rank = PRIORITY_INDEX[self.by_name[name].priority]
-            heapq.heappush(ready, (rank, order[name], name))
-
-        for name, count in waiting.items():
+                self.dependents.setdefault(needed, []).append(name)
+        for name, count in self.waiting.items():
             if not count:
-                make_ready(name)
-        # Bounded by the workflow's steps: each posts its end once.
-        send, receive = trio.open_memory_channel[str](math.inf)  # runtime: ignore[RT202]
-        running = 0
-        halted = False
+                self._make_ready(name)
         async with trio.open_nursery() as nursery:
-            while True:
-                while ready and running < self.workflow.max_parallel and not halted:
-                    name = heapq.heappop(ready)[2]
-                    running += 1
-                    self.started_steps.add(name)
-                    nursery.start_soon(self._step, self.by_name[name], send)
-                if not running:
-                    return
-                name = await receive.receive()
-                running -= 1
-                if self.ended[name].status != "succeeded":
-                    halted = True
-                    continue
-                for dependent in dependents[name]:
-                    waiting[dependent] -= 1
-                    if not waiting[dependent]:
-                        make_ready(dependent)
+            self.nursery = nursery
+            self._start_ready()
 
-    async def _step(self, step: Step, done: trio.MemorySendChannel[str]) -> None:
+    def _make_ready(self, name: str) -> None:
+        rank = PRIORITY_INDEX[self.by_name[name].priority]
+        heapq.heappush(self.ready, (rank, self.order[name], name))
+
+    def _start_ready(self) -> None:
+        """Start ready steps, in priority then listed order, while slots are
+        free and no step has failed."""
+        ready, nursery = self.ready, self.nursery
+        assert nursery is not None
+        while ready and self.asking < self.workflow.max_parallel and not self.halted:
+            name = heapq.heappop(ready)[2]
+            self.asking += 1
+            self.started_steps.add(name)
+            nursery.start_soon(self._step, self.by_name[name])
+
+    async def _step(self, step: Step) -> None:
         started = trio.current_time()
         result = await self._attempts(step)
         self.runs.step_ended(self.workflow.name, step.name, trio.current_time() - started)
@@ -965,8 +1026,19 @@ class _Run:
             )
             entry = encode_step(result)
         self.ended[step.name] = result
-        self.journal.entries[step.name] = entry
-        await self.journal.record()  # durable before a step that needs it starts
+        if result.status != "succeeded":
+            self.halted = True
+        self.asking -= 1
+        self.asking_ended += 1
+        self._start_ready()  # its slot is free
+        if self.asking_ended == len(self.started_steps) and (
+            self.halted or len(self.ended) == len(self.by_name)
+        ):
+            # No step starts after this one: the run's last write carries it.
+            self.last[step.name] = entry
+        else:
+            # Durable before a step that needs it starts.
+            await self.journal.record_step(step.name, entry)
         logger.info(
             "workflow_step_ended",
             workflow=self.workflow.name,
@@ -976,7 +1048,13 @@ class _Run:
             attempts=result.attempts,
             agent=result.agent,
         )
-        done.send_nowait(step.name)
+        if result.status == "succeeded":
+            waiting = self.waiting
+            for dependent in self.dependents.get(step.name, ()):
+                waiting[dependent] -= 1
+                if not waiting[dependent]:
+                    self._make_ready(dependent)
+            self._start_ready()
 
     async def _attempts(self, step: Step) -> StepResult:
         """Ask each agent in turn, ``retry.attempts`` times each, until a result
