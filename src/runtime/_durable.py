@@ -323,7 +323,8 @@ class _Consumer:
                         "durable_tell_fenced", path=self.path, sequence=tells[0].sequence
                     )
                     raise CheckpointConflict(f"{self.path}: written by another node now") from exc
-                return exc.sequence if isinstance(exc, BatchFailed) else None
+                outage = isinstance(exc.__cause__, StoreUnavailable)  # not the tell's failure
+                return exc.sequence if isinstance(exc, BatchFailed) and not outage else None
             except (ActorStopped, CircuitOpen, MailboxFull):
                 return None
             finally:
