@@ -29,7 +29,7 @@ import functools
 import hashlib
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -48,7 +48,7 @@ from ._checkpoint import CheckpointStore, PostgresStore
 from ._cluster_topics import ClusterTopics
 from ._durable import DurableMailboxes
 from ._logging import get_logger
-from ._ref import ActorRef
+from ._ref import ActorRef, ActorStatistics
 from ._remote import (
     RemoteRef,
     Request,
@@ -240,6 +240,7 @@ class Cluster:
         self.ask_buckets = [0] * len(ASK_BUCKETS)
         self.ask_count, self.ask_seconds = 0, 0.0
         self._refs: dict[str, RemoteRef] = {}
+        self._routed: dict[str, UnitRef] = {}
         self._wake = trio.Event()
         self._leaving = False
         self._nursery: trio.Nursery | None = None
@@ -339,10 +340,19 @@ class Cluster:
         ref = self._refs[path] = RemoteRef(path, self.subject(unit), actor, self)
         return ref
 
-    def durable_ref(self, path: str) -> ActorRef[Any] | None:
-        """The ref of ``path`` if its mailbox is durable (its tells go
-        through its stream from every node, its holder's too)."""
-        return self.durable.ref(path)
+    def routed_ref(self, path: str) -> ActorRef[Any] | None:
+        """The ref ``system.ref(path)`` gives for an actor or pool of a unit
+        (None for any other path): one that finds the unit wherever it runs
+        at each call (in process while this node holds it, else over NATS),
+        so a ref kept while the unit moves stays good. A durable mailbox's
+        ref sends its tells through its stream, from every node."""
+        durable = self.durable.ref(path)
+        if durable is not None:
+            return durable
+        found = self._routed.get(path)
+        if found is None and path in self.actors and self.unit_of(path) is not None:
+            found = self._routed[path] = UnitRef(path, self._direct_ref)
+        return found
 
     def _direct_ref(self, path: str) -> ActorRef[Any]:
         """``path``'s ref not through its stream: in process here, else remote."""
@@ -677,6 +687,40 @@ class _Batch:
 
     parts: list[bytes] = attrs.field(factory=list)
     size: int = 0
+
+
+class UnitRef(ActorRef[Any]):
+    """The ref of an actor (or pool) in a unit, on any node: each call goes
+    to the unit where it runs now, in process or over NATS."""
+
+    __slots__ = ("_path", "_target")
+
+    def __init__(self, path: str, target: Callable[[str], ActorRef[Any]]) -> None:
+        self._path = path
+        self._target = target
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other.path == self._path
+
+    def __hash__(self) -> int:
+        return hash(self._path)
+
+    async def tell(self, msg: object, *, priority: str = "normal") -> None:
+        await self._target(self._path).tell(msg, priority=priority)
+
+    def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
+        self._target(self._path).tell_nowait(msg, priority=priority)
+
+    async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
+        return await self._target(self._path).ask(msg, timeout=timeout, priority=priority)
+
+    def statistics(self) -> ActorStatistics:
+        stats: ActorStatistics = self._target(self._path).statistics()
+        return stats
 
 
 class FencedStore:

@@ -431,9 +431,9 @@ class ActorSystem:
         """
         cluster = self.cluster
         if cluster is not None:
-            durable: ActorRef[Any] | None = cluster.durable_ref(path)
-            if durable is not None:
-                return durable  # its tells go through its stream, from any node
+            routed: ActorRef[Any] | None = cluster.routed_ref(path)
+            if routed is not None:
+                return routed  # wherever its unit runs now
         cell = self._host.cells.get(path)
         if cell is None:
             pool = self._host.pools.get(path)
