@@ -84,16 +84,21 @@ def _bare(url: str, asks: int, tells: int) -> tuple[list[float], float]:
         responder.wait(10)
 
 
+async def _answering(ref: Any) -> None:
+    """Until the unit answers (its node has taken it)."""
+    with trio.fail_after(60):
+        while True:
+            try:
+                await ref.ask(Where(), timeout=1)
+                break
+            except runtime.errors.AskTimeout:
+                continue
+
+
 async def _runtime(run: ClusterRun, asks: int, tells: int) -> tuple[list[float], float]:
     async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
         ref = system.ref(run.path("a"))
-        with trio.fail_after(60):
-            while True:
-                try:
-                    await ref.ask(Where(), timeout=1)
-                    break
-                except runtime.errors.AskTimeout:
-                    continue
+        await _answering(ref)
         for _ in range(50):
             await ref.ask(Where(), timeout=5)
         samples = []
@@ -193,3 +198,87 @@ def test_failover_time_after_sigkill(bench: Any, quick: bool) -> None:
             higher_is_better=False,
             samples=times,
         )
+
+
+def _bare_jetstream(url: str, tells: int) -> float:
+    """Seconds for ``tells`` JetStream publishes, each awaiting its ack, with
+    nats-py alone on asyncio (a work-queue stream of its own, then deleted)."""
+    import nats  # noqa: PLC0415 (the baseline's own client)
+    from nats.js.api import RetentionPolicy  # noqa: PLC0415
+
+    name = unique("benchjs")
+
+    async def run() -> float:
+        nc = await nats.connect(url)
+        js = nc.jetstream()
+        await js.add_stream(name=name, subjects=[f"{name}.>"], retention=RetentionPolicy.WORK_QUEUE)
+        try:
+            payload = (
+                b'{"p":"root/a","t":"tests.cluster_app:Add","m":{"n":1,"key":""},"pr":"normal"}'
+            )
+            start = time.perf_counter()
+            for _ in range(tells):
+                await js.publish(f"{name}.a", payload)
+            return time.perf_counter() - start
+        finally:
+            await js.delete_stream(name)
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+async def _durable(run: ClusterRun, tells: int) -> tuple[float, float]:
+    """Seconds until ``tells`` durable tells were acknowledged by the stream,
+    and until the actor had applied and checkpointed them all."""
+    async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
+        ref = system.ref(run.path("a"))
+        try:
+            await _answering(ref)
+            for _ in range(20):
+                await ref.tell(Add(1))
+            before = 20
+            while (await ref.ask(Get(), timeout=5)).total < before:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            start = time.perf_counter()
+            for _ in range(tells):
+                await ref.tell(Add(1))
+            acknowledged = time.perf_counter() - start
+            with trio.fail_after(300):
+                while (await ref.ask(Get(), timeout=30)).total < before + tells:  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+            return acknowledged, time.perf_counter() - start
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(run.stop_all)
+                await system.cluster.backend.delete_stream(system.cluster.durable.stream)
+
+
+def test_durable_tell_throughput_against_bare_jetstream(bench: Any, quick: bool) -> None:
+    """Durable tells (``mailbox: {durable: true}``) from a client node to a
+    unit on a node process: acknowledged by the stream, and applied (handled,
+    checkpointed in PostgreSQL with its sequence, acknowledged), against
+    bare nats-py JetStream publishes each awaiting its ack."""
+    require_postgres()
+    url = require_nats()
+    tells = 100 if quick else 2_000
+    with tempfile.TemporaryDirectory() as directory:
+        run = ClusterRun(
+            Path(directory), url, POSTGRES_URL, units=("a",), lease=2.0, mailbox="{durable: true}"
+        )
+        run.start("n1")
+        acknowledged, applied = trio.run(_durable, run, tells)
+    bare = _bare_jetstream(url, tells)
+    bench.record(
+        "cluster durable tell throughput (acknowledged by the stream)",
+        tells / acknowledged,
+        "msg/s",
+        baseline=tells / bare,
+        baseline_name="bare nats-py JetStream publish with ack",
+    )
+    bench.record(
+        "cluster durable tell throughput (applied and checkpointed)",
+        tells / applied,
+        "msg/s",
+        baseline=tells / bare,
+        baseline_name="bare nats-py JetStream publish with ack",
+    )

@@ -127,3 +127,46 @@ class Counter(runtime.Actor[CounterState]):
     async def on_tick(self, msg: Tick) -> None:
         self.state.ticks += 1
         self.wrote()
+
+
+@attrs.frozen
+class News:
+    text: str
+
+
+@attrs.frozen
+class Announce:
+    text: str
+
+
+@attrs.frozen
+class Heard:
+    pass
+
+
+@attrs.define
+class ListenerState:
+    heard: list[str] = attrs.field(factory=list)
+
+
+class Listener(runtime.Actor[ListenerState]):
+    """Subscribes to the topic ``news``; ``Announce`` publishes on it."""
+
+    async def on_start(self) -> None:
+        self.ctx.subscribe("news", News)
+
+    @runtime.handler
+    async def news(self, msg: News) -> None:
+        self.state.heard.append(msg.text)
+
+    @runtime.handler
+    async def announce(self, msg: Announce) -> None:
+        await self.ctx.publish("news", News(msg.text))
+
+    @runtime.handler
+    async def heard(self, msg: Heard) -> list[str]:
+        return list(self.state.heard)
+
+    @runtime.handler
+    async def where(self, msg: Where) -> str:
+        return node_name()

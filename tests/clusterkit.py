@@ -17,6 +17,18 @@ from tests.servers import unique
 REPO = Path(__file__).resolve().parent.parent
 
 
+def log_events(log: Path) -> list[dict[str, object]]:
+    """The JSON lines of a node's log file so far."""
+    found = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+    return found
+
+
 class ClusterRun:
     """A topology of ``units`` Counter units, and its node processes."""
 
@@ -30,15 +42,20 @@ class ClusterRun:
         lease: float = 1.0,
         tick: float = 0.0,
         checkpoint: str = "message",
+        mailbox: str = "",
+        actor: str = "tests.cluster_app:Counter",
+        args: str = "",
     ) -> None:
         self.tmp_path = tmp_path
         self.name = unique("cl")
         self.root = unique("root")
         self.units = list(units)
         self.lease = lease
+        extra = f", mailbox: {mailbox}" if mailbox else ""
+        arguments = args or f"{{tick: {tick}}}"
         children = "\n".join(
-            f"    - {{name: {unit}, actor: 'tests.cluster_app:Counter', checkpoint: {checkpoint},"
-            f" args: {{tick: {tick}}}}}"
+            f"    - {{name: {unit}, actor: '{actor}', checkpoint: {checkpoint},"
+            f" args: {arguments}{extra}}}"
             for unit in self.units
         )
         self.topology = tmp_path / "cluster.yaml"
@@ -88,14 +105,7 @@ class ClusterRun:
 
     def events(self, node: str) -> list[dict[str, object]]:
         """The JSON log lines of ``node`` so far."""
-        found = []
-        for line in self.log_file(node).read_text().splitlines():
-            if line.startswith("{"):
-                try:
-                    found.append(json.loads(line))
-                except ValueError:
-                    continue
-        return found
+        return log_events(self.log_file(node))
 
     def running_copies(self) -> dict[str, list[str]]:
         """For each unit, the nodes whose logs say it runs there now."""

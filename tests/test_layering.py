@@ -28,13 +28,15 @@ LAYERS: list[set[str]] = [
     {"_context", "_serving"},
     {"_actor"},
     {"_cell", "_remote"},
-    {"_resource", "_supervisor"},
+    {"_resource", "_supervisor", "_durable_cell"},
     {"_pool"},
     {"resources.postgres", "resources.llm", "resources.mcp"},
     # Workflows: steps asked of agents found by path, journaled in the store.
     {"workflow"},
     {"_topology", "_envcheck"},
     {"_system"},
+    # A cluster node's durable mailboxes and topics, on NATS JetStream.
+    {"_durable", "_cluster_topics"},
     {"_cluster"},
     {"_health"},
     {"_metrics", "_endpoint"},

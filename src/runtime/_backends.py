@@ -21,6 +21,7 @@ import functools
 import itertools
 import json
 import os
+import re
 import secrets
 import socket
 import sqlite3
@@ -38,6 +39,7 @@ __all__ = [
     "Backends",
     "NatsBackend",
     "NatsKV",
+    "NatsPullConsumer",
     "NatsSubscription",
     "NoResponders",
     "PostgresBackend",
@@ -46,6 +48,7 @@ __all__ = [
     "process_identity",
     "redacted",
     "run_inline",
+    "subject_token",
 ]
 
 T = TypeVar("T")
@@ -197,6 +200,12 @@ def backend_kind(url: str) -> str:
     return kind
 
 
+def subject_token(name: str) -> str:
+    """``name`` as one NATS subject token or stream/bucket-name part: other
+    characters than letters, digits, ``_`` and ``-`` become ``=XX``."""
+    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"={ord(m.group()):02x}", name)
+
+
 def redacted(url: str) -> str:
     """``url`` without its password or token (for logs and errors)."""
     parts = urllib.parse.urlsplit(url)
@@ -235,9 +244,12 @@ class NatsKV:
 
     async def create(self, key: str, value: dict[str, Any]) -> int | None:
         """Set ``key`` if it has no value; its revision, or None if it has one."""
+        errors = _nats().js.errors
         try:
             return int(await self.backend.call(self._kv.create, key, _encode(value)))
-        except _nats().js.errors.KeyWrongLastSequenceError:
+        except (errors.KeyWrongLastSequenceError, errors.KeyNotFoundError):
+            # nats-py reads the key after a create that lost; the other write
+            # may be gone by then (deleted, expired): either way, not created.
             return None
 
     async def update(self, key: str, value: dict[str, Any], revision: int) -> int | None:
@@ -510,6 +522,84 @@ class NatsBackend:
         subscription = await self.call(client.subscribe, subject, queue, deliver)
         return NatsSubscription(self, subscription, send, receive)
 
+    async def ensure_stream(self, stream: str, subjects: list[str]) -> None:
+        """Make the work-queue stream ``stream`` over ``subjects`` if it does
+        not exist (file storage; a message is removed once acknowledged)."""
+        js = await self._connected()
+        errors = _nats().js.errors
+        with contextlib.suppress(errors.NotFoundError):
+            await self.call(js.stream_info, stream)
+            return
+        api = _nats().js.api
+        config = api.StreamConfig(
+            name=stream,
+            subjects=subjects,
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+        )
+        try:
+            await self.call(js.add_stream, config)
+        except errors.BadRequestError:
+            # Made by another process meanwhile (the same config is no error;
+            # a config that differs is reported by stream_info's caller).
+            await self.call(js.stream_info, stream)
+
+    async def stream_publish(self, subject: str, data: bytes) -> int:
+        """Publish ``data`` on a stream's ``subject`` and wait for the stream
+        to store it; its stream sequence.
+
+        Raises:
+            BackendUnavailable: the server or the stream did not answer in time.
+        """
+        js = await self._connected()
+        ack = await self.call(js.publish, subject, data)
+        return int(ack.seq)
+
+    async def pull_consumer(
+        self,
+        stream: str,
+        name: str,
+        subject: str,
+        *,
+        ack_wait: float,
+        max_ack_pending: int,
+    ) -> NatsPullConsumer:
+        """A fresh durable pull consumer ``name`` of ``subject`` in ``stream``,
+        replacing any consumer of that subject (its messages not acknowledged
+        are delivered again, from the oldest, in stream order).
+
+        Messages are delivered to it in stream order; one not acknowledged
+        within ``ack_wait`` seconds is delivered again. Nothing limits the
+        deliveries on the server: the caller counts attempts.
+        """
+        js = await self._connected()
+        for info in await self.call(js.consumers_info, stream):
+            if info.config.filter_subject == subject:
+                with contextlib.suppress(_nats().js.errors.NotFoundError):
+                    await self.call(js.delete_consumer, stream, info.name)
+        api = _nats().js.api
+        config = api.ConsumerConfig(
+            durable_name=name,
+            filter_subject=subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=-1,
+            max_ack_pending=max_ack_pending,
+        )
+        await self.call(js.add_consumer, stream, config)
+
+        async def bind() -> Any:
+            return await js.pull_subscribe_bind(name, stream)
+
+        return NatsPullConsumer(self, await self.call(bind))
+
+    async def delete_stream(self, stream: str) -> None:
+        """Remove ``stream`` and its messages (tests and tools)."""
+        js = await self._connected()
+        with contextlib.suppress(_nats().js.errors.NotFoundError):
+            await self.call(js.delete_stream, stream)
+
     async def delete_bucket(self, bucket: str) -> None:
         """Remove ``bucket`` and every key in it (tests and tools)."""
         js = await self._connected()
@@ -595,6 +685,59 @@ class NatsSubscription:
     async def unsubscribe(self) -> None:
         """Stop receiving; the channel ends once the messages in it are read."""
         self._send.close()
+        with contextlib.suppress(Exception):  # a closed connection ended it already
+            await self.backend.call(self._subscription.unsubscribe)
+
+
+class NatsPullConsumer:
+    """A JetStream pull consumer, read from trio: ``fetch`` a batch, then
+    ``ack``, ``term`` or ``in_progress`` each message (nats-py ``Msg``:
+    ``data``, ``metadata.sequence.stream``, ``metadata.num_delivered``)."""
+
+    def __init__(self, backend: NatsBackend, subscription: Any) -> None:
+        self.backend = backend
+        self._subscription = subscription
+
+    async def fetch(self, batch: int, wait: float) -> list[Any]:
+        """Up to ``batch`` messages, waiting up to ``wait`` seconds for the
+        first; an empty list when none came.
+
+        Raises:
+            BackendUnavailable: the server cannot be reached, or the consumer
+                is gone (another node replaced it).
+        """
+        nats = _nats()
+        try:
+            with trio.fail_after(wait + self.backend.op_timeout):
+                return list(await trio_asyncio.aio_as_trio(self._subscription.fetch)(batch, wait))
+        except nats.errors.TimeoutError:
+            return []
+        except (*nats_unreachable(), nats.js.errors.Error) as exc:
+            raise BackendUnavailable(f"NATS at {redacted(self.backend.url)}: {exc!r}") from exc
+
+    async def ack(self, message: Any) -> None:
+        """Acknowledge ``message``: the stream removes it."""
+        await self.backend.call(message.ack)
+
+    async def ack_all(self, messages: list[Any]) -> None:
+        """Acknowledge each of ``messages`` (one call into asyncio for all)."""
+
+        async def ack_each() -> None:
+            for message in messages:
+                await message.ack()
+
+        await self.backend.call(ack_each)
+
+    async def term(self, message: Any) -> None:
+        """Never deliver ``message`` again."""
+        await self.backend.call(message.term)
+
+    async def in_progress(self, message: Any) -> None:
+        """``message`` is still being handled: restart its ``ack_wait``."""
+        await self.backend.call(message.in_progress)
+
+    async def aclose(self) -> None:
+        """Stop pulling (the consumer stays on the server for its next owner)."""
         with contextlib.suppress(Exception):  # a closed connection ended it already
             await self.backend.call(self._subscription.unsubscribe)
 

@@ -48,6 +48,7 @@ T = TypeVar("T")
 
 __all__ = [
     "RESERVED_PREFIX",
+    "SEQUENCE_KEY",
     "STORE_OUTAGE_DEADLINE",
     "WORKFLOW_PREFIX",
     "CheckpointCounters",
@@ -63,6 +64,7 @@ __all__ = [
     "encode_state",
     "json_converter",
     "open_store",
+    "stored_sequence",
 ]
 
 
@@ -171,18 +173,43 @@ class CheckpointStore(Protocol):
         ...
 
 
-def encode_state(path: str, state: object) -> str:
-    """State as JSON text.
+SEQUENCE_KEY = "__stream_sequence__"
+"""The key of a durable mailbox's last applied stream sequence, kept in the
+JSON object of its actor's checkpoint beside the state's fields."""
+
+
+def encode_state(path: str, state: object, sequence: int | None = None) -> str:
+    """State as JSON text; with ``sequence``, the last stream sequence applied
+    to it rides along under ``SEQUENCE_KEY`` (the state must be an object).
 
     Raises:
         StateError: cattrs cannot unstructure it, or it is not JSON-serializable.
     """
     try:
-        return json.dumps(_converter.unstructure(state), sort_keys=True, allow_nan=False)
+        raw = _converter.unstructure(state)
+        if sequence is not None:
+            raw = _with_sequence(raw, sequence)
+        return json.dumps(raw, sort_keys=True, allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
         raise StateError(
             f"{path}: state {type(state).__qualname__} cannot be checkpointed as JSON: {exc}"
         ) from exc
+
+
+def _with_sequence(raw: object, sequence: int) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise TypeError("a durable mailbox's actor needs a state that is a JSON object")
+    return {**raw, SEQUENCE_KEY: sequence}
+
+
+def stored_sequence(data: str) -> int:
+    """The stream sequence a checkpoint's JSON records (0: none)."""
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        return 0
+    found = raw.get(SEQUENCE_KEY, 0) if isinstance(raw, dict) else 0
+    return found if isinstance(found, int) else 0
 
 
 def decode_state(path: str, data: str, state_type: type) -> Any:
@@ -196,6 +223,8 @@ def decode_state(path: str, data: str, state_type: type) -> Any:
         raw = json.loads(data)
     except ValueError as exc:
         raise StateError(f"{path}: the stored checkpoint is not valid JSON: {exc}") from None
+    if isinstance(raw, dict):
+        raw.pop(SEQUENCE_KEY, None)
     if attrs.has(state_type) and not isinstance(raw, dict):
         raise StateError(
             f"{path}: the stored checkpoint does not fit {state_type.__qualname__}: "
@@ -984,6 +1013,7 @@ class Checkpointer:
         "outage_deadline",
         "path",
         "saved",
+        "sequence",
         "state_type",
         "store",
         "version",
@@ -998,8 +1028,12 @@ class Checkpointer:
         log: Any,
         *,
         outage_deadline: float = STORE_OUTAGE_DEADLINE,
+        sequenced: bool = False,
     ) -> None:
         self.outage_deadline = outage_deadline
+        # With a durable mailbox: the last stream sequence applied to the state,
+        # read and written with it (None: not kept).
+        self.sequence: int | None = 0 if sequenced else None
         self.path = path
         self.store = store
         self.counters = counters
@@ -1031,8 +1065,12 @@ class Checkpointer:
             counters.read_seconds += trio.current_time() - start
             if row is None:
                 self.version, self.saved = 0, None
+                if self.sequence is not None:
+                    self.sequence = 0
                 return self.state_type()
             self.version, self.saved = row
+            if self.sequence is not None:
+                self.sequence = stored_sequence(row[1])
             state = decode_state(self.path, row[1], self.state_type)
         except Exception as exc:
             counters.failures += 1
@@ -1051,7 +1089,7 @@ class Checkpointer:
         counters = self.counters
         async with self._lock:
             try:
-                data = encode_state(self.path, state)
+                data = encode_state(self.path, state, self.sequence)
                 if data == self.saved:
                     return
                 # What cannot be read back would fail every later start.

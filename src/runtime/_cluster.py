@@ -25,11 +25,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
-import re
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -42,10 +42,13 @@ from ._backends import (
     NatsSubscription,
     process_identity,
     redacted,
+    subject_token,
 )
 from ._checkpoint import CheckpointStore, PostgresStore
+from ._cluster_topics import ClusterTopics
+from ._durable import DurableMailboxes
 from ._logging import get_logger
-from ._ref import ActorRef
+from ._ref import ActorRef, ActorStatistics
 from ._remote import (
     RemoteRef,
     Request,
@@ -94,9 +97,7 @@ def rendezvous(unit: str, nodes: list[str]) -> str | None:
     return max(nodes, key=lambda node: hashlib.blake2b(f"{unit}\0{node}".encode()).digest())
 
 
-def _token(name: str) -> str:
-    """``name`` as one NATS subject token or bucket-name part."""
-    return re.sub(r"[^A-Za-z0-9_-]", lambda m: f"={ord(m.group()):02x}", name)
+_token = subject_token
 
 
 @attrs.frozen
@@ -221,6 +222,16 @@ class Cluster:
         )
         self.tracing = topology.metrics.tracing
         self.interval = spec.lease / 4
+        self.durable = DurableMailboxes(
+            system,
+            self.backend,
+            self.base,
+            f"{bucket}_mailboxes",
+            dict(iter_children(topology.supervisor)),
+            direct=self._direct_ref,
+            tracing=self.tracing,
+        )
+        self.topics = ClusterTopics(system, self.backend, self.base, self.member, self.interval)
         self.held: dict[str, _Lease] = {}
         self.placement: dict[str, Placement] = {u: Placement(u, None, None) for u in self.units}
         self.nodes: tuple[str, ...] = ()
@@ -229,6 +240,7 @@ class Cluster:
         self.ask_buckets = [0] * len(ASK_BUCKETS)
         self.ask_count, self.ask_seconds = 0, 0.0
         self._refs: dict[str, RemoteRef] = {}
+        self._routed: dict[str, UnitRef] = {}
         self._wake = trio.Event()
         self._leaving = False
         self._nursery: trio.Nursery | None = None
@@ -328,6 +340,27 @@ class Cluster:
         ref = self._refs[path] = RemoteRef(path, self.subject(unit), actor, self)
         return ref
 
+    def routed_ref(self, path: str) -> ActorRef[Any] | None:
+        """The ref ``system.ref(path)`` gives for an actor or pool of a unit
+        (None for any other path): one that finds the unit wherever it runs
+        at each call (in process while this node holds it, else over NATS),
+        so a ref kept while the unit moves stays good. A durable mailbox's
+        ref sends its tells through its stream, from every node."""
+        durable = self.durable.ref(path)
+        if durable is not None:
+            return durable
+        found = self._routed.get(path)
+        if found is None and path in self.actors and self.unit_of(path) is not None:
+            found = self._routed[path] = UnitRef(path, self._direct_ref)
+        return found
+
+    def _direct_ref(self, path: str) -> ActorRef[Any]:
+        """``path``'s ref not through its stream: in process here, else remote."""
+        return self.system.local_ref(path) or self.ref(path)
+
+    def _holds(self, unit: str, lease: _Lease) -> bool:
+        return self.held.get(unit) is lease
+
     def fence_of(self, path: str) -> tuple[str, int] | None:
         """The fence a checkpoint write of ``path`` carries (None: not in a unit).
 
@@ -368,6 +401,8 @@ class Cluster:
             self._nursery = nursery
             nursery.start_soon(self._send_batches)
             nursery.start_soon(self._listen_for_rebalance)
+            nursery.start_soon(self.topics.run)
+            nursery.start_soon(self.durable.run)
             await self._round()
             task_status.started()
             while True:
@@ -495,12 +530,16 @@ class Cluster:
                 logger.warning("unit_start_failed", unit=unit, error=repr(exc))
                 self._lose(unit, "start_failed")
                 return
-            subscription = await self._subscribe(unit)
-            try:
-                await self._serve(subscription)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await subscription.unsubscribe()
+            async with trio.open_nursery() as nursery:
+                for path in self.durable.paths_in(f"{self.root}/{unit}"):
+                    held = functools.partial(self._holds, unit, lease)
+                    nursery.start_soon(self.durable.consume, path, lease.epoch, held)
+                subscription = await self._subscribe(unit)
+                try:
+                    await self._serve(subscription)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await subscription.unsubscribe()
 
     async def _subscribe(self, unit: str) -> NatsSubscription:
         while True:
@@ -648,6 +687,40 @@ class _Batch:
 
     parts: list[bytes] = attrs.field(factory=list)
     size: int = 0
+
+
+class UnitRef(ActorRef[Any]):
+    """The ref of an actor (or pool) in a unit, on any node: each call goes
+    to the unit where it runs now, in process or over NATS."""
+
+    __slots__ = ("_path", "_target")
+
+    def __init__(self, path: str, target: Callable[[str], ActorRef[Any]]) -> None:
+        self._path = path
+        self._target = target
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ActorRef) and other.path == self._path
+
+    def __hash__(self) -> int:
+        return hash(self._path)
+
+    async def tell(self, msg: object, *, priority: str = "normal") -> None:
+        await self._target(self._path).tell(msg, priority=priority)
+
+    def tell_nowait(self, msg: object, *, priority: str = "normal") -> None:
+        self._target(self._path).tell_nowait(msg, priority=priority)
+
+    async def ask(self, msg: object, *, timeout: float = 30.0, priority: str = "normal") -> Any:
+        return await self._target(self._path).ask(msg, timeout=timeout, priority=priority)
+
+    def statistics(self) -> ActorStatistics:
+        stats: ActorStatistics = self._target(self._path).statistics()
+        return stats
 
 
 class FencedStore:

@@ -165,6 +165,8 @@ def _cluster(system: ActorSystem) -> dict[str, Any] | None:
         "lost": stats.lost,
         "remote_asks": stats.remote_asks,
         "remote_ask_seconds": stats.ask_seconds / stats.ask_count if stats.ask_count else None,
+        "durable": attrs.asdict(system.cluster.durable.statistics()),
+        "topics": attrs.asdict(system.cluster.topics.statistics()),
     }
 
 

@@ -102,6 +102,7 @@ class RuntimeCollector(Collector):
         yield up
         if system.cluster is not None:
             yield from self._cluster(system.cluster.statistics())
+            yield from self._streams(system.cluster)
 
     # -- cluster ------------------------------------------------------------------
 
@@ -140,6 +141,32 @@ class RuntimeCollector(Collector):
         ]
         asks.add_metric([], [*buckets, ("+Inf", stats.ask_count)], stats.ask_seconds)
         yield asks
+
+    def _streams(self, cluster: Any) -> Iterator[Metric]:
+        durable = cluster.durable.statistics()
+        tells = CounterMetricFamily(
+            "runtime_cluster_durable_tells",
+            "Durable tells on this node: stored in the stream from here (published), "
+            "applied here, acknowledged again without handling (duplicate), "
+            "dead-lettered after max_deliver attempts, tell_nowait lost.",
+            labels=["outcome"],
+        )
+        tells.add_metric(["published"], durable.published)
+        tells.add_metric(["applied"], durable.applied)
+        tells.add_metric(["duplicate"], durable.duplicates)
+        tells.add_metric(["dead_letter"], durable.dead_letters)
+        tells.add_metric(["lost"], durable.lost_tells)
+        yield tells
+        topics = cluster.topics.statistics()
+        events = CounterMetricFamily(
+            "runtime_cluster_topic_events",
+            "Topic events sent to the other nodes, received from them, or not sent.",
+            labels=["direction"],
+        )
+        events.add_metric(["sent"], topics.sent)
+        events.add_metric(["received"], topics.received)
+        events.add_metric(["dropped"], topics.dropped)
+        yield events
 
     # -- actors -----------------------------------------------------------------
 

@@ -212,6 +212,13 @@ class MailboxSpec:
             (``tell`` waits), ``reject`` (``MailboxFull`` at once),
             ``drop_oldest`` or ``drop_newest`` (the evicted message becomes a
             dead letter).
+        durable: in a cluster, tells go through a JetStream stream and are
+            acknowledged there once handled and checkpointed (needs
+            ``cluster:`` and ``checkpoint: message``; DESIGN 6.5).
+        max_deliver: with ``durable``, how many times a tell is handled
+            before a handler that keeps failing on it makes it a dead
+            letter (reason ``max_deliver``); keep it at most the
+            supervisor's ``max_restarts``, or the supervisor gives up first.
     """
 
     capacity: int = attrs.field(default=100, validator=at_least(1))
@@ -219,6 +226,8 @@ class MailboxSpec:
         default="block",
         validator=one_of("block", "reject", "drop_oldest", "drop_newest"),
     )
+    durable: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    max_deliver: int = attrs.field(default=3, validator=at_least(1))
 
 
 @attrs.frozen

@@ -219,6 +219,17 @@ def _cluster_lines(cluster: dict[str, Any] | None) -> list[str]:
         + (f"; remote ask mean {mean * 1000:.2f}ms" if mean is not None else ""),
         "",
     ]
+    durable, topics = cluster.get("durable"), cluster.get("topics")
+    if durable and any(durable.values()):
+        lines[-1:-1] = [
+            f"durable tells: {durable['published']} published, {durable['applied']} applied, "
+            f"{durable['duplicates']} duplicates, {durable['dead_letters']} dead letters"
+        ]
+    if topics and any(topics.values()):
+        lines[-1:-1] = [
+            f"topic events: {topics['sent']} sent, {topics['received']} received, "
+            f"{topics['dropped']} dropped"
+        ]
     rows = [
         [p["unit"], p["node"] or "-", str(p["epoch"]) if p["epoch"] is not None else "-"]
         for p in cluster["placement"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -30,6 +30,7 @@ from ._checkpoint import (
     default_store_url,
     open_store,
 )
+from ._durable_cell import DurableCell
 from ._host import Child
 from ._limiter import Limiter
 from ._lock_backends import open_lock_backend
@@ -152,6 +153,8 @@ class SystemHost:
         self.items_done = self.items_total = self.items_retried = 0
         self.progress_by_path: dict[str, tuple[int, int, int]] = {}
         self.topics: dict[str, dict[ActorCell, set[type]]] = {}
+        # A cluster node's publisher of its topics' events to the other nodes.
+        self.topic_relay: Callable[[str, object], Awaitable[None]] | None = None
         self.pools: dict[str, PoolSupervisor] = {}
         # Each supervisor's spec by path, from before it builds its children:
         # a pool takes its restart policy from its parent's.
@@ -175,6 +178,8 @@ class SystemHost:
             self.supervisors[path] = self.pools[path] = node
         elif prefix == f"{RESOURCES_SUPERVISOR}/" and resource is not None:
             node = self.cells[path] = ResourceCell(spec, path, self, resource)
+        elif spec.mailbox.durable:
+            node = self.cells[path] = DurableCell(spec, path, self)
         else:
             node = self.cells[path] = ActorCell(spec, path, self)
         for tag in spec.tags:
@@ -278,6 +283,13 @@ class SystemHost:
             subscribers.pop(subscriber, None)
 
     async def publish(self, topic: str, event: object) -> None:
+        await self.publish_here(topic, event)
+        relay = self.topic_relay
+        if relay is not None:
+            await relay(topic, event)
+
+    async def publish_here(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to this process's subscribers of ``topic`` only."""
         for cell, types in list(self.topics.get(topic, {}).items()):
             if isinstance(event, tuple(types)):
                 await cell.deliver(event)
@@ -417,6 +429,11 @@ class ActorSystem:
             ActorNotFound: no actor or pool at that path (a supervisor is not
                 an actor).
         """
+        cluster = self.cluster
+        if cluster is not None:
+            routed: ActorRef[Any] | None = cluster.routed_ref(path)
+            if routed is not None:
+                return routed  # wherever its unit runs now
         cell = self._host.cells.get(path)
         if cell is None:
             pool = self._host.pools.get(path)
@@ -430,9 +447,13 @@ class ActorSystem:
         return cell.ref
 
     def local_ref(self, path: str) -> ActorRef[Any] | None:
-        """The ref of the actor at ``path`` if it runs in this process, else None."""
+        """The ref of the actor or pool at ``path`` if it runs in this
+        process, else None."""
         cell = self._host.cells.get(path)
-        return None if cell is None else cell.ref
+        if cell is None:
+            pool = self._host.pools.get(path)
+            return None if pool is None else pool.ref
+        return cell.ref
 
     def join_cluster(
         self, cluster: Any, fence: Callable[[CheckpointStore], CheckpointStore]
@@ -442,6 +463,24 @@ class ActorSystem:
         through ``fence(store)`` (before its first use)."""
         self.cluster = cluster
         self._host.store_wrapper = fence
+
+    def relay_topics(self, relay: Callable[[str, object], Awaitable[None]] | None) -> None:
+        """Have ``relay(topic, event)`` called after each publish's local
+        delivery (a cluster node sends the event to the other nodes)."""
+        self._host.topic_relay = relay
+
+    async def publish_here(self, topic: str, event: object) -> None:
+        """Deliver ``event`` to this process's subscribers of ``topic`` only
+        (an event another node published)."""
+        await self._host.publish_here(topic, event)
+
+    def topic_subscribers(self, topic: str) -> dict[type[Actor[Any]], set[type]]:
+        """The actor classes subscribed to ``topic`` in this process, and the
+        event types each subscribed for."""
+        found: dict[type[Actor[Any]], set[type]] = {}
+        for cell, types in self._host.topics.get(topic, {}).items():
+            found.setdefault(cell.actor_cls, set()).update(types)
+        return found
 
     def record_dead_letter(self, path: str, message: object, reason: str) -> None:
         """A message received for ``path`` that it refused (see ``DeadLetter``)."""

@@ -347,9 +347,34 @@ def _cross_checks(cl: type, value: dict[str, Any], done: types.SimpleNamespace) 
         and hasattr(done, "actor")
         and (hasattr(done, "args") or "args" not in value)
     ):
-        problems = check_actor(
-            done.actor, getattr(done, "args", {}), getattr(done, "checkpoint", "off")
+        problems = list(
+            check_actor(done.actor, getattr(done, "args", {}), getattr(done, "checkpoint", "off"))
         )
+        mailbox = getattr(done, "mailbox", None)
+        if mailbox is not None and mailbox.durable and getattr(done, "pool", None) is not None:
+            problems.append(
+                ("mailbox", "a pool cannot have a durable mailbox (give it to a single actor)")
+            )
+        elif mailbox is not None and mailbox.durable and getattr(done, "concurrency", 1) != 1:
+            problems.append(
+                (
+                    "concurrency",
+                    "a durable mailbox needs concurrency: 1 (its tells are applied one "
+                    "after the other, in stream order)",
+                )
+            )
+        elif (
+            mailbox is not None
+            and mailbox.durable
+            and getattr(done, "checkpoint", "off") != "message"
+        ):
+            problems.append(
+                (
+                    "checkpoint",
+                    "a durable mailbox needs checkpoint: message (each tell is acknowledged "
+                    "once its handler's state is written, with the tell's stream sequence)",
+                )
+            )
         return [FieldError(field, message) for field, message in problems]
     children = value.get("children")
     if cl is SupervisorSpec and not hasattr(done, "children") and isinstance(children, list):
@@ -621,8 +646,7 @@ def unsupported(topology: Topology) -> Iterator[tuple[str, str]]:
             check_locks_url(topology.locks)
         except ValueError as exc:
             yield "$.locks", str(exc)
-    if topology.cluster is not None:
-        yield from _cluster_problems(topology)
+    yield from _cluster_problems(topology)
 
 
 def workflow_problems(topology: Topology) -> Iterator[tuple[str, str]]:
@@ -655,8 +679,16 @@ def _unpriced_budgets(topology: Topology) -> Iterator[tuple[str, str]]:
 
 
 def _cluster_problems(topology: Topology) -> Iterator[tuple[str, str]]:
-    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS."""
-    assert topology.cluster is not None
+    """A cluster keeps its checkpoints in PostgreSQL and reaches NATS; a
+    durable mailbox needs a cluster."""
+    if topology.cluster is None:
+        for field in _durable_mailboxes(topology.supervisor, "$.supervisor"):
+            yield (
+                field,
+                "a durable mailbox needs cluster: (its tells go through a NATS JetStream "
+                "stream); without one, use checkpoint: message and a plain mailbox",
+            )
+        return
     store = topology.store or ""
     if not store.startswith(("postgresql://", "postgres://")):
         yield (
@@ -666,6 +698,15 @@ def _cluster_problems(topology: Topology) -> Iterator[tuple[str, str]]:
         )
     if not topology.cluster.nats.startswith(("nats://", "tls://")):
         yield "$.cluster.nats", f"expected a nats:// or tls:// URL; got {topology.cluster.nats!r}"
+
+
+def _durable_mailboxes(spec: SupervisorSpec, at: str) -> Iterator[str]:
+    """The field path of each ``mailbox: {durable: true}`` below ``spec``."""
+    for i, child in enumerate(spec.children):
+        if isinstance(child, SupervisorSpec):
+            yield from _durable_mailboxes(child, f"{at}.children[{i}]")
+        elif child.mailbox.durable:
+            yield f"{at}.children[{i}].mailbox.durable"
 
 
 def check_actor(
