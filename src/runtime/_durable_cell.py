@@ -159,4 +159,4 @@ class DurableCell(ActorCell):
         item.reply(reply)
         self.handled += handled
         if self.record.consecutive_crashes:
-            self._recovered()
+            self.recovered()
