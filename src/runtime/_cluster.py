@@ -435,7 +435,7 @@ class Cluster:
             members = await self.backend.kv(self.members_bucket, ttl=self.spec.lease)
             if self.hosts_units and not self._leaving:
                 await members.put(self.node, {"member": self.member, "pid": os.getpid()})
-            self.nodes = tuple(sorted(await members.keys()))
+            self.nodes = tuple(sorted(set(await members.keys())))  # keys() may repeat one
             leases = await self.backend.kv(self.leases_bucket, ttl=self.spec.lease)
         except BackendUnavailable as exc:
             logger.warning("cluster_unreachable", node=self.node, error=str(exc))
