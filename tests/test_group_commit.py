@@ -318,7 +318,7 @@ async def test_concurrent_writers_commit_in_one_transaction(store: Any) -> None:
         assert sum(s == "BEGIN IMMEDIATE" for s in statements) == 1
         assert sum(s == "COMMIT" for s in statements) == 1
     else:
-        assert calls == ["fetch", "fetch"]  # one round trip per batch
+        assert calls == ["fetchval", "fetch"]  # one round trip per batch (alone: a plain write)
         store._call = call  # type: ignore[method-assign]
         written = [*paths, "root/lead0", "root/lead1"]
         assert await _rows_per_transaction(store, written) == [1, 51]

@@ -779,10 +779,40 @@ class PostgresStore:
         return await self.group.save(path, data, version)
 
     async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
+        if len(rows) == 1:
+            return [await self._write_one(*rows[0])]
         paths, datas, versions = (list(column) for column in zip(*rows, strict=True))
         refused = await self._call("fetch", _PG_WRITE, paths, datas, versions)
         stored = {str(row["path"]): int(row["stored"] or 0) for row in refused}
         return [stored.get(path) for path, _, _ in rows]
+
+    async def _write_one(self, path: str, data: str, version: int) -> int | None:
+        """A batch of one (a write that found nothing committing): a plain
+        insert or version-checked update, one round trip when it is written;
+        None, or the version stored when its check failed."""
+        if version == 0:
+            new = await self._call(
+                "fetchval",
+                "INSERT INTO runtime_checkpoints (path, version, data) VALUES ($1, 1, $2) "
+                "ON CONFLICT (path) DO NOTHING RETURNING version",
+                path,
+                data,
+            )
+        else:
+            new = await self._call(
+                "fetchval",
+                "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
+                "WHERE path = $1 AND version = $3 RETURNING version",
+                path,
+                data,
+                version,
+            )
+        if new is not None:
+            return None
+        stored = await self._call(
+            "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
+        )
+        return int(stored or 0)
 
     async def delete(self, path: str) -> None:
         await self._call("execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path)
