@@ -39,7 +39,7 @@ import cattrs.preconf.json
 import trio
 import trio_asyncio
 
-from ._backends import SqliteFile
+from ._backends import PG_UNREACHABLE, SqliteFile
 from ._durations import SIZE_BUCKETS, Durations
 from ._specs import to_seconds
 from .errors import CheckpointConflict, StateError, StoreUnavailable
@@ -635,16 +635,6 @@ class SqliteStore:
         await self._file.aclose()
 
 
-_PG_UNREACHABLE = (
-    OSError,
-    TimeoutError,
-    asyncpg.PostgresConnectionError,  # class 08: connection exceptions
-    asyncpg.InterfaceError,  # the connection was closed under the call
-    asyncpg.exceptions.OperatorInterventionError,  # class 57: shutting down, not accepting
-)
-"""What asyncpg raises when the server cannot be reached (StoreUnavailable)."""
-
-
 def _redacted(url: str) -> str:
     """``url`` without a password."""
     scheme, sep, rest = url.partition("://")
@@ -726,7 +716,7 @@ class PostgresStore:
         try:
             pool = self._pool if self._pool is not None else await self._connect()
             return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
-        except _PG_UNREACHABLE as exc:
+        except PG_UNREACHABLE as exc:
             raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
 
     async def _connect(self) -> Any:
