@@ -316,6 +316,13 @@ async def test_nodes_carry_on_after_the_nats_server_restarts(
         async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
             await _wait_all_placed(system, run, 3)
             await system.ref(run.path("a")).tell(Add(1, "before"))
+            # A plain tell is at most once: it is applied before the server
+            # stops, so what the restart must keep is state, not a publish
+            # still in a socket buffer.
+            with trio.fail_after(15):
+                ref = system.ref(run.path("a"))
+                while "before" not in (await ref.ask(Get(), timeout=10)).applied:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
             await trio.to_thread.run_sync(private_nats.stop)
             await trio.sleep(1.5)
             await trio.to_thread.run_sync(private_nats.start)
