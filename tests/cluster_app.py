@@ -55,6 +55,22 @@ class Snapshot:
     writers: list[str]
 
 
+@attrs.frozen
+class Chain:
+    """Name the correlation id and trace id this message was handled under;
+    with ``via`` set, ask the actor at that path the same first."""
+
+    via: str = ""
+
+
+@attrs.frozen
+class Seen:
+    node: str
+    correlation: str | None
+    trace_id: str
+    hops: list[Seen] = attrs.field(factory=list)
+
+
 @attrs.define
 class CounterState:
     total: int = 0
@@ -109,6 +125,14 @@ class Counter(runtime.Actor[CounterState]):
             self.instance,
             list(self.state.writers),
         )
+
+    @runtime.handler
+    async def chain(self, msg: Chain) -> Seen:
+        from opentelemetry import trace  # noqa: PLC0415 (tracing tests only)
+
+        hops = [await self.ctx.ref(msg.via).ask(Chain(), timeout=10)] if msg.via else []
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        return Seen(node_name(), runtime.correlation_id(), f"{trace_id:032x}", hops)
 
     @runtime.handler
     async def where(self, msg: Where) -> str:
@@ -166,6 +190,14 @@ class Listener(runtime.Actor[ListenerState]):
     @runtime.handler
     async def heard(self, msg: Heard) -> list[str]:
         return list(self.state.heard)
+
+    @runtime.handler
+    async def chain(self, msg: Chain) -> Seen:
+        from opentelemetry import trace  # noqa: PLC0415 (tracing tests only)
+
+        hops = [await self.ctx.ref(msg.via).ask(Chain(), timeout=10)] if msg.via else []
+        trace_id = trace.get_current_span().get_span_context().trace_id
+        return Seen(node_name(), runtime.correlation_id(), f"{trace_id:032x}", hops)
 
     @runtime.handler
     async def where(self, msg: Where) -> str:

@@ -45,6 +45,7 @@ class ClusterRun:
         mailbox: str = "",
         actor: str = "tests.cluster_app:Counter",
         args: str = "",
+        tracing: bool = False,
     ) -> None:
         self.tmp_path = tmp_path
         self.name = unique("cl")
@@ -63,7 +64,8 @@ class ClusterRun:
             f"system: {self.name}\n"
             f"store: {json.dumps(postgres_url)}\n"
             f"cluster:\n  nats: {nats_url}\n  lease: {lease}s\n  prefix: {self.name}\n"
-            f"supervisor:\n  name: {self.root}\n  children:\n{children}\n"
+            + ("metrics:\n  tracing: true\n" if tracing else "")
+            + f"supervisor:\n  name: {self.root}\n  children:\n{children}\n"
         )
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
