@@ -128,7 +128,7 @@ class Counter(runtime.Actor[CounterState]):
 
     @runtime.handler
     async def chain(self, msg: Chain) -> Seen:
-        from opentelemetry import trace  # noqa: PLC0415 (tracing tests only)
+        from opentelemetry import trace
 
         hops = [await self.ctx.ref(msg.via).ask(Chain(), timeout=10)] if msg.via else []
         trace_id = trace.get_current_span().get_span_context().trace_id
@@ -190,14 +190,6 @@ class Listener(runtime.Actor[ListenerState]):
     @runtime.handler
     async def heard(self, msg: Heard) -> list[str]:
         return list(self.state.heard)
-
-    @runtime.handler
-    async def chain(self, msg: Chain) -> Seen:
-        from opentelemetry import trace  # noqa: PLC0415 (tracing tests only)
-
-        hops = [await self.ctx.ref(msg.via).ask(Chain(), timeout=10)] if msg.via else []
-        trace_id = trace.get_current_span().get_span_context().trace_id
-        return Seen(node_name(), runtime.correlation_id(), f"{trace_id:032x}", hops)
 
     @runtime.handler
     async def where(self, msg: Where) -> str:

@@ -76,4 +76,3 @@ async def test_the_correlation_id_and_trace_cross_two_node_hops(tmp_path: Path) 
             assert bare.hops[0].correlation == bare.correlation
     finally:
         run.stop_all()
-
