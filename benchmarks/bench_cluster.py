@@ -150,6 +150,70 @@ def test_remote_ask_and_tell_against_bare_nats(bench: Any, quick: bool) -> None:
     )
 
 
+async def _burst_at_one_unit(run: ClusterRun, tells: int) -> str:
+    """``tells`` remote tells at unit ``a`` once both nodes run their units;
+    the node holding it."""
+    async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
+        ref = system.ref(run.path("a"))
+        with trio.fail_after(60):
+            while len(system.cluster.statistics().nodes) < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            await trio.sleep(3 * run.lease)  # the handovers of the staggered starts are done
+            for unit in run.units:
+                await _answering(system.ref(run.path(unit)))
+        owner = str(await ref.ask(Where(), timeout=10))
+        before = (await ref.ask(Get(), timeout=10)).total
+        for _ in range(tells):
+            await ref.tell(Add(1))
+        with trio.fail_after(120):
+            while (await ref.ask(Get(), timeout=30)).total < before + tells:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        await trio.sleep(run.lease)
+        return owner
+
+
+def _renewal_gap(run: ClusterRun, node: str) -> float:
+    """The longest renewal gap ``node`` logged as it left the cluster."""
+    for event in run.events(node):
+        if event.get("event") == "cluster_left":
+            return float(event["renewal_gap_max"])  # type: ignore[arg-type]
+    raise AssertionError(f"{node} did not leave the cluster gracefully")
+
+
+def test_lease_renewal_gap_during_a_burst(bench: Any, quick: bool) -> None:
+    """The longest time between two renewals (membership entry or lease) on
+    the node whose unit receives a burst of remote tells (lease 1 s, three
+    units a node), against the other node of the same run, which renews as
+    often with no burst. At ``lease`` seconds an entry expires."""
+    require_postgres()
+    tells = 2_000 if quick else 20_000
+    with tempfile.TemporaryDirectory() as directory:
+        run = ClusterRun(
+            Path(directory),
+            require_nats(),
+            POSTGRES_URL,
+            units=("a", "b", "c", "d", "e", "f"),
+            lease=1.0,
+            checkpoint="off",
+        )
+        run.start("n1")
+        run.start("n2")
+        try:
+            owner = trio.run(_burst_at_one_unit, run, tells)
+        finally:
+            run.stop_all()
+        other = "n2" if owner == "n1" else "n1"
+        gap, quiet = _renewal_gap(run, owner), _renewal_gap(run, other)
+    bench.record(
+        f"cluster lease renewal gap, max, during a burst of {tells:,} tells (lease 1s)",
+        gap,
+        "s",
+        baseline=quiet,
+        baseline_name="the other node, no burst",
+        higher_is_better=False,
+    )
+
+
 async def _failovers(run: ClusterRun, kills: int) -> list[float]:
     times = []
     async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:

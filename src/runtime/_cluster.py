@@ -20,6 +20,11 @@
   for all its units, and tells the others to look at once.
 - Each held unit is served on its own subject: a request is an ask, a plain
   message a tell (``_remote``).
+- Renewals (the membership entry and every lease held, written together)
+  run in a task of their own on a fixed schedule, apart from the placement
+  round, over a NATS connection of their own (membership, leases and
+  rebalancing: the control plane): a burst of messages on the data
+  connection delays neither their requests nor their replies.
 """
 
 from __future__ import annotations
@@ -127,6 +132,9 @@ class ClusterStatistics:
         failovers: units this node took over from a node that was gone.
         handovers: units this node gave to another node while running.
         lost: units this node lost (its lease taken or expired).
+        renewal_gap_max: the longest time (seconds) between two renewals
+            of this node's membership entry or of a lease it held: an upper
+            bound of how long one went without a write (lost at ``lease``).
         remote_asks: remote asks sent from this node, by outcome.
         ask_bounds: the latency histogram's upper bounds (seconds).
         ask_buckets: cumulative counts of remote-ask latencies at or under
@@ -141,6 +149,7 @@ class ClusterStatistics:
     failovers: int
     handovers: int
     lost: int
+    renewal_gap_max: float
     remote_asks: dict[str, int]
     ask_bounds: tuple[float, ...]
     ask_buckets: tuple[int, ...]
@@ -220,6 +229,14 @@ class Cluster:
             reconnect=True,
             options=nats_options(spec),
         )
+        # Membership, leases and rebalancing on a connection of their own:
+        # their replies never wait behind the messages of a burst.
+        self.control = NatsBackend(
+            spec.nats,
+            name=f"{topology.system}-{node}-control",
+            reconnect=True,
+            options=nats_options(spec),
+        )
         self.tracing = topology.metrics.tracing
         self.interval = spec.lease / 4
         self.durable = DurableMailboxes(
@@ -236,6 +253,9 @@ class Cluster:
         self.placement: dict[str, Placement] = {u: Placement(u, None, None) for u in self.units}
         self.nodes: tuple[str, ...] = ()
         self.failovers = self.handovers = self.lost = 0
+        self.renewal_gap_max = 0.0  # the longest time between two renewals of an entry
+        self._member_renewed: float | None = None  # trio time of the last membership renewal
+        self._membership = trio.Lock()  # the entry written or deleted, one at a time
         self.remote_asks: dict[str, int] = {}
         self.ask_buckets = [0] * len(ASK_BUCKETS)
         self.ask_count, self.ask_seconds = 0, 0.0
@@ -385,6 +405,7 @@ class Cluster:
             failovers=self.failovers,
             handovers=self.handovers,
             lost=self.lost,
+            renewal_gap_max=self.renewal_gap_max,
             remote_asks=dict(self.remote_asks),
             ask_bounds=ASK_BUCKETS,
             ask_buckets=tuple(self.ask_buckets),
@@ -403,6 +424,8 @@ class Cluster:
             nursery.start_soon(self._listen_for_rebalance)
             nursery.start_soon(self.topics.run)
             nursery.start_soon(self.durable.run)
+            if self.hosts_units:
+                await nursery.start(self._renew_every_interval)
             await self._round()
             task_status.started()
             while True:
@@ -417,44 +440,119 @@ class Cluster:
         delete its lease, and tell the other nodes to take them at once."""
         self._leaving = True
         with contextlib.suppress(BackendUnavailable):
-            members = await self.backend.kv(self.members_bucket, ttl=self.spec.lease)
-            await members.delete(self.node)
+            async with self._membership:
+                members = await self.control.kv(self.members_bucket, ttl=self.spec.lease)
+                await members.delete(self.node)
         async with trio.open_nursery() as nursery:
             for unit in list(self.held):
                 nursery.start_soon(self._release, unit, False)
-        logger.info("cluster_left", node=self.node)
+        logger.info("cluster_left", node=self.node, renewal_gap_max=round(self.renewal_gap_max, 3))
 
     async def aclose(self) -> None:
         await self.backend.aclose()
+        await self.control.aclose()
 
-    async def _round(self) -> None:
-        """One round: renew membership, read the live nodes, then for each
-        unit renew, release, or take its lease as placement says."""
+    async def _renew_every_interval(
+        self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Renew this node's membership entry and the leases it holds every
+        ``lease / 4``, on a fixed schedule (a slow renewal does not push the
+        next one back, nor does a slow placement round). ``started`` once
+        the membership entry is written the first time."""
+        due = trio.current_time()
+        await self._renew()
+        task_status.started()
+        while True:
+            due = max(due + self.interval, trio.current_time())
+            await trio.sleep_until(due)
+            await self._renew()
+
+    async def _renew(self) -> None:
+        """One renewal: the membership entry and each lease held, all at once."""
         now = trio.current_time()
         try:
-            members = await self.backend.kv(self.members_bucket, ttl=self.spec.lease)
-            if self.hosts_units and not self._leaving:
-                await members.put(self.node, {"member": self.member, "pid": os.getpid()})
-            self.nodes = tuple(sorted(set(await members.keys())))  # keys() may repeat one
-            leases = await self.backend.kv(self.leases_bucket, ttl=self.spec.lease)
+            members = await self.control.kv(self.members_bucket, ttl=self.spec.lease)
+            leases = await self.control.kv(self.leases_bucket, ttl=self.spec.lease)
         except BackendUnavailable as exc:
             logger.warning("cluster_unreachable", node=self.node, error=str(exc))
             self._expire(now)
             return
-        # Leases held are renewed first; units to take wait for the next round
-        # once this one has run for an interval (taking one raises its fence
-        # in PostgreSQL): a renewal is never late behind a run of takeovers.
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew_membership, members, now)
+            for unit, lease in list(self.held.items()):
+                nursery.start_soon(self._renew_lease, leases, unit, lease, now)
+
+    async def _renew_membership(self, members: Any, now: float) -> None:
+        async with self._membership:
+            if self._leaving:
+                return
+            try:
+                await members.put(self.node, {"member": self.member, "pid": os.getpid()})
+            except BackendUnavailable as exc:
+                logger.warning("cluster_unreachable", node=self.node, error=str(exc))
+                return
+        if self._member_renewed is not None:
+            self._renewed(None, self._member_renewed)
+        self._member_renewed = now
+
+    async def _renew_lease(self, leases: Any, unit: str, lease: _Lease, now: float) -> None:
+        value = {"node": self.node, "member": self.member, "epoch": lease.epoch}
+        try:
+            async with lease.lock:
+                if self.held.get(unit) is not lease:
+                    return  # released meanwhile
+                revision = await leases.update(unit, value, lease.revision)
+        except BackendUnavailable as exc:
+            logger.warning("cluster_unreachable", node=self.node, unit=unit, error=str(exc))
+            if now - lease.renewed >= self.spec.lease:
+                self._lose(unit, "lease_expired")
+            return
+        if revision is None:
+            self._lose(unit, "lease_taken")
+        else:
+            self._renewed(unit, lease.renewed)
+            lease.revision, lease.renewed = revision, now
+
+    async def _round(self) -> None:
+        """One round: read the live nodes, then for each unit hand it over,
+        take it, or note its holder, as placement says."""
+        now = trio.current_time()
+        try:
+            members = await self.control.kv(self.members_bucket, ttl=self.spec.lease)
+            live = set(await members.keys())  # keys() may repeat one
+            leases = await self.control.kv(self.leases_bucket, ttl=self.spec.lease)
+        except BackendUnavailable as exc:
+            logger.warning("cluster_unreachable", node=self.node, error=str(exc))
+            return
+        # This node's own entry, renewed within the lease, may be missing
+        # from a listing made while it was being written.
+        renewed = self._member_renewed
+        if renewed is not None and now - renewed < self.spec.lease and not self._leaving:
+            live.add(self.node)
+        self.nodes = tuple(sorted(live))
+        # Units to take wait for the next round once this one has run for an
+        # interval (taking one raises its fence in PostgreSQL).
         order = [*self.held, *(unit for unit in self.units if unit not in self.held)]
         for unit in order:
             if unit not in self.held and trio.current_time() - now > self.interval:
                 self._wake.set()
                 break
             try:
-                await self._place(unit, leases, now)
+                await self._place(unit, leases)
             except BackendUnavailable as exc:
                 logger.warning("cluster_unreachable", node=self.node, unit=unit, error=str(exc))
-                self._expire(now)
                 return
+
+    def _renewed(self, unit: str | None, previous: float) -> None:
+        """A renewal of ``unit``'s lease (None: of the membership entry)
+        succeeded; ``previous`` is when the one before it started. The time
+        between the two (an upper bound of the time the entry went without
+        a write) is kept at its longest, and logged past half the lease: at
+        a whole lease the entry expires."""
+        gap = trio.current_time() - previous
+        self.renewal_gap_max = max(self.renewal_gap_max, gap)
+        if gap > self.spec.lease / 2:
+            logger.warning("lease_renewal_late", node=self.node, unit=unit, seconds=round(gap, 3))
 
     def _expire(self, now: float) -> None:
         """Units whose lease could not be renewed for ``lease`` seconds are
@@ -463,7 +561,7 @@ class Cluster:
             if now - lease.renewed >= self.spec.lease:
                 self._lose(unit, "lease_expired")
 
-    async def _place(self, unit: str, leases: Any, now: float) -> None:
+    async def _place(self, unit: str, leases: Any) -> None:
         owner = rendezvous(unit, list(self.nodes))
         lease = self.held.get(unit)
         if lease is not None:
@@ -473,19 +571,10 @@ class Cluster:
                 lease.releasing = True
                 assert self._nursery is not None
                 self._nursery.start_soon(self._release, unit, True)
-            value = {"node": self.node, "member": self.member, "epoch": lease.epoch}
-            async with lease.lock:
-                if self.held.get(unit) is not lease:
-                    return  # released meanwhile
-                revision = await leases.update(unit, value, lease.revision)
-            if revision is None:
-                self._lose(unit, "lease_taken")
-            else:
-                lease.revision, lease.renewed = revision, now
             return
         found = await leases.get(unit)
         if found is None and owner == self.node and self.hosts_units and not self._leaving:
-            await self._acquire(unit, leases, now)
+            await self._acquire(unit, leases)
             return
         previous = self.placement[unit]
         if found is None:
@@ -494,8 +583,9 @@ class Cluster:
             value, _ = found
             self.placement[unit] = Placement(unit, value.get("node"), value.get("epoch"))
 
-    async def _acquire(self, unit: str, leases: Any, now: float) -> None:
+    async def _acquire(self, unit: str, leases: Any) -> None:
         value = {"node": self.node, "member": self.member, "epoch": None}
+        now = trio.current_time()  # the lease lives from its create on
         revision = await leases.create(unit, value)
         if revision is None:
             return  # another node came first
@@ -600,9 +690,12 @@ class Cluster:
             )
 
     async def _deliver(self, data: bytes) -> None:
-        """The tells of one NATS message (one a line), in order."""
-        for part in data.split(b"\n"):
+        """The tells of one NATS message (one a line), in order, with a yield
+        every few (a message holds hundreds: it never keeps the loop)."""
+        for i, part in enumerate(data.split(b"\n"), 1):
             await self._deliver_one(part)
+            if not i % YIELD_EVERY:
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def _deliver_one(self, data: bytes) -> None:
         try:
@@ -653,9 +746,9 @@ class Cluster:
                     return  # lost while it stopped
                 self.held.pop(unit, None)
                 with contextlib.suppress(BackendUnavailable):
-                    leases = await self.backend.kv(self.leases_bucket, ttl=self.spec.lease)
+                    leases = await self.control.kv(self.leases_bucket, ttl=self.spec.lease)
                     await leases.delete(unit, lease.revision)
-                    await self.backend.publish(f"{self.base}.rebalance", self.node.encode())
+                    await self.control.publish(f"{self.base}.rebalance", self.node.encode())
         if handover:
             self.handovers += 1
         logger.info("unit_released", unit=unit, node=self.node, epoch=lease.epoch)
@@ -664,7 +757,7 @@ class Cluster:
         """Wake the next round at once when a node hands units over."""
         while True:
             try:
-                subscription = await self.backend.subscribe(f"{self.base}.rebalance")
+                subscription = await self.control.subscribe(f"{self.base}.rebalance")
             except BackendUnavailable:
                 await trio.sleep(self.interval)
                 continue

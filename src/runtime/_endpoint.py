@@ -163,6 +163,7 @@ def _cluster(system: ActorSystem) -> dict[str, Any] | None:
         "failovers": stats.failovers,
         "handovers": stats.handovers,
         "lost": stats.lost,
+        "renewal_gap_max": stats.renewal_gap_max,
         "remote_asks": stats.remote_asks,
         "remote_ask_seconds": stats.ask_seconds / stats.ask_count if stats.ask_count else None,
         "durable": attrs.asdict(system.cluster.durable.statistics()),

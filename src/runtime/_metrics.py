@@ -131,6 +131,13 @@ class RuntimeCollector(Collector):
         moves.add_metric(["handover"], stats.handovers)
         moves.add_metric(["lost"], stats.lost)
         yield moves
+        gap = GaugeMetricFamily(
+            "runtime_cluster_renewal_gap_max_seconds",
+            "The longest time between two renewals of this node's membership entry "
+            "or of a lease it held (the entry expires at the cluster's lease).",
+        )
+        gap.add_metric([], stats.renewal_gap_max)
+        yield gap
         asks = HistogramMetricFamily(
             "runtime_cluster_remote_ask_seconds",
             "Remote asks sent from this node, from send to reply (retries included).",
