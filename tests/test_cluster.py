@@ -31,6 +31,7 @@ from runtime._topology import load_topology
 from runtime.errors import (
     ActorFailed,
     ActorNotFound,
+    ActorStopped,
     AskTimeout,
     CheckpointConflict,
     TopologyError,
@@ -166,6 +167,19 @@ async def _wait_all_placed(system: runtime.ActorSystem, run: ClusterRun, nodes: 
 
 async def _where(system: runtime.ActorSystem, run: ClusterRun) -> dict[str, str]:
     return {u: await system.ref(run.path(u)).ask(Where(), timeout=10) for u in run.units}
+
+
+async def _settled(system: runtime.ActorSystem, run: ClusterRun) -> dict[str, str]:
+    """Each unit's node once placement has settled on the three nodes (the
+    first node up holds every unit until the others join): where each
+    answers from is where rendezvous hashing puts it."""
+    with trio.fail_after(30):
+        while True:
+            nodes = list(system.cluster.statistics().nodes)
+            where = await _where(system, run)
+            if len(nodes) == 3 and all(rendezvous(u, nodes) == n for u, n in where.items()):
+                return where
+            await trio.sleep(0.1)
 
 
 @pytest.mark.multiprocess
@@ -336,5 +350,50 @@ async def test_nodes_carry_on_after_the_nats_server_restarts(
                     await trio.sleep(0.1)
             for unit in run.units:
                 await system.ref(run.path(unit)).ask(Where(), timeout=10)
+    finally:
+        run.stop_all()
+
+
+@pytest.mark.multiprocess
+@pytest.mark.nats
+@pytest.mark.postgres
+async def test_asks_during_handovers_are_answered_never_left_to_time_out(
+    tmp_path: Path,
+) -> None:
+    """One node holds every unit; two more join and it hands most over while
+    askers keep asking each unit. Every ask is answered (by the old holder,
+    or sent again to the new one after a ``MOVED`` refusal) or, queued in an
+    actor as it stopped, refused with ``ActorStopped``: none is dropped
+    between holders to wait out its timeout."""
+    require_postgres()
+    run = ClusterRun(tmp_path, require_nats(), POSTGRES_URL, units=UNITS, lease=2.0)
+    outcomes = {"answered": 0, "stopped": 0}
+    try:
+        run.start("n1")
+        async with runtime.open_system(run.topology, node="client", hosts_units=False) as system:
+            await _wait_all_placed(system, run, 1)
+            done = trio.Event()
+
+            async def asker(unit: str) -> None:
+                ref = system.ref(run.path(unit))
+                while not done.is_set():
+                    try:
+                        await ref.ask(Where(), timeout=5)  # an AskTimeout fails the test
+                        outcomes["answered"] += 1
+                    except ActorStopped:
+                        outcomes["stopped"] += 1
+
+            async with trio.open_nursery() as nursery:
+                for unit in run.units:
+                    nursery.start_soon(asker, unit)
+                    nursery.start_soon(asker, unit)
+                run.start("n2")
+                run.start("n3")
+                await _settled(system, run)
+                await trio.sleep(0.5)
+                done.set()
+        released = [e for e in run.events("n1") if e.get("event") == "unit_released"]
+        assert released, "n1 handed nothing over"
+        assert outcomes["answered"] > 0, outcomes
     finally:
         run.stop_all()

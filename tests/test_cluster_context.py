@@ -8,30 +8,15 @@ import secrets
 from pathlib import Path
 
 import pytest
-import trio
 from opentelemetry import context, trace
 
 import runtime
-from runtime._cluster import rendezvous
 from runtime._correlation import CURRENT, CorrelationSlot, correlation_id
 from tests.cluster_app import Chain, Seen
 from tests.clusterkit import ClusterRun
 from tests.conftest import POSTGRES_URL, require_postgres
 from tests.servers import require_nats
-from tests.test_cluster import NODES, _wait_all_placed, _where
-
-
-async def _settled(system: runtime.ActorSystem, run: ClusterRun) -> dict[str, str]:
-    """Each unit's node once placement has settled on the three nodes (the
-    first node up holds every unit until the others join): where each
-    answers from is where rendezvous hashing puts it."""
-    with trio.fail_after(30):
-        while True:
-            nodes = list(system.cluster.statistics().nodes)
-            where = await _where(system, run)
-            if len(nodes) == 3 and all(rendezvous(u, nodes) == n for u, n in where.items()):
-                return where
-            await trio.sleep(0.1)
+from tests.test_cluster import NODES, _settled, _wait_all_placed
 
 
 @pytest.mark.multiprocess

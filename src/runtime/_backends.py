@@ -509,18 +509,26 @@ class NatsBackend:
         """
         client = await self.client()
         send, receive = trio.open_memory_channel[Any](capacity)
+        ours: NatsSubscription | None = None
 
         async def deliver(message: Any) -> None:
             # nats-py calls this on asyncio, in the trio run's own thread.
             try:
-                send.send_nowait(message)
-            except trio.WouldBlock:
-                await trio_asyncio.trio_as_aio(send.send)(message)
+                try:
+                    send.send_nowait(message)
+                except trio.WouldBlock:
+                    await trio_asyncio.trio_as_aio(send.send)(message)
             except trio.ClosedResourceError:
-                pass  # unsubscribed while the message was on its way
+                # Unsubscribed while the message was on its way: a request
+                # gets the refusal, if one was given, from here (on asyncio).
+                refusal = None if ours is None else ours.refusal
+                if refusal is not None and message.reply:
+                    with contextlib.suppress(Exception):  # the connection is closing
+                        await client.publish(message.reply, refusal)
 
         subscription = await self.call(client.subscribe, subject, queue, deliver)
-        return NatsSubscription(self, subscription, send, receive)
+        ours = NatsSubscription(self, subscription, send, receive)
+        return ours
 
     async def ensure_stream(self, stream: str, subjects: list[str]) -> None:
         """Make the work-queue stream ``stream`` over ``subjects`` if it does
@@ -676,17 +684,39 @@ class NatsSubscription:
         self.messages = receive
         self._subscription = subscription
         self._send = send
+        self.refusal: bytes | None = None
 
     async def reply(self, message: Any, data: bytes) -> None:
         """Answer a request ``message`` (nothing happens for a plain publish)."""
         if message.reply:
             await self.backend.publish(message.reply, data)
 
-    async def unsubscribe(self) -> None:
-        """Stop receiving; the channel ends once the messages in it are read."""
+    async def unsubscribe(self, refusal: bytes | None = None) -> None:
+        """Stop receiving; the channel ends once the messages in it are read.
+
+        With ``refusal``, nobody reads the channel any more, and every
+        request not read yet is answered with it at once, rather than left
+        to its asker's timeout: those in the channel, those nats-py holds
+        and those the server sent before it saw the unsubscription (the
+        subscription is drained: one round trip). Plain messages among them
+        are dropped.
+        """
+        self.refusal = refusal
         self._send.close()
+        if refusal is None:
+            with contextlib.suppress(Exception):  # a closed connection ended it already
+                await self.backend.call(self._subscription.unsubscribe)
+            return
+        while True:
+            try:
+                message = self.messages.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if message.reply:
+                with contextlib.suppress(BackendUnavailable):
+                    await self.backend.publish(message.reply, refusal)
         with contextlib.suppress(Exception):  # a closed connection ended it already
-            await self.backend.call(self._subscription.unsubscribe)
+            await self.backend.call(self._subscription.drain)
 
 
 class NatsPullConsumer:

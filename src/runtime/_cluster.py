@@ -55,6 +55,7 @@ from ._durable import DurableMailboxes
 from ._logging import get_logger
 from ._ref import ActorRef, ActorStatistics
 from ._remote import (
+    MOVED,
     RemoteRef,
     Request,
     decode_request,
@@ -612,24 +613,33 @@ class Cluster:
 
     async def _run_unit(self, unit: str, lease: _Lease) -> None:
         """Start the unit in the root supervisor and serve its subject until
-        the lease's scope is cancelled."""
-        with lease.scope:
-            try:
-                await self.system.root.add_child(self.units[unit])
-            except Exception as exc:
-                logger.warning("unit_start_failed", unit=unit, error=repr(exc))
-                self._lose(unit, "start_failed")
-                return
-            async with trio.open_nursery() as nursery:
-                for path in self.durable.paths_in(f"{self.root}/{unit}"):
-                    held = functools.partial(self._holds, unit, lease)
-                    nursery.start_soon(self.durable.consume, path, lease.epoch, held)
-                subscription = await self._subscribe(unit)
+        the lease's scope is cancelled.
+
+        Asks taken before then are answered here, outside that scope: by
+        their handlers, or with ``ActorStopped`` as the unit stops (neither
+        lost nor left to their askers' timeouts); those received but not
+        taken yet are answered ``MOVED``, which their askers send again to
+        the next holder.
+        """
+        async with trio.open_nursery() as answers:
+            with lease.scope:
                 try:
-                    await self._serve(subscription)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await subscription.unsubscribe()
+                    await self.system.root.add_child(self.units[unit])
+                except Exception as exc:
+                    logger.warning("unit_start_failed", unit=unit, error=repr(exc))
+                    self._lose(unit, "start_failed")
+                    return
+                async with trio.open_nursery() as nursery:
+                    for path in self.durable.paths_in(f"{self.root}/{unit}"):
+                        held = functools.partial(self._holds, unit, lease)
+                        nursery.start_soon(self.durable.consume, path, lease.epoch, held)
+                    subscription = await self._subscribe(unit)
+                    try:
+                        await self._serve(subscription, answers)
+                    finally:
+                        # Bounded: a drain waits for the server's answer.
+                        with trio.CancelScope(shield=True), trio.move_on_after(self.spec.lease):
+                            await subscription.unsubscribe(refusal=MOVED)
 
     async def _subscribe(self, unit: str) -> NatsSubscription:
         while True:
@@ -638,32 +648,31 @@ class Cluster:
             except BackendUnavailable:
                 await trio.sleep(self.interval)
 
-    async def _serve(self, subscription: NatsSubscription) -> None:
+    async def _serve(self, subscription: NatsSubscription, answers: trio.Nursery) -> None:
         """Deliver the unit's messages: a tell in turn (so tells keep their
         order), an ask in a task of its own. Messages already received are
         taken without a task switch each, with a yield every few."""
         messages = subscription.messages
         budget = YIELD_EVERY
-        async with trio.open_nursery() as nursery:
-            while True:
+        while True:
+            try:
+                message = messages.receive_nowait()
+            except trio.WouldBlock:
                 try:
-                    message = messages.receive_nowait()
-                except trio.WouldBlock:
-                    try:
-                        message = await messages.receive()
-                    except trio.EndOfChannel:
-                        return
-                    budget = YIELD_EVERY
+                    message = await messages.receive()
                 except trio.EndOfChannel:
                     return
-                if message.reply:
-                    nursery.start_soon(self._answer, subscription, message)
-                else:
-                    await self._deliver(message.data)
-                budget -= 1
-                if budget <= 0:
-                    budget = YIELD_EVERY
-                    await trio.lowlevel.cancel_shielded_checkpoint()
+                budget = YIELD_EVERY
+            except trio.EndOfChannel:
+                return
+            if message.reply:
+                answers.start_soon(self._answer, subscription, message)
+            else:
+                await self._deliver(message.data)
+            budget -= 1
+            if budget <= 0:
+                budget = YIELD_EVERY
+                await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _actor_here(self, path: str) -> Any:
         ref = self.system.local_ref(path)
@@ -671,8 +680,10 @@ class Cluster:
 
     async def _answer(self, subscription: NatsSubscription, message: Any) -> None:
         try:
-            request = decode_request(message.data, self._actor_here)
-            reply = encode_reply(await self._ask_here(request))
+            request = decode_request(message.data, self.actors.get)
+            ref = self.system.local_ref(request.path)
+            # No ref: its unit stopped here, and no handler saw the request.
+            reply = MOVED if ref is None else encode_reply(await self._ask_here(ref, request))
         except ActorSystemError as exc:
             reply = encode_error(exc)
         except Exception as exc:  # a malformed request, a reply JSON cannot carry
@@ -680,10 +691,7 @@ class Cluster:
         with contextlib.suppress(BackendUnavailable):
             await subscription.reply(message, reply)
 
-    async def _ask_here(self, request: Request) -> object:
-        ref = self.system.local_ref(request.path)
-        if ref is None:
-            raise ActorNotFound(f"{request.path!r}: not running on this node")
+    async def _ask_here(self, ref: ActorRef[Any], request: Request) -> object:
         with request.context():
             return await ref.ask(
                 request.message, timeout=request.timeout or 30.0, priority=request.priority

@@ -37,6 +37,7 @@ from ._ref import ActorRef, ActorStatistics
 from .errors import ActorFailed, ActorSystemError, AskTimeout, UnknownMessage
 
 __all__ = [
+    "MOVED",
     "RemoteError",
     "RemoteRef",
     "Request",
@@ -46,6 +47,11 @@ __all__ = [
     "encode_reply",
     "type_path",
 ]
+
+MOVED = b'{"moved":true}'
+"""The answer to a request that reached a node no longer serving its unit
+before any handler saw it (the unit handed over or lost meanwhile): the
+asker sends it again, as after ``NoResponders``, until its deadline."""
 
 RETRY_INITIAL = 0.02
 RETRY_MAX = 0.25
@@ -380,12 +386,16 @@ class RemoteRef(ActorRef[Any]):
             if remaining <= 0:
                 break
             try:
-                return await self._transport.request(self._subject, data, remaining)
+                reply = await self._transport.request(self._subject, data, remaining)
             except TimeoutError:
                 break
             except (NoResponders, BackendUnavailable):
-                await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
-                delay = min(RETRY_MAX, delay * 2)
+                pass
+            else:
+                if reply != MOVED:
+                    return reply
+            await trio.sleep(min(delay, max(0.0, deadline - trio.current_time())))
+            delay = min(RETRY_MAX, delay * 2)
         raise AskTimeout(f"{self._path} did not reply to {type(msg).__qualname__} in time")
 
     def statistics(self) -> ActorStatistics:
