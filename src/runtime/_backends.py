@@ -895,7 +895,9 @@ class SqliteFile:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread, after the calls before it. The
-        thread is not cancelled: cancellation waits for it to return."""
+        thread is not cancelled: once started, the call returns its result
+        (or raises its error) even when the caller is cancelled meanwhile;
+        cancellation stops it only before it starts."""
         async with self._lock:
             try:
                 return await trio.to_thread.run_sync(fn, *args)

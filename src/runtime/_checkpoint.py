@@ -341,9 +341,14 @@ class GroupCommit:
     them in one transaction, tells each their outcome, and hands the lead to
     the oldest write still queued, whose writer then commits the writes that
     queued meanwhile. So under load a batch holds what arrived while the
-    previous one was committing; alone, a write is committed at once.
-    ``linger`` (seconds) lets a leader wait up to that long after the oldest
-    queued write arrived for companions, until ``max_batch`` are queued.
+    previous one was committing. ``linger`` (seconds) lets a leader wait up
+    to that long after the oldest queued write arrived for companions, until
+    ``max_batch`` are queued.
+
+    Alone (no batch committing, hence none queued, and no ``linger``), a
+    write goes straight to ``commit`` as a batch of one, without a place in
+    the queue: a lone writer pays the store's own write and little more.
+    Writes arriving meanwhile queue behind it as behind any batch.
 
     Each writer gets its own outcome: its new version, ``CheckpointConflict``
     for its own row alone (the others are written), or, when the whole
@@ -351,6 +356,14 @@ class GroupCommit:
     per writer). A write taken into a batch is carried to its end even when
     its writer is cancelled meanwhile (companions depend on the batch, and
     the writer's version must follow what the store holds).
+
+    Args:
+        commit: sends one batch (``BatchCommit``).
+        max_batch, linger: the bounds above.
+        runs_to_end: ``commit``, when its caller is cancelled, either raises
+            ``trio.Cancelled`` before it sent anything or returns the batch's
+            outcome (as a call in a worker thread does), so a lone write
+            needs no cancel shield of its own.
     """
 
     def __init__(
@@ -359,9 +372,11 @@ class GroupCommit:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         linger: float = DEFAULT_LINGER,
+        runs_to_end: bool = False,
     ) -> None:
         self.max_batch, self.linger = _bounds(max_batch, linger)
         self.commit = commit  # what sends one batch to the store
+        self.runs_to_end = runs_to_end
         self._queue: collections.deque[_Write] = collections.deque()
         self._leading = False
         self._full = trio.Event()  # set when max_batch writes are queued
@@ -376,6 +391,8 @@ class GroupCommit:
             CheckpointConflict: its own version check failed.
             What the store raised when the batch failed.
         """
+        if not self._leading and not self.linger:
+            return await self._save_alone(path, data, version)
         write = _Write(path, data, version, trio.current_time() if self.linger else 0.0)
         queue = self._queue
         queue.append(write)
@@ -393,6 +410,39 @@ class GroupCommit:
             raise outcome
         assert outcome is not None
         return outcome
+
+    async def _save_alone(self, path: str, data: str, version: int) -> int:
+        """A write that found nothing committing, hence nothing queued, and
+        no linger to wait for companions: a batch of one sent at once, with
+        none of a queued write's bookkeeping. Writes arriving meanwhile queue
+        behind it; the oldest of them leads the next batch. Once sent, it is
+        carried to its end as any batch: shielded, or, with ``runs_to_end``,
+        by ``commit`` itself (cancelled before its row was sent, it raises
+        ``Cancelled`` with nothing written)."""
+        self._leading = True
+        self.batches += 1
+        self.writes += 1
+        self.largest = max(self.largest, 1)
+        rows = [(path, data, version)]
+        failed: BaseException | None = None
+        try:
+            if self.runs_to_end:
+                found = (await self.commit(rows))[0]
+            else:
+                with trio.CancelScope(shield=True):
+                    found = (await self.commit(rows))[0]
+        except Exception as error:
+            failed = _for_writer(error)
+        finally:
+            if self._queue:
+                self._queue[0].wake.set()  # its writer leads the next batch
+            else:
+                self._leading = False
+        if failed is not None:
+            raise failed
+        if found is None:
+            return version + 1
+        raise conflict(path, found, version)
 
     async def _follow(self, write: _Write) -> None:
         try:
@@ -558,7 +608,9 @@ class SqliteStore:
         )
         self._connect = self._file.connection
         self._run = self._file.run
-        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger)
+        # The worker thread's call, once started, returns even when its caller
+        # is cancelled: a lone write needs no shield.
+        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger, runs_to_end=True)
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:
