@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
 from runtime._backends import (
@@ -16,6 +20,7 @@ from runtime._backends import (
     BackendUnavailable,
     NatsBackend,
     PostgresBackend,
+    SqliteFile,
     backend_kind,
     redacted,
     run_inline,
@@ -184,3 +189,51 @@ async def test_run_inline_returns_at_once_or_waits_for_the_futures_it_awaits(
         with pytest.raises(trio.TooSlowError):
             await run_inline(forever(), 0.5)
     assert closed == [True]
+
+
+async def test_a_sqlite_files_calls_run_in_a_worker_thread_one_at_a_time(tmp_path: Path) -> None:
+    """Calls run in a worker thread, one at a time, in call order. One
+    cancelled while it waits for its turn never runs; one cancelled while
+    running returns its result."""
+    file = SqliteFile(tmp_path / "a.db", ("CREATE TABLE t (x INTEGER)",))
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    outcome: dict[str, Any] = {}
+
+    def call(name: str) -> str:
+        assert threading.current_thread() is not threading.main_thread()
+        ran.append(name)
+        if name == "first":
+            started.set()
+            release.wait(10)
+        file.connection().execute("INSERT INTO t (x) VALUES (1)")
+        return name
+
+    async def run(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            outcome[name] = await file.run(call, name)
+
+    scopes = {name: trio.CancelScope() for name in ("first", "second", "cancelled")}
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "first", scopes["first"])
+                await trio.to_thread.run_sync(started.wait, 10)
+                for name in ("second", "cancelled"):
+                    nursery.start_soon(run, name, scopes[name])
+                    await trio.testing.wait_all_tasks_blocked()
+                assert ran == ["first"]  # the others wait for it
+                scopes["cancelled"].cancel()
+                scopes["first"].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            assert ran == ["first", "second"]
+            assert outcome == {"first": "first", "second": "second"}
+            assert scopes["cancelled"].cancelled_caught
+            rows = await file.run(
+                lambda: file.connection().execute("SELECT count(*) FROM t").fetchone()
+            )
+            assert rows == (2,)
+    finally:
+        release.set()
+        await file.aclose()

@@ -28,7 +28,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import trio
@@ -842,6 +842,22 @@ class PostgresBackend:
                 pool.terminate()
 
 
+class _Unbounded:
+    """The thread limiter of a SQLite file's calls (trio takes anything with
+    these two methods): the file's lock already lets one call run at a time,
+    so its token is never waited for, where trio's default limiter would
+    add a schedule point to every call and bound nothing more."""
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+
+_ONE_BY_ONE = cast(trio.CapacityLimiter, _Unbounded())
+
+
 class SqliteFile:
     """A SQLite file in WAL mode (``synchronous=NORMAL`` unless told), on one connection
     used from worker threads one call at a time (a trio lock orders them),
@@ -898,11 +914,19 @@ class SqliteFile:
         thread is not cancelled: once started, the call returns its result
         (or raises its error) even when the caller is cancelled meanwhile;
         cancellation stops it only before it starts."""
-        async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(fn, *args)
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
+        lock = self._lock
+        try:
+            # Free: taken without a schedule point of its own (the thread's
+            # call is one, and checks for cancellation first).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=_ONE_BY_ONE)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
+        finally:
+            lock.release()
 
     async def aclose(self) -> None:
         """Close the connection (the next call opens it again)."""

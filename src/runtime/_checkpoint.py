@@ -391,8 +391,42 @@ class GroupCommit:
             CheckpointConflict: its own version check failed.
             What the store raised when the batch failed.
         """
-        if not self._leading and not self.linger:
-            return await self._save_alone(path, data, version)
+        if self._leading or self.linger:
+            return await self._save_queued(path, data, version)
+        # Alone: nothing committing, hence nothing queued. A batch of one,
+        # sent at once without a place in the queue; writes arriving
+        # meanwhile queue behind it, and the oldest of them leads the next
+        # batch. Once sent it is carried to its end as any batch: shielded,
+        # or, with runs_to_end, by commit itself (cancelled before its row
+        # was sent, it raises Cancelled with nothing written).
+        self._leading = True
+        self.batches += 1
+        self.writes += 1
+        if not self.largest:
+            self.largest = 1
+        failed: BaseException | None = None
+        try:
+            if self.runs_to_end:
+                found = (await self.commit([(path, data, version)]))[0]
+            else:
+                with trio.CancelScope(shield=True):
+                    found = (await self.commit([(path, data, version)]))[0]
+        except Exception as error:
+            failed = _for_writer(error)
+        finally:
+            if self._queue:
+                self._queue[0].wake.set()  # its writer leads the next batch
+            else:
+                self._leading = False
+        if failed is not None:
+            raise failed
+        if found is None:
+            return version + 1
+        raise conflict(path, found, version)
+
+    async def _save_queued(self, path: str, data: str, version: int) -> int:
+        """``save`` behind a batch being committed, or with a linger: the
+        write queues, and leads when no batch is being committed."""
         write = _Write(path, data, version, trio.current_time() if self.linger else 0.0)
         queue = self._queue
         queue.append(write)
@@ -410,39 +444,6 @@ class GroupCommit:
             raise outcome
         assert outcome is not None
         return outcome
-
-    async def _save_alone(self, path: str, data: str, version: int) -> int:
-        """A write that found nothing committing, hence nothing queued, and
-        no linger to wait for companions: a batch of one sent at once, with
-        none of a queued write's bookkeeping. Writes arriving meanwhile queue
-        behind it; the oldest of them leads the next batch. Once sent, it is
-        carried to its end as any batch: shielded, or, with ``runs_to_end``,
-        by ``commit`` itself (cancelled before its row was sent, it raises
-        ``Cancelled`` with nothing written)."""
-        self._leading = True
-        self.batches += 1
-        self.writes += 1
-        self.largest = max(self.largest, 1)
-        rows = [(path, data, version)]
-        failed: BaseException | None = None
-        try:
-            if self.runs_to_end:
-                found = (await self.commit(rows))[0]
-            else:
-                with trio.CancelScope(shield=True):
-                    found = (await self.commit(rows))[0]
-        except Exception as error:
-            failed = _for_writer(error)
-        finally:
-            if self._queue:
-                self._queue[0].wake.set()  # its writer leads the next batch
-            else:
-                self._leading = False
-        if failed is not None:
-            raise failed
-        if found is None:
-            return version + 1
-        raise conflict(path, found, version)
 
     async def _follow(self, write: _Write) -> None:
         try:
@@ -665,9 +666,10 @@ class SqliteStore:
             raise
         return stored
 
-    async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
-        stored: list[int | None] = await self._run(self._write_rows, rows)
-        return stored
+    def _commit(self, rows: list[tuple[str, str, int]]) -> Awaitable[list[int | None]]:
+        # The file's call itself, no coroutine of its own around it: one
+        # frame less for every resumption of a write.
+        return self._run(self._write_rows, rows)
 
     async def delete(self, path: str) -> None:
         def delete() -> None:
