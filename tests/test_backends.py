@@ -4,6 +4,7 @@ private server): calls fail fast as BackendUnavailable, then work again."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from runtime._backends import (
     backend_kind,
     redacted,
     run_inline,
+    run_to_end,
 )
 from tests.conftest import POSTGRES_URL
 from tests.servers import NATS_URL, PrivateNats, PrivatePostgres, unique
@@ -237,3 +239,49 @@ async def test_a_sqlite_files_calls_run_in_a_worker_thread_one_at_a_time(tmp_pat
     finally:
         release.set()
         await file.aclose()
+
+
+async def _cancelled_while_waiting(answer: object) -> dict[str, Any]:
+    """``run_to_end`` of an asyncio call answered with ``answer`` (a value
+    or an error) after its caller was cancelled: what the caller got."""
+    loop = trio_asyncio.current_loop.get()
+    future = loop.create_future()
+
+    async def call_on_asyncio() -> Any:
+        return await future
+
+    scope = trio.CancelScope()
+    got: dict[str, Any] = {}
+
+    async def caller() -> None:
+        with scope:
+            try:
+                got["value"] = await run_to_end(call_on_asyncio())
+            except OSError as exc:
+                got["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == {}  # still waiting for the answer
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
+    assert not future.cancelled()
+    return got
+
+
+async def test_run_to_end_waits_for_the_answer_even_when_cancelled() -> None:
+    """A call cancelled while its asyncio task runs still gets the task's
+    outcome (the task is not cancelled), its value or its error; with no
+    trio-asyncio loop open it fails at once."""
+    with pytest.raises(RuntimeError, match="open_loop"):
+        await run_to_end(asyncio.sleep(0))
+    with trio.fail_after(5):
+        async with trio_asyncio.open_loop():
+            assert await _cancelled_while_waiting(7) == {"value": 7}
+            error = OSError("gone")
+            assert await _cancelled_while_waiting(error) == {"error": error}

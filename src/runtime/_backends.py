@@ -16,6 +16,7 @@ A connection that was lost is made again by the next call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -48,6 +49,7 @@ __all__ = [
     "process_identity",
     "redacted",
     "run_inline",
+    "run_to_end",
     "subject_token",
 ]
 
@@ -167,6 +169,32 @@ async def run_inline(coro: Coroutine[Any, Any, T], limit: float) -> T:
     except BaseException:
         coro.close()
         raise
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the asyncio coroutine ``coro`` in an asyncio task and return its
+    outcome, which the calling trio task waits for even when it is cancelled
+    meanwhile (the cancellation takes effect at its next checkpoint), as a
+    worker thread's call does. ``aio_as_trio`` would cancel the asyncio task
+    instead, and whether the server applied a write would then be unknown.
+
+    Raises:
+        RuntimeError: no trio-asyncio loop is open.
+        What ``coro`` raises.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        coro.close()
+        raise RuntimeError("asyncio calls need trio_asyncio.open_loop() around them")
+    try:
+        future = asyncio.ensure_future(coro, loop=loop)
+    except BaseException:
+        coro.close()
+        raise
+    task = trio.lowlevel.current_task()
+    future.add_done_callback(lambda _: trio.lowlevel.reschedule(task))
+    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+    return future.result()
 
 
 def process_identity() -> tuple[str, int, str]:
