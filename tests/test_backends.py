@@ -4,11 +4,16 @@ private server): calls fail fast as BackendUnavailable, then work again."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_asyncio
 
 from runtime._backends import (
@@ -16,9 +21,11 @@ from runtime._backends import (
     BackendUnavailable,
     NatsBackend,
     PostgresBackend,
+    SqliteFile,
     backend_kind,
     redacted,
     run_inline,
+    run_to_end,
 )
 from tests.conftest import POSTGRES_URL
 from tests.servers import NATS_URL, PrivateNats, PrivatePostgres, unique
@@ -184,3 +191,97 @@ async def test_run_inline_returns_at_once_or_waits_for_the_futures_it_awaits(
         with pytest.raises(trio.TooSlowError):
             await run_inline(forever(), 0.5)
     assert closed == [True]
+
+
+async def test_a_sqlite_files_calls_run_in_a_worker_thread_one_at_a_time(tmp_path: Path) -> None:
+    """Calls run in a worker thread, one at a time, in call order. One
+    cancelled while it waits for its turn never runs; one cancelled while
+    running returns its result."""
+    file = SqliteFile(tmp_path / "a.db", ("CREATE TABLE t (x INTEGER)",))
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+    outcome: dict[str, Any] = {}
+
+    def call(name: str) -> str:
+        assert threading.current_thread() is not threading.main_thread()
+        ran.append(name)
+        if name == "first":
+            started.set()
+            release.wait(10)
+        file.connection().execute("INSERT INTO t (x) VALUES (1)")
+        return name
+
+    async def run(name: str, scope: trio.CancelScope) -> None:
+        with scope:
+            outcome[name] = await file.run(call, name)
+
+    scopes = {name: trio.CancelScope() for name in ("first", "second", "cancelled")}
+    try:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(run, "first", scopes["first"])
+                await trio.to_thread.run_sync(started.wait, 10)
+                for name in ("second", "cancelled"):
+                    nursery.start_soon(run, name, scopes[name])
+                    await trio.testing.wait_all_tasks_blocked()
+                assert ran == ["first"]  # the others wait for it
+                scopes["cancelled"].cancel()
+                scopes["first"].cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                release.set()
+            assert ran == ["first", "second"]
+            assert outcome == {"first": "first", "second": "second"}
+            assert scopes["cancelled"].cancelled_caught
+            rows = await file.run(
+                lambda: file.connection().execute("SELECT count(*) FROM t").fetchone()
+            )
+            assert rows == (2,)
+    finally:
+        release.set()
+        await file.aclose()
+
+
+async def _cancelled_while_waiting(answer: object) -> dict[str, Any]:
+    """``run_to_end`` of an asyncio call answered with ``answer`` (a value
+    or an error) after its caller was cancelled: what the caller got."""
+    loop = trio_asyncio.current_loop.get()
+    future = loop.create_future()
+
+    async def call_on_asyncio() -> Any:
+        return await future
+
+    scope = trio.CancelScope()
+    got: dict[str, Any] = {}
+
+    async def caller() -> None:
+        with scope:
+            try:
+                got["value"] = await run_to_end(call_on_asyncio())
+            except OSError as exc:
+                got["error"] = exc
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(caller)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == {}  # still waiting for the answer
+        if isinstance(answer, BaseException):
+            future.set_exception(answer)
+        else:
+            future.set_result(answer)
+    assert not future.cancelled()
+    return got
+
+
+async def test_run_to_end_waits_for_the_answer_even_when_cancelled() -> None:
+    """A call cancelled while its asyncio task runs still gets the task's
+    outcome (the task is not cancelled), its value or its error; with no
+    trio-asyncio loop open it fails at once."""
+    with pytest.raises(RuntimeError, match="open_loop"):
+        await run_to_end(asyncio.sleep(0))
+    with trio.fail_after(5):
+        async with trio_asyncio.open_loop():
+            assert await _cancelled_while_waiting(7) == {"value": 7}
+            error = OSError("gone")
+            assert await _cancelled_while_waiting(error) == {"error": error}

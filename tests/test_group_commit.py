@@ -3,6 +3,7 @@ writer is told its own outcome, and a batch is all or nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ from runtime._checkpoint import (
     open_store,
 )
 from runtime.errors import CheckpointConflict, StoreUnavailable
-from tests.conftest import open_test_store
+from tests.conftest import POSTGRES_URL, open_test_store
 from tests.servers import PrivatePostgres
 
 Rows = list[tuple[str, str, int]]
@@ -226,6 +227,28 @@ async def test_a_cancelled_writer_leaves_the_queue_or_sees_its_write_through() -
     assert recorder.stored == {"taken": 1}
 
 
+async def test_a_lone_write_cancelled_before_it_is_sent_writes_nothing() -> None:
+    """With a commit that, once sent, runs to its end (a worker thread's
+    call), a lone write is not shielded: cancelled before its row was sent,
+    it raises Cancelled, nothing is written, and the next write leads."""
+    recorder = Recorder()
+
+    async def commit(rows: Rows) -> list[int | None]:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        with trio.CancelScope(shield=True):
+            return await recorder(rows)
+
+    group = GroupCommit(commit, runs_to_end=True)
+    with trio.fail_after(5):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await group.save("a", "x", 0)
+        assert scope.cancelled_caught
+        assert recorder.batches == []
+        assert await group.save("a", "x", 0) == 1
+    assert recorder.batches == [[("a", "x", 0)]]
+
+
 def test_store_urls_take_the_group_commit_bounds(tmp_path: Path) -> None:
     """max_batch, linger and synchronous come from the URL's query; the
     PostgreSQL URL keeps its other parameters for the server."""
@@ -379,6 +402,54 @@ async def test_a_failing_row_rolls_back_its_whole_batch(store: Any) -> None:
     for i in range(6):
         assert type(results[f"root/a{i}"]) is expected, results
         assert await store.load(f"root/a{i}") == (1, "v1")
+
+
+@contextlib.asynccontextmanager
+async def _row_held(store: Any, path: str) -> AsyncIterator[None]:
+    """Another connection holds ``path``'s row (SQLite: the file's write
+    lock) until the block ends: a write of it waits in the store meanwhile."""
+    if isinstance(store, SqliteStore):
+        blocker = sqlite3.connect(store.file, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")
+            yield
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        return
+    connection = await trio_asyncio.aio_as_trio(asyncpg.connect)(POSTGRES_URL)
+    try:
+        await trio_asyncio.aio_as_trio(connection.execute)(
+            f"BEGIN; SELECT 1 FROM runtime_checkpoints WHERE path = '{path}' FOR UPDATE"
+        )
+        yield
+        await trio_asyncio.aio_as_trio(connection.execute)("ROLLBACK")
+    finally:
+        await trio_asyncio.aio_as_trio(connection.close)()
+
+
+async def test_a_lone_writer_cancelled_in_flight_sees_its_write_through(store: Any) -> None:
+    """A write that found nothing committing goes to the store at once, as
+    a batch of one: its writer, cancelled while the store holds the write,
+    still gets its new version, and the store has it."""
+    await store.save("root/held", "v1", 0)
+    outcome: dict[str, int] = {}
+    scope = trio.CancelScope()
+
+    async def write() -> None:
+        with scope:
+            outcome["version"] = await store.save("root/held", "v2", 1)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery, _row_held(store, "root/held"):
+            nursery.start_soon(write)
+            await trio.testing.wait_all_tasks_blocked()
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert outcome == {}  # still held by the other connection
+    assert outcome == {"version": 2}
+    assert await store.load("root/held") == (2, "v2")
+    assert await store.save("root/held", "v3", 2) == 3  # the group is free again
 
 
 @pytest.mark.postgres

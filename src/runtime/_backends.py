@@ -16,6 +16,7 @@ A connection that was lost is made again by the next call.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import itertools
@@ -28,7 +29,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import trio
@@ -48,6 +49,7 @@ __all__ = [
     "process_identity",
     "redacted",
     "run_inline",
+    "run_to_end",
     "subject_token",
 ]
 
@@ -167,6 +169,32 @@ async def run_inline(coro: Coroutine[Any, Any, T], limit: float) -> T:
     except BaseException:
         coro.close()
         raise
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run the asyncio coroutine ``coro`` in an asyncio task and return its
+    outcome, which the calling trio task waits for even when it is cancelled
+    meanwhile (the cancellation takes effect at its next checkpoint), as a
+    worker thread's call does. ``aio_as_trio`` would cancel the asyncio task
+    instead, and whether the server applied a write would then be unknown.
+
+    Raises:
+        RuntimeError: no trio-asyncio loop is open.
+        What ``coro`` raises.
+    """
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        coro.close()
+        raise RuntimeError("asyncio calls need trio_asyncio.open_loop() around them")
+    try:
+        future = asyncio.ensure_future(coro, loop=loop)
+    except BaseException:
+        coro.close()
+        raise
+    task = trio.lowlevel.current_task()
+    future.add_done_callback(lambda _: trio.lowlevel.reschedule(task))
+    await trio.lowlevel.wait_task_rescheduled(lambda _: trio.lowlevel.Abort.FAILED)
+    return future.result()
 
 
 def process_identity() -> tuple[str, int, str]:
@@ -872,6 +900,22 @@ class PostgresBackend:
                 pool.terminate()
 
 
+class _Unbounded:
+    """The thread limiter of a SQLite file's calls (trio takes anything with
+    these two methods): the file's lock already lets one call run at a time,
+    so its token is never waited for, where trio's default limiter would
+    add a schedule point to every call and bound nothing more."""
+
+    async def acquire_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+    def release_on_behalf_of(self, borrower: object) -> None:
+        pass
+
+
+_ONE_BY_ONE = cast(trio.CapacityLimiter, _Unbounded())
+
+
 class SqliteFile:
     """A SQLite file in WAL mode (``synchronous=NORMAL`` unless told), on one connection
     used from worker threads one call at a time (a trio lock orders them),
@@ -925,12 +969,22 @@ class SqliteFile:
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in a worker thread, after the calls before it. The
-        thread is not cancelled: cancellation waits for it to return."""
-        async with self._lock:
-            try:
-                return await trio.to_thread.run_sync(fn, *args)
-            except (sqlite3.OperationalError, OSError) as exc:
-                raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
+        thread is not cancelled: once started, the call returns its result
+        (or raises its error) even when the caller is cancelled meanwhile;
+        cancellation stops it only before it starts."""
+        lock = self._lock
+        try:
+            # Free: taken without a schedule point of its own (the thread's
+            # call is one, and checks for cancellation first).
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=_ONE_BY_ONE)
+        except (sqlite3.OperationalError, OSError) as exc:
+            raise self.unavailable(f"sqlite:///{self.file}: {exc}") from exc
+        finally:
+            lock.release()
 
     async def aclose(self) -> None:
         """Close the connection (the next call opens it again)."""

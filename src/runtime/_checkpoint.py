@@ -39,7 +39,7 @@ import cattrs.preconf.json
 import trio
 import trio_asyncio
 
-from ._backends import PG_UNREACHABLE, SqliteFile
+from ._backends import PG_UNREACHABLE, SqliteFile, run_to_end
 from ._durations import SIZE_BUCKETS, Durations
 from ._specs import to_seconds
 from .errors import CheckpointConflict, StateError, StoreUnavailable
@@ -341,9 +341,14 @@ class GroupCommit:
     them in one transaction, tells each their outcome, and hands the lead to
     the oldest write still queued, whose writer then commits the writes that
     queued meanwhile. So under load a batch holds what arrived while the
-    previous one was committing; alone, a write is committed at once.
-    ``linger`` (seconds) lets a leader wait up to that long after the oldest
-    queued write arrived for companions, until ``max_batch`` are queued.
+    previous one was committing. ``linger`` (seconds) lets a leader wait up
+    to that long after the oldest queued write arrived for companions, until
+    ``max_batch`` are queued.
+
+    Alone (no batch committing, hence none queued, and no ``linger``), a
+    write goes straight to ``commit`` as a batch of one, without a place in
+    the queue: a lone writer pays the store's own write and little more.
+    Writes arriving meanwhile queue behind it as behind any batch.
 
     Each writer gets its own outcome: its new version, ``CheckpointConflict``
     for its own row alone (the others are written), or, when the whole
@@ -351,6 +356,14 @@ class GroupCommit:
     per writer). A write taken into a batch is carried to its end even when
     its writer is cancelled meanwhile (companions depend on the batch, and
     the writer's version must follow what the store holds).
+
+    Args:
+        commit: sends one batch (``BatchCommit``).
+        max_batch, linger: the bounds above.
+        runs_to_end: ``commit``, when its caller is cancelled, either raises
+            ``trio.Cancelled`` before it sent anything or returns the batch's
+            outcome (as a call in a worker thread does), so a lone write
+            needs no cancel shield of its own.
     """
 
     def __init__(
@@ -359,9 +372,11 @@ class GroupCommit:
         *,
         max_batch: int = DEFAULT_MAX_BATCH,
         linger: float = DEFAULT_LINGER,
+        runs_to_end: bool = False,
     ) -> None:
         self.max_batch, self.linger = _bounds(max_batch, linger)
         self.commit = commit  # what sends one batch to the store
+        self.runs_to_end = runs_to_end
         self._queue: collections.deque[_Write] = collections.deque()
         self._leading = False
         self._full = trio.Event()  # set when max_batch writes are queued
@@ -376,6 +391,42 @@ class GroupCommit:
             CheckpointConflict: its own version check failed.
             What the store raised when the batch failed.
         """
+        if self._leading or self.linger:
+            return await self._save_queued(path, data, version)
+        # Alone: nothing committing, hence nothing queued. A batch of one,
+        # sent at once without a place in the queue; writes arriving
+        # meanwhile queue behind it, and the oldest of them leads the next
+        # batch. Once sent it is carried to its end as any batch: shielded,
+        # or, with runs_to_end, by commit itself (cancelled before its row
+        # was sent, it raises Cancelled with nothing written).
+        self._leading = True
+        self.batches += 1
+        self.writes += 1
+        if not self.largest:
+            self.largest = 1
+        failed: BaseException | None = None
+        try:
+            if self.runs_to_end:
+                found = (await self.commit([(path, data, version)]))[0]
+            else:
+                with trio.CancelScope(shield=True):
+                    found = (await self.commit([(path, data, version)]))[0]
+        except Exception as error:
+            failed = _for_writer(error)
+        finally:
+            if self._queue:
+                self._queue[0].wake.set()  # its writer leads the next batch
+            else:
+                self._leading = False
+        if failed is not None:
+            raise failed
+        if found is None:
+            return version + 1
+        raise conflict(path, found, version)
+
+    async def _save_queued(self, path: str, data: str, version: int) -> int:
+        """``save`` behind a batch being committed, or with a linger: the
+        write queues, and leads when no batch is being committed."""
         write = _Write(path, data, version, trio.current_time() if self.linger else 0.0)
         queue = self._queue
         queue.append(write)
@@ -558,7 +609,9 @@ class SqliteStore:
         )
         self._connect = self._file.connection
         self._run = self._file.run
-        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger)
+        # The worker thread's call, once started, returns even when its caller
+        # is cancelled: a lone write needs no shield.
+        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger, runs_to_end=True)
 
     async def load(self, path: str) -> tuple[int, str] | None:
         def load() -> tuple[int, str] | None:
@@ -613,9 +666,10 @@ class SqliteStore:
             raise
         return stored
 
-    async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
-        stored: list[int | None] = await self._run(self._write_rows, rows)
-        return stored
+    def _commit(self, rows: list[tuple[str, str, int]]) -> Awaitable[list[int | None]]:
+        # The file's call itself, no coroutine of its own around it: one
+        # frame less for every resumption of a write.
+        return self._run(self._write_rows, rows)
 
     async def delete(self, path: str) -> None:
         def delete() -> None:
@@ -710,9 +764,32 @@ class PostgresStore:
         self.max_connections = max_connections
         self._pool: Any = None
         self._opening = trio.Lock()
-        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger)
+        # Its writes, once sent, are carried to their end (_call): a lone
+        # write needs no shield.
+        self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger, runs_to_end=True)
 
     async def _call(self, method: str, *args: Any) -> Any:
+        """``pool.<method>(*args)``, for the group commit's writes: once
+        sent, carried to its end, its caller waiting for the server's answer
+        even when cancelled meanwhile (``run_to_end``); cancelled before it
+        was sent (opening the pool), it raises ``Cancelled``, nothing sent.
+
+        Raises:
+            StoreUnavailable: the server cannot be reached.
+        """
+        try:
+            pool = self._pool if self._pool is not None else await self._connect()
+            return await run_to_end(getattr(pool, method)(*args))
+        except PG_UNREACHABLE as exc:
+            raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
+
+    async def _call_cancellable(self, method: str, *args: Any) -> Any:
+        """``pool.<method>(*args)``, abandoned when its caller is cancelled
+        (reads, deletes, fences and fenced writes).
+
+        Raises:
+            StoreUnavailable: the server cannot be reached.
+        """
         try:
             pool = self._pool if self._pool is not None else await self._connect()
             return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
@@ -752,7 +829,7 @@ class PostgresStore:
                 )
 
     async def load(self, path: str) -> tuple[int, str] | None:
-        row = await self._call(
+        row = await self._call_cancellable(
             "fetchrow", "SELECT version, data FROM runtime_checkpoints WHERE path = $1", path
         )
         return None if row is None else (int(row["version"]), str(row["data"]))
@@ -768,18 +845,22 @@ class PostgresStore:
             return await self._save_fenced(path, data, version, fence)
         return await self.group.save(path, data, version)
 
-    async def _commit(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
-        if len(rows) == 1:
-            return [await self._write_one(*rows[0])]
+    def _commit(self, rows: list[tuple[str, str, int]]) -> Awaitable[list[int | None]]:
+        # The statement's own coroutine, none around it: one frame less for
+        # every resumption of a write.
+        return self._write_one(*rows[0]) if len(rows) == 1 else self._write_many(rows)
+
+    async def _write_many(self, rows: list[tuple[str, str, int]]) -> list[int | None]:
+        """A batch of several: one statement over arrays (``_PG_WRITE``)."""
         paths, datas, versions = (list(column) for column in zip(*rows, strict=True))
         refused = await self._call("fetch", _PG_WRITE, paths, datas, versions)
         stored = {str(row["path"]): int(row["stored"] or 0) for row in refused}
         return [stored.get(path) for path, _, _ in rows]
 
-    async def _write_one(self, path: str, data: str, version: int) -> int | None:
+    async def _write_one(self, path: str, data: str, version: int) -> list[int | None]:
         """A batch of one (a write that found nothing committing): a plain
         insert or version-checked update, one round trip when it is written;
-        None, or the version stored when its check failed."""
+        ``[None]``, or ``[the version stored]`` when its check failed."""
         if version == 0:
             new = await self._call(
                 "fetchval",
@@ -798,14 +879,16 @@ class PostgresStore:
                 version,
             )
         if new is not None:
-            return None
+            return [None]
         stored = await self._call(
             "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
         )
-        return int(stored or 0)
+        return [int(stored or 0)]
 
     async def delete(self, path: str) -> None:
-        await self._call("execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path)
+        await self._call_cancellable(
+            "execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path
+        )
 
     async def raise_fence(self, unit: str, epoch: int) -> None:
         """Make ``epoch`` the fencing epoch of ``unit``: from now on only
@@ -815,8 +898,8 @@ class PostgresStore:
         Raises:
             CheckpointConflict: the unit's epoch is newer than ``epoch``.
         """
-        await self._call("execute", _PG_FENCES)
-        raised = await self._call(
+        await self._call_cancellable("execute", _PG_FENCES)
+        raised = await self._call_cancellable(
             "fetchval",
             "INSERT INTO runtime_fences (unit, epoch) VALUES ($1, $2) ON CONFLICT (unit) "
             "DO UPDATE SET epoch = EXCLUDED.epoch WHERE runtime_fences.epoch <= EXCLUDED.epoch "
@@ -829,7 +912,7 @@ class PostgresStore:
             raise CheckpointConflict(f"{unit}: fencing epoch is {current}, newer than {epoch}")
 
     async def _fence_epoch(self, unit: str) -> int:
-        found = await self._call(
+        found = await self._call_cancellable(
             "fetchval", "SELECT epoch FROM runtime_fences WHERE unit = $1", unit
         )
         return int(found or 0)
@@ -839,7 +922,7 @@ class PostgresStore:
         # FOR SHARE: raise_fence waits for this write, and this write sees a
         # raise committed before it (READ COMMITTED re-reads a locked row).
         if version == 0:
-            new = await self._call(
+            new = await self._call_cancellable(
                 "fetchval",
                 "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $3 FOR SHARE) "
                 "INSERT INTO runtime_checkpoints (path, version, data) "
@@ -851,7 +934,7 @@ class PostgresStore:
                 epoch,
             )
         else:
-            new = await self._call(
+            new = await self._call_cancellable(
                 "fetchval",
                 "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $4 FOR SHARE) "
                 "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
@@ -870,7 +953,7 @@ class PostgresStore:
                     f"{path}: written under epoch {epoch} of {unit}, whose epoch is now "
                     f"{current} (another node owns it)"
                 )
-            stored = await self._call(
+            stored = await self._call_cancellable(
                 "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
             )
             raise CheckpointConflict(
@@ -879,7 +962,9 @@ class PostgresStore:
         return int(new)
 
     async def paths(self) -> list[str]:
-        rows = await self._call("fetch", "SELECT path FROM runtime_checkpoints ORDER BY path")
+        rows = await self._call_cancellable(
+            "fetch", "SELECT path FROM runtime_checkpoints ORDER BY path"
+        )
         return _actor_paths([str(row["path"]) for row in rows])
 
     async def aclose(self) -> None:
