@@ -115,6 +115,16 @@ async def _runtime(run: ClusterRun, asks: int, tells: int) -> tuple[list[float],
         return samples, time.perf_counter() - start
 
 
+def _on_two_nodes(run: ClusterRun, fn: Any, *args: Any) -> Any:
+    """``trio.run(fn, run, *args)`` with nodes n1 and n2 of ``run`` up."""
+    run.start("n1")
+    run.start("n2")
+    try:
+        return trio.run(fn, run, *args)
+    finally:
+        run.stop_all()
+
+
 def test_remote_ask_and_tell_against_bare_nats(bench: Any, quick: bool) -> None:
     """Remote ask p50/p99 against a bare nats-py request/reply; remote tell
     throughput (until the actor has applied them all) against bare publishes
@@ -196,12 +206,7 @@ def test_lease_renewal_gap_during_a_burst(bench: Any, quick: bool) -> None:
             lease=1.0,
             checkpoint="off",
         )
-        run.start("n1")
-        run.start("n2")
-        try:
-            owner = trio.run(_burst_at_one_unit, run, tells)
-        finally:
-            run.stop_all()
+        owner = _on_two_nodes(run, _burst_at_one_unit, tells)
         other = "n2" if owner == "n1" else "n1"
         gap, quiet = _renewal_gap(run, owner), _renewal_gap(run, other)
     bench.record(
@@ -246,12 +251,7 @@ def test_failover_time_after_sigkill(bench: Any, quick: bool) -> None:
     kills = 2 if quick else 10
     with tempfile.TemporaryDirectory() as directory:
         run = ClusterRun(Path(directory), require_nats(), POSTGRES_URL, units=("a",), lease=1.0)
-        run.start("n1")
-        run.start("n2")
-        try:
-            times = trio.run(_failovers, run, kills)
-        finally:
-            run.stop_all()
+        times = _on_two_nodes(run, _failovers, kills)
     for q in (50, 99):
         bench.record(
             f"cluster failover p{q} (lease 1s, {kills} kills)",
