@@ -400,10 +400,7 @@ class GroupCommit:
         # or, with runs_to_end, by commit itself (cancelled before its row
         # was sent, it raises Cancelled with nothing written).
         self._leading = True
-        self.batches += 1
-        self.writes += 1
-        if not self.largest:
-            self.largest = 1
+        self._count(1)
         failed: BaseException | None = None
         try:
             if self.runs_to_end:
@@ -414,10 +411,7 @@ class GroupCommit:
         except Exception as error:
             failed = _for_writer(error)
         finally:
-            if self._queue:
-                self._queue[0].wake.set()  # its writer leads the next batch
-            else:
-                self._leading = False
+            self._pass_lead()
         if failed is not None:
             raise failed
         if found is None:
@@ -467,10 +461,20 @@ class GroupCommit:
                 while write.outcome is None:
                     await self._run(self._take())
             finally:
-                if self._queue:
-                    self._queue[0].wake.set()  # its writer leads the next batch
-                else:
-                    self._leading = False
+                self._pass_lead()
+
+    def _pass_lead(self) -> None:
+        """A batch is done: the oldest queued write's writer leads the next
+        one, or nobody leads."""
+        if self._queue:
+            self._queue[0].wake.set()
+        else:
+            self._leading = False
+
+    def _count(self, size: int) -> None:
+        self.batches += 1
+        self.writes += size
+        self.largest = max(self.largest, size)
 
     async def _linger(self) -> None:
         if len(self._queue) < self.max_batch:
@@ -496,9 +500,7 @@ class GroupCommit:
         return batch
 
     async def _run(self, batch: list[_Write]) -> None:
-        self.batches += 1
-        self.writes += len(batch)
-        self.largest = max(self.largest, len(batch))
+        self._count(len(batch))
         try:
             stored = await self.commit([(w.path, w.data, w.version) for w in batch])
         except BaseException as error:
@@ -768,31 +770,23 @@ class PostgresStore:
         # write needs no shield.
         self.group = GroupCommit(self._commit, max_batch=max_batch, linger=linger, runs_to_end=True)
 
-    async def _call(self, method: str, *args: Any) -> Any:
-        """``pool.<method>(*args)``, for the group commit's writes: once
-        sent, carried to its end, its caller waiting for the server's answer
-        even when cancelled meanwhile (``run_to_end``); cancelled before it
-        was sent (opening the pool), it raises ``Cancelled``, nothing sent.
+    async def _call(self, method: str, *args: Any, cancellable: bool = False) -> Any:
+        """``pool.<method>(*args)``. By default (the group commit's writes)
+        once sent it is carried to its end, its caller waiting for the
+        server's answer even when cancelled meanwhile (``run_to_end``);
+        cancelled before it was sent (opening the pool), it raises
+        ``Cancelled``, nothing sent. ``cancellable``: abandoned when its
+        caller is cancelled (reads, deletes, fences and fenced writes).
 
         Raises:
             StoreUnavailable: the server cannot be reached.
         """
         try:
             pool = self._pool if self._pool is not None else await self._connect()
-            return await run_to_end(getattr(pool, method)(*args))
-        except PG_UNREACHABLE as exc:
-            raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
-
-    async def _call_cancellable(self, method: str, *args: Any) -> Any:
-        """``pool.<method>(*args)``, abandoned when its caller is cancelled
-        (reads, deletes, fences and fenced writes).
-
-        Raises:
-            StoreUnavailable: the server cannot be reached.
-        """
-        try:
-            pool = self._pool if self._pool is not None else await self._connect()
-            return await trio_asyncio.aio_as_trio(getattr(pool, method))(*args)
+            call = getattr(pool, method)
+            if cancellable:
+                return await trio_asyncio.aio_as_trio(call)(*args)
+            return await run_to_end(call(*args))
         except PG_UNREACHABLE as exc:
             raise StoreUnavailable(f"{_redacted(self.url)}: {type(exc).__name__}: {exc}") from exc
 
@@ -829,8 +823,11 @@ class PostgresStore:
                 )
 
     async def load(self, path: str) -> tuple[int, str] | None:
-        row = await self._call_cancellable(
-            "fetchrow", "SELECT version, data FROM runtime_checkpoints WHERE path = $1", path
+        row = await self._call(
+            "fetchrow",
+            "SELECT version, data FROM runtime_checkpoints WHERE path = $1",
+            path,
+            cancellable=True,
         )
         return None if row is None else (int(row["version"]), str(row["data"]))
 
@@ -886,8 +883,8 @@ class PostgresStore:
         return [int(stored or 0)]
 
     async def delete(self, path: str) -> None:
-        await self._call_cancellable(
-            "execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path
+        await self._call(
+            "execute", "DELETE FROM runtime_checkpoints WHERE path = $1", path, cancellable=True
         )
 
     async def raise_fence(self, unit: str, epoch: int) -> None:
@@ -898,22 +895,23 @@ class PostgresStore:
         Raises:
             CheckpointConflict: the unit's epoch is newer than ``epoch``.
         """
-        await self._call_cancellable("execute", _PG_FENCES)
-        raised = await self._call_cancellable(
+        await self._call("execute", _PG_FENCES, cancellable=True)
+        raised = await self._call(
             "fetchval",
             "INSERT INTO runtime_fences (unit, epoch) VALUES ($1, $2) ON CONFLICT (unit) "
             "DO UPDATE SET epoch = EXCLUDED.epoch WHERE runtime_fences.epoch <= EXCLUDED.epoch "
             "RETURNING epoch",
             unit,
             epoch,
+            cancellable=True,
         )
         if raised is None:
             current = await self._fence_epoch(unit)
             raise CheckpointConflict(f"{unit}: fencing epoch is {current}, newer than {epoch}")
 
     async def _fence_epoch(self, unit: str) -> int:
-        found = await self._call_cancellable(
-            "fetchval", "SELECT epoch FROM runtime_fences WHERE unit = $1", unit
+        found = await self._call(
+            "fetchval", "SELECT epoch FROM runtime_fences WHERE unit = $1", unit, cancellable=True
         )
         return int(found or 0)
 
@@ -922,7 +920,7 @@ class PostgresStore:
         # FOR SHARE: raise_fence waits for this write, and this write sees a
         # raise committed before it (READ COMMITTED re-reads a locked row).
         if version == 0:
-            new = await self._call_cancellable(
+            new = await self._call(
                 "fetchval",
                 "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $3 FOR SHARE) "
                 "INSERT INTO runtime_checkpoints (path, version, data) "
@@ -932,9 +930,10 @@ class PostgresStore:
                 data,
                 unit,
                 epoch,
+                cancellable=True,
             )
         else:
-            new = await self._call_cancellable(
+            new = await self._call(
                 "fetchval",
                 "WITH fence AS (SELECT epoch FROM runtime_fences WHERE unit = $4 FOR SHARE) "
                 "UPDATE runtime_checkpoints SET version = version + 1, data = $2 "
@@ -945,6 +944,7 @@ class PostgresStore:
                 version,
                 unit,
                 epoch,
+                cancellable=True,
             )
         if new is None:
             current = await self._fence_epoch(unit)
@@ -953,8 +953,11 @@ class PostgresStore:
                     f"{path}: written under epoch {epoch} of {unit}, whose epoch is now "
                     f"{current} (another node owns it)"
                 )
-            stored = await self._call_cancellable(
-                "fetchval", "SELECT version FROM runtime_checkpoints WHERE path = $1", path
+            stored = await self._call(
+                "fetchval",
+                "SELECT version FROM runtime_checkpoints WHERE path = $1",
+                path,
+                cancellable=True,
             )
             raise CheckpointConflict(
                 f"{path}: checkpoint version is {stored or 0}, the write was made against {version}"
@@ -962,8 +965,8 @@ class PostgresStore:
         return int(new)
 
     async def paths(self) -> list[str]:
-        rows = await self._call_cancellable(
-            "fetch", "SELECT path FROM runtime_checkpoints ORDER BY path"
+        rows = await self._call(
+            "fetch", "SELECT path FROM runtime_checkpoints ORDER BY path", cancellable=True
         )
         return _actor_paths([str(row["path"]) for row in rows])
 
