@@ -27,6 +27,7 @@ from runtime._checkpoint import (
     decode_state,
     encode_state,
 )
+from runtime._cluster import rendezvous
 from runtime._endpoint import status_document
 from runtime._logging import get_logger
 from runtime._status import format_status
@@ -133,11 +134,16 @@ async def _client(
 
 
 async def _wait_placed(system: runtime.ActorSystem, run: ClusterRun, nodes: int) -> None:
+    """Until ``nodes`` nodes are live and each unit is held where rendezvous
+    hashing puts it (the first node up holds every unit until the others
+    join: a unit would still move), then until every unit answers."""
     with trio.fail_after(30):
         while True:
             stats = system.cluster.statistics()
-            live = len(stats.nodes) == nodes
-            if live and all(p.node in stats.nodes for p in stats.placement):
+            live = list(stats.nodes)
+            if len(live) == nodes and all(
+                p.node == rendezvous(p.unit, live) for p in stats.placement
+            ):
                 break
             await trio.sleep(0.05)
     for unit in run.units:
